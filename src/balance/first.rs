@@ -1,0 +1,16 @@
+//! Stub; replaced by the real strategy.
+use std::sync::Arc;
+
+use super::{Pick, PickCtx};
+use crate::upstream::Backend;
+
+pub struct First;
+
+impl Pick for First {
+    fn build(_tier: &[Arc<Backend>]) -> Self {
+        First
+    }
+    fn pick(&self, tier: &[Arc<Backend>], ctx: &PickCtx<'_>) -> Option<usize> {
+        tier.iter().position(|b| ctx.usable(b))
+    }
+}

@@ -1,0 +1,122 @@
+//! Balancing strategies (SPEC §3). A strategy is built when an upstream's membership or
+//! weights change and picks on every request. Picking reads per-backend atomics only:
+//! no allocation, no lock, no blocking. Health, ejection and draining arrive through
+//! `Backend::available`, so a state flip never rebuilds anything.
+//!
+//! Backups are a separate tier with its own strategy instance; `Upstream::pick` falls back
+//! to it, so no strategy has to know what a backup is.
+
+mod first;
+mod least_conn;
+mod p2c;
+mod random;
+mod round_robin;
+
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use crate::config::StrategyKind;
+use crate::upstream::Backend;
+
+pub use first::First;
+pub use least_conn::LeastConn;
+pub use p2c::P2c;
+pub use random::Random;
+pub use round_robin::RoundRobin;
+
+/// Backends already tried by this request (for retries), by stats identity.
+#[derive(Debug, Default, Clone)]
+pub struct Tried {
+    ptrs: [usize; Tried::CAP],
+    len: usize,
+}
+
+impl Tried {
+    pub const CAP: usize = 8;
+
+    pub fn insert(&mut self, b: &Backend) {
+        if self.len < Self::CAP {
+            self.ptrs[self.len] = Arc::as_ptr(&b.stats) as usize;
+            self.len += 1;
+        }
+    }
+
+    #[inline]
+    pub fn contains(&self, b: &Backend) -> bool {
+        let p = Arc::as_ptr(&b.stats) as usize;
+        self.ptrs[..self.len].contains(&p)
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Per-request input to a pick.
+pub struct PickCtx<'a> {
+    /// Hash of the request's `hash_key` (consistent_hash only).
+    pub key: Option<u64>,
+    pub tried: &'a Tried,
+    pub now: Instant,
+}
+
+impl PickCtx<'_> {
+    /// Can `b` take this request: available and not already tried by it?
+    #[inline]
+    pub fn usable(&self, b: &Backend) -> bool {
+        b.available(self.now) && !self.tried.contains(b)
+    }
+}
+
+/// One strategy over one tier (primaries or backups) of an upstream.
+pub trait Pick: Send + Sync {
+    /// Builds the strategy's tables for `tier`; runs when membership or weights change.
+    fn build(tier: &[Arc<Backend>]) -> Self
+    where
+        Self: Sized;
+    /// Index into `tier` of a usable backend, or None when none is usable.
+    /// Runs per request: no allocation, no blocking, no lock held past the call.
+    fn pick(&self, tier: &[Arc<Backend>], ctx: &PickCtx<'_>) -> Option<usize>;
+}
+
+/// The closed set of strategies, dispatched by `match` so picks stay inlinable.
+pub enum Strategy {
+    RoundRobin(RoundRobin),
+    Random(Random),
+    LeastConn(LeastConn),
+    P2c(P2c),
+    First(First),
+}
+
+impl Strategy {
+    /// Builds `kind` over `tier`. Strategies not written yet fall back to round robin.
+    pub fn build(kind: StrategyKind, tier: &[Arc<Backend>]) -> Strategy {
+        match kind {
+            StrategyKind::RoundRobin => Strategy::RoundRobin(RoundRobin::build(tier)),
+            StrategyKind::Random => Strategy::Random(Random::build(tier)),
+            StrategyKind::LeastConn => Strategy::LeastConn(LeastConn::build(tier)),
+            StrategyKind::P2c => Strategy::P2c(P2c::build(tier)),
+            StrategyKind::First => Strategy::First(First::build(tier)),
+            // TODO(#3): peak_ewma and Maglev consistent hashing.
+            StrategyKind::PeakEwma | StrategyKind::ConsistentHash => {
+                Strategy::RoundRobin(RoundRobin::build(tier))
+            }
+        }
+    }
+
+    #[inline]
+    pub fn pick(&self, tier: &[Arc<Backend>], ctx: &PickCtx<'_>) -> Option<usize> {
+        match self {
+            Strategy::RoundRobin(s) => s.pick(tier, ctx),
+            Strategy::Random(s) => s.pick(tier, ctx),
+            Strategy::LeastConn(s) => s.pick(tier, ctx),
+            Strategy::P2c(s) => s.pick(tier, ctx),
+            Strategy::First(s) => s.pick(tier, ctx),
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! Stub; replaced by the real strategy.
+use std::sync::Arc;
+
+use super::{Pick, PickCtx};
+use crate::upstream::Backend;
+
+pub struct Random;
+
+impl Pick for Random {
+    fn build(_tier: &[Arc<Backend>]) -> Self {
+        Random
+    }
+    fn pick(&self, tier: &[Arc<Backend>], ctx: &PickCtx<'_>) -> Option<usize> {
+        tier.iter().position(|b| ctx.usable(b))
+    }
+}

@@ -1,0 +1,206 @@
+//! One backend of an upstream and the numbers about it that change while requests run.
+//! `Backend` is immutable and lives in a snapshot; `BackendStats` is shared by every
+//! snapshot that contains the same backend URL, so reloads and admin edits keep
+//! in-flight counts, health and latency. Health checks and outlier detection write the
+//! state bits here; strategies only read them through `available` and `effective_weight`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::config::BackendUrl;
+
+/// State bits; several may be set at once.
+const UNHEALTHY: u8 = 1 << 0;
+const DRAINING: u8 = 1 << 1;
+
+/// A backend as the balancer sees it in one snapshot.
+#[derive(Debug)]
+pub struct Backend {
+    pub url: BackendUrl,
+    /// `host:port`, precomputed for logs, metrics and the admin API.
+    pub id: Box<str>,
+    pub weight: u32,
+    pub backup: bool,
+    pub stats: Arc<BackendStats>,
+}
+
+/// What `/status` reports as a backend's `state` (SPEC §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Healthy,
+    Unhealthy,
+    Ejected,
+    Draining,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Healthy => "healthy",
+            State::Unhealthy => "unhealthy",
+            State::Ejected => "ejected",
+            State::Draining => "draining",
+        }
+    }
+}
+
+/// Counters and state shared across snapshots; every field is an atomic so the request
+/// path never takes a lock.
+#[derive(Debug)]
+pub struct BackendStats {
+    pub inflight: AtomicU32,
+    pub requests: AtomicU64,
+    pub failures: AtomicU64,
+    state: AtomicU8,
+    /// Nanoseconds since `epoch` until which the backend is ejected; 0 = not ejected.
+    ejected_until: AtomicU64,
+    /// f64 bits of the latency EWMA in milliseconds.
+    ewma_ms_bits: AtomicU64,
+    /// The instant all the nanosecond fields count from.
+    epoch: Instant,
+}
+
+impl Default for BackendStats {
+    fn default() -> Self {
+        BackendStats {
+            inflight: AtomicU32::new(0),
+            requests: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            state: AtomicU8::new(0),
+            ejected_until: AtomicU64::new(0),
+            ewma_ms_bits: AtomicU64::new(0f64.to_bits()),
+            epoch: Instant::now(),
+        }
+    }
+}
+
+/// Weight of the EWMA's newest sample; about the last 10 responses dominate.
+const EWMA_ALPHA: f64 = 0.1;
+
+impl BackendStats {
+    fn nanos_since_epoch(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_nanos() as u64
+    }
+
+    pub fn is_unhealthy(&self) -> bool {
+        self.state.load(Ordering::Relaxed) & UNHEALTHY != 0
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.state.load(Ordering::Relaxed) & DRAINING != 0
+    }
+
+    pub fn is_ejected(&self, now: Instant) -> bool {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until != 0 && self.nanos_since_epoch(now) < until
+    }
+
+    /// Marks the backend (un)healthy; returns true when this changed the state.
+    pub fn set_unhealthy(&self, on: bool) -> bool {
+        self.set_bit(UNHEALTHY, on)
+    }
+
+    /// Starts or ends draining; returns true when this changed the state.
+    pub fn set_draining(&self, on: bool) -> bool {
+        self.set_bit(DRAINING, on)
+    }
+
+    fn set_bit(&self, bit: u8, on: bool) -> bool {
+        let old = if on {
+            self.state.fetch_or(bit, Ordering::Relaxed)
+        } else {
+            self.state.fetch_and(!bit, Ordering::Relaxed)
+        };
+        (old & bit != 0) != on
+    }
+
+    /// Ejects the backend until `now + for_`.
+    pub fn eject(&self, now: Instant, for_: Duration) {
+        let until = self.nanos_since_epoch(now + for_).max(1);
+        self.ejected_until.store(until, Ordering::Relaxed);
+    }
+
+    /// The state `/status` shows: draining, unhealthy, ejected, in that precedence.
+    pub fn state(&self, now: Instant) -> State {
+        if self.is_draining() {
+            State::Draining
+        } else if self.is_unhealthy() {
+            State::Unhealthy
+        } else if self.is_ejected(now) {
+            State::Ejected
+        } else {
+            State::Healthy
+        }
+    }
+
+    /// Folds one response latency into the EWMA. Racing updates may lose a sample, which
+    /// an average shrugs off; a CAS loop would cost more than the sample is worth.
+    pub fn observe_latency(&self, latency: Duration) {
+        let sample = latency.as_secs_f64() * 1000.0;
+        let old = f64::from_bits(self.ewma_ms_bits.load(Ordering::Relaxed));
+        let new = if old == 0.0 {
+            sample
+        } else {
+            old + EWMA_ALPHA * (sample - old)
+        };
+        self.ewma_ms_bits.store(new.to_bits(), Ordering::Relaxed);
+    }
+
+    pub fn latency_ewma_ms(&self) -> f64 {
+        f64::from_bits(self.ewma_ms_bits.load(Ordering::Relaxed))
+    }
+}
+
+impl Backend {
+    pub fn new(url: BackendUrl, weight: u32, backup: bool, stats: Arc<BackendStats>) -> Self {
+        Backend {
+            id: url.id().into_boxed_str(),
+            url,
+            weight,
+            backup,
+            stats,
+        }
+    }
+
+    /// May this backend take a new request now? Combines health, ejection and draining.
+    #[inline]
+    pub fn available(&self, now: Instant) -> bool {
+        let s = &self.stats;
+        s.state.load(Ordering::Relaxed) == 0 && !s.is_ejected(now)
+    }
+
+    /// The weight strategies should use now (slow start lowers it; TODO(#3)).
+    #[inline]
+    pub fn effective_weight(&self, _now: Instant) -> u32 {
+        self.weight
+    }
+
+    pub fn inflight(&self) -> u32 {
+        self.stats.inflight.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_precedence_is_draining_unhealthy_ejected() {
+        let s = BackendStats::default();
+        let now = Instant::now();
+        assert_eq!(s.state(now), State::Healthy);
+        s.eject(now, Duration::from_secs(5));
+        assert_eq!(s.state(now), State::Ejected);
+        assert!(s.set_unhealthy(true));
+        assert!(!s.set_unhealthy(true));
+        assert_eq!(s.state(now), State::Unhealthy);
+        s.set_draining(true);
+        assert_eq!(s.state(now), State::Draining);
+        s.set_draining(false);
+        s.set_unhealthy(false);
+        assert_eq!(s.state(now + Duration::from_secs(6)), State::Healthy);
+    }
+}
