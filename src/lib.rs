@@ -1,7 +1,16 @@
 //! sluice: an HTTP load-balancing reverse proxy.
+//!
+//! The binary is a thin shell over this library: `cli` turns flags into a `Config`,
+//! `proxy::Server` binds and serves it, `admin` shows it, `reload` replaces it.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod admin;
 pub mod balance;
+pub mod cli;
 pub mod config;
+pub mod demo;
+pub mod proxy;
+pub mod reload;
+pub mod telemetry;
 pub mod upstream;

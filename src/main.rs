@@ -1,1 +1,124 @@
-fn main() {}
+//! The `sluice` binary: parse the command line, load the configuration, run. Every
+//! failure ends as one line on stderr and a non-zero exit code, never a panic.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use sluice::cli::{Cli, Command, OnOff, RunArgs};
+use sluice::config::{self, LoadError};
+use sluice::proxy::{Overrides, Shared, server::Server};
+use sluice::{demo, reload, telemetry};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Check { config }) => check(&config),
+        Some(Command::Demo {
+            backends,
+            listen,
+            admin,
+        }) => {
+            telemetry::init(telemetry::LogFormat::Text, true);
+            finish(runtime(None).and_then(|rt| rt.block_on(demo::run(backends, listen, admin))))
+        }
+        None => finish(run(cli.run)),
+    }
+}
+
+fn finish(r: Result<(), String>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `sluice check -c FILE`
+fn check(path: &std::path::Path) -> ExitCode {
+    match config::load(path) {
+        Ok(_) => {
+            println!("{}: ok", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(LoadError::Invalid(errs)) => {
+            for line in errs.lines() {
+                eprintln!("{line}");
+            }
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One worker runs everything on the calling thread (no work stealing, no cross-thread
+/// wakeups), which is what a single-core deployment wants.
+fn runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime, String> {
+    let workers = workers.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    let rt = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+    };
+    rt.map_err(|e| format!("cannot start the runtime: {e}"))
+}
+
+fn run(args: RunArgs) -> Result<(), String> {
+    let config = args.to_config()?;
+    telemetry::init(args.log_format, args.access_log == OnOff::On);
+    let rt = runtime(config.server.workers)?;
+    let path = args.config.clone();
+    let overrides: Overrides = {
+        let args = args.clone();
+        Box::new(move |c| args.apply(c))
+    };
+    rt.block_on(async move {
+        let shared = Shared::new(config, path, Some(overrides));
+        let server = Server::bind(Arc::clone(&shared))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(reload_on_sighup(Arc::clone(&shared)));
+        server.serve(shutdown_signal()).await;
+        Ok(())
+    })
+}
+
+async fn reload_on_sighup(shared: Arc<Shared>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        if let Err(e) = reload::reload(&shared) {
+            tracing::error!(error = %e, "reload failed; keeping the running configuration");
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -206,18 +206,21 @@ impl BackendUrl {
         if host.is_empty() {
             return Err(format!("backend url \"{s}\" has no host"));
         }
-        let port = match port {
-            Some(p) => p
-                .parse::<u16>()
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| format!("backend url \"{s}\" has port \"{p}\"; expected 1-65535"))?,
-            None if explicit => match scheme {
-                Scheme::Http => 80,
-                Scheme::Https => 443,
-            },
-            None => return Err(format!("backend url \"{s}\" has no port; expected host:port")),
-        };
+        let port =
+            match port {
+                Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
+                    format!("backend url \"{s}\" has port \"{p}\"; expected 1-65535")
+                })?,
+                None if explicit => match scheme {
+                    Scheme::Http => 80,
+                    Scheme::Https => 443,
+                },
+                None => {
+                    return Err(format!(
+                        "backend url \"{s}\" has no port; expected host:port"
+                    ));
+                }
+            };
         Ok(BackendUrl {
             scheme,
             host: host.to_ascii_lowercase(),
@@ -314,7 +317,9 @@ impl HashKey {
         Ok(match s.split_once(':') {
             None if s == "client_ip" => HashKey::ClientIp,
             None if s == "path" => HashKey::Path,
-            Some(("header", n)) if !n.is_empty() && http::HeaderName::from_bytes(n.as_bytes()).is_ok() => {
+            Some(("header", n))
+                if !n.is_empty() && http::HeaderName::from_bytes(n.as_bytes()).is_ok() =>
+            {
                 HashKey::Header(n.to_ascii_lowercase())
             }
             Some(("cookie", n)) if !n.is_empty() => HashKey::Cookie(n.to_owned()),

@@ -1,4 +1,801 @@
-//! Stub.
-use std::path::Path;
-use super::{Config, ConfigErrors};
-pub(super) fn parse(_text: &str, _path: &Path) -> Result<Config, ConfigErrors> { Err(ConfigErrors { problems: vec![] }) }
+//! From TOML text to a typed `Config`, collecting every problem instead of stopping at the
+//! first.
+//!
+//! Two stages: the `toml` deserializer checks syntax, unknown keys and value types against
+//! `raw.rs` (it stops at its first error, which becomes the only problem); then every
+//! semantic check runs on the raw values and each failure is recorded with the span of
+//! the offending value or key. The `Config` is only returned when no problem was found.
+
+use std::collections::HashMap;
+use std::net::{Ipv6Addr, SocketAddr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::diag::{Problem, from_toml_error, line_col};
+use super::raw::{
+    DurationValue, RawAdmin, RawBackend, RawConfig, RawHealth, RawLimits, RawListener, RawOutlier,
+    RawRetry, RawRoute, RawServer, RawUpstream, SizeValue, StrOrInt,
+};
+use super::{
+    AdminConfig, BackendConfig, BackendUrl, CertificateConfig, Config, ConfigErrors,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_IDLE_PER_BACKEND,
+    DEFAULT_RESPONSE_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, HashKey, HealthConfig, HostHeader,
+    HostPattern, Limits, ListenerConfig, MAX_WEIGHT, OutlierConfig, Protocol, RetryConfig, RetryOn,
+    RouteConfig, Scheme, ServerConfig, StickyConfig, StrategyKind, TlsConfig, UpstreamConfig,
+    units,
+};
+
+/// Smallest accepted `[limits] max_header_bytes`: below this, ordinary browser requests
+/// (cookies, user agents) would already be refused with 431.
+const MIN_MAX_HEADER_BYTES: u64 = 1024;
+/// Cookie name used when `sticky = {}` gives none.
+const DEFAULT_STICKY_COOKIE: &str = "sluice_sticky";
+
+/// Parses and checks `text`; `path` only names the file in messages. Returns every
+/// semantic problem found, or the deserializer's single first error.
+pub(super) fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
+    let raw: RawConfig = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(err) => {
+            let problem = from_toml_error(&err, text);
+            return Err(ConfigErrors::new(path, text, vec![problem]));
+        }
+    };
+    let mut check = Check {
+        text,
+        problems: Vec::new(),
+    };
+    let config = check.config(raw);
+    if check.problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors::new(path, text, check.problems))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Semantic checks
+
+struct Check<'t> {
+    text: &'t str,
+    problems: Vec<Problem>,
+}
+
+impl Check<'_> {
+    fn report(&mut self, span: Range<usize>, message: String) {
+        self.problems.push(Problem::new(span, message));
+    }
+
+    fn line_of(&self, offset: usize) -> usize {
+        line_col(self.text, offset).0
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Config {
+        let server = self.server(raw.server.unwrap_or_default());
+        if raw.listener.is_empty() {
+            self.report(
+                0..0,
+                "no [[listener]] is defined; add at least one, e.g. [[listener]] with address = \"0.0.0.0:8080\"".to_owned(),
+            );
+        }
+        let listeners = self.listeners(&raw.listener);
+        let admin = raw.admin.and_then(|a| self.admin(a, &raw.listener));
+        let limits = self.limits(raw.limits.unwrap_or_default());
+
+        let names: Vec<&str> = raw
+            .upstream
+            .0
+            .iter()
+            .map(|(n, _)| n.get_ref().as_str())
+            .collect();
+        match raw.upstream.0.as_slice() {
+            [] => self.report(
+                0..0,
+                "no upstream is defined; add one, e.g. [upstream.web] with backends = [{ url = \"127.0.0.1:9000\" }]".to_owned(),
+            ),
+            [_] => {}
+            [(first, _), ..] if raw.route.is_empty() => self.report(
+                first.span(),
+                format!(
+                    "{} upstreams are defined ({}) but there is no [[route]]; add [[route]] sections saying which requests go to which upstream",
+                    names.len(),
+                    names.join(", ")
+                ),
+            ),
+            _ => {}
+        }
+        let routes = raw
+            .route
+            .into_iter()
+            .map(|r| self.route(r.into_inner(), &names))
+            .collect();
+        let upstreams = raw
+            .upstream
+            .0
+            .into_iter()
+            .map(|(name, u)| self.upstream(name, u))
+            .collect();
+
+        Config {
+            server,
+            listeners,
+            admin,
+            limits,
+            routes,
+            upstreams,
+        }
+    }
+
+    fn server(&mut self, raw: RawServer) -> ServerConfig {
+        let workers = raw.workers.as_ref().map(|w| {
+            let n = self.int_in("server.workers", Some(w), 1, i64::MAX, 1);
+            usize::try_from(n).unwrap_or(usize::MAX)
+        });
+        ServerConfig {
+            workers,
+            shutdown_timeout: self.duration(
+                "server.shutdown_timeout",
+                raw.shutdown_timeout.as_ref(),
+                DEFAULT_SHUTDOWN_TIMEOUT,
+                false,
+            ),
+        }
+    }
+
+    fn listeners(&mut self, raw: &[Spanned<RawListener>]) -> Vec<ListenerConfig> {
+        let mut seen: HashMap<SocketAddr, usize> = HashMap::new();
+        let mut out = Vec::new();
+        for listener in raw {
+            let listener = listener.get_ref();
+            let address = self.socket_addr("listener.address", &listener.address);
+            if let Some(addr) = address {
+                // Port 0 asks for a fresh ephemeral port each time, so it never collides.
+                if addr.port() != 0 {
+                    let start = listener.address.span().start;
+                    if let Some(&first) = seen.get(&addr) {
+                        let line = self.line_of(first);
+                        self.report(
+                            listener.address.span(),
+                            format!(
+                                "listener.address: duplicate listener address \"{}\" (also at line {line})",
+                                listener.address.get_ref()
+                            ),
+                        );
+                    } else {
+                        seen.insert(addr, start);
+                    }
+                }
+            }
+            let tls = listener.tls.as_ref().and_then(|tls| self.tls(tls));
+            if let Some(address) = address {
+                out.push(ListenerConfig { address, tls });
+            }
+        }
+        out
+    }
+
+    fn tls(&mut self, raw: &Spanned<super::raw::RawTls>) -> Option<TlsConfig> {
+        let Some(certs) = &raw.get_ref().certificates else {
+            self.report(
+                raw.span(),
+                "listener.tls has no certificates; expected certificates = [{ cert = \"cert.pem\", key = \"key.pem\" }]".to_owned(),
+            );
+            return None;
+        };
+        if certs.get_ref().is_empty() {
+            self.report(
+                certs.span(),
+                "listener.tls.certificates is empty; expected at least one { cert = \"cert.pem\", key = \"key.pem\" }".to_owned(),
+            );
+            return None;
+        }
+        let mut out = Vec::new();
+        for c in certs.get_ref() {
+            let c = c.get_ref();
+            let cert = self.file_path("listener.tls.certificates.cert", &c.cert);
+            let key = self.file_path("listener.tls.certificates.key", &c.key);
+            out.push(CertificateConfig { cert, key });
+        }
+        Some(TlsConfig { certificates: out })
+    }
+
+    fn admin(&mut self, raw: RawAdmin, listeners: &[Spanned<RawListener>]) -> Option<AdminConfig> {
+        let address = self.socket_addr("admin.address", &raw.address);
+        if let Some(addr) = address.filter(|a| a.port() != 0) {
+            let clash = listeners
+                .iter()
+                .find(|l| l.get_ref().address.get_ref().parse::<SocketAddr>().ok() == Some(addr));
+            if let Some(l) = clash {
+                let line = self.line_of(l.get_ref().address.span().start);
+                self.report(
+                    raw.address.span(),
+                    format!(
+                        "admin.address: \"{}\" is also a listener address (line {line}); the admin API needs its own address",
+                        raw.address.get_ref()
+                    ),
+                );
+            }
+        }
+        let token = raw.token.map(|t| {
+            if t.get_ref().is_empty() {
+                self.report(
+                    t.span(),
+                    "admin.token is empty; remove it or set a non-empty secret".to_owned(),
+                );
+            }
+            t.into_inner()
+        });
+        Some(AdminConfig {
+            address: address?,
+            token,
+        })
+    }
+
+    fn limits(&mut self, raw: RawLimits) -> Limits {
+        let max_header_bytes = match raw.max_header_bytes.as_ref() {
+            None => DEFAULT_MAX_HEADER_BYTES,
+            Some(v) => {
+                let default = DEFAULT_MAX_HEADER_BYTES as u64;
+                let n = self.size("limits.max_header_bytes", Some(v), default);
+                if n < MIN_MAX_HEADER_BYTES {
+                    self.report(
+                        v.span(),
+                        format!(
+                            "limits.max_header_bytes: {} is too small; expected at least {MIN_MAX_HEADER_BYTES} bytes",
+                            v.get_ref().0
+                        ),
+                    );
+                }
+                usize::try_from(n).unwrap_or(usize::MAX)
+            }
+        };
+        let max_connections = self.int_in(
+            "limits.max_connections",
+            raw.max_connections.as_ref(),
+            1,
+            i64::MAX,
+            DEFAULT_MAX_CONNECTIONS as i64,
+        );
+        Limits {
+            max_header_bytes,
+            max_body_bytes: self.size("limits.max_body_bytes", raw.max_body_bytes.as_ref(), 0),
+            header_read_timeout: self.duration(
+                "limits.header_read_timeout",
+                raw.header_read_timeout.as_ref(),
+                DEFAULT_HEADER_READ_TIMEOUT,
+                true,
+            ),
+            idle_timeout: self.duration(
+                "limits.idle_timeout",
+                raw.idle_timeout.as_ref(),
+                DEFAULT_IDLE_TIMEOUT,
+                true,
+            ),
+            max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
+        }
+    }
+
+    fn route(&mut self, raw: RawRoute, upstreams: &[&str]) -> RouteConfig {
+        let host = raw.host.and_then(|h| match host_pattern(h.get_ref()) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                self.report(h.span(), format!("route.host: {e}"));
+                None
+            }
+        });
+        let path_prefix = raw
+            .path_prefix
+            .and_then(|p| match path_prefix(p.get_ref()) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    self.report(p.span(), format!("route.path_prefix: {e}"));
+                    None
+                }
+            });
+        let upstream = raw.upstream.get_ref();
+        if !upstreams.contains(&upstream.as_str()) {
+            let defined = if upstreams.is_empty() {
+                "no upstreams are defined".to_owned()
+            } else {
+                format!("defined upstreams: {}", upstreams.join(", "))
+            };
+            self.report(
+                raw.upstream.span(),
+                format!("route: unknown upstream \"{upstream}\"; {defined}"),
+            );
+        }
+        RouteConfig {
+            host,
+            path_prefix,
+            strip_prefix: raw.strip_prefix.unwrap_or(false),
+            upstream: raw.upstream.into_inner(),
+        }
+    }
+
+    fn upstream(&mut self, name: Spanned<String>, raw: Spanned<RawUpstream>) -> UpstreamConfig {
+        let name_span = name.span();
+        let name = name.into_inner();
+        if !is_token(&name) {
+            self.report(
+                name_span,
+                format!(
+                    "upstream name \"{name}\" is not allowed; expected only letters, digits, \"_\", \".\" and \"-\""
+                ),
+            );
+        }
+        let raw = raw.into_inner();
+        let ctx = format!("upstream \"{name}\":");
+        let mut u = UpstreamConfig::with_defaults(&name, Vec::new());
+
+        if let Some(s) = &raw.strategy {
+            match StrategyKind::parse(s.get_ref()) {
+                Some(k) => u.strategy = k,
+                None => {
+                    let all: Vec<&str> = StrategyKind::ALL.iter().map(|k| k.as_str()).collect();
+                    self.report(
+                        s.span(),
+                        format!(
+                            "{ctx} strategy \"{}\" is not one of {}",
+                            s.get_ref(),
+                            all.join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+        if let Some(h) = &raw.hash_key {
+            match HashKey::parse(h.get_ref()) {
+                Ok(k) => u.hash_key = k,
+                Err(e) => self.report(h.span(), format!("{ctx} {e}")),
+            }
+        }
+        u.backends = self.backends(&ctx, &raw.backends);
+        if let Some(h) = &raw.host_header {
+            match h.get_ref().as_str() {
+                "preserve" => u.host_header = HostHeader::Preserve,
+                "backend" => u.host_header = HostHeader::Backend,
+                other => self.report(
+                    h.span(),
+                    format!("{ctx} host_header \"{other}\" is not one of preserve, backend"),
+                ),
+            }
+        }
+        if let Some(p) = &raw.protocol {
+            match p.get_ref().as_str() {
+                "http1" => u.protocol = Protocol::Http1,
+                "h2c" => u.protocol = Protocol::H2c,
+                "h2" => u.protocol = Protocol::H2,
+                other => self.report(
+                    p.span(),
+                    format!("{ctx} protocol \"{other}\" is not one of http1, h2c, h2"),
+                ),
+            }
+            self.protocol_matches_backends(&ctx, p, u.protocol, &raw.backends, &u.backends);
+        }
+        u.ca_file = raw
+            .ca_file
+            .as_ref()
+            .map(|f| self.file_path(&format!("{ctx} ca_file"), f));
+        u.connect_timeout = self.duration(
+            &format!("{ctx} connect_timeout"),
+            raw.connect_timeout.as_ref(),
+            DEFAULT_CONNECT_TIMEOUT,
+            true,
+        );
+        u.response_timeout = self.duration(
+            &format!("{ctx} response_timeout"),
+            raw.response_timeout.as_ref(),
+            DEFAULT_RESPONSE_TIMEOUT,
+            true,
+        );
+        let idle = self.int_in(
+            &format!("{ctx} max_idle_per_backend"),
+            raw.max_idle_per_backend.as_ref(),
+            0,
+            i64::MAX,
+            DEFAULT_MAX_IDLE_PER_BACKEND as i64,
+        );
+        u.max_idle_per_backend = usize::try_from(idle).unwrap_or(usize::MAX);
+        u.slow_start = self.duration(
+            &format!("{ctx} slow_start"),
+            raw.slow_start.as_ref(),
+            Duration::ZERO,
+            false,
+        );
+        u.sticky = raw.sticky.as_ref().map(|s| {
+            let cookie = match &s.get_ref().cookie {
+                None => DEFAULT_STICKY_COOKIE.to_owned(),
+                Some(c) => {
+                    if !is_token(c.get_ref()) {
+                        self.report(
+                            c.span(),
+                            format!(
+                                "{ctx} sticky.cookie \"{}\" is not a valid cookie name; expected letters, digits, \"_\", \".\" or \"-\"",
+                                c.get_ref()
+                            ),
+                        );
+                    }
+                    c.get_ref().clone()
+                }
+            };
+            StickyConfig { cookie }
+        });
+        u.health = raw.health.map(|h| self.health(&ctx, h.into_inner()));
+        u.outlier = self.outlier(&ctx, raw.outlier.unwrap_or_default());
+        u.retry = self.retry(&ctx, raw.retry.unwrap_or_default());
+        u
+    }
+
+    fn backends(&mut self, ctx: &str, raw: &[Spanned<RawBackend>]) -> Vec<BackendConfig> {
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut out = Vec::new();
+        for b in raw {
+            let b: &RawBackend = b.get_ref();
+            let weight = self.int_in(
+                &format!("{ctx} backend weight"),
+                b.weight.as_ref(),
+                1,
+                i64::from(MAX_WEIGHT),
+                1,
+            );
+            let url = match BackendUrl::parse(b.url.get_ref()) {
+                Ok(url) => url,
+                Err(e) => {
+                    self.report(b.url.span(), format!("{ctx} {e}"));
+                    continue;
+                }
+            };
+            let id = url.id();
+            if let Some(&first) = seen.get(&id) {
+                let line = self.line_of(first);
+                self.report(
+                    b.url.span(),
+                    format!("{ctx} duplicate backend \"{id}\" (also at line {line})"),
+                );
+            } else {
+                seen.insert(id, b.url.span().start);
+            }
+            out.push(BackendConfig {
+                url,
+                weight: u32::try_from(weight).unwrap_or(1),
+                backup: b.backup.unwrap_or(false),
+            });
+        }
+        out
+    }
+
+    /// h2 runs over TLS only and h2c over plain TCP only, so the backends' schemes must fit.
+    fn protocol_matches_backends(
+        &mut self,
+        ctx: &str,
+        p: &Spanned<String>,
+        protocol: Protocol,
+        raw: &[Spanned<RawBackend>],
+        parsed: &[BackendConfig],
+    ) {
+        let (wrong, advice) = match protocol {
+            Protocol::Http1 => return,
+            Protocol::H2 => (Scheme::Http, "use \"h2c\" for HTTP/2 without TLS"),
+            Protocol::H2c => (Scheme::Https, "use \"h2\" for HTTP/2 over TLS"),
+        };
+        let Some(b) = parsed.iter().find(|b| b.url.scheme == wrong) else {
+            return;
+        };
+        // Show the backend as written.
+        let written = raw
+            .iter()
+            .map(|r| r.get_ref().url.get_ref())
+            .find(|w| BackendUrl::parse(w).as_ref() == Ok(&b.url))
+            .cloned()
+            .unwrap_or_else(|| b.url.to_string());
+        let message = match protocol {
+            Protocol::H2 => format!(
+                "{ctx} protocol \"h2\" needs https backends but backend \"{written}\" is plain http; {advice}"
+            ),
+            _ => format!(
+                "{ctx} protocol \"h2c\" needs plain http backends but backend \"{written}\" is https; {advice}"
+            ),
+        };
+        self.report(p.span(), message);
+    }
+
+    fn health(&mut self, ctx: &str, raw: RawHealth) -> HealthConfig {
+        let d = HealthConfig::default();
+        let path = raw.path.map(|p| {
+            if !p.get_ref().starts_with('/') {
+                self.report(
+                    p.span(),
+                    format!(
+                        "{ctx} health.path \"{}\" must start with \"/\"",
+                        p.get_ref()
+                    ),
+                );
+            }
+            p.into_inner()
+        });
+        let expect_status = match &raw.expect_status {
+            None => d.expect_status,
+            Some(v) => status_range(&v.get_ref().0).unwrap_or_else(|| {
+                self.report(
+                    v.span(),
+                    format!(
+                        "{ctx} health.expect_status {} is not a status or range; expected e.g. \"200\" or \"200-399\" with codes from 100 to 599",
+                        v.get_ref().0
+                    ),
+                );
+                d.expect_status
+            }),
+        };
+        HealthConfig {
+            path,
+            interval: self.duration(
+                &format!("{ctx} health.interval"),
+                raw.interval.as_ref(),
+                d.interval,
+                true,
+            ),
+            timeout: self.duration(
+                &format!("{ctx} health.timeout"),
+                raw.timeout.as_ref(),
+                d.timeout,
+                true,
+            ),
+            rise: self.u32_in(&format!("{ctx} health.rise"), raw.rise.as_ref(), 1, d.rise),
+            fall: self.u32_in(&format!("{ctx} health.fall"), raw.fall.as_ref(), 1, d.fall),
+            expect_status,
+        }
+    }
+
+    fn outlier(&mut self, ctx: &str, raw: RawOutlier) -> OutlierConfig {
+        let d = OutlierConfig::default();
+        let percent = self.int_in(
+            &format!("{ctx} outlier.max_ejected_percent"),
+            raw.max_ejected_percent.as_ref(),
+            0,
+            100,
+            i64::from(d.max_ejected_percent),
+        );
+        OutlierConfig {
+            consecutive_failures: self.u32_in(
+                &format!("{ctx} outlier.consecutive_failures"),
+                raw.consecutive_failures.as_ref(),
+                1,
+                d.consecutive_failures,
+            ),
+            ejection: self.duration(
+                &format!("{ctx} outlier.ejection"),
+                raw.ejection.as_ref(),
+                d.ejection,
+                true,
+            ),
+            max_ejected_percent: u32::try_from(percent).unwrap_or(d.max_ejected_percent),
+        }
+    }
+
+    fn retry(&mut self, ctx: &str, raw: RawRetry) -> RetryConfig {
+        let d = RetryConfig::default();
+        let on = match raw.on {
+            None => d.on.clone(),
+            Some(list) => list
+                .iter()
+                .filter_map(|c| {
+                    let text = match &c.get_ref().0 {
+                        StrOrInt::Str(s) => s.clone(),
+                        StrOrInt::Int(n) => n.to_string(),
+                    };
+                    RetryOn::parse(&text)
+                        .map_err(|e| self.report(c.span(), format!("{ctx} retry.on: {e}")))
+                        .ok()
+                })
+                .collect(),
+        };
+        let percent = self.int_in(
+            &format!("{ctx} retry.budget_percent"),
+            raw.budget_percent.as_ref(),
+            0,
+            100,
+            i64::from(d.budget_percent),
+        );
+        RetryConfig {
+            attempts: self.u32_in(
+                &format!("{ctx} retry.attempts"),
+                raw.attempts.as_ref(),
+                0,
+                d.attempts,
+            ),
+            on,
+            budget_percent: u32::try_from(percent).unwrap_or(d.budget_percent),
+        }
+    }
+
+    // -- value helpers: each reports its own problem and returns a stand-in on error --
+
+    fn socket_addr(&mut self, key: &str, v: &Spanned<String>) -> Option<SocketAddr> {
+        match v.get_ref().parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.report(
+                    v.span(),
+                    format!(
+                        "{key}: \"{}\" is not a socket address; expected IP:PORT such as \"127.0.0.1:8080\" or \"[::1]:8080\"",
+                        v.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn file_path(&mut self, key: &str, v: &Spanned<String>) -> PathBuf {
+        if v.get_ref().is_empty() {
+            self.report(v.span(), format!("{key} is empty; expected a file path"));
+        }
+        PathBuf::from(v.get_ref())
+    }
+
+    /// `key` names the setting in messages; `nonzero` rejects "0s".
+    fn duration(
+        &mut self,
+        key: &str,
+        v: Option<&Spanned<DurationValue>>,
+        default: Duration,
+        nonzero: bool,
+    ) -> Duration {
+        let Some(v) = v else { return default };
+        let parsed = match &v.get_ref().0 {
+            StrOrInt::Str(s) => units::parse_duration(s),
+            StrOrInt::Int(n) => Err(units::bare_number_duration(*n)),
+        };
+        match parsed {
+            Ok(d) if nonzero && d.is_zero() => {
+                self.report(
+                    v.span(),
+                    format!("{key}: {} must be greater than zero", v.get_ref().0),
+                );
+                default
+            }
+            Ok(d) => d,
+            Err(e) => {
+                self.report(v.span(), format!("{key}: {e}"));
+                default
+            }
+        }
+    }
+
+    fn size(&mut self, key: &str, v: Option<&Spanned<SizeValue>>, default: u64) -> u64 {
+        let Some(v) = v else { return default };
+        let parsed = match &v.get_ref().0 {
+            StrOrInt::Str(s) => units::parse_size(s),
+            StrOrInt::Int(n) => {
+                u64::try_from(*n).map_err(|_| format!("{n} is negative; {}", units::SIZE_EXAMPLES))
+            }
+        };
+        parsed.unwrap_or_else(|e| {
+            self.report(v.span(), format!("{key}: {e}"));
+            default
+        })
+    }
+
+    /// An integer in `lo..=hi`; `hi` of `u32::MAX` or more counts as "no upper bound"
+    /// in messages.
+    fn int_in(
+        &mut self,
+        key: &str,
+        v: Option<&Spanned<i64>>,
+        lo: i64,
+        hi: i64,
+        default: i64,
+    ) -> i64 {
+        let Some(v) = v else { return default };
+        let n = *v.get_ref();
+        if (lo..=hi).contains(&n) {
+            return n;
+        }
+        let unbounded = hi >= i64::from(u32::MAX);
+        let message = if n < lo && unbounded {
+            format!("{key}: {n} is too small; expected at least {lo}")
+        } else if unbounded {
+            format!("{key}: {n} is too large; expected at most {hi}")
+        } else {
+            format!("{key}: {n} is out of range; expected {lo} to {hi}")
+        };
+        self.report(v.span(), message);
+        default
+    }
+
+    fn u32_in(&mut self, key: &str, v: Option<&Spanned<i64>>, lo: u32, default: u32) -> u32 {
+        let n = self.int_in(
+            key,
+            v,
+            i64::from(lo),
+            i64::from(u32::MAX),
+            i64::from(default),
+        );
+        u32::try_from(n).unwrap_or(default)
+    }
+}
+
+/// Letters, digits, '_', '.', '-'; not empty. Used for upstream and cookie names.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// `api.example.com` -> Exact, `*.example.com` -> Suffix(".example.com"), lower-cased.
+fn host_pattern(s: &str) -> Result<HostPattern, String> {
+    let expected = "expected a host name such as \"api.example.com\" or \"*.example.com\"";
+    if s.is_empty() {
+        return Err(format!("the host is empty; {expected}"));
+    }
+    let lower = s.to_ascii_lowercase();
+    if let Some(inner) = lower.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+        if inner.parse::<Ipv6Addr>().is_ok() {
+            return Ok(HostPattern::Exact(lower));
+        }
+    }
+    let (suffix, name) = match lower.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, lower.as_str()),
+    };
+    if name.contains(':') {
+        return Err(format!(
+            "\"{s}\" must not contain a port; routes match the host without its port"
+        ));
+    }
+    let valid = name.split('.').all(|label| {
+        !label.is_empty()
+            && label
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+    });
+    if !valid {
+        return Err(format!("\"{s}\" is not a host name; {expected}"));
+    }
+    Ok(if suffix {
+        HostPattern::Suffix(format!(".{name}"))
+    } else {
+        HostPattern::Exact(name.to_owned())
+    })
+}
+
+/// Must start with '/'; trailing slashes are dropped except for "/" itself.
+fn path_prefix(s: &str) -> Result<String, String> {
+    if !s.starts_with('/') {
+        return Err(format!("\"{s}\" must start with \"/\""));
+    }
+    if s.contains(['?', '#']) || s.contains(char::is_whitespace) {
+        return Err(format!(
+            "\"{s}\" must be a plain path, without \"?\", \"#\" or spaces"
+        ));
+    }
+    let trimmed = s.trim_end_matches('/');
+    Ok(if trimmed.is_empty() { "/" } else { trimmed }.to_owned())
+}
+
+/// `200`, `"200"` or `"200-399"`, codes 100..=599, low <= high.
+fn status_range(v: &StrOrInt) -> Option<(u16, u16)> {
+    let (lo, hi) = match v {
+        StrOrInt::Int(n) => {
+            let n = u16::try_from(*n).ok()?;
+            (n, n)
+        }
+        StrOrInt::Str(s) => match s.split_once('-') {
+            Some((a, b)) => (a.trim().parse().ok()?, b.trim().parse().ok()?),
+            None => {
+                let n = s.trim().parse().ok()?;
+                (n, n)
+            }
+        },
+    };
+    let code = 100..=599;
+    (code.contains(&lo) && code.contains(&hi) && lo <= hi).then_some((lo, hi))
+}
+
+#[cfg(test)]
+#[path = "tests.rs"]
+mod tests;

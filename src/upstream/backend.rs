@@ -22,6 +22,10 @@ pub struct Backend {
     pub url: BackendUrl,
     /// `host:port`, precomputed for logs, metrics and the admin API.
     pub id: Box<str>,
+    /// The URI authority requests to this backend are sent to.
+    pub authority: http::uri::Authority,
+    /// `host:port` as a Host header value (`host_header = "backend"`).
+    pub host_value: http::HeaderValue,
     pub weight: u32,
     pub backup: bool,
     pub stats: Arc<BackendStats>,
@@ -156,8 +160,18 @@ impl BackendStats {
 
 impl Backend {
     pub fn new(url: BackendUrl, weight: u32, backup: bool, stats: Arc<BackendStats>) -> Self {
+        let id = url.id();
+        // A validated BackendUrl is always a valid authority; the fallback only keeps
+        // this constructor total.
+        let authority = id
+            .parse()
+            .unwrap_or_else(|_| http::uri::Authority::from_static("invalid"));
+        let host_value = http::HeaderValue::from_str(&id)
+            .unwrap_or_else(|_| http::HeaderValue::from_static("invalid"));
         Backend {
-            id: url.id().into_boxed_str(),
+            authority,
+            host_value,
+            id: id.into_boxed_str(),
             url,
             weight,
             backup,

@@ -1,3 +1,80 @@
-//! Upstreams: pools of backends with their strategy, swapped whole as one snapshot.
+//! Upstreams: pools of backends with their strategy, and the routes that lead to them.
+//! Everything a request needs to choose a backend sits in one immutable `Snapshot`,
+//! swapped whole through an `ArcSwap` when the config is reloaded or edited; the
+//! numbers that change per request live in each backend's `BackendStats` atomics.
+
 mod backend;
+mod build;
+mod route;
+
+use std::sync::Arc;
+
+use crate::balance::{PickCtx, Strategy};
+use crate::config::UpstreamConfig;
+use crate::proxy::client::Client;
+
 pub use backend::{Backend, BackendStats, State};
+pub use build::build;
+pub use route::{Route, request_host};
+
+/// Routes and upstreams as one unit; replaced, never mutated.
+pub struct Snapshot {
+    pub routes: Box<[Route]>,
+    pub upstreams: Box<[Arc<Upstream>]>,
+}
+
+impl Snapshot {
+    /// The first route matching `host` and `path`, with its upstream.
+    pub fn route(&self, host: Option<&str>, path: &str) -> Option<(&Route, &Arc<Upstream>)> {
+        let r = self.routes.iter().find(|r| r.matches(host, path))?;
+        Some((r, &self.upstreams[r.upstream]))
+    }
+
+    pub fn upstream(&self, name: &str) -> Option<&Arc<Upstream>> {
+        self.upstreams.iter().find(|u| &*u.name == name)
+    }
+}
+
+/// One tier (primaries or backups) with the strategy built over it.
+pub struct Tier {
+    pub backends: Box<[Arc<Backend>]>,
+    strategy: Strategy,
+}
+
+impl Tier {
+    fn new(cfg: &UpstreamConfig, backends: Vec<Arc<Backend>>) -> Tier {
+        let strategy = Strategy::build(cfg.strategy, &backends);
+        Tier {
+            backends: backends.into_boxed_slice(),
+            strategy,
+        }
+    }
+
+    #[inline]
+    fn pick(&self, ctx: &PickCtx<'_>) -> Option<&Arc<Backend>> {
+        if self.backends.is_empty() {
+            return None;
+        }
+        let i = self.strategy.pick(&self.backends, ctx)?;
+        self.backends.get(i)
+    }
+}
+
+/// A pool of backends, its strategy and its client (connection pools).
+pub struct Upstream {
+    pub name: Arc<str>,
+    pub config: UpstreamConfig,
+    /// Every backend in config order (for /status).
+    pub all: Box<[Arc<Backend>]>,
+    pub primaries: Tier,
+    pub backups: Tier,
+    pub client: Client,
+}
+
+impl Upstream {
+    /// Picks a usable primary, or a backup when no primary is usable.
+    #[inline]
+    pub fn pick(&self, ctx: &PickCtx<'_>) -> Option<&Arc<Backend>> {
+        self.primaries.pick(ctx).or_else(|| self.backups.pick(ctx))
+    }
+}

@@ -1,1 +1,9 @@
+//! Integration tests: real sockets on 127.0.0.1, real backends, sluice in-process or as
+//! the real binary. One test binary so the suite links once.
 
+mod admin;
+mod balancing;
+mod cli;
+mod limits;
+mod proxying;
+mod support;

@@ -1,0 +1,189 @@
+//! The admin API (SPEC §5): dashboard, health, status and reload, on its own listener.
+//! It reads the same snapshot and atomics as the proxy, so what it shows is live.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::proxy::Shared;
+use crate::reload;
+
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// Serves the admin API on `listener` until `stop` turns true.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(address = %addr, "admin listening");
+    }
+    let builder = Builder::new(TokioExecutor::new());
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let shared = Arc::clone(&shared);
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let shared = Arc::clone(&shared);
+                async move { Ok::<_, Infallible>(route(&shared, req).await) }
+            });
+            let _ = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn reply(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    r
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    reply(status, "text/plain; charset=utf-8", body)
+}
+
+async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/") => reply(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD),
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/status") => reply(
+            StatusCode::OK,
+            "application/json",
+            status_json(shared).to_string(),
+        ),
+        (&Method::POST, "/reload") => {
+            if let Some(denied) = check_token(shared, &req) {
+                return denied;
+            }
+            match reload::reload(shared) {
+                Ok(()) => text(StatusCode::OK, "reloaded\n"),
+                Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+            }
+        }
+        (&Method::POST, path) if path.starts_with("/upstreams/") => {
+            if let Some(denied) = check_token(shared, &req) {
+                return denied;
+            }
+            backend_action(shared, path)
+        }
+        (_, "/" | "/healthz" | "/status" | "/reload") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// `POST /upstreams/{name}/backends/{host:port}/{drain|enable}`.
+fn backend_action(shared: &Shared, path: &str) -> Response<Full<Bytes>> {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let ["upstreams", name, "backends", id, action] = parts[..] else {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    };
+    let draining = match action {
+        "drain" => true,
+        "enable" => false,
+        _ => return text(StatusCode::NOT_FOUND, "not found\n"),
+    };
+    let snap = shared.snapshot.load();
+    let Some(upstream) = snap.upstream(name) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("no upstream named \"{name}\"\n"),
+        );
+    };
+    let Some(backend) = upstream.all.iter().find(|b| &*b.id == id) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("upstream \"{name}\" has no backend {id}\n"),
+        );
+    };
+    if backend.stats.set_draining(draining) {
+        tracing::info!(
+            upstream = name,
+            backend = id,
+            draining,
+            "backend state changed by admin"
+        );
+    }
+    text(StatusCode::OK, format!("{action}: {id}\n"))
+}
+
+/// Mutating calls need `Authorization: Bearer TOKEN` when a token is configured.
+fn check_token(shared: &Shared, req: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+    let config = shared.config.load();
+    let token = config.admin.as_ref()?.token.as_deref()?;
+    let ok = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| t == token);
+    (!ok).then(|| text(StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n"))
+}
+
+/// The `/status` document (SPEC §5).
+pub fn status_json(shared: &Shared) -> serde_json::Value {
+    let snap = shared.snapshot.load();
+    let now = Instant::now();
+    let upstreams: Vec<_> = snap
+        .upstreams
+        .iter()
+        .map(|u| {
+            let backends: Vec<_> = u
+                .all
+                .iter()
+                .map(|b| {
+                    let s = &b.stats;
+                    serde_json::json!({
+                        "url": b.url.to_string(),
+                        "weight": b.weight,
+                        "backup": b.backup,
+                        "state": s.state(now).as_str(),
+                        "inflight": s.inflight.load(Ordering::Relaxed),
+                        "requests": s.requests.load(Ordering::Relaxed),
+                        "failures": s.failures.load(Ordering::Relaxed),
+                        "latency_ewma_ms": (s.latency_ewma_ms() * 1000.0).round() / 1000.0,
+                    })
+                })
+                .collect();
+            serde_json::json!({
+                "name": &*u.name,
+                "strategy": u.config.strategy.as_str(),
+                "backends": backends,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "upstreams": upstreams,
+    })
+}

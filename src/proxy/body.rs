@@ -1,0 +1,238 @@
+//! Body wrappers. `RequestBody` streams the client's body to the backend and enforces
+//! `max_body_bytes` on the way. `ResponseBody` streams the answer back and carries the
+//! request's `Completion`, whose drop is the single end-of-request hook: it releases
+//! the backend's in-flight count, marks the connection idle and writes the access log,
+//! whether the body ended, failed or the client went away.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use super::conn::Activity;
+use crate::telemetry::{self, AccessRecord};
+use crate::upstream::Backend;
+
+/// The request body sent to a backend.
+pub struct RequestBody {
+    inner: Option<Incoming>,
+    /// Bytes still allowed; u64::MAX = unlimited.
+    remaining: u64,
+}
+
+/// Why a request body stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestBodyError {
+    #[error("request body larger than max_body_bytes")]
+    TooLarge,
+    #[error("reading the client's request body")]
+    Client(#[source] hyper::Error),
+}
+
+impl RequestBody {
+    /// `limit` 0 means unlimited.
+    pub fn new(inner: Incoming, limit: u64) -> RequestBody {
+        RequestBody {
+            inner: Some(inner),
+            remaining: if limit == 0 { u64::MAX } else { limit },
+        }
+    }
+
+    pub fn empty() -> RequestBody {
+        RequestBody {
+            inner: None,
+            remaining: u64::MAX,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = RequestBodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let n = data.len() as u64;
+                    if n > this.remaining {
+                        this.inner = None;
+                        return Poll::Ready(Some(Err(RequestBodyError::TooLarge)));
+                    }
+                    this.remaining -= n;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(RequestBodyError::Client(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}
+
+/// Everything to settle when a request is over; see the module doc.
+pub struct Completion {
+    pub activity: Arc<Activity>,
+    /// The backend whose in-flight count this request holds.
+    pub backend: Option<Arc<Backend>>,
+    /// Present when the access log is on.
+    pub record: Option<AccessRecord>,
+}
+
+impl Completion {
+    pub fn new(activity: Arc<Activity>) -> Completion {
+        activity.begin_request();
+        Completion {
+            activity,
+            backend: None,
+            record: None,
+        }
+    }
+
+    /// Takes a slot of `backend`'s in-flight count until this completion drops.
+    pub fn hold(&mut self, backend: &Arc<Backend>) {
+        backend.stats.inflight.fetch_add(1, Ordering::Relaxed);
+        backend.stats.requests.fetch_add(1, Ordering::Relaxed);
+        if let Some(old) = self.backend.replace(Arc::clone(backend)) {
+            old.stats.inflight.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        if let Some(b) = self.backend.take() {
+            b.stats.inflight.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.activity.end_request();
+        if let Some(r) = self.record.as_mut() {
+            r.finish();
+            telemetry::access(r);
+        }
+    }
+}
+
+enum Kind {
+    Proxied(Incoming),
+    Local(Option<Bytes>),
+}
+
+/// The response body sent to the client.
+pub struct ResponseBody {
+    kind: Kind,
+    done: Option<Completion>,
+}
+
+impl ResponseBody {
+    pub fn proxied(inner: Incoming, done: Completion) -> ResponseBody {
+        ResponseBody {
+            kind: Kind::Proxied(inner),
+            done: Some(done),
+        }
+    }
+
+    /// A body sluice writes itself (errors, admin answers).
+    pub fn local(bytes: impl Into<Bytes>, done: Option<Completion>) -> ResponseBody {
+        let bytes = bytes.into();
+        ResponseBody {
+            kind: Kind::Local((!bytes.is_empty()).then_some(bytes)),
+            done,
+        }
+    }
+
+    fn count(&mut self, n: usize) {
+        if let Some(r) = self.done.as_mut().and_then(|d| d.record.as_mut()) {
+            r.bytes += n as u64;
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let polled = match &mut this.kind {
+            Kind::Proxied(inner) => Pin::new(inner).poll_frame(cx),
+            Kind::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+        };
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    let n = d.len();
+                    this.count(n);
+                }
+            }
+            Poll::Ready(Some(Err(_))) | Poll::Ready(None) => {
+                // End of the exchange: settle now rather than when hyper drops us.
+                this.done = None;
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Proxied(inner) => inner.is_end_stream(),
+            Kind::Local(b) => b.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Proxied(inner) => inner.size_hint(),
+            Kind::Local(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}
+
+/// Fields of an access-log line gathered while a request runs.
+impl AccessRecord {
+    pub fn start(client: SocketAddr, method: &http::Method, uri: &http::Uri) -> AccessRecord {
+        AccessRecord {
+            start: Instant::now(),
+            client,
+            method: method.clone(),
+            uri: uri.clone(),
+            status: 0,
+            upstream: None,
+            backend: None,
+            bytes: 0,
+            request_id: None,
+            attempts: 0,
+            duration_ms: 0.0,
+        }
+    }
+
+    fn finish(&mut self) {
+        self.duration_ms = self.start.elapsed().as_secs_f64() * 1000.0;
+    }
+}

@@ -1,0 +1,76 @@
+//! What can go wrong while proxying one request, and what the client sees for it
+//! (SPEC §4). Bodies are short plain text and never name a backend.
+
+use http::StatusCode;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("malformed request: {0}")]
+    BadRequest(&'static str),
+    #[error("no route matches")]
+    NoRoute,
+    #[error("request body larger than max_body_bytes")]
+    BodyTooLarge,
+    #[error("request head larger than max_header_bytes")]
+    HeadTooLarge,
+    #[error("no healthy backend in upstream")]
+    NoHealthyBackend,
+    #[error("backend unreachable")]
+    Connect(#[source] hyper_util::client::legacy::Error),
+    #[error("backend broke off")]
+    BrokeOff(#[source] hyper_util::client::legacy::Error),
+    #[error("backend did not answer within response_timeout")]
+    ResponseTimeout,
+}
+
+impl ProxyError {
+    /// The SPEC §4 status for this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::NoHealthyBackend => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Connect(_) | ProxyError::BrokeOff(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::ResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The client-facing body: fixed text per status.
+    pub fn body(&self) -> &'static str {
+        match self {
+            ProxyError::BadRequest(_) => "400 bad request\n",
+            ProxyError::NoRoute => "404 no route matches this request\n",
+            ProxyError::BodyTooLarge => "413 request body too large\n",
+            ProxyError::HeadTooLarge => "431 request header fields too large\n",
+            ProxyError::NoHealthyBackend => "503 no healthy backend available\n",
+            ProxyError::Connect(_) | ProxyError::BrokeOff(_) => "502 bad gateway\n",
+            ProxyError::ResponseTimeout => "504 gateway timeout\n",
+        }
+    }
+
+    /// Does this error count against the backend (for `failures` and, later, outlier
+    /// detection)?
+    pub fn is_backend_failure(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::Connect(_) | ProxyError::BrokeOff(_) | ProxyError::ResponseTimeout
+        )
+    }
+}
+
+/// Flattens an error and its sources into one line for the log.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let cs = c.to_string();
+        if !s.ends_with(&cs) {
+            s.push_str(": ");
+            s.push_str(&cs);
+        }
+        cur = c.source();
+    }
+    s
+}

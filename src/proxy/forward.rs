@@ -1,0 +1,284 @@
+//! One request, start to finish: check framing and limits, route, pick a backend,
+//! rewrite headers, send, and hand the streaming response back. Every way this can
+//! fail ends in a `ProxyError` that knows its status (SPEC §4).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::uri::{PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::Shared;
+use super::body::{Completion, RequestBody, RequestBodyError, ResponseBody};
+use super::conn::Activity;
+use super::error::{ProxyError, chain};
+use super::headers::{self, X_REQUEST_ID};
+use super::upgrade;
+use crate::balance::{PickCtx, Tried};
+use crate::config::HostHeader;
+use crate::telemetry::{self, AccessRecord};
+use crate::upstream::{Upstream, request_host};
+
+/// What a request needs to know about the connection it came on.
+pub struct ConnInfo {
+    pub client: SocketAddr,
+    pub https: bool,
+    pub activity: Arc<Activity>,
+}
+
+/// Serves one client request. Never fails: errors become sluice's own answers.
+pub async fn handle(
+    shared: &Shared,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let mut done = Completion::new(Arc::clone(&conn.activity));
+    let request_id = match req.headers().get(&X_REQUEST_ID) {
+        Some(id) => id.clone(),
+        None => headers::new_request_id(),
+    };
+    if telemetry::access_log_enabled() {
+        let mut r = AccessRecord::start(conn.client, req.method(), req.uri());
+        r.request_id = Some(request_id.clone());
+        done.record = Some(r);
+    }
+    match forward(shared, conn, req, &mut done, &request_id).await {
+        Ok(resp) => {
+            let (mut parts, body) = resp.into_parts();
+            let upgraded = parts.status == StatusCode::SWITCHING_PROTOCOLS;
+            headers::remove_hop_by_hop(&mut parts.headers, upgraded, false);
+            parts.headers.insert(&X_REQUEST_ID, request_id);
+            if let Some(r) = done.record.as_mut() {
+                r.status = parts.status.as_u16();
+            }
+            Response::from_parts(parts, ResponseBody::proxied(body, done))
+        }
+        Err(e) => {
+            let status = e.status();
+            if status.is_server_error() {
+                tracing::warn!(
+                    status = status.as_u16(),
+                    upstream = done.record.as_ref().and_then(|r| r.upstream.as_deref()),
+                    backend = done.backend.as_ref().map(|b| &*b.id),
+                    error = %chain(&e),
+                    "request failed"
+                );
+            } else {
+                tracing::debug!(status = status.as_u16(), error = %e, "request refused");
+            }
+            if let Some(r) = done.record.as_mut() {
+                r.status = status.as_u16();
+            }
+            let mut resp = Response::new(ResponseBody::local(e.body(), Some(done)));
+            *resp.status_mut() = status;
+            let h = resp.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            h.insert(&X_REQUEST_ID, request_id);
+            if matches!(e, ProxyError::BadRequest(_)) {
+                // Framing we refused may leave unread bytes behind: do not reuse.
+                h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            resp
+        }
+    }
+}
+
+/// Refuses request framing a proxy must not pass on (request smuggling): both
+/// Content-Length and Transfer-Encoding, or several differing Content-Length values.
+fn check_framing(req: &Request<Incoming>, conn: &ConnInfo) -> Result<(), ProxyError> {
+    let h = req.headers();
+    if h.contains_key(header::TRANSFER_ENCODING) && conn.activity.take_conflicting_framing() {
+        return Err(ProxyError::BadRequest(
+            "both Content-Length and Transfer-Encoding",
+        ));
+    }
+    let mut cls = h.get_all(header::CONTENT_LENGTH).iter();
+    if let Some(first) = cls.next() {
+        if h.contains_key(header::TRANSFER_ENCODING) {
+            return Err(ProxyError::BadRequest(
+                "both Content-Length and Transfer-Encoding",
+            ));
+        }
+        if cls.any(|v| v != first) {
+            return Err(ProxyError::BadRequest("differing Content-Length values"));
+        }
+    }
+    Ok(())
+}
+
+fn content_length(req: &Request<Incoming>) -> Option<u64> {
+    req.headers()
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+async fn forward(
+    shared: &Shared,
+    conn: &ConnInfo,
+    mut req: Request<Incoming>,
+    done: &mut Completion,
+    request_id: &HeaderValue,
+) -> Result<Response<Incoming>, ProxyError> {
+    check_framing(&req, conn)?;
+    let (max_header_bytes, max_body_bytes) = {
+        let l = shared.limits.load();
+        (l.max_header_bytes, l.max_body_bytes)
+    };
+    // hyper enforces the head limit for HTTP/1 at its buffer size (8 KiB at least);
+    // this catches smaller limits and HTTP/2 heads.
+    if headers::head_size(req.method(), req.uri(), req.headers()) > max_header_bytes {
+        return Err(ProxyError::HeadTooLarge);
+    }
+    if max_body_bytes > 0 && content_length(&req).is_some_and(|n| n > max_body_bytes) {
+        return Err(ProxyError::BodyTooLarge);
+    }
+
+    // Route, keeping no snapshot guard across an await.
+    let (upstream, rewritten): (Arc<Upstream>, Option<PathAndQuery>) = {
+        let snap = shared.snapshot.load();
+        let path = req.uri().path();
+        let (route, upstream) = snap
+            .route(request_host(&req), path)
+            .ok_or(ProxyError::NoRoute)?;
+        let rewritten = route.rewrite(path).and_then(|p| {
+            let pq = match req.uri().query() {
+                Some(q) => format!("{p}?{q}"),
+                None => p.to_owned(),
+            };
+            PathAndQuery::try_from(pq).ok()
+        });
+        (Arc::clone(upstream), rewritten)
+    };
+    if let Some(r) = done.record.as_mut() {
+        r.upstream = Some(Arc::clone(&upstream.name));
+    }
+
+    let tried = Tried::default();
+    let ctx = PickCtx {
+        key: None,
+        tried: &tried,
+        now: Instant::now(),
+    };
+    let backend = Arc::clone(upstream.pick(&ctx).ok_or(ProxyError::NoHealthyBackend)?);
+    done.hold(&backend);
+    if let Some(r) = done.record.as_mut() {
+        r.backend = Some(backend.id.clone());
+        r.attempts = 1;
+    }
+
+    let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+
+    let (mut parts, body) = req.into_parts();
+    // The client's Host: the header (HTTP/1) or the :authority (HTTP/2).
+    let client_host = match parts.headers.get(header::HOST) {
+        Some(h) => Some(h.clone()),
+        None => parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    };
+    headers::remove_hop_by_hop(&mut parts.headers, upgrade, true);
+    headers::set_forwarded(
+        &mut parts.headers,
+        conn.client.ip(),
+        conn.https,
+        client_host.as_ref(),
+    );
+    if !parts.headers.contains_key(&X_REQUEST_ID) {
+        parts.headers.insert(&X_REQUEST_ID, request_id.clone());
+    }
+    let host = match upstream.config.host_header {
+        HostHeader::Preserve => client_host,
+        HostHeader::Backend => Some(backend.host_value.clone()),
+    };
+    if let Some(h) = host {
+        parts.headers.insert(header::HOST, h);
+    }
+
+    let pq = match rewritten {
+        Some(pq) => pq,
+        None => parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    };
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = Some(backend.authority.clone());
+    uri.path_and_query = Some(pq);
+    parts.uri =
+        Uri::from_parts(uri).map_err(|_| ProxyError::BadRequest("unusable request target"))?;
+    parts.version = Version::HTTP_11;
+
+    let breq = Request::from_parts(parts, RequestBody::new(body, max_body_bytes));
+    let sent = Instant::now();
+    let result = tokio::time::timeout(
+        upstream.config.response_timeout,
+        upstream.client.request(breq),
+    )
+    .await;
+    let stats = &backend.stats;
+    let mut resp = match result {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(e)) => {
+            if has_source::<RequestBodyError>(&e, |b| matches!(b, RequestBodyError::TooLarge)) {
+                return Err(ProxyError::BodyTooLarge);
+            }
+            if has_source::<RequestBodyError>(&e, |b| matches!(b, RequestBodyError::Client(_))) {
+                // The client broke off its own upload; not the backend's fault.
+                return Err(ProxyError::BadRequest("client request body ended early"));
+            }
+            stats
+                .failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(if e.is_connect() {
+                ProxyError::Connect(e)
+            } else {
+                ProxyError::BrokeOff(e)
+            });
+        }
+        Err(_) => {
+            stats
+                .failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(ProxyError::ResponseTimeout);
+        }
+    };
+    stats.observe_latency(sent.elapsed());
+
+    if let Some(client) = client_upgrade {
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            upgrade::tunnel(client, hyper::upgrade::on(&mut resp));
+        }
+    }
+    Ok(resp)
+}
+
+/// Whether `e`'s cause chain holds a `T` satisfying `f`.
+fn has_source<T: std::error::Error + 'static>(
+    e: &(dyn std::error::Error + 'static),
+    f: impl Fn(&T) -> bool,
+) -> bool {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if let Some(t) = c.downcast_ref::<T>() {
+            if f(t) {
+                return true;
+            }
+        }
+        cur = c.source();
+    }
+    false
+}

@@ -1,0 +1,58 @@
+//! The data plane: listeners, connections, forwarding, and the client side.
+
+pub mod body;
+pub mod client;
+pub mod conn;
+pub mod error;
+pub mod forward;
+pub mod headers;
+pub mod server;
+mod upgrade;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::config::{Config, Limits};
+use crate::upstream::{self, Snapshot};
+
+/// Changes applied to every config loaded from the file (command-line overrides).
+pub type Overrides = Box<dyn Fn(&mut Config) -> Result<(), String> + Send + Sync>;
+
+/// State shared by listeners, the admin API and reloads.
+pub struct Shared {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub limits: ArcSwap<Limits>,
+    /// The config the snapshot was built from.
+    pub config: ArcSwap<Config>,
+    /// The file to read again on reload; None when running from flags only.
+    pub config_path: Option<PathBuf>,
+    pub overrides: Option<Overrides>,
+}
+
+impl Shared {
+    pub fn new(
+        config: Config,
+        config_path: Option<PathBuf>,
+        overrides: Option<Overrides>,
+    ) -> Arc<Shared> {
+        let snapshot = upstream::build(&config, None);
+        Arc::new(Shared {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            limits: ArcSwap::from_pointee(config.limits.clone()),
+            config: ArcSwap::from_pointee(config),
+            config_path,
+            overrides,
+        })
+    }
+
+    /// Makes `config` the running configuration: one store for routes, upstreams and
+    /// their tables; backend stats and pools carry over by URL.
+    pub fn apply(&self, config: Config) {
+        let snapshot = upstream::build(&config, Some(&self.snapshot.load()));
+        self.limits.store(Arc::new(config.limits.clone()));
+        self.snapshot.store(Arc::new(snapshot));
+        self.config.store(Arc::new(config));
+    }
+}

@@ -1,0 +1,45 @@
+//! Reloading the configuration file (SIGHUP and `POST /reload`): read, validate, apply
+//! the command-line overrides again, and swap the snapshot; on any error the running
+//! configuration stays.
+
+use crate::config::{self, ConfigErrors, LoadError};
+use crate::proxy::Shared;
+
+/// Why a reload did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("no config file to reload (sluice was started without --config)")]
+    NoFile,
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("{0}")]
+    Override(String),
+}
+
+/// Reloads the config file into `shared`.
+pub fn reload(shared: &Shared) -> Result<(), ReloadError> {
+    let path = shared.config_path.as_deref().ok_or(ReloadError::NoFile)?;
+    let mut config = config::load(path)?;
+    if let Some(overrides) = &shared.overrides {
+        overrides(&mut config).map_err(ReloadError::Override)?;
+    }
+    let old = shared.config.load();
+    if old.listeners != config.listeners
+        || old.admin.as_ref().map(|a| a.address) != config.admin.as_ref().map(|a| a.address)
+    {
+        tracing::warn!("listener and admin address changes take effect at the next restart");
+    }
+    shared.apply(config);
+    tracing::info!(path = %path.display(), "configuration reloaded");
+    Ok(())
+}
+
+impl ReloadError {
+    /// The validation problems, when that is why the reload failed.
+    pub fn problems(&self) -> Option<&ConfigErrors> {
+        match self {
+            ReloadError::Load(LoadError::Invalid(e)) => Some(e),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! Config → Snapshot. Runs at startup, on reload and on admin edits, never per request.
+//! Backends present in the previous snapshot keep their `BackendStats` (in-flight counts,
+//! health, latency), and upstreams whose client settings did not change keep their
+//! connection pools.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::{Backend, BackendStats, Route, Snapshot, Tier, Upstream};
+use crate::config::{Config, UpstreamConfig};
+use crate::proxy::client::Client;
+
+/// Builds a snapshot of `config`, reusing state from `previous` where backends match.
+pub fn build(config: &Config, previous: Option<&Snapshot>) -> Snapshot {
+    let mut old_stats: HashMap<(&str, String), &Arc<BackendStats>> = HashMap::new();
+    let mut old_clients: HashMap<&str, (&UpstreamConfig, &Client)> = HashMap::new();
+    if let Some(prev) = previous {
+        for u in prev.upstreams.iter() {
+            old_clients.insert(&u.name, (&u.config, &u.client));
+            for b in u.all.iter() {
+                old_stats.insert((&u.name, b.id.to_string()), &b.stats);
+            }
+        }
+    }
+
+    let upstreams: Vec<Arc<Upstream>> = config
+        .upstreams
+        .iter()
+        .map(|cfg| {
+            let all: Vec<Arc<Backend>> = cfg
+                .backends
+                .iter()
+                .map(|b| {
+                    let stats = old_stats
+                        .get(&(cfg.name.as_str(), b.url.id()))
+                        .map(|s| Arc::clone(s))
+                        .unwrap_or_default();
+                    Arc::new(Backend::new(b.url.clone(), b.weight, b.backup, stats))
+                })
+                .collect();
+            let (backups, primaries): (Vec<_>, Vec<_>) =
+                all.iter().cloned().partition(|b| b.backup);
+            let client = match old_clients.get(cfg.name.as_str()) {
+                Some((old, client)) if Client::same_settings(old, cfg) => (*client).clone(),
+                _ => Client::new(cfg),
+            };
+            Arc::new(Upstream {
+                name: cfg.name.as_str().into(),
+                config: cfg.clone(),
+                primaries: Tier::new(cfg, primaries),
+                backups: Tier::new(cfg, backups),
+                all: all.into_boxed_slice(),
+                client,
+            })
+        })
+        .collect();
+
+    let index = |name: &str| upstreams.iter().position(|u| &*u.name == name);
+    let routes: Vec<Route> = if config.routes.is_empty() {
+        // Validation guarantees exactly one upstream when there are no routes.
+        (0..upstreams.len().min(1)).map(Route::catch_all).collect()
+    } else {
+        config
+            .routes
+            .iter()
+            .filter_map(|r| Some(Route::new(r, index(&r.upstream)?)))
+            .collect()
+    };
+
+    Snapshot {
+        routes: routes.into_boxed_slice(),
+        upstreams: upstreams.into_boxed_slice(),
+    }
+}

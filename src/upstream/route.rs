@@ -1,0 +1,157 @@
+//! Routes: which upstream serves a request, by host and path prefix (SPEC §2 `[[route]]`).
+//! Matching runs per request over a short list in file order; it allocates nothing.
+
+use crate::config::{HostPattern, RouteConfig};
+
+/// A compiled route; `upstream` indexes `Snapshot::upstreams`.
+#[derive(Debug)]
+pub struct Route {
+    host: Option<HostPattern>,
+    /// Normalised: no trailing '/' unless "/" itself.
+    prefix: Option<Box<str>>,
+    strip: bool,
+    pub upstream: usize,
+}
+
+impl Route {
+    pub fn new(cfg: &RouteConfig, upstream: usize) -> Route {
+        Route {
+            host: cfg.host.clone(),
+            prefix: cfg.path_prefix.as_deref().map(Into::into),
+            strip: cfg.strip_prefix,
+            upstream,
+        }
+    }
+
+    /// A route that matches everything (a config with one upstream and no routes).
+    pub fn catch_all(upstream: usize) -> Route {
+        Route {
+            host: None,
+            prefix: None,
+            strip: false,
+            upstream,
+        }
+    }
+
+    /// Does this route take a request for `host` (without port, any case) and `path`?
+    pub fn matches(&self, host: Option<&str>, path: &str) -> bool {
+        if let Some(pattern) = &self.host {
+            let Some(host) = host else { return false };
+            let ok = match pattern {
+                HostPattern::Exact(h) => host.eq_ignore_ascii_case(h),
+                // ".example.com": the host must be longer than the suffix, so the apex
+                // "example.com" itself does not match.
+                HostPattern::Suffix(s) => {
+                    host.len() > s.len()
+                        && host.is_char_boundary(host.len() - s.len())
+                        && host[host.len() - s.len()..].eq_ignore_ascii_case(s)
+                }
+            };
+            if !ok {
+                return false;
+            }
+        }
+        match &self.prefix {
+            None => true,
+            Some(p) => prefix_matches(p, path),
+        }
+    }
+
+    /// The path to send upstream: `path` less the prefix when `strip_prefix` is on,
+    /// keeping a leading '/'. None when nothing changes.
+    pub fn rewrite<'p>(&self, path: &'p str) -> Option<&'p str> {
+        let p = self.prefix.as_deref().filter(|_| self.strip)?;
+        if p == "/" {
+            return None;
+        }
+        let rest = &path[p.len()..];
+        Some(if rest.is_empty() { "/" } else { rest })
+    }
+}
+
+/// Whole-segment prefix match: "/api" matches "/api", "/api/x", not "/apix".
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    if prefix == "/" {
+        return true;
+    }
+    path.starts_with(prefix) && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/'))
+}
+
+/// The host a request names: the URI authority (HTTP/2, absolute-form) or the Host
+/// header, without the port.
+pub fn request_host<B>(req: &http::Request<B>) -> Option<&str> {
+    if let Some(h) = req.uri().host() {
+        return Some(h);
+    }
+    let value = req.headers().get(http::header::HOST)?.to_str().ok()?;
+    Some(strip_port(value))
+}
+
+fn strip_port(hostport: &str) -> &str {
+    if let Some(rest) = hostport.strip_prefix('[') {
+        // IPv6 literal: "[::1]:8080" -> "::1"
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match hostport.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => hostport,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(host: Option<HostPattern>, prefix: Option<&str>, strip: bool) -> Route {
+        Route {
+            host,
+            prefix: prefix.map(Into::into),
+            strip,
+            upstream: 0,
+        }
+    }
+
+    #[test]
+    fn prefix_matches_whole_segments() {
+        let r = route(None, Some("/api"), false);
+        assert!(r.matches(None, "/api"));
+        assert!(r.matches(None, "/api/x"));
+        assert!(!r.matches(None, "/apix"));
+        assert!(!r.matches(None, "/"));
+    }
+
+    #[test]
+    fn strip_keeps_a_leading_slash() {
+        let r = route(None, Some("/api"), true);
+        assert_eq!(r.rewrite("/api/v1"), Some("/v1"));
+        assert_eq!(r.rewrite("/api"), Some("/"));
+        assert_eq!(route(None, Some("/api"), false).rewrite("/api/v1"), None);
+    }
+
+    #[test]
+    fn wildcard_host_excludes_the_apex() {
+        let r = route(
+            Some(HostPattern::Suffix(".example.com".into())),
+            None,
+            false,
+        );
+        assert!(r.matches(Some("a.example.com"), "/"));
+        assert!(r.matches(Some("A.B.Example.COM"), "/"));
+        assert!(!r.matches(Some("example.com"), "/"));
+        assert!(!r.matches(None, "/"));
+        let e = route(
+            Some(HostPattern::Exact("api.example.com".into())),
+            None,
+            false,
+        );
+        assert!(e.matches(Some("API.example.com"), "/"));
+        assert!(!e.matches(Some("x.api.example.com"), "/"));
+    }
+
+    #[test]
+    fn host_header_port_is_ignored() {
+        assert_eq!(strip_port("example.com:8080"), "example.com");
+        assert_eq!(strip_port("[::1]:8080"), "::1");
+        assert_eq!(strip_port("example.com"), "example.com");
+    }
+}

@@ -1,0 +1,190 @@
+//! Strategies over real backends (SPEC §3): rotation, weights, load awareness, backups.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use tokio::sync::Notify;
+
+use crate::support::*;
+
+fn count(bodies: &[String], name: &str) -> usize {
+    bodies.iter().filter(|b| *b == name).count()
+}
+
+#[tokio::test]
+async fn round_robin_with_equal_weights_rotates_strictly() {
+    let a = TestBackend::replying("a").await;
+    let b = TestBackend::replying("b").await;
+    let c = TestBackend::replying("c").await;
+    let lb = Sluice::over(&[a.url(), b.url(), c.url()], "").await;
+    let bodies = lb.get_many("/", 12).await;
+    // Whatever the starting point, each window of 3 holds each backend once, in a
+    // fixed cyclic order.
+    for w in bodies.windows(3) {
+        let mut sorted = w.to_vec();
+        sorted.sort();
+        assert_eq!(sorted, ["a", "b", "c"], "{bodies:?}");
+    }
+    assert_eq!(bodies[0..3], bodies[3..6]);
+}
+
+#[tokio::test]
+async fn round_robin_weights_shape_the_split_exactly() {
+    let a = TestBackend::replying("a").await;
+    let b = TestBackend::replying("b").await;
+    let lb = Sluice::start(&format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n[upstream.web]\nbackends = [{{ url = \"{}\", weight = 3 }}, {{ url = \"{}\" }}]\n",
+        a.url(),
+        b.url()
+    ))
+    .await;
+    let bodies = lb.get_many("/", 400).await;
+    assert_eq!(count(&bodies, "a"), 300);
+    assert_eq!(count(&bodies, "b"), 100);
+    // Smooth: b never waits more than 3 picks.
+    assert!(
+        !bodies.windows(4).any(|w| w.iter().all(|x| x == "a")),
+        "{bodies:?}"
+    );
+}
+
+#[tokio::test]
+async fn random_honours_weights() {
+    let a = TestBackend::replying("a").await;
+    let b = TestBackend::replying("b").await;
+    let lb = Sluice::start(&format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n[upstream.web]\nstrategy = \"random\"\nbackends = [{{ url = \"{}\", weight = 3 }}, {{ url = \"{}\" }}]\n",
+        a.url(),
+        b.url()
+    ))
+    .await;
+    let bodies = lb.get_many("/", 400).await;
+    let na = count(&bodies, "a");
+    // Expected 300, standard deviation ~8.7: ±45 is over 5 sigma.
+    assert!((255..=345).contains(&na), "a got {na} of 400");
+}
+
+/// Two backends answer `/slow` only when released and everything else at once. One
+/// `/slow` request is parked on one of them; every later request must avoid it.
+async fn avoids_the_busy_backend(strategy: &str) {
+    let gate = Arc::new(Notify::new());
+    let mk = |name: &'static str, gate: Arc<Notify>| async move {
+        TestBackend::start(move |req| {
+            let gate = gate.clone();
+            async move {
+                if req.uri().path() == "/slow" {
+                    gate.notified().await;
+                }
+                http::Response::new(full(name))
+            }
+        })
+        .await
+    };
+    let a = mk("a", gate.clone()).await;
+    let b = mk("b", gate.clone()).await;
+    let lb =
+        Arc::new(Sluice::over(&[a.url(), b.url()], &format!("strategy = \"{strategy}\"")).await);
+    let slow = {
+        let lb = lb.clone();
+        tokio::spawn(async move { lb.get("/slow").await })
+    };
+    // Wait until the slow request has reached a backend.
+    tokio::time::timeout(DEADLINE, async {
+        while a.hits() + b.hits() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let busy = if a.hits() == 1 { "a" } else { "b" };
+    let bodies = lb.get_many("/fast", 30).await;
+    assert_eq!(
+        count(&bodies, busy),
+        0,
+        "{strategy} sent requests to the busy backend: {bodies:?}"
+    );
+    gate.notify_waiters();
+    let (s, _, body) = slow.await.unwrap();
+    assert_eq!((s, body.as_str()), (StatusCode::OK, busy));
+}
+
+#[tokio::test]
+async fn least_conn_avoids_a_busy_backend() {
+    avoids_the_busy_backend("least_conn").await;
+}
+
+#[tokio::test]
+async fn p2c_avoids_a_busy_backend() {
+    avoids_the_busy_backend("p2c").await;
+}
+
+#[tokio::test]
+async fn least_conn_spreads_idle_requests() {
+    let a = TestBackend::replying("a").await;
+    let b = TestBackend::replying("b").await;
+    let lb = Sluice::over(&[a.url(), b.url()], "strategy = \"least_conn\"").await;
+    let bodies = lb.get_many("/", 100).await;
+    assert!(
+        count(&bodies, "a") > 25 && count(&bodies, "b") > 25,
+        "{bodies:?}"
+    );
+}
+
+#[tokio::test]
+async fn first_sends_everything_to_the_first_available() {
+    let a = TestBackend::replying("a").await;
+    let b = TestBackend::replying("b").await;
+    let lb = Sluice::start(&format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n[upstream.web]\nstrategy = \"first\"\nbackends = [{{ url = \"{}\" }}, {{ url = \"{}\" }}]\n",
+        a.url(),
+        b.url()
+    ))
+    .await;
+    assert_eq!(count(&lb.get_many("/", 10).await, "a"), 10);
+    let (s, _) = lb
+        .admin("POST", &format!("/upstreams/web/backends/{}/drain", a.addr))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(count(&lb.get_many("/", 10).await, "b"), 10);
+}
+
+#[tokio::test]
+async fn backups_serve_only_when_no_primary_is_available() {
+    let p1 = TestBackend::replying("p1").await;
+    let p2 = TestBackend::replying("p2").await;
+    let bk = TestBackend::replying("backup").await;
+    let lb = Sluice::start(&format!(
+        r#"[[listener]]
+address = "127.0.0.1:0"
+[admin]
+address = "127.0.0.1:0"
+[upstream.web]
+backends = [{{ url = "{}" }}, {{ url = "{}", backup = true }}, {{ url = "{}" }}]
+"#,
+        p1.url(),
+        bk.url(),
+        p2.url()
+    ))
+    .await;
+    assert_eq!(count(&lb.get_many("/", 20).await, "backup"), 0);
+    for p in [&p1, &p2] {
+        let (s, _) = lb
+            .admin("POST", &format!("/upstreams/web/backends/{}/drain", p.addr))
+            .await;
+        assert_eq!(s, StatusCode::OK);
+    }
+    assert_eq!(count(&lb.get_many("/", 10).await, "backup"), 10);
+    lb.admin(
+        "POST",
+        &format!("/upstreams/web/backends/{}/enable", p2.addr),
+    )
+    .await;
+    assert_eq!(count(&lb.get_many("/", 10).await, "p2"), 10);
+    // With every backend drained, including the backup: 503.
+    for p in [&p2, &bk] {
+        lb.admin("POST", &format!("/upstreams/web/backends/{}/drain", p.addr))
+            .await;
+    }
+    assert_eq!(lb.get("/").await.0, StatusCode::SERVICE_UNAVAILABLE);
+}

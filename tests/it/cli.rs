@@ -1,0 +1,199 @@
+//! The binary itself (SPEC §1): flags, exit codes, stderr lines, `check`, logs, signals.
+
+use std::io::Write;
+
+use crate::support::process::{Proc, run};
+use crate::support::*;
+
+fn temp_config(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("sluice-it-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::File::create(&path)
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    path
+}
+
+#[test]
+fn bad_flags_exit_non_zero_with_the_problem_on_the_first_line() {
+    for args in [
+        &["--no-such-flag"][..],
+        &["--strategy", "fastest", "-b", "127.0.0.1:1"],
+        &["--backend", "ftp://x:1"],
+        &["--listen", "not-an-address", "-b", "127.0.0.1:1"],
+        &["--workers", "0", "-b", "127.0.0.1:1"],
+    ] {
+        let (code, _, err) = run(args);
+        assert_ne!(code, 0, "{args:?}");
+        let first = err.lines().next().unwrap_or_default();
+        assert!(first.starts_with("error:"), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let (code, _, err) = run(&[]);
+    assert_eq!(code, 1);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("--backend"), "{err}");
+}
+
+#[tokio::test]
+async fn an_address_in_use_is_one_line_and_exit_1() {
+    let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (code, _, err) =
+        tokio::task::spawn_blocking(move || run(&["-l", &addr, "-b", "127.0.0.1:1"]))
+            .await
+            .unwrap();
+    assert_eq!(code, 1);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("cannot listen on") && err.contains("in use"),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_reports_every_problem_as_file_line_col() {
+    let path = temp_config(
+        "bad.toml",
+        "[[listener]]\naddress = \"127.0.0.1:8080\"\n\n[limits]\nidle_timeout = \"5 parsecs\"\n\n[[route]]\nupstream = \"nope\"\n\n[upstream.web]\nbackends = [{ url = \"htp://10.0.0.1:80\" }]\n",
+    );
+    let p = path.to_str().unwrap();
+    let (code, _, err) = run(&["check", "-c", p]);
+    assert_eq!(code, 1, "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 3, "{err}");
+    assert!(lines[0].starts_with(&format!("{p}:5:16: ")), "{err}");
+    assert!(lines[1].starts_with(&format!("{p}:8:12: ")), "{err}");
+    assert!(lines[2].starts_with(&format!("{p}:11:21: ")), "{err}");
+    // The same file at startup: one line, exit 1.
+    let (code, _, err) = run(&["-c", p]);
+    assert_eq!(code, 1);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains(&format!("{p}:5:16: ")), "{err}");
+
+    let good = temp_config(
+        "good.toml",
+        "[[listener]]\naddress = \"127.0.0.1:8080\"\n[upstream.web]\nbackends = [{ url = \"127.0.0.1:9000\" }]\n",
+    );
+    let (code, _, err) = run(&["check", "-c", good.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(&["check", "-c", "/nonexistent/sluice.toml"]);
+    assert_eq!(code, 1);
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+fn listening_port(p: &Proc) -> String {
+    let line = p.line_with("listening");
+    let start = line
+        .find("127.0.0.1:")
+        .expect("address in the listening line");
+    line[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+        .collect()
+}
+
+#[tokio::test]
+async fn json_access_log_and_graceful_sigterm() {
+    let be = TestBackend::replying("a").await;
+    let url = be.url();
+    let mut p = tokio::task::spawn_blocking(move || {
+        Proc::spawn(&[
+            "-l",
+            "127.0.0.1:0",
+            "-b",
+            &url,
+            "--log-format",
+            "json",
+            "--workers",
+            "1",
+        ])
+    })
+    .await
+    .unwrap();
+    let addr = listening_port(&p);
+    let c = client();
+    let req = http::Request::get(format!("http://{addr}/hello?x=1"))
+        .header("x-request-id", "rid-1")
+        .body(Default::default())
+        .unwrap();
+    let (s, _, _) = send_with(&c, req).await;
+    assert_eq!(s, 200);
+    let (line, code) = tokio::task::spawn_blocking(move || {
+        let line = p.line_with("rid-1");
+        p.signal("TERM");
+        (line, p.wait())
+    })
+    .await
+    .unwrap();
+    let j: serde_json::Value = serde_json::from_str(&line).expect("access line is JSON");
+    for k in [
+        "ts",
+        "client",
+        "method",
+        "path",
+        "status",
+        "upstream",
+        "backend",
+        "duration_ms",
+        "bytes",
+        "request_id",
+        "attempts",
+    ] {
+        assert!(j.get(k).is_some(), "missing {k}: {line}");
+    }
+    assert_eq!(j["method"], "GET");
+    assert_eq!(j["path"], "/hello?x=1");
+    assert_eq!(j["status"], 200);
+    assert_eq!(j["upstream"], "default");
+    assert_eq!(j["backend"], be.addr.to_string());
+    assert_eq!(j["bytes"], 1);
+    assert_eq!(j["attempts"], 1);
+    assert_eq!(code, 0, "SIGTERM exits 0");
+}
+
+#[tokio::test]
+async fn access_log_off_prints_no_request_lines_and_events_are_json() {
+    let be = TestBackend::replying("a").await;
+    let url = be.url();
+    let mut p = tokio::task::spawn_blocking(move || {
+        Proc::spawn(&[
+            "-l",
+            "127.0.0.1:0",
+            "-b",
+            &url,
+            "--log-format",
+            "json",
+            "--access-log",
+            "off",
+        ])
+    })
+    .await
+    .unwrap();
+    let listening = p.line_with("listening");
+    let j: serde_json::Value = serde_json::from_str(&listening).expect("event line is JSON");
+    assert!(
+        j.get("ts").is_some() && j["level"] == "info" && j["event"] == "listening",
+        "{listening}"
+    );
+    let addr = j["address"].as_str().unwrap().to_owned();
+    let req = http::Request::get(format!("http://{addr}/"))
+        .header("x-request-id", "rid-off")
+        .body(Default::default())
+        .unwrap();
+    assert_eq!(send_with(&client(), req).await.0, 200);
+    let (before_shutdown, code) = tokio::task::spawn_blocking(move || {
+        p.signal("TERM");
+        let seen = p.lines_before("shutting down");
+        (seen, p.wait())
+    })
+    .await
+    .unwrap();
+    assert!(
+        before_shutdown.is_empty(),
+        "unexpected lines: {before_shutdown:?}"
+    );
+    assert_eq!(code, 0);
+}

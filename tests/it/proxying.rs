@@ -1,0 +1,414 @@
+//! SPEC §4 forwarding rules: what reaches the backend, what comes back, routes, and
+//! sluice's own answers.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn forwards_method_path_query_headers_and_body() {
+    let be = TestBackend::echo().await;
+    let lb = Sluice::over(&[be.url()], "").await;
+    let req = Request::post("/a/b?x=1&y=two")
+        .header("x-custom", "v1")
+        .header("content-type", "text/plain")
+        .body(Full::new(Bytes::from("hello body")))
+        .unwrap();
+    let (status, _, body) = lb.send(req).await;
+    assert_eq!(status, StatusCode::OK);
+    let j = echoed(&body);
+    assert_eq!(j["method"], "POST");
+    assert_eq!(j["uri"], "/a/b?x=1&y=two");
+    assert_eq!(j["body"], "hello body");
+    assert_eq!(echoed_header(&j, "x-custom"), ["v1"]);
+    assert_eq!(echoed_header(&j, "content-length"), ["10"]);
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_dropped_both_ways() {
+    let be = TestBackend::echo().await;
+    let lb = Sluice::over(&[be.url()], "").await;
+    let req = Request::get("/")
+        .header("connection", "keep-alive, x-secret")
+        .header("x-secret", "hop")
+        .header("keep-alive", "timeout=5")
+        .header("proxy-connection", "keep-alive")
+        .header("te", "gzip")
+        .header("upgrade", "h2c")
+        .header("x-end-to-end", "kept")
+        .body(Full::default())
+        .unwrap();
+    let (_, headers, body) = lb.send(req).await;
+    let j = echoed(&body);
+    for h in [
+        "x-secret",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "upgrade",
+    ] {
+        assert!(
+            echoed_header(&j, h).is_empty(),
+            "{h} reached the backend: {j}"
+        );
+    }
+    assert_eq!(echoed_header(&j, "x-end-to-end"), ["kept"]);
+    // The echo backend answers with Connection naming x-hop, and Keep-Alive.
+    assert!(headers.get("x-hop").is_none(), "{headers:?}");
+    assert!(headers.get("keep-alive").is_none(), "{headers:?}");
+}
+
+#[tokio::test]
+async fn te_trailers_is_the_one_te_that_passes() {
+    let be = TestBackend::echo().await;
+    let lb = Sluice::over(&[be.url()], "").await;
+    let req = Request::get("/")
+        .header("te", "trailers")
+        .body(Full::default())
+        .unwrap();
+    let (_, _, body) = lb.send(req).await;
+    assert_eq!(echoed_header(&echoed(&body), "te"), ["trailers"]);
+}
+
+#[tokio::test]
+async fn forwarded_headers_and_request_id() {
+    let be = TestBackend::echo().await;
+    let lb = Sluice::over(&[be.url()], "").await;
+    let req = Request::get("/")
+        .header("host", "shop.example")
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "evil.example")
+        .body(Full::default())
+        .unwrap();
+    let (_, headers, body) = lb.send(req).await;
+    let j = echoed(&body);
+    assert_eq!(
+        echoed_header(&j, "x-forwarded-for"),
+        ["203.0.113.9, 127.0.0.1"]
+    );
+    assert_eq!(echoed_header(&j, "x-forwarded-proto"), ["http"]);
+    assert_eq!(echoed_header(&j, "x-forwarded-host"), ["shop.example"]);
+    assert_eq!(
+        echoed_header(&j, "host"),
+        ["shop.example"],
+        "host_header preserve is the default"
+    );
+    let sent = echoed_header(&j, "x-request-id");
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].len(), 32);
+    assert_eq!(
+        headers["x-request-id"],
+        sent[0].as_str(),
+        "the generated id is returned"
+    );
+
+    let req = Request::get("/")
+        .header("x-request-id", "abc-123")
+        .body(Full::default())
+        .unwrap();
+    let (_, headers, body) = lb.send(req).await;
+    assert_eq!(echoed_header(&echoed(&body), "x-request-id"), ["abc-123"]);
+    assert_eq!(headers["x-request-id"], "abc-123");
+}
+
+#[tokio::test]
+async fn host_header_backend_sends_the_backend_authority() {
+    let be = TestBackend::echo().await;
+    let lb = Sluice::over(&[be.url()], "host_header = \"backend\"").await;
+    let req = Request::get("/")
+        .header("host", "shop.example")
+        .body(Full::default())
+        .unwrap();
+    let (_, _, body) = lb.send(req).await;
+    let j = echoed(&body);
+    assert_eq!(echoed_header(&j, "host"), [be.addr.to_string()]);
+    assert_eq!(echoed_header(&j, "x-forwarded-host"), ["shop.example"]);
+}
+
+#[tokio::test]
+async fn routes_by_host_wildcard_and_prefix_with_strip() {
+    let api = TestBackend::echo().await;
+    let wild = TestBackend::replying("wild").await;
+    let web = TestBackend::replying("web").await;
+    let lb = Sluice::start(&format!(
+        r#"
+[[listener]]
+address = "127.0.0.1:0"
+
+[[route]]
+host = "api.example.com"
+path_prefix = "/api/"
+strip_prefix = true
+upstream = "api"
+
+[[route]]
+host = "*.example.com"
+upstream = "wild"
+
+[[route]]
+path_prefix = "/site"
+upstream = "web"
+
+[upstream.api]
+backends = [{{ url = "{}" }}]
+[upstream.wild]
+backends = [{{ url = "{}" }}]
+[upstream.web]
+backends = [{{ url = "{}" }}]
+"#,
+        api.url(),
+        wild.url(),
+        web.url()
+    ))
+    .await;
+    let get = |host: &'static str, path: &'static str| {
+        let lb = &lb;
+        async move {
+            let req = Request::get(path)
+                .header("host", host)
+                .body(Full::default())
+                .unwrap();
+            lb.send(req).await
+        }
+    };
+    let (s, _, b) = get("API.example.com:8080", "/api/v1/users?id=7").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(echoed(&b)["uri"], "/v1/users?id=7");
+    let (_, _, b) = get("api.example.com", "/api").await;
+    assert_eq!(echoed(&b)["uri"], "/");
+    // /apix is not under /api: falls to the wildcard route.
+    assert_eq!(get("api.example.com", "/apix").await.2, "wild");
+    assert_eq!(get("deep.sub.example.com", "/").await.2, "wild");
+    // The apex is not a subdomain; /site matches whole segments only.
+    assert_eq!(get("example.com", "/site/page").await.2, "web");
+    assert_eq!(get("other.test", "/site").await.2, "web");
+    let (s, _, b) = get("example.com", "/sitemap").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert!(b.contains("no route"));
+}
+
+#[tokio::test]
+async fn unreachable_backend_is_502_without_its_address() {
+    let dead = dead_addr().await;
+    let lb = Sluice::over(&[format!("http://{dead}")], "").await;
+    let (s, h, b) = lb.get("/").await;
+    assert_eq!(s, StatusCode::BAD_GATEWAY);
+    assert!(
+        !b.contains(&dead.port().to_string()),
+        "body names the backend: {b}"
+    );
+    assert!(h.contains_key("x-request-id"));
+}
+
+#[tokio::test]
+async fn slow_backend_is_504_after_response_timeout() {
+    let be = TestBackend::start(|_| async {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        http::Response::new(full("late"))
+    })
+    .await;
+    let lb = Sluice::over(&[be.url()], "response_timeout = \"200ms\"").await;
+    let started = std::time::Instant::now();
+    let (s, _, _) = lb.get("/").await;
+    assert_eq!(s, StatusCode::GATEWAY_TIMEOUT);
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn no_backend_is_503() {
+    let lb =
+        Sluice::start("[[listener]]\naddress = \"127.0.0.1:0\"\n[upstream.empty]\nbackends = []\n")
+            .await;
+    let (s, _, b) = lb.get("/").await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(b.contains("no healthy backend"));
+}
+
+#[tokio::test]
+async fn backend_connections_are_kept_alive_and_reused() {
+    let be = TestBackend::replying("a").await;
+    let lb = Sluice::over(&[be.url()], "").await;
+    lb.get_many("/", 20).await;
+    assert_eq!(be.hits(), 20);
+    assert_eq!(
+        be.connections(),
+        1,
+        "sequential requests share one pooled connection"
+    );
+}
+
+#[tokio::test]
+async fn response_body_streams_before_the_backend_finishes() {
+    // The backend sends one chunk, then waits for the test's go-ahead before the rest.
+    let (go_tx, go_rx) = tokio::sync::watch::channel(false);
+    let be = TestBackend::start(move |_| {
+        let mut go = go_rx.clone();
+        async move {
+            let stream = async_stream(move |tx| async move {
+                let _ = tx
+                    .send(Ok(Frame::data(Bytes::from_static(b"first;"))))
+                    .await;
+                let _ = go.wait_for(|g| *g).await;
+                let _ = tx
+                    .send(Ok(Frame::data(Bytes::from_static(b"second"))))
+                    .await;
+            });
+            http::Response::new(BodyExt::boxed(StreamBody::new(stream)))
+        }
+    })
+    .await;
+    let lb = Sluice::over(&[be.url()], "").await;
+    let resp = tokio::time::timeout(
+        DEADLINE,
+        client().request(Request::get(lb.url("/")).body(Full::default()).unwrap()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let mut body = resp.into_body();
+    let first = tokio::time::timeout(DEADLINE, body.frame())
+        .await
+        .expect("first chunk arrives while the backend still holds the rest")
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.into_data().unwrap(), "first;");
+    go_tx.send(true).unwrap();
+    let rest = tokio::time::timeout(DEADLINE, body.collect())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rest.to_bytes(), "second");
+}
+
+#[tokio::test]
+async fn large_bodies_stream_both_ways_intact() {
+    let be = TestBackend::start(|req: Request<hyper::body::Incoming>| async move {
+        // Echo the upload back as it arrives.
+        http::Response::new(BodyExt::boxed(req.into_body()))
+    })
+    .await;
+    let lb = Sluice::over(&[be.url()], "").await;
+    let payload: Vec<u8> = (0..8 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let req = Request::put(lb.url("/"))
+        .body(Full::new(Bytes::from(payload.clone())))
+        .unwrap();
+    let resp = client().request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let got = tokio::time::timeout(DEADLINE, resp.into_body().collect())
+        .await
+        .unwrap()
+        .unwrap()
+        .to_bytes();
+    assert_eq!(got.len(), payload.len());
+    assert!(got == payload[..], "body corrupted in transit");
+}
+
+#[tokio::test]
+async fn h2c_prior_knowledge_is_served_on_the_same_port() {
+    let be = TestBackend::echo().await;
+    let lb = Sluice::over(&[be.url()], "").await;
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    let req = Request::get(lb.url("/over-h2?q=1"))
+        .body(Full::default())
+        .unwrap();
+    let (s, h, body) = send_with(&h2, req).await;
+    assert_eq!(s, StatusCode::OK);
+    let j = echoed(&body);
+    assert_eq!(j["uri"], "/over-h2?q=1");
+    assert_eq!(
+        j["version"], "HTTP/1.1",
+        "the backend is spoken to in HTTP/1.1"
+    );
+    assert_eq!(echoed_header(&j, "x-forwarded-host"), [lb.addr.to_string()]);
+    assert!(h.contains_key("x-request-id"));
+    // The same listener still speaks HTTP/1.1.
+    assert_eq!(lb.get("/").await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn upgrade_becomes_a_two_way_tunnel() {
+    // A backend that accepts any Upgrade with 101 and then echoes bytes upper-cased.
+    let be = TestBackend::start(|mut req: Request<hyper::body::Incoming>| async move {
+        let on = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            let Ok(up) = on.await else { return };
+            let mut io = hyper_util::rt::TokioIo::new(up);
+            let mut buf = [0u8; 64];
+            while let Ok(n) = io.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                let upper = buf[..n].to_ascii_uppercase();
+                if io.write_all(&upper).await.is_err() {
+                    break;
+                }
+            }
+        });
+        http::Response::builder()
+            .status(101)
+            .header("connection", "upgrade")
+            .header("upgrade", "echo")
+            .body(full(""))
+            .unwrap()
+    })
+    .await;
+    let lb = Sluice::over(&[be.url()], "").await;
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tokio::time::timeout(DEADLINE, s.read_exact(&mut b))
+            .await
+            .unwrap()
+            .unwrap();
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo"), "{head}");
+    s.write_all(b"ping").await.unwrap();
+    let mut got = [0u8; 4];
+    tokio::time::timeout(DEADLINE, s.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&got, b"PING");
+}
+
+/// A body stream fed by a task through a channel.
+fn async_stream<F, Fut>(
+    f: F,
+) -> impl futures_core::Stream<Item = Result<Frame<Bytes>, hyper::Error>> + Send + Unpin
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<Frame<Bytes>, hyper::Error>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(f(tx));
+    ReceiverStream(rx)
+}
+
+struct ReceiverStream<T>(tokio::sync::mpsc::Receiver<T>);
+
+impl<T> futures_core::Stream for ReceiverStream<T> {
+    type Item = T;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<T>> {
+        self.0.poll_recv(cx)
+    }
+}

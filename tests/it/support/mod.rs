@@ -1,0 +1,370 @@
+//! Test support: real backends on 127.0.0.1:0, sluice started in-process from TOML text
+//! or as the real binary, and small HTTP clients. Every wait is bounded.
+
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+pub mod process;
+
+/// Upper bound for any single wait in a test.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+pub type BoxBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+type HandlerFut = Pin<Box<dyn Future<Output = Response<BoxBody>> + Send>>;
+pub type Handler = Arc<dyn Fn(Request<Incoming>) -> HandlerFut + Send + Sync>;
+
+pub fn full(b: impl Into<Bytes>) -> BoxBody {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+/// A real HTTP server (HTTP/1.1 and h2c) bound to 127.0.0.1:0.
+pub struct TestBackend {
+    pub addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+    conns: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for TestBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TestBackend {
+    /// Serves every request with `handler`.
+    pub async fn start<F, Fut>(handler: F) -> TestBackend
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<BoxBody>> + Send + 'static,
+    {
+        let handler: Handler = Arc::new(move |r| Box::pin(handler(r)));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let conns = Arc::new(AtomicUsize::new(0));
+        let (h, c) = (hits.clone(), conns.clone());
+        let task = tokio::spawn(async move {
+            let builder = Builder::new(TokioExecutor::new());
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                c.fetch_add(1, Ordering::SeqCst);
+                let handler = handler.clone();
+                let hits = h.clone();
+                let builder = builder.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        hits.fetch_add(1, Ordering::SeqCst);
+                        let f = handler(req);
+                        async move { Ok::<_, Infallible>(f.await) }
+                    });
+                    let _ = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        TestBackend {
+            addr,
+            hits,
+            conns,
+            task,
+        }
+    }
+
+    /// Answers 200 with `name` as the body and `x-backend: name`.
+    pub async fn replying(name: &'static str) -> TestBackend {
+        Self::start(move |_req| async move {
+            Response::builder()
+                .header("x-backend", name)
+                .body(full(name))
+                .unwrap()
+        })
+        .await
+    }
+
+    /// Answers with `status` and an empty body.
+    pub async fn status(status: u16) -> TestBackend {
+        Self::start(move |_req| async move {
+            Response::builder().status(status).body(full("")).unwrap()
+        })
+        .await
+    }
+
+    /// Answers with a JSON description of the request it got: method, uri, version,
+    /// headers (lower-case name → list of values) and body.
+    pub async fn echo() -> TestBackend {
+        Self::start(|req: Request<Incoming>| async move {
+            let (parts, body) = req.into_parts();
+            let body = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let mut headers = serde_json::Map::new();
+            for (k, v) in parts.headers.iter() {
+                let e = headers
+                    .entry(k.as_str().to_owned())
+                    .or_insert_with(|| serde_json::Value::Array(vec![]));
+                if let serde_json::Value::Array(a) = e {
+                    a.push(String::from_utf8_lossy(v.as_bytes()).into_owned().into());
+                }
+            }
+            let j = serde_json::json!({
+                "method": parts.method.as_str(),
+                "uri": parts.uri.to_string(),
+                "version": format!("{:?}", parts.version),
+                "headers": headers,
+                "body": String::from_utf8_lossy(&body),
+            });
+            Response::builder()
+                .header("content-type", "application/json")
+                .header("connection", "keep-alive, x-hop")
+                .header("x-hop", "must not pass")
+                .header("keep-alive", "timeout=5")
+                .body(full(j.to_string()))
+                .unwrap()
+        })
+        .await
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Requests handled so far.
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.conns.load(Ordering::SeqCst)
+    }
+}
+
+/// An address on 127.0.0.1 where nothing listens (bound, then released).
+pub async fn dead_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
+/// sluice running in this process from a TOML config.
+pub struct Sluice {
+    pub addr: SocketAddr,
+    pub admin: Option<SocketAddr>,
+    pub shared: Arc<sluice::proxy::Shared>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Drop for Sluice {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+impl Sluice {
+    /// Parses `toml` (which must use port 0 or free ports), binds and serves.
+    pub async fn start(toml: &str) -> Sluice {
+        let config = match sluice::config::parse_str(toml, Path::new("test.toml")) {
+            Ok(c) => c,
+            Err(e) => panic!("test config invalid:\n{e}\n{toml}"),
+        };
+        let shared = sluice::proxy::Shared::new(config, None, None);
+        let server = sluice::proxy::server::Server::bind(shared.clone())
+            .await
+            .expect("bind");
+        let addr = server.local_addrs()[0];
+        let admin = server.admin_addr();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            server
+                .serve(async {
+                    let _ = rx.await;
+                })
+                .await;
+        });
+        Sluice {
+            addr,
+            admin,
+            shared,
+            stop: Some(tx),
+            task: Some(task),
+            client: client(),
+        }
+    }
+
+    /// A config with one listener on port 0 and one upstream `web` over `backends`
+    /// (`url` strings), plus `extra` lines inside `[upstream.web]`.
+    pub async fn over(backends: &[String], extra: &str) -> Sluice {
+        let list: Vec<String> = backends
+            .iter()
+            .map(|b| format!("{{ url = \"{b}\" }}"))
+            .collect();
+        Self::start(&format!(
+            "[[listener]]\naddress = \"127.0.0.1:0\"\n[upstream.web]\nbackends = [{}]\n{extra}\n",
+            list.join(", ")
+        ))
+        .await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Sends `req` (its URI may be a bare path) and returns status, headers and body.
+    pub async fn send(&self, mut req: Request<Full<Bytes>>) -> (StatusCode, HeaderMap, String) {
+        if req.uri().authority().is_none() {
+            *req.uri_mut() = self.url(&req.uri().to_string()).parse().unwrap();
+        }
+        send_with(&self.client, req).await
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, HeaderMap, String) {
+        self.send(Request::get(path).body(Full::default()).unwrap())
+            .await
+    }
+
+    /// Bodies of `n` sequential GETs of `path`.
+    pub async fn get_many(&self, path: &str, n: usize) -> Vec<String> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (s, _, b) = self.get(path).await;
+            assert_eq!(s, StatusCode::OK, "body: {b}");
+            out.push(b);
+        }
+        out
+    }
+
+    /// Stops accepting and drains, like SIGTERM; returns when serve() returned.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            tokio::time::timeout(DEADLINE, t)
+                .await
+                .expect("shutdown in time")
+                .unwrap();
+        }
+    }
+
+    /// A call to the admin API.
+    pub async fn admin(&self, method: &str, path: &str) -> (StatusCode, String) {
+        let addr = self.admin.expect("admin configured");
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}{path}"))
+            .body(Full::default())
+            .unwrap();
+        let (s, _, b) = send_with(&self.client, req).await;
+        (s, b)
+    }
+}
+
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub async fn send_with(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    req: Request<Full<Bytes>>,
+) -> (StatusCode, HeaderMap, String) {
+    let resp = tokio::time::timeout(DEADLINE, client.request(req))
+        .await
+        .expect("response within deadline")
+        .expect("response");
+    let (parts, body) = resp.into_parts();
+    let body = tokio::time::timeout(DEADLINE, body.collect())
+        .await
+        .expect("body within deadline")
+        .expect("body")
+        .to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+/// Writes `raw` on a new connection and reads until the peer closes or `wait` passes.
+pub async fn raw_exchange(addr: SocketAddr, raw: &[u8], wait: Duration) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(raw).await.unwrap();
+    read_until_close(&mut s, wait).await
+}
+
+/// Reads until EOF, an error, or `wait` passes; returns what arrived.
+pub async fn read_until_close(s: &mut TcpStream, wait: Duration) -> String {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(wait, async {
+        let mut buf = [0u8; 8192];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Does the peer close `s` within `wait`? (Reads and discards whatever arrives.)
+pub async fn closes_within(s: &mut TcpStream, wait: Duration) -> bool {
+    tokio::time::timeout(wait, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// The JSON an echo backend returned.
+pub fn echoed(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not echo JSON ({e}): {body}"))
+}
+
+/// The values of header `name` as the echo backend saw them.
+pub fn echoed_header(j: &serde_json::Value, name: &str) -> Vec<String> {
+    j["headers"][name]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|v| v.as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
