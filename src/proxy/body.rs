@@ -15,6 +15,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use super::client::Pooled;
 use super::conn::Activity;
 use crate::telemetry::{self, AccessRecord};
 use crate::upstream::Backend;
@@ -144,13 +145,30 @@ enum Kind {
 pub struct ResponseBody {
     kind: Kind,
     done: Option<Completion>,
+    /// The backend connection, returned to its pool once this body ended cleanly.
+    conn: Option<Pooled>,
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        // hyper may never poll a body that is empty from the start (HEAD, 204,
+        // Content-Length: 0), so "ended" is also judged here.
+        if let (Some(conn), Kind::Proxied(inner)) = (self.conn.take(), &self.kind) {
+            if inner.is_end_stream() {
+                conn.release();
+            }
+        }
+    }
 }
 
 impl ResponseBody {
-    pub fn proxied(inner: Incoming, done: Completion) -> ResponseBody {
+    /// A backend's response body; `conn` is None when the connection must not be
+    /// reused (an upgrade took it over).
+    pub fn proxied(inner: Incoming, done: Completion, conn: Option<Pooled>) -> ResponseBody {
         ResponseBody {
             kind: Kind::Proxied(inner),
             done: Some(done),
+            conn,
         }
     }
 
@@ -160,6 +178,7 @@ impl ResponseBody {
         ResponseBody {
             kind: Kind::Local((!bytes.is_empty()).then_some(bytes)),
             done,
+            conn: None,
         }
     }
 
@@ -190,8 +209,15 @@ impl Body for ResponseBody {
                     this.count(n);
                 }
             }
-            Poll::Ready(Some(Err(_))) | Poll::Ready(None) => {
+            Poll::Ready(None) => {
                 // End of the exchange: settle now rather than when hyper drops us.
+                if let Some(conn) = this.conn.take() {
+                    conn.release();
+                }
+                this.done = None;
+            }
+            Poll::Ready(Some(Err(_))) => {
+                this.conn = None;
                 this.done = None;
             }
             Poll::Pending => {}

@@ -16,9 +16,9 @@ pub enum ProxyError {
     #[error("no healthy backend in upstream")]
     NoHealthyBackend,
     #[error("backend unreachable")]
-    Connect(#[source] hyper_util::client::legacy::Error),
+    Connect(#[source] super::client::SendError),
     #[error("backend broke off")]
-    BrokeOff(#[source] hyper_util::client::legacy::Error),
+    BrokeOff(#[source] super::client::SendError),
     #[error("backend did not answer within response_timeout")]
     ResponseTimeout,
 }

@@ -6,13 +6,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::Shared;
 use super::body::{Completion, RequestBody, RequestBodyError, ResponseBody};
+use super::client::Pooled;
 use super::conn::Activity;
 use super::error::{ProxyError, chain};
 use super::headers::{self, X_REQUEST_ID};
@@ -25,6 +26,8 @@ use crate::upstream::{Upstream, request_host};
 /// What a request needs to know about the connection it came on.
 pub struct ConnInfo {
     pub client: SocketAddr,
+    /// `client`'s IP as a header value, for X-Forwarded-For.
+    pub client_ip: HeaderValue,
     pub https: bool,
     pub activity: Arc<Activity>,
 }
@@ -46,7 +49,7 @@ pub async fn handle(
         done.record = Some(r);
     }
     match forward(shared, conn, req, &mut done, &request_id).await {
-        Ok(resp) => {
+        Ok((resp, backend_conn)) => {
             let (mut parts, body) = resp.into_parts();
             let upgraded = parts.status == StatusCode::SWITCHING_PROTOCOLS;
             headers::remove_hop_by_hop(&mut parts.headers, upgraded, false);
@@ -54,7 +57,8 @@ pub async fn handle(
             if let Some(r) = done.record.as_mut() {
                 r.status = parts.status.as_u16();
             }
-            Response::from_parts(parts, ResponseBody::proxied(body, done))
+            let backend_conn = (!upgraded).then_some(backend_conn);
+            Response::from_parts(parts, ResponseBody::proxied(body, done, backend_conn))
         }
         Err(e) => {
             let status = e.status();
@@ -128,7 +132,7 @@ async fn forward(
     mut req: Request<Incoming>,
     done: &mut Completion,
     request_id: &HeaderValue,
-) -> Result<Response<Incoming>, ProxyError> {
+) -> Result<(Response<Incoming>, Pooled), ProxyError> {
     check_framing(&req, conn)?;
     let (max_header_bytes, max_body_bytes) = {
         let l = shared.limits.load();
@@ -163,11 +167,12 @@ async fn forward(
         r.upstream = Some(Arc::clone(&upstream.name));
     }
 
+    let now = Instant::now();
     let tried = Tried::default();
     let ctx = PickCtx {
         key: None,
         tried: &tried,
-        now: Instant::now(),
+        now,
     };
     let backend = Arc::clone(upstream.pick(&ctx).ok_or(ProxyError::NoHealthyBackend)?);
     done.hold(&backend);
@@ -191,7 +196,7 @@ async fn forward(
     headers::remove_hop_by_hop(&mut parts.headers, upgrade, true);
     headers::set_forwarded(
         &mut parts.headers,
-        conn.client.ip(),
+        &conn.client_ip,
         conn.https,
         client_host.as_ref(),
     );
@@ -206,32 +211,29 @@ async fn forward(
         parts.headers.insert(header::HOST, h);
     }
 
-    let pq = match rewritten {
-        Some(pq) => pq,
-        None => parts
+    // Origin-form on the wire: the backend connection is already chosen.
+    if let Some(pq) = rewritten {
+        parts.uri = Uri::from(pq);
+    } else if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        // Absolute-form (HTTP/2 :authority, or a proxy-style HTTP/1 request line).
+        let pq = parts
             .uri
             .path_and_query()
             .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/")),
-    };
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(Scheme::HTTP);
-    uri.authority = Some(backend.authority.clone());
-    uri.path_and_query = Some(pq);
-    parts.uri =
-        Uri::from_parts(uri).map_err(|_| ProxyError::BadRequest("unusable request target"))?;
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        parts.uri = Uri::from(pq);
+    }
     parts.version = Version::HTTP_11;
 
     let breq = Request::from_parts(parts, RequestBody::new(body, max_body_bytes));
-    let sent = Instant::now();
-    let result = tokio::time::timeout(
-        upstream.config.response_timeout,
-        upstream.client.request(breq),
+    let result = tokio::time::timeout_at(
+        now + upstream.config.response_timeout,
+        upstream.client.send(&backend, breq),
     )
     .await;
     let stats = &backend.stats;
-    let mut resp = match result {
-        Ok(Ok(resp)) => resp,
+    let (mut resp, backend_conn) = match result {
+        Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             if has_source::<RequestBodyError>(&e, |b| matches!(b, RequestBodyError::TooLarge)) {
                 return Err(ProxyError::BodyTooLarge);
@@ -256,14 +258,14 @@ async fn forward(
             return Err(ProxyError::ResponseTimeout);
         }
     };
-    stats.observe_latency(sent.elapsed());
+    stats.observe_latency(now.elapsed());
 
     if let Some(client) = client_upgrade {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             upgrade::tunnel(client, hyper::upgrade::on(&mut resp));
         }
     }
-    Ok(resp)
+    Ok((resp, backend_conn))
 }
 
 /// Whether `e`'s cause chain holds a `T` satisfying `f`.

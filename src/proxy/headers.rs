@@ -13,16 +13,31 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
+/// Is `name` one of the fixed hop-by-hop headers (besides those `Connection` names)?
+#[inline]
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TRANSFER_ENCODING
+        || name == header::TE
+        || name == header::UPGRADE
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+}
+
 /// Removes hop-by-hop headers: `Connection` and every header it names, `Keep-Alive`,
 /// `Proxy-Connection`, `Transfer-Encoding`, `TE` (except "trailers", on requests), and
 /// `Upgrade` unless `upgrade` is set (a WebSocket handshake keeps `Connection: upgrade`
 /// and `Upgrade`).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool, is_request: bool) {
-    // Fast path: most requests carry none of these.
+    // One pass over the (usually short) map instead of a hash lookup per name: most
+    // messages carry none of these, or only `Connection: keep-alive`.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if let Some(conn) = headers.get(header::CONNECTION) {
-        // Names listed in Connection are hop-by-hop too. Collecting first avoids
-        // holding a borrow of `headers` while removing; this runs only when the
-        // client sent a Connection header naming something besides keep-alive/close.
+        // Names listed in Connection are hop-by-hop too. Collected first because
+        // `headers` is borrowed; this allocates only when Connection names something
+        // besides keep-alive/close/upgrade.
         let named: Vec<HeaderName> = conn
             .to_str()
             .unwrap_or("")
@@ -64,29 +79,26 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool, is_request: boo
     }
 }
 
-/// Appends `client` to X-Forwarded-For (keeping what the client sent), and replaces
+/// Appends the client address (`client_ip`, an IP as a header value, computed once per
+/// connection) to X-Forwarded-For, keeping what the client sent, and replaces
 /// X-Forwarded-Proto and X-Forwarded-Host.
 pub fn set_forwarded(
     headers: &mut HeaderMap,
-    client: IpAddr,
+    client_ip: &HeaderValue,
     https: bool,
     host: Option<&HeaderValue>,
 ) {
-    let ip = client.to_string();
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+    let xff = if headers.contains_key(&X_FORWARDED_FOR) {
         // Several XFF lines are folded into one, then the client is appended.
-        Some(_) => {
-            let mut joined = String::new();
-            for v in headers.get_all(&X_FORWARDED_FOR) {
-                if let Ok(s) = v.to_str() {
-                    joined.push_str(s);
-                    joined.push_str(", ");
-                }
-            }
-            joined.push_str(&ip);
-            HeaderValue::from_str(&joined).ok()
+        let mut joined = Vec::with_capacity(64);
+        for v in headers.get_all(&X_FORWARDED_FOR) {
+            joined.extend_from_slice(v.as_bytes());
+            joined.extend_from_slice(b", ");
         }
-        None => HeaderValue::from_str(&ip).ok(),
+        joined.extend_from_slice(client_ip.as_bytes());
+        HeaderValue::from_bytes(&joined).ok()
+    } else {
+        Some(client_ip.clone())
     };
     if let Some(v) = xff {
         headers.insert(&X_FORWARDED_FOR, v);
@@ -103,6 +115,11 @@ pub fn set_forwarded(
             headers.remove(&X_FORWARDED_HOST);
         }
     }
+}
+
+/// The header value of a client's IP address.
+pub fn ip_value(ip: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// A new request id: 32 hex digits, unique within this process and unlikely to collide
@@ -174,7 +191,8 @@ mod tests {
         h.append(&X_FORWARDED_FOR, HeaderValue::from_static("2.2.2.2"));
         h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("https"));
         let host = HeaderValue::from_static("example.com");
-        set_forwarded(&mut h, "127.0.0.1".parse().unwrap(), false, Some(&host));
+        let ip = ip_value("127.0.0.1".parse().unwrap());
+        set_forwarded(&mut h, &ip, false, Some(&host));
         assert_eq!(h[&X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 127.0.0.1");
         assert_eq!(h[&X_FORWARDED_PROTO], "http");
         assert_eq!(h[&X_FORWARDED_HOST], "example.com");

@@ -215,6 +215,7 @@ async fn serve_connection(
     let activity = Arc::new(Activity::new());
     let info = Arc::new(ConnInfo {
         client,
+        client_ip: crate::proxy::headers::ip_value(client.ip()),
         https: false,
         activity: Arc::clone(&activity),
     });

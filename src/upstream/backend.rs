@@ -11,13 +11,13 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::BackendUrl;
+use crate::proxy::client::{Pool, literal_addr};
 
 /// State bits; several may be set at once.
 const UNHEALTHY: u8 = 1 << 0;
 const DRAINING: u8 = 1 << 1;
 
 /// A backend as the balancer sees it in one snapshot.
-#[derive(Debug)]
 pub struct Backend {
     pub url: BackendUrl,
     /// `host:port`, precomputed for logs, metrics and the admin API.
@@ -29,6 +29,10 @@ pub struct Backend {
     pub weight: u32,
     pub backup: bool,
     pub stats: Arc<BackendStats>,
+    /// Idle keep-alive connections; like `stats`, kept across snapshots by URL.
+    pub pool: Arc<Pool>,
+    /// The address to connect to when the host is an IP literal (no lookup needed).
+    pub socket_addr: Option<std::net::SocketAddr>,
 }
 
 /// What `/status` reports as a backend's `state` (SPEC §5).
@@ -160,6 +164,17 @@ impl BackendStats {
 
 impl Backend {
     pub fn new(url: BackendUrl, weight: u32, backup: bool, stats: Arc<BackendStats>) -> Self {
+        Self::with_pool(url, weight, backup, stats, Arc::default())
+    }
+
+    /// Like `new`, reusing an existing connection pool.
+    pub fn with_pool(
+        url: BackendUrl,
+        weight: u32,
+        backup: bool,
+        stats: Arc<BackendStats>,
+        pool: Arc<Pool>,
+    ) -> Self {
         let id = url.id();
         // A validated BackendUrl is always a valid authority; the fallback only keeps
         // this constructor total.
@@ -169,6 +184,8 @@ impl Backend {
         let host_value = http::HeaderValue::from_str(&id)
             .unwrap_or_else(|_| http::HeaderValue::from_static("invalid"));
         Backend {
+            socket_addr: literal_addr(&url.host, url.port),
+            pool,
             authority,
             host_value,
             id: id.into_boxed_str(),

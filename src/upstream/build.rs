@@ -9,16 +9,17 @@ use std::sync::Arc;
 use super::{Backend, BackendStats, Route, Snapshot, Tier, Upstream};
 use crate::config::{Config, UpstreamConfig};
 use crate::proxy::client::Client;
+use crate::proxy::client::Pool;
 
 /// Builds a snapshot of `config`, reusing state from `previous` where backends match.
 pub fn build(config: &Config, previous: Option<&Snapshot>) -> Snapshot {
-    let mut old_stats: HashMap<(&str, String), &Arc<BackendStats>> = HashMap::new();
+    let mut old_stats: HashMap<(&str, String), (&Arc<BackendStats>, &Arc<Pool>)> = HashMap::new();
     let mut old_clients: HashMap<&str, (&UpstreamConfig, &Client)> = HashMap::new();
     if let Some(prev) = previous {
         for u in prev.upstreams.iter() {
             old_clients.insert(&u.name, (&u.config, &u.client));
             for b in u.all.iter() {
-                old_stats.insert((&u.name, b.id.to_string()), &b.stats);
+                old_stats.insert((&u.name, b.id.to_string()), (&b.stats, &b.pool));
             }
         }
     }
@@ -31,11 +32,17 @@ pub fn build(config: &Config, previous: Option<&Snapshot>) -> Snapshot {
                 .backends
                 .iter()
                 .map(|b| {
-                    let stats = old_stats
-                        .get(&(cfg.name.as_str(), b.url.id()))
-                        .map(|s| Arc::clone(s))
-                        .unwrap_or_default();
-                    Arc::new(Backend::new(b.url.clone(), b.weight, b.backup, stats))
+                    let (stats, pool) = match old_stats.get(&(cfg.name.as_str(), b.url.id())) {
+                        Some((s, p)) => (Arc::clone(s), Arc::clone(p)),
+                        None => Default::default(),
+                    };
+                    Arc::new(Backend::with_pool(
+                        b.url.clone(),
+                        b.weight,
+                        b.backup,
+                        stats,
+                        pool,
+                    ))
                 })
                 .collect();
             let (backups, primaries): (Vec<_>, Vec<_>) =
