@@ -11,9 +11,12 @@ use crate::config::{Config, UpstreamConfig};
 use crate::proxy::client::Client;
 use crate::proxy::client::Pool;
 
+/// What a backend keeps across snapshots: its counters and its idle connections.
+type Carried<'a> = (&'a Arc<BackendStats>, &'a Arc<Pool>);
+
 /// Builds a snapshot of `config`, reusing state from `previous` where backends match.
 pub fn build(config: &Config, previous: Option<&Snapshot>) -> Snapshot {
-    let mut old_stats: HashMap<(&str, String), (&Arc<BackendStats>, &Arc<Pool>)> = HashMap::new();
+    let mut old_stats: HashMap<(&str, String), Carried<'_>> = HashMap::new();
     let mut old_clients: HashMap<&str, (&UpstreamConfig, &Client)> = HashMap::new();
     if let Some(prev) = previous {
         for u in prev.upstreams.iter() {
