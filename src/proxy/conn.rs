@@ -1,11 +1,16 @@
-//! Per-connection activity, for `idle_timeout` and `header_read_timeout`.
+//! Per-connection bookkeeping: activity for `idle_timeout`, `header_read_timeout` and
+//! parking, and the IO wrapper that reports reads.
 //!
 //! hyper's own header timer also runs while a keep-alive connection waits for its next
 //! request, which would cut idle clients off at `header_read_timeout` instead of
 //! `idle_timeout`. So sluice keeps both itself: the IO wrapper notes when the first
 //! byte of a new request head arrives, requests mark themselves active, and a watchdog
-//! in the connection task closes the connection when a head takes too long or when no
-//! request has been active for `idle_timeout`.
+//! in the connection task acts on what `Activity::check` says.
+//!
+//! Parking: hyper keeps about 16 KiB of buffers per HTTP/1 connection for as long as the
+//! connection lives. A keep-alive client that has been idle for `PARK_AFTER` is taken
+//! out of hyper and held as a bare socket until it sends again, so 10,000 idle clients
+//! cost kilobytes each in the kernel, not in sluice.
 
 use std::io;
 use std::pin::Pin;
@@ -14,14 +19,39 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
+
+/// How long an HTTP/1 connection may sit idle inside hyper before it is parked. Short
+/// enough that a burst of new idle clients never holds many hyper buffers at once;
+/// long enough that a client sending back-to-back requests never pays for re-entering
+/// hyper. The watchdog of a busy connection wakes this often, which costs a timer
+/// wakeup, not a syscall.
+pub const PARK_AFTER: Duration = Duration::from_millis(20);
 
 /// Milliseconds since the process's first use of this clock; 0 is reserved for "none".
 fn now_ms() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     let epoch = *EPOCH.get_or_init(|| Instant::now() - Duration::from_millis(1));
     epoch.elapsed().as_millis() as u64
+}
+
+fn instant_of(ms: u64) -> Instant {
+    let now = now_ms();
+    let now_i = Instant::now();
+    if ms >= now {
+        now_i + Duration::from_millis(ms - now)
+    } else {
+        now_i - Duration::from_millis(now - ms)
+    }
+}
+
+/// The two client-side timers of `[limits]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Timers {
+    pub header_read: Duration,
+    pub idle: Duration,
 }
 
 /// What a connection's watchdog needs to know.
@@ -44,6 +74,8 @@ pub struct Activity {
 pub enum Verdict {
     /// Check again at this instant.
     WaitUntil(Instant),
+    /// Idle for `PARK_AFTER`: take the connection out of hyper.
+    Park,
     /// Close the connection: no request is active and a limit ran out.
     Close(&'static str),
 }
@@ -92,31 +124,39 @@ impl Activity {
         self.conflicting_framing.swap(false, Ordering::Relaxed)
     }
 
-    /// Decides, from the two limits, whether to close now or when to look again.
-    ///
-    /// Requests starting and ending do not wake the watchdog (that would cost a wakeup
-    /// per request), so it never sleeps longer than the shorter limit: a deadline that
-    /// moved earlier while it slept is then missed by at most that much.
-    pub fn check(&self, header_read_timeout: Duration, idle_timeout: Duration) -> Verdict {
+    /// When a parked connection is closed for being idle.
+    pub fn idle_deadline(&self, t: Timers) -> Instant {
+        instant_of(self.idle_since.load(Ordering::Relaxed) + t.idle.as_millis() as u64)
+    }
+
+    /// Decides whether to close or park now, or when to look again. Requests starting
+    /// and ending do not wake the watchdog (that would cost a wakeup per request), so
+    /// it looks at least every `PARK_AFTER`; `can_park` is false for HTTP/2.
+    pub fn check(&self, t: Timers, can_park: bool) -> Verdict {
         let now = now_ms();
-        let instant_now = Instant::now();
-        let next_look = instant_now + header_read_timeout.min(idle_timeout);
+        let soon = Instant::now() + PARK_AFTER;
         if self.active.load(Ordering::Relaxed) > 0 {
-            return Verdict::WaitUntil(next_look);
+            return Verdict::WaitUntil(soon);
         }
-        let (since, limit, why) = match self.head_since.load(Ordering::Relaxed) {
-            0 => (
-                self.idle_since.load(Ordering::Relaxed),
-                idle_timeout,
-                "idle_timeout",
-            ),
-            t => (t, header_read_timeout, "header_read_timeout"),
-        };
-        let deadline = since + limit.as_millis() as u64;
+        let head = self.head_since.load(Ordering::Relaxed);
+        if head != 0 {
+            let deadline = head + t.header_read.as_millis() as u64;
+            return if now >= deadline {
+                Verdict::Close("header_read_timeout")
+            } else {
+                Verdict::WaitUntil(soon.min(instant_of(deadline)))
+            };
+        }
+        let idle = self.idle_since.load(Ordering::Relaxed);
+        let deadline = idle + t.idle.as_millis() as u64;
         if now >= deadline {
-            Verdict::Close(why)
+            Verdict::Close("idle_timeout")
+        } else if can_park && now >= idle + PARK_AFTER.as_millis() as u64 {
+            Verdict::Park
+        } else if can_park {
+            Verdict::WaitUntil(instant_of(idle + PARK_AFTER.as_millis() as u64))
         } else {
-            Verdict::WaitUntil(next_look.min(instant_now + Duration::from_millis(deadline - now)))
+            Verdict::WaitUntil(instant_of(deadline))
         }
     }
 }
@@ -127,15 +167,42 @@ impl Default for Activity {
     }
 }
 
-/// An IO stream that reports reads to an `Activity`.
+/// Does this start of a request head hold both a Content-Length and a
+/// Transfer-Encoding header line? Looks only at line prefixes up to the blank line.
+fn has_conflicting_framing(bytes: &[u8]) -> bool {
+    const CL: &[u8] = b"content-length:";
+    const TE: &[u8] = b"transfer-encoding:";
+    let (mut cl, mut te) = (false, false);
+    for line in bytes.split(|&b| b == b'\n').skip(1) {
+        if line.is_empty() || line == b"\r" {
+            break;
+        }
+        cl |= line.len() > CL.len() && line[..CL.len()].eq_ignore_ascii_case(CL);
+        te |= line.len() > TE.len() && line[..TE.len()].eq_ignore_ascii_case(TE);
+    }
+    cl && te
+}
+
+/// An IO stream that reports reads to an `Activity`, and first replays `prefix`: bytes
+/// already read from the socket by an earlier hyper connection that did not use them.
 pub struct Tracked<S> {
     inner: S,
     activity: Arc<Activity>,
+    prefix: Bytes,
 }
 
 impl<S> Tracked<S> {
-    pub fn new(inner: S, activity: Arc<Activity>) -> Self {
-        Tracked { inner, activity }
+    pub fn new(inner: S, activity: Arc<Activity>, prefix: Bytes) -> Self {
+        Tracked {
+            inner,
+            activity,
+            prefix,
+        }
+    }
+
+    /// The stream and the replay bytes not read yet.
+    pub fn into_parts(self) -> (S, Bytes) {
+        (self.inner, self.prefix)
     }
 }
 
@@ -146,6 +213,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            self.activity.on_read(&buf.filled()[before..]);
+            return Poll::Ready(Ok(()));
+        }
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
             self.activity.on_read(&buf.filled()[before..]);
@@ -180,25 +254,14 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     }
 }
 
-/// Does this start of a request head hold both a Content-Length and a
-/// Transfer-Encoding header line? Looks only at line prefixes up to the blank line.
-fn has_conflicting_framing(bytes: &[u8]) -> bool {
-    const CL: &[u8] = b"content-length:";
-    const TE: &[u8] = b"transfer-encoding:";
-    let (mut cl, mut te) = (false, false);
-    for line in bytes.split(|&b| b == b'\n').skip(1) {
-        if line.is_empty() || line == b"\r" {
-            break;
-        }
-        cl |= line.len() > CL.len() && line[..CL.len()].eq_ignore_ascii_case(CL);
-        te |= line.len() > TE.len() && line[..TE.len()].eq_ignore_ascii_case(TE);
-    }
-    cl && te
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const T0: Timers = Timers {
+        header_read: Duration::ZERO,
+        idle: Duration::ZERO,
+    };
 
     #[test]
     fn conflicting_framing_is_seen_in_either_order_and_only_in_the_head() {
@@ -220,34 +283,41 @@ mod tests {
     fn an_active_request_is_never_cut() {
         let a = Activity::new();
         a.begin_request();
-        assert!(matches!(
-            a.check(Duration::ZERO, Duration::ZERO),
-            Verdict::WaitUntil(_)
-        ));
+        assert!(matches!(a.check(T0, true), Verdict::WaitUntil(_)));
         a.end_request();
-        assert_eq!(
-            a.check(Duration::ZERO, Duration::ZERO),
-            Verdict::Close("idle_timeout")
-        );
+        assert_eq!(a.check(T0, true), Verdict::Close("idle_timeout"));
     }
 
     #[test]
     fn a_pending_head_uses_the_header_timer() {
+        let long = Timers {
+            header_read: Duration::ZERO,
+            idle: Duration::from_secs(60),
+        };
         let a = Activity::new();
-        assert_eq!(
-            a.check(Duration::ZERO, Duration::from_secs(60)),
-            Verdict::Close("header_read_timeout")
-        );
+        assert_eq!(a.check(long, true), Verdict::Close("header_read_timeout"));
         a.begin_request();
         a.end_request();
-        assert!(matches!(
-            a.check(Duration::ZERO, Duration::from_secs(60)),
-            Verdict::WaitUntil(_)
-        ));
+        assert!(matches!(a.check(long, true), Verdict::WaitUntil(_)));
         a.on_read(b"G");
-        assert_eq!(
-            a.check(Duration::ZERO, Duration::from_secs(60)),
-            Verdict::Close("header_read_timeout")
+        assert_eq!(a.check(long, true), Verdict::Close("header_read_timeout"));
+    }
+
+    #[test]
+    fn an_idle_http1_connection_parks_after_a_while() {
+        let t = Timers {
+            header_read: Duration::from_secs(10),
+            idle: Duration::from_secs(60),
+        };
+        let a = Activity::new();
+        a.begin_request();
+        a.end_request();
+        assert!(matches!(a.check(t, true), Verdict::WaitUntil(_)));
+        std::thread::sleep(PARK_AFTER + Duration::from_millis(5));
+        assert_eq!(a.check(t, true), Verdict::Park);
+        assert!(
+            matches!(a.check(t, false), Verdict::WaitUntil(_)),
+            "HTTP/2 never parks"
         );
     }
 }

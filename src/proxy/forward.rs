@@ -3,12 +3,13 @@
 //! fail ends in a `ProxyError` that knows its status (SPEC §4).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
 
 use super::Shared;
@@ -17,7 +18,6 @@ use super::client::Pooled;
 use super::conn::Activity;
 use super::error::{ProxyError, chain};
 use super::headers::{self, X_REQUEST_ID};
-use super::upgrade;
 use crate::balance::{PickCtx, Tried};
 use crate::config::HostHeader;
 use crate::telemetry::{self, AccessRecord};
@@ -30,6 +30,29 @@ pub struct ConnInfo {
     pub client_ip: HeaderValue,
     pub https: bool,
     pub activity: Arc<Activity>,
+    /// The backend side of an accepted upgrade (101), for the connection task to join
+    /// to the client once hyper hands the socket back.
+    upgrade: Mutex<Option<OnUpgrade>>,
+}
+
+impl ConnInfo {
+    pub fn new(client: SocketAddr, https: bool, activity: Arc<Activity>) -> ConnInfo {
+        ConnInfo {
+            client,
+            client_ip: headers::ip_value(client.ip()),
+            https,
+            activity,
+            upgrade: Mutex::new(None),
+        }
+    }
+
+    /// The pending backend upgrade, if the last response was a 101.
+    pub fn take_upgrade(&self) -> Option<OnUpgrade> {
+        self.upgrade
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
 }
 
 /// Serves one client request. Never fails: errors become sluice's own answers.
@@ -129,7 +152,7 @@ fn content_length(req: &Request<Incoming>) -> Option<u64> {
 async fn forward(
     shared: &Shared,
     conn: &ConnInfo,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     done: &mut Completion,
     request_id: &HeaderValue,
 ) -> Result<(Response<Incoming>, Pooled), ProxyError> {
@@ -182,7 +205,6 @@ async fn forward(
     }
 
     let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
     let (mut parts, body) = req.into_parts();
     // The client's Host: the header (HTTP/1) or the :authority (HTTP/2).
@@ -260,10 +282,11 @@ async fn forward(
     };
     stats.observe_latency(now.elapsed());
 
-    if let Some(client) = client_upgrade {
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            upgrade::tunnel(client, hyper::upgrade::on(&mut resp));
-        }
+    if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // The client side is joined by the connection task once hyper has written
+        // the 101 and returned the socket (server.rs).
+        *conn.upgrade.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(hyper::upgrade::on(&mut resp));
     }
     Ok((resp, backend_conn))
 }

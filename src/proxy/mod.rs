@@ -7,7 +7,7 @@ pub mod error;
 pub mod forward;
 pub mod headers;
 pub mod server;
-mod upgrade;
+pub mod upgrade;
 
 use std::path::PathBuf;
 use std::sync::Arc;

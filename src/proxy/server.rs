@@ -1,25 +1,36 @@
 //! Listeners: bind first (so callers learn the real addresses, port 0 included), then
-//! serve until told to stop, then drain. Each accepted connection runs HTTP/1.1 or h2c
-//! (by preface) in its own task, with a watchdog for `idle_timeout` and
-//! `header_read_timeout`, and counts against `max_connections`.
+//! serve until told to stop, then drain. Each accepted connection runs in its own task:
+//! HTTP/2 with prior knowledge (h2c) or HTTP/1.1, chosen from its first bytes, with a
+//! watchdog for `idle_timeout` and `header_read_timeout`. An idle HTTP/1 connection is
+//! parked (see conn.rs): hyper lets go of it and only the socket is kept.
+//!
+//! Each connection holds one of `max_connections` permits, taken before `accept`, so
+//! over the limit new clients wait in the kernel's backlog; draining waits until every
+//! permit is back.
 
-use std::future::Future;
+use std::convert::Infallible;
+use std::future::{Future, poll_fn};
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Waker};
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use super::Shared;
-use super::conn::{Activity, Tracked, Verdict};
+use super::body::ResponseBody;
+use super::conn::{Activity, Timers, Tracked, Verdict};
 use super::forward::{ConnInfo, handle};
+use super::upgrade;
 use crate::admin;
 
 /// hyper's HTTP/1 read buffer cannot be smaller than this.
@@ -27,6 +38,8 @@ const HYPER_MIN_BUF: usize = 8192;
 /// After an accept error (e.g. out of file descriptors), wait before trying again so
 /// the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// The HTTP/2 connection preface a prior-knowledge client opens with.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// A listener that could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -97,10 +110,11 @@ impl Server {
     /// finish for up to `shutdown_timeout`.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let graceful = Arc::new(GracefulShutdown::new());
         let limits = self.shared.limits.load_full();
-        let permits = Arc::new(Semaphore::new(limits.max_connections));
-        let builder = http_builder(limits.max_header_bytes);
+        // acquire_many takes a u32; no machine holds that many sockets anyway.
+        let max = u32::try_from(limits.max_connections).unwrap_or(u32::MAX >> 3);
+        let permits = Arc::new(Semaphore::new(max as usize));
+        let protocols = Arc::new(Protocols::new(limits.max_header_bytes));
 
         let mut loops = Vec::new();
         for listener in self.listeners {
@@ -108,8 +122,7 @@ impl Server {
                 listener,
                 Arc::clone(&self.shared),
                 Arc::clone(&permits),
-                builder.clone(),
-                Arc::clone(&graceful),
+                Arc::clone(&protocols),
                 stop_rx.clone(),
             )));
         }
@@ -128,11 +141,8 @@ impl Server {
             let _ = l.await;
         }
         let timeout = self.shared.config.load().server.shutdown_timeout;
-        // Every accept loop has ended, so this is the last reference.
-        let Ok(graceful) = Arc::try_unwrap(graceful) else {
-            return;
-        };
-        if tokio::time::timeout(timeout, graceful.shutdown())
+        // Every connection task holds a permit until it ends.
+        if tokio::time::timeout(timeout, permits.acquire_many(max))
             .await
             .is_err()
         {
@@ -144,27 +154,33 @@ impl Server {
     }
 }
 
-fn http_builder(max_header_bytes: usize) -> Builder<TokioExecutor> {
-    let mut b = Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        // sluice runs its own header and idle timers (see conn.rs); hyper's would also
-        // fire on idle keep-alive connections.
-        .header_read_timeout(None)
-        .max_buf_size(max_header_bytes.max(HYPER_MIN_BUF))
-        .max_headers(512);
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
-    b
+/// hyper's per-protocol server settings, shared by all connections.
+struct Protocols {
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+}
+
+impl Protocols {
+    fn new(max_header_bytes: usize) -> Protocols {
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
+            // sluice runs its own header and idle timers (conn.rs); hyper's would also
+            // fire on idle keep-alive connections.
+            .header_read_timeout(None)
+            .max_buf_size(max_header_bytes.max(HYPER_MIN_BUF))
+            .max_headers(512);
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
+        Protocols { h1, h2 }
+    }
 }
 
 async fn accept_loop(
     listener: TcpListener,
     shared: Arc<Shared>,
     permits: Arc<Semaphore>,
-    builder: Builder<TokioExecutor>,
-    graceful: Arc<GracefulShutdown>,
+    protocols: Arc<Protocols>,
     mut stop: watch::Receiver<bool>,
 ) {
     if let Ok(addr) = listener.local_addr() {
@@ -191,63 +207,224 @@ async fn accept_loop(
             _ = stop.changed() => return,
         };
         let _ = stream.set_nodelay(true);
-        let watcher = graceful.watcher();
-        let shared = Arc::clone(&shared);
-        let builder = builder.clone();
-        tokio::spawn(async move {
-            serve_connection(stream, client, shared, builder, watcher).await;
-            drop(permit);
-        });
+        let ctx = ConnCtx {
+            client,
+            shared: Arc::clone(&shared),
+            protocols: Arc::clone(&protocols),
+            stop: stop.clone(),
+            _permit: permit,
+        };
+        tokio::spawn(serve_connection(stream, ctx));
     }
 }
 
-async fn serve_connection(
-    stream: TcpStream,
+/// Everything a client connection carries from task to task (active, parked, active
+/// again), including its `max_connections` permit.
+struct ConnCtx {
     client: SocketAddr,
     shared: Arc<Shared>,
-    builder: Builder<TokioExecutor>,
-    watcher: Watcher,
-) {
-    let (header_read_timeout, idle_timeout) = {
-        let l = shared.limits.load();
-        (l.header_read_timeout, l.idle_timeout)
-    };
-    let activity = Arc::new(Activity::new());
-    let info = Arc::new(ConnInfo {
-        client,
-        client_ip: crate::proxy::headers::ip_value(client.ip()),
-        https: false,
-        activity: Arc::clone(&activity),
-    });
-    let io = TokioIo::new(Tracked::new(stream, Arc::clone(&activity)));
-    let service = service_fn(move |req| {
+    protocols: Arc<Protocols>,
+    stop: watch::Receiver<bool>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl ConnCtx {
+    fn timers(&self) -> Timers {
+        let l = self.shared.limits.load();
+        Timers {
+            header_read: l.header_read_timeout,
+            idle: l.idle_timeout,
+        }
+    }
+}
+
+/// A per-request future boxed, because `poll_without_shutdown` (parking) needs an
+/// `Unpin` service future; one allocation per request.
+type ServiceFuture =
+    Pin<Box<dyn Future<Output = Result<http::Response<ResponseBody>, Infallible>> + Send>>;
+
+/// The service hyper calls for each request of one connection.
+fn service(
+    shared: &Arc<Shared>,
+    info: &Arc<ConnInfo>,
+) -> impl hyper::service::Service<
+    http::Request<Incoming>,
+    Response = http::Response<ResponseBody>,
+    Error = Infallible,
+    Future = ServiceFuture,
+> + Clone
++ Unpin
++ Send
++ 'static {
+    let shared = Arc::clone(shared);
+    let info = Arc::clone(info);
+    service_fn(move |req| -> ServiceFuture {
         let shared = Arc::clone(&shared);
         let info = Arc::clone(&info);
-        async move { Ok::<_, std::convert::Infallible>(handle(&shared, &info, req).await) }
-    });
-    let conn = watcher.watch(
-        builder
-            .serve_connection_with_upgrades(io, service)
-            .into_owned(),
-    );
-    tokio::pin!(conn);
-    let sleep = tokio::time::sleep(std::time::Duration::ZERO);
-    tokio::pin!(sleep);
+        Box::pin(async move { Ok(handle(&shared, &info, req).await) })
+    })
+}
+
+/// A new connection: HTTP/2 with prior knowledge or HTTP/1.1, told by its first bytes.
+async fn serve_connection(stream: TcpStream, ctx: ConnCtx) {
+    let timers = ctx.timers();
+    match tokio::time::timeout(timers.header_read, is_h2(&stream)).await {
+        // Boxed: hyper's HTTP/2 connection is large, and every connection task would
+        // otherwise reserve room for it, HTTP/1 ones included.
+        Ok(Ok(Some(true))) => Box::pin(serve_h2(stream, ctx)).await,
+        Ok(Ok(Some(false))) => serve_h1(stream, Bytes::new(), ctx).await,
+        _ => {} // closed, failed, or silent past header_read_timeout
+    }
+}
+
+/// Does the client open with the HTTP/2 preface? Peeks, so hyper still reads every
+/// byte. None: the client closed before sending anything.
+async fn is_h2(stream: &TcpStream) -> io::Result<Option<bool>> {
+    let mut buf = [0u8; 24];
     loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        if buf[..n] != H2_PREFACE[..n] {
+            return Ok(Some(false));
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(Some(true));
+        }
+        // A partial preface: rare (split packets); look again shortly.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// HTTP/1.1 through hyper until the connection closes, goes idle (then it is parked in
+/// a task of its own and this one ends), or is upgraded (then it becomes a tunnel).
+/// `replay` holds bytes an earlier hyper connection read but did not use.
+async fn serve_h1(stream: TcpStream, replay: Bytes, mut ctx: ConnCtx) {
+    let timers = ctx.timers();
+    let activity = Arc::new(Activity::new());
+    let info = Arc::new(ConnInfo::new(ctx.client, false, Arc::clone(&activity)));
+    let io = TokioIo::new(Tracked::new(stream, Arc::clone(&activity), replay));
+    // Boxed so that this task's size does not depend on hyper's connection type.
+    let mut conn = Box::new(
+        ctx.protocols
+            .h1
+            .serve_connection(io, service(&ctx.shared, &info)),
+    );
+    let (mut parking, mut closing) = (false, false);
+    let sleep = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(sleep);
+    let ended = loop {
         tokio::select! {
-            res = &mut conn => {
-                if let Err(e) = res {
-                    tracing::debug!(client = %client, error = %e, "client connection ended with an error");
-                }
-                return;
-            }
-            _ = &mut sleep => match activity.check(header_read_timeout, idle_timeout) {
+            r = poll_fn(|cx| conn.poll_without_shutdown(cx)) => break r,
+            _ = &mut sleep, if !parking && !closing => match activity.check(timers, true) {
                 Verdict::WaitUntil(t) => sleep.as_mut().reset(t),
+                Verdict::Park => {
+                    parking = true;
+                    Pin::new(&mut *conn).graceful_shutdown();
+                }
                 Verdict::Close(why) => {
-                    tracing::debug!(client = %client, reason = why, "closing client connection");
+                    tracing::debug!(client = %ctx.client, reason = why, "closing client connection");
                     return;
                 }
             },
+            _ = ctx.stop.changed(), if !closing => {
+                closing = true;
+                Pin::new(&mut *conn).graceful_shutdown();
+            }
+        }
+    };
+    if let Err(e) = ended {
+        tracing::debug!(client = %ctx.client, error = %e, "client connection ended with an error");
+        return;
+    }
+    let parts = conn.into_parts();
+    let (mut stream, rest) = parts.io.into_inner().into_parts();
+    let replay = join(parts.read_buf, rest);
+    if let Some(backend) = info.take_upgrade() {
+        let client = Tracked::new(stream, activity, replay);
+        upgrade::tunnel(client, backend).await;
+        return;
+    }
+    if closing || !parking {
+        // Shutdown, `Connection: close`, HTTP/1.0, or the client hung up.
+        let _ = stream.shutdown().await;
+        return;
+    }
+    let deadline = activity.idle_deadline(timers);
+    tokio::spawn(park(stream, replay, ctx, deadline));
+}
+
+/// A parked HTTP/1 connection: a small task holding only the socket until the client
+/// sends again (then a new `serve_h1` task takes over), `idle_timeout` passes, or
+/// sluice shuts down. A concrete boxed type, because `serve_h1` and `park` spawn each
+/// other.
+fn park(
+    stream: TcpStream,
+    replay: Bytes,
+    mut ctx: ConnCtx,
+    deadline: tokio::time::Instant,
+) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(async move {
+        // The socket's reader and writer slots may still hold wakers of the task that
+        // served it, which would keep that (large) finished task allocated until the
+        // client spoke again. Waiting through poll_read_ready replaces the reader's;
+        // a no-op waker replaces the writer's.
+        let _ = stream.poll_write_ready(&mut Context::from_waker(Waker::noop()));
+        if replay.is_empty() {
+            tokio::select! {
+                r = poll_fn(|cx| stream.poll_read_ready(cx)) => if r.is_err() { return },
+                _ = tokio::time::sleep_until(deadline) => return,
+                _ = ctx.stop.changed() => return,
+            }
+        }
+        tokio::spawn(serve_h1(stream, replay, ctx));
+    })
+}
+
+/// HTTP/2 (h2c): hyper multiplexes the streams; no parking.
+async fn serve_h2(stream: TcpStream, mut ctx: ConnCtx) {
+    let timers = ctx.timers();
+    let activity = Arc::new(Activity::new());
+    let info = Arc::new(ConnInfo::new(ctx.client, false, Arc::clone(&activity)));
+    let io = TokioIo::new(Tracked::new(stream, Arc::clone(&activity), Bytes::new()));
+    let conn = ctx
+        .protocols
+        .h2
+        .serve_connection(io, service(&ctx.shared, &info));
+    tokio::pin!(conn);
+    let sleep = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(sleep);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            r = &mut conn => {
+                if let Err(e) = r {
+                    tracing::debug!(client = %ctx.client, error = %e, "h2 connection ended with an error");
+                }
+                return;
+            }
+            _ = &mut sleep, if !closing => match activity.check(timers, false) {
+                Verdict::WaitUntil(t) => sleep.as_mut().reset(t),
+                Verdict::Park | Verdict::Close(_) => return,
+            },
+            _ = ctx.stop.changed(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
         }
     }
+}
+
+/// `first` then `second` in a buffer of their own. hyper's leftover bytes are a view
+/// into its 8 KiB read buffer, which even an empty view keeps alive; a parked
+/// connection must hold only what it needs.
+fn join(first: Bytes, second: Bytes) -> Bytes {
+    if first.is_empty() && second.is_empty() {
+        return Bytes::new();
+    }
+    let mut b = BytesMut::with_capacity(first.len() + second.len());
+    b.extend_from_slice(&first);
+    b.extend_from_slice(&second);
+    b.freeze()
 }
