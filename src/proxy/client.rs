@@ -7,10 +7,17 @@
 //! abandoned half-way drops its connection instead, so a backend never sees a client's
 //! leftovers. The idle list is LIFO: the most recently used connection is the one least
 //! likely to have been closed by the backend.
+//!
+//! Parking: a hyper client connection holds ~30 KiB (buffers and its request channel).
+//! One left unused in the pool for `PARK_AFTER` is taken apart by its own driver task
+//! and kept as a bare socket at the bottom of the list; using it again costs a new
+//! handshake object, not a new TCP connection.
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Waker};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -28,33 +35,87 @@ use crate::upstream::Backend;
 /// timeouts (nginx 75s, Apache 5s is the outlier) would be safer still; TODO(#3) the
 /// stale-connection retry covers the race.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long a pooled connection stays inside hyper while unused. Its driver checks
+/// this often, so a busy connection costs one timer wakeup per second.
+const PARK_AFTER: Duration = Duration::from_secs(1);
+
+type Sender = http1::SendRequest<RequestBody>;
 
 /// Idle connections to one backend. Shared by every snapshot holding that backend, so
 /// reloads keep warm connections.
 #[derive(Default)]
 pub struct Pool {
     idle: Mutex<Vec<Idle>>,
+    next_id: AtomicU64,
 }
 
 struct Idle {
-    sender: http1::SendRequest<RequestBody>,
+    conn: IdleConn,
+    /// When it was last used.
     since: Instant,
+    id: u64,
+}
+
+enum IdleConn {
+    Ready(Sender),
+    Parked(TcpStream),
 }
 
 impl Pool {
-    fn pop(&self) -> Option<Idle> {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Idle connections now held (for tests and status).
+    /// Idle connections now held, ready and parked (for tests and status).
     pub fn idle_len(&self) -> usize {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.lock().len()
+    }
+
+    /// Parked connections now held.
+    pub fn parked_len(&self) -> usize {
+        self.lock()
+            .iter()
+            .filter(|i| matches!(i.conn, IdleConn::Parked(_)))
+            .count()
+    }
+
+    /// Called by connection `id`'s driver: if it has sat ready in the pool for
+    /// `PARK_AFTER`, takes it out (dropping its sender, which ends hyper's dispatcher)
+    /// and returns None with the time it was last used. Otherwise returns when to ask
+    /// again.
+    fn take_for_parking(&self, id: u64) -> Result<Instant, Instant> {
+        let mut idle = self.lock();
+        let now = Instant::now();
+        match idle.iter().position(|i| i.id == id) {
+            Some(pos) if now.duration_since(idle[pos].since) >= PARK_AFTER => {
+                let since = idle.remove(pos).since;
+                Ok(since)
+            }
+            Some(pos) => Err(idle[pos].since + PARK_AFTER),
+            None => Err(now + PARK_AFTER), // in use
+        }
+    }
+
+    fn put_parked(&self, stream: TcpStream, since: Instant, id: u64, max_idle: usize) {
+        let mut idle = self.lock();
+        if idle.len() < max_idle {
+            // At the bottom: ready connections are preferred.
+            idle.insert(
+                0,
+                Idle {
+                    conn: IdleConn::Parked(stream),
+                    since,
+                    id,
+                },
+            );
+        }
     }
 }
 
 /// A connection lent to one request.
 pub struct Pooled {
-    sender: http1::SendRequest<RequestBody>,
+    sender: Sender,
+    id: u64,
     pool: Arc<Pool>,
     max_idle: usize,
 }
@@ -65,11 +126,12 @@ impl Pooled {
         if self.sender.is_closed() || self.max_idle == 0 {
             return;
         }
-        let mut idle = self.pool.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self.pool.lock();
         if idle.len() < self.max_idle {
             idle.push(Idle {
-                sender: self.sender,
+                conn: IdleConn::Ready(self.sender),
                 since: Instant::now(),
+                id: self.id,
             });
         }
     }
@@ -123,60 +185,152 @@ impl Client {
 
     /// Sends `req` (origin-form URI) to `backend` on a pooled or new connection.
     /// Returns the response head and the connection, to be released at end of body.
+    /// An upgrade request gets a connection of its own, which its tunnel will consume.
     pub async fn send(
         &self,
         backend: &Backend,
         req: Request<RequestBody>,
+        upgrade: bool,
     ) -> Result<(Response<Incoming>, Pooled), SendError> {
-        let mut sender = match self.checkout(backend).await {
-            Some(s) => s,
-            None => self.connect(backend).await?,
+        let (mut sender, id) = if upgrade {
+            (self.connect(backend, None).await?, 0)
+        } else {
+            match self.checkout(backend).await {
+                Some(c) => c,
+                None => {
+                    let id = backend.pool.next_id.fetch_add(1, Ordering::Relaxed);
+                    let stream = self.connect_tcp(backend).await?;
+                    (self.handshake(backend, stream, Some(id)).await?, id)
+                }
+            }
         };
         let resp = sender.send_request(req).await.map_err(SendError::Request)?;
         Ok((
             resp,
             Pooled {
                 sender,
+                id,
                 pool: Arc::clone(&backend.pool),
-                max_idle: self.max_idle,
+                max_idle: if upgrade { 0 } else { self.max_idle },
             },
         ))
     }
 
-    async fn checkout(&self, backend: &Backend) -> Option<http1::SendRequest<RequestBody>> {
-        while let Some(mut idle) = backend.pool.pop() {
-            if idle.sender.is_closed() || idle.since.elapsed() > POOL_IDLE_TIMEOUT {
+    async fn checkout(&self, backend: &Backend) -> Option<(Sender, u64)> {
+        loop {
+            let idle = backend.pool.lock().pop()?;
+            if idle.since.elapsed() > POOL_IDLE_TIMEOUT {
                 continue;
             }
-            // Ready at once unless the connection task is still finishing the previous
-            // exchange; an error means the backend closed it.
-            if idle.sender.ready().await.is_ok() {
-                return Some(idle.sender);
+            match idle.conn {
+                IdleConn::Ready(mut sender) => {
+                    // Ready at once unless the connection task is still finishing the
+                    // previous exchange; an error means the backend closed it.
+                    if !sender.is_closed() && sender.ready().await.is_ok() {
+                        return Some((sender, idle.id));
+                    }
+                }
+                IdleConn::Parked(stream) => {
+                    if still_open(&stream) {
+                        if let Ok(sender) = self.handshake(backend, stream, Some(idle.id)).await {
+                            return Some((sender, idle.id));
+                        }
+                    }
+                }
             }
         }
-        None
     }
 
-    async fn connect(
-        &self,
-        backend: &Backend,
-    ) -> Result<http1::SendRequest<RequestBody>, SendError> {
+    async fn connect(&self, backend: &Backend, id: Option<u64>) -> Result<Sender, SendError> {
+        let stream = self.connect_tcp(backend).await?;
+        self.handshake(backend, stream, id).await
+    }
+
+    async fn connect_tcp(&self, backend: &Backend) -> Result<TcpStream, SendError> {
         let stream = tokio::time::timeout(self.connect_timeout, connect_tcp(backend))
             .await
             .map_err(|_| SendError::ConnectTimeout(self.connect_timeout))?
             .map_err(SendError::Connect)?;
         let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    /// Starts hyper's HTTP/1 client on `stream`. With a pool `id`, the connection can
+    /// park itself in `backend`'s pool; without, it supports upgrades instead.
+    async fn handshake(
+        &self,
+        backend: &Backend,
+        stream: TcpStream,
+        id: Option<u64>,
+    ) -> Result<Sender, SendError> {
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
             .map_err(SendError::Handshake)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "backend connection ended with an error");
+        match id {
+            None => {
+                tokio::spawn(async move {
+                    if let Err(e) = conn.with_upgrades().await {
+                        tracing::debug!(error = %e, "backend connection ended with an error");
+                    }
+                });
             }
-        });
+            Some(id) => {
+                let pool = Arc::clone(&backend.pool);
+                tokio::spawn(drive(conn, pool, id, self.max_idle));
+            }
+        }
         Ok(sender)
     }
+}
+
+/// Runs one pooled backend connection; parks it when it sits unused in the pool.
+async fn drive(
+    mut conn: http1::Connection<TokioIo<TcpStream>, RequestBody>,
+    pool: Arc<Pool>,
+    id: u64,
+    max_idle: usize,
+) {
+    let sleep = tokio::time::sleep(PARK_AFTER);
+    tokio::pin!(sleep);
+    let mut parked_since = None;
+    let ended = loop {
+        tokio::select! {
+            r = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => break r,
+            _ = &mut sleep, if parked_since.is_none() => match pool.take_for_parking(id) {
+                // The sender is gone; hyper's dispatcher now ends without closing.
+                Ok(since) => parked_since = Some(since),
+                Err(next) => sleep.as_mut().reset(next),
+            },
+        }
+    };
+    match (ended, parked_since) {
+        (Ok(()), Some(since)) => {
+            let parts = conn.into_parts();
+            if parts.read_buf.is_empty() {
+                let stream = parts.io.into_inner();
+                // Replace this task's wakers in the socket's slots, so the finished task
+                // is freed now rather than when the socket next becomes ready.
+                let mut cx = Context::from_waker(Waker::noop());
+                let _ = stream.poll_read_ready(&mut cx);
+                let _ = stream.poll_write_ready(&mut cx);
+                pool.put_parked(stream, since, id, max_idle);
+            }
+        }
+        (Ok(()), None) => {}
+        (Err(e), _) => tracing::debug!(error = %e, "backend connection ended with an error"),
+    }
+}
+
+/// Is a parked socket still open, with nothing unexpected waiting on it? Asks the
+/// kernel directly (a non-blocking peek): tokio's readiness may not have seen a FIN
+/// that already arrived.
+fn still_open(stream: &TcpStream) -> bool {
+    let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    matches!(
+        socket2::SockRef::from(stream).peek(&mut byte),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock
+    )
 }
 
 /// Connects to the backend's address, resolving its name when it is not an IP literal.

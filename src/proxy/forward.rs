@@ -250,7 +250,7 @@ async fn forward(
     let breq = Request::from_parts(parts, RequestBody::new(body, max_body_bytes));
     let result = tokio::time::timeout_at(
         now + upstream.config.response_timeout,
-        upstream.client.send(&backend, breq),
+        upstream.client.send(&backend, breq, upgrade),
     )
     .await;
     let stats = &backend.stats;

@@ -5,5 +5,6 @@ mod admin;
 mod balancing;
 mod cli;
 mod limits;
+mod parking;
 mod proxying;
 mod support;
