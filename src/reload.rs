@@ -14,6 +14,8 @@ pub enum ReloadError {
     Load(#[from] LoadError),
     #[error("{0}")]
     Override(String),
+    #[error(transparent)]
+    Unsupported(#[from] crate::proxy::server::BindError),
 }
 
 /// Reloads the config file into `shared`.
@@ -23,6 +25,7 @@ pub fn reload(shared: &Shared) -> Result<(), ReloadError> {
     if let Some(overrides) = &shared.overrides {
         overrides(&mut config).map_err(ReloadError::Override)?;
     }
+    crate::proxy::server::check_supported(&config)?;
     let old = shared.config.load();
     if old.listeners != config.listeners
         || old.admin.as_ref().map(|a| a.address) != config.admin.as_ref().map(|a| a.address)

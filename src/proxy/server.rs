@@ -52,6 +52,41 @@ pub enum BindError {
     },
     #[error("listener {0}: TLS listeners are not supported by this build yet")]
     TlsUnsupported(SocketAddr),
+    #[error("upstream \"{0}\": {1} is not supported by this build yet")]
+    Unsupported(String, &'static str),
+}
+
+/// Refuses settings this build parses but cannot honour yet, rather than running them
+/// wrongly; warns about those it runs with a documented stand-in.
+pub(crate) fn check_supported(config: &crate::config::Config) -> Result<(), BindError> {
+    use crate::config::{Protocol, Scheme, StrategyKind};
+    for l in &config.listeners {
+        if l.tls.is_some() {
+            // TODO(#4): TLS listeners.
+            return Err(BindError::TlsUnsupported(l.address));
+        }
+    }
+    for u in &config.upstreams {
+        if u.protocol != Protocol::Http1 {
+            return Err(BindError::Unsupported(
+                u.name.clone(),
+                "protocol h2c/h2 to backends",
+            ));
+        }
+        if u.backends.iter().any(|b| b.url.scheme == Scheme::Https) {
+            return Err(BindError::Unsupported(u.name.clone(), "an https backend"));
+        }
+        if matches!(
+            u.strategy,
+            StrategyKind::PeakEwma | StrategyKind::ConsistentHash
+        ) {
+            tracing::warn!(upstream = %u.name, strategy = %u.strategy, "strategy not implemented yet; using round_robin");
+        }
+        if u.health.is_some() || u.sticky.is_some() {
+            tracing::warn!(upstream = %u.name, "health checks and sticky sessions are not implemented yet; ignored");
+        }
+    }
+    Ok(())
 }
 
 /// Bound listeners, ready to serve.
@@ -71,12 +106,9 @@ impl Server {
     /// Opens every listener of the running config, and the admin listener.
     pub async fn bind(shared: Arc<Shared>) -> Result<Server, BindError> {
         let config = shared.config.load_full();
+        check_supported(&config)?;
         let mut listeners = Vec::new();
         for l in &config.listeners {
-            if l.tls.is_some() {
-                // TODO(#4): TLS listeners.
-                return Err(BindError::TlsUnsupported(l.address));
-            }
             listeners.push(bind_one(l.address).await?);
         }
         let admin = match &config.admin {
