@@ -75,11 +75,7 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>>
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/") => reply(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
-        (&Method::GET, "/status") => reply(
-            StatusCode::OK,
-            "application/json",
-            status_json(shared).to_string(),
-        ),
+        (&Method::GET, "/status") => reply(StatusCode::OK, "application/json", status_json(shared)),
         (&Method::POST, "/reload") => {
             if let Some(denied) = check_token(shared, &req) {
                 return denied;
@@ -150,40 +146,63 @@ fn check_token(shared: &Shared, req: &Request<Incoming>) -> Option<Response<Full
     (!ok).then(|| text(StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n"))
 }
 
-/// The `/status` document (SPEC §5).
-pub fn status_json(shared: &Shared) -> serde_json::Value {
+/// The `/status` document (SPEC §5), fields in the SPEC's order.
+#[derive(serde::Serialize)]
+pub struct Status<'a> {
+    pub version: &'static str,
+    pub upstreams: Vec<UpstreamStatus<'a>>,
+}
+
+#[derive(serde::Serialize)]
+pub struct UpstreamStatus<'a> {
+    pub name: &'a str,
+    pub strategy: &'static str,
+    pub backends: Vec<BackendStatus>,
+}
+
+#[derive(serde::Serialize)]
+pub struct BackendStatus {
+    pub url: String,
+    pub weight: u32,
+    pub backup: bool,
+    pub state: &'static str,
+    pub inflight: u32,
+    pub requests: u64,
+    pub failures: u64,
+    pub latency_ewma_ms: f64,
+}
+
+/// Renders `/status` from the live snapshot and counters.
+pub fn status_json(shared: &Shared) -> String {
     let snap = shared.snapshot.load();
     let now = Instant::now();
-    let upstreams: Vec<_> = snap
-        .upstreams
-        .iter()
-        .map(|u| {
-            let backends: Vec<_> = u
-                .all
-                .iter()
-                .map(|b| {
-                    let s = &b.stats;
-                    serde_json::json!({
-                        "url": b.url.to_string(),
-                        "weight": b.weight,
-                        "backup": b.backup,
-                        "state": s.state(now).as_str(),
-                        "inflight": s.inflight.load(Ordering::Relaxed),
-                        "requests": s.requests.load(Ordering::Relaxed),
-                        "failures": s.failures.load(Ordering::Relaxed),
-                        "latency_ewma_ms": (s.latency_ewma_ms() * 1000.0).round() / 1000.0,
+    let status = Status {
+        version: env!("CARGO_PKG_VERSION"),
+        upstreams: snap
+            .upstreams
+            .iter()
+            .map(|u| UpstreamStatus {
+                name: &u.name,
+                strategy: u.config.strategy.as_str(),
+                backends: u
+                    .all
+                    .iter()
+                    .map(|b| {
+                        let s = &b.stats;
+                        BackendStatus {
+                            url: b.url.to_string(),
+                            weight: b.weight,
+                            backup: b.backup,
+                            state: s.state(now).as_str(),
+                            inflight: s.inflight.load(Ordering::Relaxed),
+                            requests: s.requests.load(Ordering::Relaxed),
+                            failures: s.failures.load(Ordering::Relaxed),
+                            latency_ewma_ms: (s.latency_ewma_ms() * 1000.0).round() / 1000.0,
+                        }
                     })
-                })
-                .collect();
-            serde_json::json!({
-                "name": &*u.name,
-                "strategy": u.config.strategy.as_str(),
-                "backends": backends,
+                    .collect(),
             })
-        })
-        .collect();
-    serde_json::json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "upstreams": upstreams,
-    })
+            .collect(),
+    };
+    serde_json::to_string(&status).unwrap_or_else(|_| "{}".to_owned())
 }

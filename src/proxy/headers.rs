@@ -131,9 +131,17 @@ pub fn new_request_id() -> HeaderValue {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let mut buf = [0u8; 32];
     hex(prefix, &mut buf[..16]);
-    // Scramble the counter so consecutive ids do not look sequential.
-    hex(n.wrapping_mul(0x9E37_79B9_7F4A_7C15), &mut buf[16..]);
+    // Scramble the counter (splitmix64, a bijection) so consecutive ids do not look
+    // sequential and stay distinct.
+    hex(splitmix64(n), &mut buf[16..]);
     HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+fn splitmix64(n: u64) -> u64 {
+    let mut z = n.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 fn hex(mut v: u64, out: &mut [u8]) {
