@@ -94,3 +94,32 @@ async fn dashboard_is_self_contained_html() {
         "no external assets"
     );
 }
+
+#[tokio::test]
+async fn a_token_guards_mutating_calls_only() {
+    let a = TestBackend::replying("a").await;
+    let lb = Sluice::start(&format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"s3cret\"\n[upstream.web]\nbackends = [{{ url = \"{}\" }}]\n",
+        a.url()
+    ))
+    .await;
+    let drain = format!("/upstreams/web/backends/{}/drain", a.addr);
+    assert_eq!(lb.admin("POST", &drain).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(lb.admin("GET", "/status").await.0, StatusCode::OK);
+    let admin = lb.admin.unwrap();
+    for (auth, want) in [
+        ("Bearer wrong", StatusCode::UNAUTHORIZED),
+        ("Bearer s3cret", StatusCode::OK),
+    ] {
+        let req = http::Request::post(format!("http://{admin}{drain}"))
+            .header("authorization", auth)
+            .body(Default::default())
+            .unwrap();
+        assert_eq!(send_with(&client(), req).await.0, want, "{auth}");
+    }
+    assert_eq!(
+        lb.get("/").await.0,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "drained by the authorised call"
+    );
+}
