@@ -31,14 +31,6 @@ mod tests {
     use super::*;
     use crate::balance::Tried;
 
-    fn ctx(tried: &Tried) -> PickCtx<'_> {
-        PickCtx {
-            key: None,
-            tried,
-            now: tokio::time::Instant::now(),
-        }
-    }
-
     #[test]
     fn everything_goes_to_the_first() {
         let t = tier(&[1, 100, 100]);

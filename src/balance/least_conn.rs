@@ -59,25 +59,10 @@ impl Pick for LeastConn {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::Ordering;
 
     use super::super::random::test_support::*;
     use super::*;
     use crate::balance::Tried;
-
-    fn ctx(tried: &Tried) -> PickCtx<'_> {
-        PickCtx {
-            key: None,
-            tried,
-            now: tokio::time::Instant::now(),
-        }
-    }
-
-    fn set_inflight(t: &[Arc<Backend>], loads: &[u32]) {
-        for (b, &n) in t.iter().zip(loads) {
-            b.stats.inflight.store(n, Ordering::Relaxed);
-        }
-    }
 
     #[test]
     fn avoids_the_busier_backend() {

@@ -91,6 +91,24 @@ pub(super) mod test_support {
     use crate::config::BackendUrl;
     use crate::upstream::Backend;
 
+    /// A pick context at the current instant with `tried` already tried.
+    pub fn ctx(tried: &Tried) -> PickCtx<'_> {
+        PickCtx {
+            key: None,
+            tried,
+            now: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Sets each backend's in-flight count.
+    pub fn set_inflight(t: &[Arc<Backend>], loads: &[u32]) {
+        for (b, &n) in t.iter().zip(loads) {
+            b.stats
+                .inflight
+                .store(n, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     /// A tier of fresh, healthy backends 10.0.0.i:80 with the given weights.
     pub fn tier(weights: &[u32]) -> Vec<Arc<Backend>> {
         weights
@@ -106,11 +124,7 @@ pub(super) mod test_support {
     /// `n` picks with nothing tried; returns how often each index won.
     pub fn counts<P: Pick>(p: &P, tier: &[Arc<Backend>], n: usize) -> Vec<usize> {
         let tried = Tried::default();
-        let ctx = PickCtx {
-            key: None,
-            tried: &tried,
-            now: tokio::time::Instant::now(),
-        };
+        let ctx = ctx(&tried);
         let mut out = vec![0; tier.len()];
         for _ in 0..n {
             out[p.pick(tier, &ctx).expect("a usable backend")] += 1;

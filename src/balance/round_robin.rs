@@ -156,14 +156,6 @@ mod tests {
     use super::*;
     use crate::balance::Tried;
 
-    fn ctx(tried: &Tried) -> PickCtx<'_> {
-        PickCtx {
-            key: None,
-            tried,
-            now: Instant::now(),
-        }
-    }
-
     #[test]
     fn cycle_is_nginx_order() {
         assert_eq!(
