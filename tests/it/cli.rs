@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use crate::support::process::{Proc, run};
+use crate::support::process::{run, start_json};
 use crate::support::*;
 
 fn temp_config(name: &str, text: &str) -> std::path::PathBuf {
@@ -84,36 +84,11 @@ fn check_reports_every_problem_as_file_line_col() {
     assert_eq!(err.lines().count(), 1, "{err}");
 }
 
-fn listening_port(p: &Proc) -> String {
-    let line = p.line_with("listening");
-    let start = line
-        .find("127.0.0.1:")
-        .expect("address in the listening line");
-    line[start..]
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
-        .collect()
-}
-
 #[tokio::test]
 async fn json_access_log_and_graceful_sigterm() {
     let be = TestBackend::replying("a").await;
     let url = be.url();
-    let mut p = tokio::task::spawn_blocking(move || {
-        Proc::spawn(&[
-            "-l",
-            "127.0.0.1:0",
-            "-b",
-            &url,
-            "--log-format",
-            "json",
-            "--workers",
-            "1",
-        ])
-    })
-    .await
-    .unwrap();
-    let addr = listening_port(&p);
+    let (mut p, addr) = start_json(&["-l", "127.0.0.1:0", "-b", &url, "--workers", "1"]).await;
     let c = client();
     let req = http::Request::get(format!("http://{addr}/hello?x=1"))
         .header("x-request-id", "rid-1")
@@ -158,27 +133,7 @@ async fn json_access_log_and_graceful_sigterm() {
 async fn access_log_off_prints_no_request_lines_and_events_are_json() {
     let be = TestBackend::replying("a").await;
     let url = be.url();
-    let mut p = tokio::task::spawn_blocking(move || {
-        Proc::spawn(&[
-            "-l",
-            "127.0.0.1:0",
-            "-b",
-            &url,
-            "--log-format",
-            "json",
-            "--access-log",
-            "off",
-        ])
-    })
-    .await
-    .unwrap();
-    let listening = p.line_with("listening");
-    let j: serde_json::Value = serde_json::from_str(&listening).expect("event line is JSON");
-    assert!(
-        j.get("ts").is_some() && j["level"] == "info" && j["event"] == "listening",
-        "{listening}"
-    );
-    let addr = j["address"].as_str().unwrap().to_owned();
+    let (mut p, addr) = start_json(&["-l", "127.0.0.1:0", "-b", &url, "--access-log", "off"]).await;
     let req = http::Request::get(format!("http://{addr}/"))
         .header("x-request-id", "rid-off")
         .body(Default::default())

@@ -10,15 +10,19 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_sluice")
 }
 
-/// Runs sluice with `args` to completion (it must exit by itself within 10s).
-pub fn run(args: &[&str]) -> (i32, String, String) {
-    let mut child = Command::new(bin())
-        .args(args)
+/// sluice with `args`, no stdin, stdout and stderr piped.
+fn command(args: &[&str]) -> Command {
+    let mut c = Command::new(bin());
+    c.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn sluice");
+        .stderr(Stdio::piped());
+    c
+}
+
+/// Runs sluice with `args` to completion (it must exit by itself within 10s).
+pub fn run(args: &[&str]) -> (i32, String, String) {
+    let mut child = command(args).spawn().expect("spawn sluice");
     let deadline = Instant::now() + super::DEADLINE;
     loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -46,13 +50,7 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(args: &[&str]) -> Proc {
-        let mut child = Command::new(bin())
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn sluice");
+        let mut child = command(args).spawn().expect("spawn sluice");
         let stdout: ChildStdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -140,6 +138,27 @@ impl Proc {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+}
+
+/// Starts sluice with `args` plus `--log-format json` (from async code) and returns it
+/// with the address its first listener bound, read from the "listening" event.
+pub async fn start_json(args: &[&str]) -> (Proc, String) {
+    let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    args.extend(["--log-format".into(), "json".into()]);
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let p = Proc::spawn(&args);
+        let line = p.line_with("\"listening\"");
+        let j: serde_json::Value = serde_json::from_str(&line).expect("JSON event line");
+        assert!(
+            j.get("ts").is_some() && j["level"] == "info" && j["event"] == "listening",
+            "event lines carry ts, level, event: {line}"
+        );
+        let addr = j["address"].as_str().expect("address field").to_owned();
+        (p, addr)
+    })
+    .await
+    .unwrap()
 }
 
 impl Drop for Proc {
