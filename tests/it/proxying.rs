@@ -412,3 +412,82 @@ impl<T> futures_core::Stream for ReceiverStream<T> {
         self.0.poll_recv(cx)
     }
 }
+
+/// Sends `()` on drop: tells the test that the backend's handler or body was abandoned.
+struct DropSignal(Option<tokio::sync::oneshot::Sender<()>>);
+
+impl Drop for DropSignal {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_abandons_the_backend_request() {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<tokio::sync::oneshot::Receiver<()>>();
+    let be = TestBackend::start(move |req: http::Request<hyper::body::Incoming>| {
+        let (drop_tx, drop_rx) = tokio::sync::oneshot::channel();
+        let _ = tx.send(drop_rx);
+        let guard = DropSignal(Some(drop_tx));
+        async move {
+            if req.uri().path() == "/hang" {
+                // Never answers; dropping this future is the signal.
+                let _guard = guard;
+                loop {
+                    std::future::pending::<()>().await;
+                }
+            }
+            // /stream: a chunk every 20 ms for ever; the stream's end is the signal.
+            let stream = async_stream(move |tx| async move {
+                let _guard = guard;
+                loop {
+                    if tx
+                        .send(Ok(Frame::data(Bytes::from_static(b"tick\n"))))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            });
+            http::Response::new(BodyExt::boxed(StreamBody::new(stream)))
+        }
+    })
+    .await;
+    let lb = Sluice::over(&[be.url()], "").await;
+    let mut rx = rx;
+    for path in ["/stream", "/hang"] {
+        let mut s = TcpStream::connect(lb.addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let abandoned = tokio::time::timeout(DEADLINE, rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if path == "/stream" {
+            let mut buf = [0u8; 256];
+            let n = tokio::time::timeout(DEADLINE, s.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "the stream started");
+        }
+        drop(s);
+        let started = std::time::Instant::now();
+        tokio::time::timeout(Duration::from_secs(2), abandoned)
+            .await
+            .unwrap_or_else(|_| {
+                panic!("{path}: backend request still running after the client left")
+            })
+            .ok();
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{path}: took {:?}",
+            started.elapsed()
+        );
+    }
+}
