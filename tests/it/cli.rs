@@ -167,3 +167,17 @@ fn settings_this_build_cannot_honour_are_refused_at_startup_not_by_check() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("not supported by this build yet"), "{err}");
 }
+
+#[tokio::test]
+async fn workers_sets_the_runtime_threads() {
+    let be = TestBackend::replying("a").await;
+    let url = be.url();
+    for (workers, threads) in [("1", 1), ("3", 4)] {
+        let (p, _addr) = start_json(&["-l", "127.0.0.1:0", "-b", &url, "--workers", workers]).await;
+        // One worker runs on the main thread; N workers are N threads besides main.
+        let n = std::fs::read_dir(format!("/proc/{}/task", p.child.id()))
+            .unwrap()
+            .count();
+        assert_eq!(n, threads, "--workers {workers}");
+    }
+}
