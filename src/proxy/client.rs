@@ -192,16 +192,15 @@ impl Client {
         req: Request<RequestBody>,
         upgrade: bool,
     ) -> Result<(Response<Incoming>, Pooled), SendError> {
+        // The rare paths (new connections, parked sockets) are boxed: the common one, a
+        // ready pooled connection, then keeps this future small, and every request's
+        // future is moved several times on its way into hyper.
         let (mut sender, id) = if upgrade {
-            (self.connect(backend, None).await?, 0)
+            (Box::pin(self.connect(backend, None)).await?, 0)
         } else {
-            match self.checkout(backend).await {
+            match self.checkout_ready(backend) {
                 Some(c) => c,
-                None => {
-                    let id = backend.pool.next_id.fetch_add(1, Ordering::Relaxed);
-                    let stream = self.connect_tcp(backend).await?;
-                    (self.handshake(backend, stream, Some(id)).await?, id)
-                }
+                None => Box::pin(self.checkout_or_connect(backend)).await?,
             }
         };
         let resp = sender.send_request(req).await.map_err(SendError::Request)?;
@@ -214,6 +213,38 @@ impl Client {
                 max_idle: if upgrade { 0 } else { self.max_idle },
             },
         ))
+    }
+
+    /// A pooled connection that is ready right now, without waiting: the common case.
+    fn checkout_ready(&self, backend: &Backend) -> Option<(Sender, u64)> {
+        let mut idle = backend.pool.lock();
+        match idle.last() {
+            Some(Idle {
+                conn: IdleConn::Ready(sender),
+                since,
+                ..
+            }) if sender.is_ready() && since.elapsed() <= POOL_IDLE_TIMEOUT => {}
+            _ => return None,
+        }
+        match idle.pop() {
+            Some(Idle {
+                conn: IdleConn::Ready(sender),
+                id,
+                ..
+            }) => Some((sender, id)),
+            _ => None,
+        }
+    }
+
+    /// Any usable pooled connection (waiting for one to finish its last exchange, or
+    /// waking a parked socket), else a new one.
+    async fn checkout_or_connect(&self, backend: &Backend) -> Result<(Sender, u64), SendError> {
+        if let Some(c) = self.checkout(backend).await {
+            return Ok(c);
+        }
+        let id = backend.pool.next_id.fetch_add(1, Ordering::Relaxed);
+        let stream = self.connect_tcp(backend).await?;
+        Ok((self.handshake(backend, stream, Some(id)).await?, id))
     }
 
     async fn checkout(&self, backend: &Backend) -> Option<(Sender, u64)> {

@@ -13,15 +13,33 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// Is `name` one of the fixed hop-by-hop headers (besides those `Connection` names)?
+const CONNECTION: u8 = 1;
+const TRANSFER_ENCODING: u8 = 1 << 1;
+const TE: u8 = 1 << 2;
+const UPGRADE: u8 = 1 << 3;
+const KEEP_ALIVE_BIT: u8 = 1 << 4;
+const PROXY_CONNECTION_BIT: u8 = 1 << 5;
+
+/// Which of the fixed hop-by-hop headers `headers` holds, as bits.
 #[inline]
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == header::TRANSFER_ENCODING
-        || name == header::TE
-        || name == header::UPGRADE
-        || name == KEEP_ALIVE
-        || name == PROXY_CONNECTION
+fn hop_by_hop_present(headers: &HeaderMap) -> u8 {
+    headers.keys().fold(0, |bits, name| {
+        bits | if name == header::CONNECTION {
+            CONNECTION
+        } else if name == header::TRANSFER_ENCODING {
+            TRANSFER_ENCODING
+        } else if name == header::TE {
+            TE
+        } else if name == header::UPGRADE {
+            UPGRADE
+        } else if name == KEEP_ALIVE {
+            KEEP_ALIVE_BIT
+        } else if name == PROXY_CONNECTION {
+            PROXY_CONNECTION_BIT
+        } else {
+            0
+        }
+    })
 }
 
 /// Removes hop-by-hop headers: `Connection` and every header it names, `Keep-Alive`,
@@ -29,50 +47,60 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// `Upgrade` unless `upgrade` is set (a WebSocket handshake keeps `Connection: upgrade`
 /// and `Upgrade`).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool, is_request: bool) {
-    // One pass over the (usually short) map instead of a hash lookup per name: most
+    // One pass over the (usually short) map, then lookups only for what is there: most
     // messages carry none of these, or only `Connection: keep-alive`.
-    if !headers.keys().any(is_hop_by_hop) {
+    let present = hop_by_hop_present(headers);
+    if present == 0 {
         return;
     }
-    if let Some(conn) = headers.get(header::CONNECTION) {
-        // Names listed in Connection are hop-by-hop too. Collected first because
-        // `headers` is borrowed; this allocates only when Connection names something
-        // besides keep-alive/close/upgrade.
-        let named: Vec<HeaderName> = conn
-            .to_str()
-            .unwrap_or("")
-            .split(',')
-            .map(str::trim)
-            .filter(|t| {
-                let skip = t.is_empty()
-                    || t.eq_ignore_ascii_case("keep-alive")
-                    || t.eq_ignore_ascii_case("close")
-                    || (upgrade && t.eq_ignore_ascii_case("upgrade"));
-                !skip
-            })
-            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-            .collect();
-        for n in named {
-            if !(upgrade && n == header::UPGRADE) {
-                headers.remove(n);
+    if present & CONNECTION != 0 {
+        if let Some(conn) = headers.get(header::CONNECTION) {
+            // Names listed in Connection are hop-by-hop too. Collected first because
+            // `headers` is borrowed; this allocates only when Connection names
+            // something besides keep-alive/close/upgrade.
+            let named: Vec<HeaderName> = conn
+                .to_str()
+                .unwrap_or("")
+                .split(',')
+                .map(str::trim)
+                .filter(|t| {
+                    let skip = t.is_empty()
+                        || t.eq_ignore_ascii_case("keep-alive")
+                        || t.eq_ignore_ascii_case("close")
+                        || (upgrade && t.eq_ignore_ascii_case("upgrade"));
+                    !skip
+                })
+                .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+                .collect();
+            for n in named {
+                if !(upgrade && n == header::UPGRADE) {
+                    headers.remove(n);
+                }
             }
         }
         if !upgrade {
             headers.remove(header::CONNECTION);
         }
     }
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
-    headers.remove(header::TRANSFER_ENCODING);
-    if !upgrade {
+    if present & KEEP_ALIVE_BIT != 0 {
+        headers.remove(&KEEP_ALIVE);
+    }
+    if present & PROXY_CONNECTION_BIT != 0 {
+        headers.remove(&PROXY_CONNECTION);
+    }
+    if present & TRANSFER_ENCODING != 0 {
+        headers.remove(header::TRANSFER_ENCODING);
+    }
+    if present & UPGRADE != 0 && !upgrade {
         headers.remove(header::UPGRADE);
     }
-    if let Some(te) = headers.get(header::TE) {
+    if present & TE != 0 {
         let keep = is_request
-            && te
-                .to_str()
-                .map(|v| v.trim().eq_ignore_ascii_case("trailers"))
-                .unwrap_or(false);
+            && headers.get(header::TE).is_some_and(|te| {
+                te.to_str()
+                    .map(|v| v.trim().eq_ignore_ascii_case("trailers"))
+                    .unwrap_or(false)
+            });
         if !keep {
             headers.remove(header::TE);
         }
