@@ -61,8 +61,6 @@ pub struct AccessRecord {
     pub method: http::Method,
     pub uri: http::Uri,
     pub status: u16,
-    pub upstream: Option<std::sync::Arc<str>>,
-    pub backend: Option<Box<str>>,
     pub bytes: u64,
     pub request_id: Option<http::HeaderValue>,
     pub attempts: u32,
@@ -88,12 +86,11 @@ thread_local! {
     static LINE: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
-/// Writes `r` as one access-log line.
-pub fn access(r: &AccessRecord) {
+/// Writes `r` as one access-log line; `upstream` and `backend` are "-" when the
+/// request never got that far.
+pub fn access(r: &AccessRecord, upstream: &str, backend: &str) {
     let ts = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
     let path = r.uri.path_and_query().map_or("/", |p| p.as_str());
-    let upstream = r.upstream.as_deref().unwrap_or("-");
-    let backend = r.backend.as_deref().unwrap_or("-");
     let request_id = r
         .request_id
         .as_ref()

@@ -97,6 +97,8 @@ impl Body for RequestBody {
 /// Everything to settle when a request is over; see the module doc.
 pub struct Completion {
     pub activity: Arc<Activity>,
+    /// The upstream the request was routed to.
+    pub upstream: Option<Arc<str>>,
     /// The backend whose in-flight count this request holds.
     pub backend: Option<Arc<Backend>>,
     /// Present when the access log is on.
@@ -108,6 +110,7 @@ impl Completion {
         activity.begin_request();
         Completion {
             activity,
+            upstream: None,
             backend: None,
             record: None,
         }
@@ -125,14 +128,18 @@ impl Completion {
 
 impl Drop for Completion {
     fn drop(&mut self) {
+        if let Some(r) = self.record.as_mut() {
+            r.finish();
+            telemetry::access(
+                r,
+                self.upstream.as_deref().unwrap_or("-"),
+                self.backend.as_ref().map_or("-", |b| &b.id),
+            );
+        }
         if let Some(b) = self.backend.take() {
             b.stats.inflight.fetch_sub(1, Ordering::Relaxed);
         }
         self.activity.end_request();
-        if let Some(r) = self.record.as_mut() {
-            r.finish();
-            telemetry::access(r);
-        }
     }
 }
 
@@ -249,8 +256,6 @@ impl AccessRecord {
             method: method.clone(),
             uri: uri.clone(),
             status: 0,
-            upstream: None,
-            backend: None,
             bytes: 0,
             request_id: None,
             attempts: 0,

@@ -88,7 +88,7 @@ pub async fn handle(
             if status.is_server_error() {
                 tracing::warn!(
                     status = status.as_u16(),
-                    upstream = done.record.as_ref().and_then(|r| r.upstream.as_deref()),
+                    upstream = done.upstream.as_deref(),
                     backend = done.backend.as_ref().map(|b| &*b.id),
                     error = %chain(&e),
                     "request failed"
@@ -186,9 +186,7 @@ async fn forward(
         });
         (Arc::clone(upstream), rewritten)
     };
-    if let Some(r) = done.record.as_mut() {
-        r.upstream = Some(Arc::clone(&upstream.name));
-    }
+    done.upstream = Some(Arc::clone(&upstream.name));
 
     let now = Instant::now();
     let tried = Tried::default();
@@ -200,7 +198,6 @@ async fn forward(
     let backend = Arc::clone(upstream.pick(&ctx).ok_or(ProxyError::NoHealthyBackend)?);
     done.hold(&backend);
     if let Some(r) = done.record.as_mut() {
-        r.backend = Some(backend.id.clone());
         r.attempts = 1;
     }
 

@@ -181,3 +181,21 @@ async fn workers_sets_the_runtime_threads() {
         assert_eq!(n, threads, "--workers {workers}");
     }
 }
+
+#[tokio::test]
+async fn a_failed_request_is_logged_with_its_upstream_and_backend() {
+    let dead = dead_addr().await.to_string();
+    let (p, addr) = start_json(&["-l", "127.0.0.1:0", "-b", &dead, "--access-log", "off"]).await;
+    let req = http::Request::get(format!("http://{addr}/"))
+        .body(Default::default())
+        .unwrap();
+    assert_eq!(send_with(&client(), req).await.0, 502);
+    let line = tokio::task::spawn_blocking(move || p.line_with("request failed"))
+        .await
+        .unwrap();
+    let j: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(j["level"], "warn", "{line}");
+    assert_eq!(j["upstream"], "default", "{line}");
+    assert_eq!(j["backend"], dead.as_str(), "{line}");
+    assert_eq!(j["status"], 502, "{line}");
+}
