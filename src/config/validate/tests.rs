@@ -2,6 +2,10 @@
 //! lines. Line and column numbers in the golden tests were counted by hand.
 
 use super::*;
+use crate::config::{
+    BackendConfig, BackendUrl, HashKey, HealthConfig, HostHeader, MAX_WEIGHT, OutlierConfig,
+    Protocol, RetryConfig, RetryOn, StickyConfig, StrategyKind, UpstreamConfig,
+};
 
 const FILE: &str = "conf/sluice.toml";
 
