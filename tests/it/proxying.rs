@@ -491,3 +491,91 @@ async fn a_client_that_leaves_abandons_the_backend_request() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_backend_that_never_accepts_is_502_after_connect_timeout() {
+    // A listener with a one-slot accept queue that nobody accepts from: once the queue
+    // is full, the kernel drops further SYNs and connects hang.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(
+        &"127.0.0.1:0"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )
+    .unwrap();
+    sock.listen(0).unwrap();
+    let addr = sock.local_addr().unwrap().as_socket().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(s)) =
+            tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await
+        {
+            fillers.push(s);
+        }
+    }
+    let lb = Sluice::over(&[format!("http://{addr}")], "connect_timeout = \"300ms\"").await;
+    let started = std::time::Instant::now();
+    let (s, _, body) = lb.get("/").await;
+    assert_eq!(s, StatusCode::BAD_GATEWAY);
+    assert!(!body.contains(&addr.port().to_string()));
+    let t = started.elapsed();
+    assert!(
+        t >= Duration::from_millis(250) && t < Duration::from_secs(3),
+        "took {t:?}"
+    );
+    drop(sock);
+}
+
+#[tokio::test]
+async fn the_pool_keeps_at_most_max_idle_per_backend() {
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let be = {
+        let gate = gate.clone();
+        TestBackend::start(move |_| {
+            let gate = gate.clone();
+            async move {
+                let _ = gate.acquire().await.map(|p| p.forget());
+                http::Response::new(full("ok"))
+            }
+        })
+        .await
+    };
+    let lb = std::sync::Arc::new(Sluice::over(&[be.url()], "max_idle_per_backend = 2").await);
+    let mut calls = Vec::new();
+    for _ in 0..5 {
+        let url = lb.url("/");
+        calls.push(tokio::spawn(async move {
+            let req = Request::get(url).body(Full::default()).unwrap();
+            send_with(&client(), req).await.0
+        }));
+    }
+    tokio::time::timeout(DEADLINE, async {
+        while be.hits() < 5 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        be.connections(),
+        5,
+        "five concurrent requests, five backend connections"
+    );
+    gate.add_permits(5);
+    for c in calls {
+        assert_eq!(c.await.unwrap(), StatusCode::OK);
+    }
+    let backend = lb.shared.snapshot.load().upstreams[0].all[0].clone();
+    // Connections return to the pool as hyper finishes each body, which may be just
+    // after the client has its bytes; the cap is enforced on every return.
+    tokio::time::timeout(DEADLINE, async {
+        while backend.pool.idle_len() < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(backend.pool.idle_len(), 2, "capped at max_idle_per_backend");
+}
