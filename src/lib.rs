@@ -10,6 +10,7 @@ pub mod balance;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod health;
 pub mod proxy;
 pub mod reload;
 pub mod telemetry;

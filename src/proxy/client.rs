@@ -365,7 +365,7 @@ fn still_open(stream: &TcpStream) -> bool {
 }
 
 /// Connects to the backend's address, resolving its name when it is not an IP literal.
-async fn connect_tcp(backend: &Backend) -> io::Result<TcpStream> {
+pub(crate) async fn connect_tcp(backend: &Backend) -> io::Result<TcpStream> {
     if let Some(addr) = backend.socket_addr {
         return TcpStream::connect(addr).await;
     }

@@ -29,6 +29,8 @@ pub struct Shared {
     /// The file to read again on reload; None when running from flags only.
     pub config_path: Option<PathBuf>,
     pub overrides: Option<Overrides>,
+    /// Active health checkers of the current snapshot, replaced with it.
+    checkers: std::sync::Mutex<Option<crate::health::Checkers>>,
 }
 
 impl Shared {
@@ -44,7 +46,23 @@ impl Shared {
             config: ArcSwap::from_pointee(config),
             config_path,
             overrides,
+            checkers: std::sync::Mutex::new(None),
         })
+    }
+
+    /// (Re)starts the active health checkers for the current snapshot; the previous
+    /// ones stop. Must run inside the runtime.
+    pub fn restart_health_checks(&self) {
+        let checkers = crate::health::active::start(&self.snapshot.load());
+        *self.checkers.lock().unwrap_or_else(|p| p.into_inner()) = Some(checkers);
+    }
+
+    /// Stops the active health checkers (shutdown).
+    pub fn stop_health_checks(&self) {
+        self.checkers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
     }
 
     /// Makes `config` the running configuration: one store for routes, upstreams and
@@ -54,5 +72,6 @@ impl Shared {
         self.limits.store(Arc::new(config.limits.clone()));
         self.snapshot.store(Arc::new(snapshot));
         self.config.store(Arc::new(config));
+        self.restart_health_checks();
     }
 }

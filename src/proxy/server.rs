@@ -82,8 +82,8 @@ pub(crate) fn check_supported(config: &crate::config::Config) -> Result<(), Bind
         ) {
             tracing::warn!(upstream = %u.name, strategy = %u.strategy, "strategy not implemented yet; using round_robin");
         }
-        if u.health.is_some() || u.sticky.is_some() {
-            tracing::warn!(upstream = %u.name, "health checks and sticky sessions are not implemented yet; ignored");
+        if u.sticky.is_some() {
+            tracing::warn!(upstream = %u.name, "sticky sessions are not implemented yet; ignored");
         }
     }
     Ok(())
@@ -166,8 +166,10 @@ impl Server {
             )));
         }
 
+        self.shared.restart_health_checks();
         shutdown.await;
         tracing::info!("shutting down: no new connections, draining open requests");
+        self.shared.stop_health_checks();
         let _ = stop_tx.send(true);
         for l in loops {
             let _ = l.await;

@@ -4,6 +4,7 @@
 mod admin;
 mod balancing;
 mod cli;
+mod health;
 mod lifecycle;
 mod limits;
 mod parking;
