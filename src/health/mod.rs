@@ -1,6 +1,8 @@
-//! Health: active checks now; passive outlier detection comes with the rest of issue 3.
+//! Health: active checks (a task per upstream) and passive outlier detection (on the
+//! request path), both writing only a backend's state bits.
 
 pub mod active;
+pub mod outlier;
 pub mod rise_fall;
 
 pub use active::Checkers;

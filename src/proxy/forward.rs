@@ -20,8 +20,9 @@ use super::error::{ProxyError, chain};
 use super::headers::{self, X_REQUEST_ID};
 use crate::balance::{PickCtx, Tried};
 use crate::config::HostHeader;
+use crate::health::outlier::{self, Outcome};
 use crate::telemetry::{self, AccessRecord};
-use crate::upstream::{Upstream, request_host};
+use crate::upstream::{Backend, Upstream, request_host};
 
 /// What a request needs to know about the connection it came on.
 pub struct ConnInfo {
@@ -251,6 +252,13 @@ async fn forward(
     )
     .await;
     let stats = &backend.stats;
+    let failed = |error: ProxyError| {
+        stats
+            .failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        note_failure(&upstream, &backend);
+        error
+    };
     let (mut resp, backend_conn) = match result {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
@@ -261,22 +269,18 @@ async fn forward(
                 // The client broke off its own upload; not the backend's fault.
                 return Err(ProxyError::BadRequest("client request body ended early"));
             }
-            stats
-                .failures
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return Err(if e.is_connect() {
+            return Err(failed(if e.is_connect() {
                 ProxyError::Connect(e)
             } else {
                 ProxyError::BrokeOff(e)
-            });
+            }));
         }
-        Err(_) => {
-            stats
-                .failures
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return Err(ProxyError::ResponseTimeout);
-        }
+        Err(_) => return Err(failed(ProxyError::ResponseTimeout)),
     };
+    match Outcome::of_status(resp.status().as_u16()) {
+        Outcome::Success => outlier::success(&backend),
+        Outcome::Failure => note_failure(&upstream, &backend),
+    }
     stats.observe_latency(now.elapsed());
 
     if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -286,6 +290,25 @@ async fn forward(
             Some(hyper::upgrade::on(&mut resp));
     }
     Ok((resp, backend_conn))
+}
+
+/// Counts a failed attempt on `backend` for outlier detection, logging an ejection.
+fn note_failure(upstream: &Upstream, backend: &Backend) {
+    let cfg = &upstream.config.outlier;
+    if let Some(d) = outlier::record(
+        backend,
+        &upstream.all,
+        cfg,
+        Instant::now(),
+        Outcome::Failure,
+    ) {
+        tracing::info!(
+            upstream = %upstream.name,
+            backend = %backend.id,
+            ejection_ms = d.as_millis() as u64,
+            "backend ejected"
+        );
+    }
 }
 
 /// Whether `e`'s cause chain holds a `T` satisfying `f`.

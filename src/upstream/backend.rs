@@ -63,8 +63,12 @@ pub struct BackendStats {
     pub requests: AtomicU64,
     pub failures: AtomicU64,
     state: AtomicU8,
-    /// Nanoseconds since `epoch` until which the backend is ejected; 0 = not ejected.
+    /// Nanoseconds since `epoch` until which the backend is ejected; 0 = never was.
     ejected_until: AtomicU64,
+    /// Failures in a row (outlier detection); a success resets it.
+    pub consecutive_failures: AtomicU32,
+    /// How many ejections the next one counts as (grows on repeats, decays when quiet).
+    ejections: AtomicU32,
     /// f64 bits of the latency EWMA in milliseconds.
     ewma_ms_bits: AtomicU64,
     /// The instant all the nanosecond fields count from.
@@ -79,6 +83,8 @@ impl Default for BackendStats {
             failures: AtomicU64::new(0),
             state: AtomicU8::new(0),
             ejected_until: AtomicU64::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
             ewma_ms_bits: AtomicU64::new(0f64.to_bits()),
             epoch: Instant::now(),
         }
@@ -129,6 +135,25 @@ impl BackendStats {
     pub fn eject(&self, now: Instant, for_: Duration) {
         let until = self.nanos_since_epoch(now + for_).max(1);
         self.ejected_until.store(until, Ordering::Relaxed);
+    }
+
+    /// Ejects again for `base` times the number of recent ejections (this one
+    /// included), at most `cap`. The count decays by one for every `base` period that
+    /// passed since the last ejection ended, so a backend that behaved for a while
+    /// starts over at `base` (Envoy's outlier detection grows and decays the same way).
+    pub fn eject_growing(&self, now: Instant, base: Duration, cap: Duration) -> Duration {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        let prev = self.ejections.load(Ordering::Relaxed);
+        let quiet_periods = if until == 0 || base.is_zero() {
+            u64::from(prev)
+        } else {
+            self.nanos_since_epoch(now).saturating_sub(until) / base.as_nanos().max(1) as u64
+        };
+        let times = prev.saturating_sub(u32::try_from(quiet_periods).unwrap_or(u32::MAX)) + 1;
+        self.ejections.store(times, Ordering::Relaxed);
+        let d = base.saturating_mul(times).min(cap.max(base));
+        self.eject(now, d);
+        d
     }
 
     /// The state `/status` shows: draining, unhealthy, ejected, in that precedence.

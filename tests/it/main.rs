@@ -7,6 +7,7 @@ mod cli;
 mod health;
 mod lifecycle;
 mod limits;
+mod outlier;
 mod parking;
 mod proxying;
 mod support;

@@ -1,0 +1,176 @@
+//! Passive health (SPEC §2 `[upstream.X.outlier]`, on by default): every finished
+//! attempt is an outcome; `consecutive_failures` failures in a row (connect errors,
+//! resets, timeouts, 502/503/504 answers) eject a backend for `ejection`, longer on
+//! repeats, never more than `max_ejected_percent` of its pool at once. An ejected
+//! backend gets traffic again when its time is up, on probation: its first failure
+//! ejects it again. Plain functions over the backend's atomics, so tests need no sockets.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::config::OutlierConfig;
+use crate::upstream::Backend;
+
+/// Longest ejection, however often a backend failed (Envoy's default cap).
+pub const MAX_EJECTION: Duration = Duration::from_secs(300);
+
+/// What one attempt on a backend says about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    Failure,
+}
+
+impl Outcome {
+    /// A response head's status: 502, 503 and 504 count against the backend.
+    pub fn of_status(status: u16) -> Outcome {
+        if matches!(status, 502..=504) {
+            Outcome::Failure
+        } else {
+            Outcome::Success
+        }
+    }
+}
+
+/// Records a success of `b`: ends its run of failures. Runs per request; costs one
+/// atomic load when there was no run.
+pub fn success(b: &Backend) {
+    let s = &b.stats;
+    if s.consecutive_failures.load(Ordering::Relaxed) != 0 {
+        s.consecutive_failures.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Records `outcome` for `b`, one of `pool`, at `now`. Returns how long `b` was
+/// ejected for when this outcome ejected it.
+pub fn record(
+    b: &Backend,
+    pool: &[Arc<Backend>],
+    cfg: &OutlierConfig,
+    now: Instant,
+    outcome: Outcome,
+) -> Option<Duration> {
+    if outcome == Outcome::Success {
+        success(b);
+        return None;
+    }
+    let s = &b.stats;
+    let failures = s.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+    if failures < cfg.consecutive_failures || s.is_ejected(now) {
+        return None;
+    }
+    // The cap: with it reached the counter stays high, so the next failure asks again.
+    let ejected = pool.iter().filter(|p| p.stats.is_ejected(now)).count();
+    if (ejected + 1) * 100 > cfg.max_ejected_percent as usize * pool.len() {
+        return None;
+    }
+    let d = s.eject_growing(now, cfg.ejection, MAX_EJECTION);
+    // Probation: one more failure once the ejection ends ejects it again.
+    s.consecutive_failures.store(
+        cfg.consecutive_failures.saturating_sub(1),
+        Ordering::Relaxed,
+    );
+    Some(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::BackendUrl;
+
+    fn pool(n: usize) -> Vec<Arc<Backend>> {
+        (0..n)
+            .map(|i| {
+                let url = BackendUrl::parse(&format!("10.0.0.{i}:80")).unwrap();
+                Arc::new(Backend::new(url, 1, false, Arc::default()))
+            })
+            .collect()
+    }
+
+    fn cfg(failures: u32, ejection_s: u64, max_pct: u32) -> OutlierConfig {
+        OutlierConfig {
+            consecutive_failures: failures,
+            ejection: Duration::from_secs(ejection_s),
+            max_ejected_percent: max_pct,
+        }
+    }
+
+    fn fail(p: &[Arc<Backend>], i: usize, c: &OutlierConfig, now: Instant) -> Option<Duration> {
+        record(&p[i], p, c, now, Outcome::Failure)
+    }
+
+    #[test]
+    fn only_consecutive_failures_eject() {
+        let p = pool(3);
+        let c = cfg(3, 10, 50);
+        let now = Instant::now();
+        assert_eq!(fail(&p, 0, &c, now), None);
+        assert_eq!(fail(&p, 0, &c, now), None);
+        assert_eq!(record(&p[0], &p, &c, now, Outcome::Success), None);
+        assert_eq!(fail(&p, 0, &c, now), None);
+        assert_eq!(fail(&p, 0, &c, now), None);
+        assert_eq!(fail(&p, 0, &c, now), Some(Duration::from_secs(10)));
+        assert!(!p[0].available(now));
+        assert!(p[0].available(now + Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn a_returning_backend_is_on_probation_and_repeats_eject_longer() {
+        let p = pool(3);
+        let c = cfg(5, 10, 50);
+        let mut now = Instant::now();
+        for _ in 0..4 {
+            fail(&p, 0, &c, now);
+        }
+        assert_eq!(fail(&p, 0, &c, now), Some(Duration::from_secs(10)));
+        now += Duration::from_secs(10);
+        assert_eq!(
+            fail(&p, 0, &c, now),
+            Some(Duration::from_secs(20)),
+            "first failure back"
+        );
+        now += Duration::from_secs(20);
+        assert_eq!(fail(&p, 0, &c, now), Some(Duration::from_secs(30)));
+        // Quiet for three ejection periods after that: back to the base time.
+        now += Duration::from_secs(30 + 30);
+        record(&p[0], &p, &c, now, Outcome::Success);
+        for _ in 0..4 {
+            assert_eq!(fail(&p, 0, &c, now), None);
+        }
+        assert_eq!(fail(&p, 0, &c, now), Some(Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn never_more_than_max_ejected_percent() {
+        let p = pool(4);
+        let c = cfg(1, 10, 50);
+        let now = Instant::now();
+        assert!(fail(&p, 0, &c, now).is_some());
+        assert!(fail(&p, 1, &c, now).is_some());
+        assert_eq!(fail(&p, 2, &c, now), None, "half of 4 already out");
+        // Once one returns, the next failure of the capped backend ejects it.
+        let later = now + Duration::from_secs(10);
+        assert!(fail(&p, 2, &c, later).is_some());
+    }
+
+    #[test]
+    fn growth_is_capped() {
+        let p = pool(1);
+        let c = cfg(1, 200, 100);
+        let mut now = Instant::now();
+        assert_eq!(fail(&p, 0, &c, now), Some(Duration::from_secs(200)));
+        now += Duration::from_secs(200);
+        assert_eq!(fail(&p, 0, &c, now), Some(MAX_EJECTION));
+    }
+
+    #[test]
+    fn statuses_502_to_504_are_failures() {
+        assert_eq!(Outcome::of_status(502), Outcome::Failure);
+        assert_eq!(Outcome::of_status(504), Outcome::Failure);
+        assert_eq!(Outcome::of_status(500), Outcome::Success);
+        assert_eq!(Outcome::of_status(404), Outcome::Success);
+    }
+}

@@ -1,0 +1,103 @@
+//! Passive outlier ejection (SPEC §2 `[upstream.X.outlier]`, on by default).
+
+use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::support::*;
+
+fn states(lb: &Sluice) -> Vec<&'static str> {
+    let snap = lb.shared.snapshot.load();
+    let now = tokio::time::Instant::now();
+    snap.upstreams[0]
+        .all
+        .iter()
+        .map(|b| b.stats.state(now).as_str())
+        .collect()
+}
+
+async fn wait_until(lb: &Sluice, what: &str, f: impl Fn(&[&str]) -> bool) {
+    tokio::time::timeout(DEADLINE, async {
+        while !f(&states(lb)) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("never: {what}; states {:?}", states(lb)));
+}
+
+#[tokio::test]
+async fn a_backend_answering_502_is_ejected_then_back_on_probation() {
+    let bad = TestBackend::status(502).await;
+    let good = TestBackend::replying("good").await;
+    let lb = Sluice::over(
+        &[bad.url(), good.url()],
+        "[upstream.web.outlier]\nconsecutive_failures = 3\nejection = \"400ms\"",
+    )
+    .await;
+    let mut bad_answers = 0;
+    for _ in 0..6 {
+        if lb.get("/").await.0 == StatusCode::BAD_GATEWAY {
+            bad_answers += 1;
+        }
+    }
+    assert_eq!(
+        bad_answers, 3,
+        "round robin: every other request, three in a row at the backend"
+    );
+    assert_eq!(states(&lb), ["ejected", "healthy"]);
+    let bodies = lb.get_many("/", 6).await;
+    assert!(bodies.iter().all(|b| b == "good"));
+    // Back after its ejection, on probation: its next failure ejects it again, longer.
+    wait_until(&lb, "bad returns", |s| s[0] == "healthy").await;
+    let hits = bad.hits();
+    for _ in 0..2 {
+        lb.get("/").await;
+    }
+    assert_eq!(bad.hits(), hits + 1);
+    assert_eq!(
+        states(&lb)[0],
+        "ejected",
+        "one failure on probation ejects again"
+    );
+}
+
+#[tokio::test]
+async fn a_hanging_backend_is_ejected_after_timeouts() {
+    let hang = TestBackend::start(|_| async {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        http::Response::new(full("late"))
+    })
+    .await;
+    let good = TestBackend::replying("good").await;
+    let lb = Sluice::over(
+        &[hang.url(), good.url()],
+        "response_timeout = \"100ms\"\n[upstream.web.outlier]\nconsecutive_failures = 2",
+    )
+    .await;
+    let mut timeouts = 0;
+    for _ in 0..4 {
+        if lb.get("/").await.0 == StatusCode::GATEWAY_TIMEOUT {
+            timeouts += 1;
+        }
+    }
+    assert_eq!(timeouts, 2);
+    assert_eq!(states(&lb)[0], "ejected");
+    assert!(lb.get_many("/", 4).await.iter().all(|b| b == "good"));
+}
+
+#[tokio::test]
+async fn never_more_than_max_ejected_percent_of_the_pool() {
+    let bad1 = TestBackend::status(503).await;
+    let bad2 = TestBackend::status(503).await;
+    let lb = Sluice::over(
+        &[bad1.url(), bad2.url()],
+        "[upstream.web.outlier]\nconsecutive_failures = 1\nmax_ejected_percent = 50",
+    )
+    .await;
+    for _ in 0..6 {
+        assert_eq!(lb.get("/").await.0, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    let s = states(&lb);
+    assert_eq!(s.iter().filter(|x| **x == "ejected").count(), 1, "{s:?}");
+}
