@@ -42,6 +42,15 @@ impl Tried {
         }
     }
 
+    /// Removes `b` (a stale connection to it was not its fault).
+    pub fn forget(&mut self, b: &Backend) {
+        let p = Arc::as_ptr(&b.stats) as usize;
+        if let Some(i) = self.ptrs[..self.len].iter().position(|&x| x == p) {
+            self.ptrs.copy_within(i + 1..self.len, i);
+            self.len -= 1;
+        }
+    }
+
     #[inline]
     pub fn contains(&self, b: &Backend) -> bool {
         let p = Arc::as_ptr(&b.stats) as usize;

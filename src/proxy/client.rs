@@ -137,6 +137,18 @@ impl Pooled {
     }
 }
 
+/// A failed exchange, with what a retry needs to know.
+pub struct Failure {
+    pub error: SendError,
+    /// The request, when none of it reached the backend (connect failure, or a pooled
+    /// connection found closed before the request was written): safe to send again
+    /// whatever its method.
+    pub unsent: Option<Request<RequestBody>>,
+    /// The connection came from the pool (a failure there may just be a stale
+    /// keep-alive connection, not the backend's fault).
+    pub reused: bool,
+}
+
 /// Why a request could not be sent or answered.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
@@ -183,36 +195,59 @@ impl Client {
             && a.ca_file == b.ca_file
     }
 
-    /// Sends `req` (origin-form URI) to `backend` on a pooled or new connection.
-    /// Returns the response head and the connection, to be released at end of body.
-    /// An upgrade request gets a connection of its own, which its tunnel will consume.
+    /// Sends `req` (origin-form URI) to `backend` on a pooled connection, or a new one
+    /// when there is none or `fresh` is set. Returns the response head and the
+    /// connection, to be released at end of body. An upgrade request gets a connection
+    /// of its own, which its tunnel will consume. On failure the request comes back
+    /// when none of it was written (see `Failure`).
     pub async fn send(
         &self,
         backend: &Backend,
         req: Request<RequestBody>,
         upgrade: bool,
-    ) -> Result<(Response<Incoming>, Pooled), SendError> {
+        fresh: bool,
+    ) -> Result<(Response<Incoming>, Pooled), Failure> {
         // The rare paths (new connections, parked sockets) are boxed: the common one, a
         // ready pooled connection, then keeps this future small, and every request's
         // future is moved several times on its way into hyper.
-        let (mut sender, id) = if upgrade {
-            (Box::pin(self.connect(backend, None)).await?, 0)
+        let got = if upgrade || fresh {
+            let id = backend.pool.next_id.fetch_add(1, Ordering::Relaxed);
+            let pool_id = (!upgrade).then_some(id);
+            Box::pin(self.connect(backend, pool_id))
+                .await
+                .map(|s| (s, id, false))
         } else {
             match self.checkout_ready(backend) {
-                Some(c) => c,
-                None => Box::pin(self.checkout_or_connect(backend)).await?,
+                Some((s, id)) => Ok((s, id, true)),
+                None => Box::pin(self.checkout_or_connect(backend)).await,
             }
         };
-        let resp = sender.send_request(req).await.map_err(SendError::Request)?;
-        Ok((
-            resp,
-            Pooled {
-                sender,
-                id,
-                pool: Arc::clone(&backend.pool),
-                max_idle: if upgrade { 0 } else { self.max_idle },
-            },
-        ))
+        let (mut sender, id, reused) = match got {
+            Ok(g) => g,
+            Err(error) => {
+                return Err(Failure {
+                    error,
+                    unsent: Some(req),
+                    reused: false,
+                });
+            }
+        };
+        match sender.try_send_request(req).await {
+            Ok(resp) => Ok((
+                resp,
+                Pooled {
+                    sender,
+                    id,
+                    pool: Arc::clone(&backend.pool),
+                    max_idle: if upgrade { 0 } else { self.max_idle },
+                },
+            )),
+            Err(mut e) => Err(Failure {
+                unsent: e.take_message(),
+                error: SendError::Request(e.into_error()),
+                reused,
+            }),
+        }
     }
 
     /// A pooled connection that is ready right now, without waiting: the common case.
@@ -238,13 +273,16 @@ impl Client {
 
     /// Any usable pooled connection (waiting for one to finish its last exchange, or
     /// waking a parked socket), else a new one.
-    async fn checkout_or_connect(&self, backend: &Backend) -> Result<(Sender, u64), SendError> {
-        if let Some(c) = self.checkout(backend).await {
-            return Ok(c);
+    async fn checkout_or_connect(
+        &self,
+        backend: &Backend,
+    ) -> Result<(Sender, u64, bool), SendError> {
+        if let Some((s, id)) = self.checkout(backend).await {
+            return Ok((s, id, true));
         }
         let id = backend.pool.next_id.fetch_add(1, Ordering::Relaxed);
         let stream = self.connect_tcp(backend).await?;
-        Ok((self.handshake(backend, stream, Some(id)).await?, id))
+        Ok((self.handshake(backend, stream, Some(id)).await?, id, false))
     }
 
     async fn checkout(&self, backend: &Backend) -> Option<(Sender, u64)> {

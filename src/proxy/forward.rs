@@ -3,6 +3,7 @@
 //! fail ends in a `ProxyError` that knows its status (SPEC §4).
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use http::header::{self, HeaderValue};
@@ -14,12 +15,13 @@ use tokio::time::Instant;
 
 use super::Shared;
 use super::body::{Completion, RequestBody, RequestBodyError, ResponseBody};
-use super::client::Pooled;
+use super::client::{Failure, Pooled};
 use super::conn::Activity;
 use super::error::{ProxyError, chain};
 use super::headers::{self, X_REQUEST_ID};
+use super::retry::Replay;
 use crate::balance::{PickCtx, Tried};
-use crate::config::HostHeader;
+use crate::config::{HostHeader, RetryOn};
 use crate::health::outlier::{self, Outcome};
 use crate::telemetry::{self, AccessRecord};
 use crate::upstream::{Backend, Upstream, request_host};
@@ -190,18 +192,7 @@ async fn forward(
     done.upstream = Some(Arc::clone(&upstream.name));
 
     let now = Instant::now();
-    let tried = Tried::default();
-    let ctx = PickCtx {
-        key: None,
-        tried: &tried,
-        now,
-    };
-    let backend = Arc::clone(upstream.pick(&ctx).ok_or(ProxyError::NoHealthyBackend)?);
-    done.hold(&backend);
-    if let Some(r) = done.record.as_mut() {
-        r.attempts = 1;
-    }
-
+    upstream.budget.record_request(now);
     let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
 
     let (mut parts, body) = req.into_parts();
@@ -223,14 +214,10 @@ async fn forward(
     if !parts.headers.contains_key(&X_REQUEST_ID) {
         parts.headers.insert(&X_REQUEST_ID, request_id.clone());
     }
-    let host = match upstream.config.host_header {
-        HostHeader::Preserve => client_host,
-        HostHeader::Backend => Some(backend.host_value.clone()),
-    };
-    if let Some(h) = host {
+    let backend_host = upstream.config.host_header == HostHeader::Backend;
+    if let (false, Some(h)) = (backend_host, client_host) {
         parts.headers.insert(header::HOST, h);
     }
-
     // Origin-form on the wire: the backend connection is already chosen.
     if let Some(pq) = rewritten {
         parts.uri = Uri::from(pq);
@@ -245,51 +232,155 @@ async fn forward(
     }
     parts.version = Version::HTTP_11;
 
-    let breq = Request::from_parts(parts, RequestBody::new(body, max_body_bytes));
-    let result = tokio::time::timeout_at(
-        now + upstream.config.response_timeout,
-        upstream.client.send(&backend, breq, upgrade),
-    )
-    .await;
-    let stats = &backend.stats;
-    let failed = |error: ProxyError| {
-        stats
-            .failures
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        note_failure(&upstream, &backend);
-        error
+    let retry = &upstream.config.retry;
+    let mut next = Some(Request::from_parts(
+        parts,
+        RequestBody::new(body, max_body_bytes),
+    ));
+    // Sent requests may be sent again only when idempotent and bodyless (SPEC §4).
+    let replay = match &next {
+        Some(r) if !upgrade && retry.attempts > 0 => Replay::capture(r),
+        _ => None,
     };
-    let (mut resp, backend_conn) = match result {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            if has_source::<RequestBodyError>(&e, |b| matches!(b, RequestBodyError::TooLarge)) {
-                return Err(ProxyError::BodyTooLarge);
-            }
-            if has_source::<RequestBodyError>(&e, |b| matches!(b, RequestBodyError::Client(_))) {
-                // The client broke off its own upload; not the backend's fault.
-                return Err(ProxyError::BadRequest("client request body ended early"));
-            }
-            return Err(failed(if e.is_connect() {
-                ProxyError::Connect(e)
-            } else {
-                ProxyError::BrokeOff(e)
-            }));
+    let mut tried = Tried::default();
+    let (mut tries, mut retries, mut fresh, mut stale_retried) = (0u32, 0u32, false, false);
+    loop {
+        let started = if tries == 0 { now } else { Instant::now() };
+        let backend = pick(&upstream, &tried, started)?;
+        tried.insert(&backend);
+        done.hold(&backend);
+        tries += 1;
+        if let Some(r) = done.record.as_mut() {
+            r.attempts = tries;
         }
-        Err(_) => return Err(failed(ProxyError::ResponseTimeout)),
-    };
-    match Outcome::of_status(resp.status().as_u16()) {
-        Outcome::Success => outlier::success(&backend),
-        Outcome::Failure => note_failure(&upstream, &backend),
+        let mut breq = match (next.take(), &replay) {
+            (Some(r), _) => r,
+            (None, Some(replay)) => replay.request(),
+            // Unreachable: a retry is only chosen when one of the two exists.
+            (None, None) => return Err(ProxyError::BadRequest("request cannot be resent")),
+        };
+        if backend_host {
+            breq.headers_mut()
+                .insert(header::HOST, backend.host_value.clone());
+        }
+        let result = tokio::time::timeout_at(
+            started + upstream.config.response_timeout,
+            upstream.client.send(&backend, breq, upgrade, fresh),
+        )
+        .await;
+        fresh = false;
+        let stats = &backend.stats;
+        let may_retry = |on: RetryOn, replayable: bool, retries: u32| {
+            replayable
+                && retries < retry.attempts
+                && retry.on.contains(&on)
+                && upstream.budget.try_retry(Instant::now())
+        };
+        match result {
+            Ok(Ok((mut resp, backend_conn))) => {
+                stats.observe_latency(started.elapsed());
+                let status = resp.status().as_u16();
+                match Outcome::of_status(status) {
+                    Outcome::Success => outlier::success(&backend),
+                    Outcome::Failure => {
+                        stats.failures.fetch_add(1, Ordering::Relaxed);
+                        note_failure(&upstream, &backend);
+                        if may_retry(RetryOn::Status(status), replay.is_some(), retries) {
+                            retries += 1;
+                            continue; // dropping `resp` closes that connection
+                        }
+                    }
+                }
+                if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    // The client side is joined by the connection task once hyper has
+                    // written the 101 and returned the socket (server.rs).
+                    *conn.upgrade.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(hyper::upgrade::on(&mut resp));
+                }
+                return Ok((resp, backend_conn));
+            }
+            Ok(Err(failure)) => {
+                let e = &failure.error;
+                if has_source::<RequestBodyError>(e, |b| matches!(b, RequestBodyError::TooLarge)) {
+                    return Err(ProxyError::BodyTooLarge);
+                }
+                if has_source::<RequestBodyError>(e, |b| matches!(b, RequestBodyError::Client(_))) {
+                    // The client broke off its own upload; not the backend's fault.
+                    return Err(ProxyError::BadRequest("client request body ended early"));
+                }
+                let Failure {
+                    error,
+                    unsent,
+                    reused,
+                } = failure;
+                let unsent_now = unsent.is_some();
+                next = unsent;
+                // A pooled connection that failed before any response byte: most likely
+                // the keep-alive race (the backend closed it as our request arrived), not
+                // the backend's fault. Once per request, send it again on a fresh
+                // connection to the same backend, outside `attempts` and the budget (at
+                // most one extra try per request, so no storm), if it can be resent:
+                // unsent (any method), or idempotent and bodyless.
+                if reused && !stale_retried && (unsent_now || replay.is_some()) {
+                    stale_retried = true;
+                    tried.forget(&backend);
+                    fresh = true;
+                    continue;
+                }
+                stats.failures.fetch_add(1, Ordering::Relaxed);
+                note_failure(&upstream, &backend);
+                let on = if error.is_connect() {
+                    RetryOn::ConnectFailure
+                } else {
+                    RetryOn::Reset
+                };
+                if may_retry(on, unsent_now || replay.is_some(), retries) {
+                    retries += 1;
+                    continue;
+                }
+                return Err(if error.is_connect() {
+                    ProxyError::Connect(error)
+                } else {
+                    ProxyError::BrokeOff(error)
+                });
+            }
+            Err(_) => {
+                stats.failures.fetch_add(1, Ordering::Relaxed);
+                note_failure(&upstream, &backend);
+                if may_retry(RetryOn::Timeout, replay.is_some(), retries) {
+                    retries += 1;
+                    continue;
+                }
+                return Err(ProxyError::ResponseTimeout);
+            }
+        }
     }
-    stats.observe_latency(now.elapsed());
+}
 
-    if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        // The client side is joined by the connection task once hyper has written
-        // the 101 and returned the socket (server.rs).
-        *conn.upgrade.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(hyper::upgrade::on(&mut resp));
+/// A usable backend not tried yet by this request, or when every one was tried, any
+/// usable backend again.
+fn pick(upstream: &Upstream, tried: &Tried, now: Instant) -> Result<Arc<Backend>, ProxyError> {
+    let ctx = PickCtx {
+        key: None,
+        tried,
+        now,
+    };
+    if let Some(b) = upstream.pick(&ctx) {
+        return Ok(Arc::clone(b));
     }
-    Ok((resp, backend_conn))
+    if tried.is_empty() {
+        return Err(ProxyError::NoHealthyBackend);
+    }
+    let none = Tried::default();
+    let ctx = PickCtx {
+        key: None,
+        tried: &none,
+        now,
+    };
+    upstream
+        .pick(&ctx)
+        .map(Arc::clone)
+        .ok_or(ProxyError::NoHealthyBackend)
 }
 
 /// Counts a failed attempt on `backend` for outlier detection, logging an ejection.

@@ -61,6 +61,7 @@ pub fn build(config: &Config, previous: Option<&Snapshot>) -> Snapshot {
                 backups: Tier::new(cfg, backups),
                 all: all.into_boxed_slice(),
                 client,
+                budget: crate::proxy::retry::Budget::new(cfg.retry.budget_percent),
             })
         })
         .collect();

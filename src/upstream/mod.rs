@@ -69,6 +69,8 @@ pub struct Upstream {
     pub primaries: Tier,
     pub backups: Tier,
     pub client: Client,
+    /// Retries of every kind stay within this (SPEC §2 `budget_percent`).
+    pub budget: crate::proxy::retry::Budget,
 }
 
 impl Upstream {

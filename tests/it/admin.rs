@@ -62,7 +62,10 @@ async fn failures_are_counted_and_unknown_names_are_404() {
     assert_eq!(lb.get("/").await.0, StatusCode::BAD_GATEWAY);
     let (_, body) = lb.admin("GET", "/status").await;
     let j: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(j["upstreams"][0]["backends"][0]["failures"], 1);
+    // The first try and the two default retries of a connect failure (the only
+    // backend is tried again when there is no other).
+    assert_eq!(j["upstreams"][0]["backends"][0]["failures"], 3);
+    assert_eq!(j["upstreams"][0]["backends"][0]["requests"], 3);
     assert_eq!(
         lb.admin("POST", "/upstreams/nope/backends/1.2.3.4:5/drain")
             .await

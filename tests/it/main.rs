@@ -10,4 +10,5 @@ mod limits;
 mod outlier;
 mod parking;
 mod proxying;
+mod retries;
 mod support;
