@@ -9,6 +9,7 @@
 mod first;
 mod least_conn;
 mod p2c;
+mod peak_ewma;
 mod random;
 mod round_robin;
 
@@ -22,6 +23,7 @@ use crate::upstream::Backend;
 pub use first::First;
 pub use least_conn::LeastConn;
 pub use p2c::P2c;
+pub use peak_ewma::PeakEwma;
 pub use random::Random;
 pub use round_robin::RoundRobin;
 
@@ -99,11 +101,12 @@ pub enum Strategy {
     Random(Random),
     LeastConn(LeastConn),
     P2c(P2c),
+    PeakEwma(PeakEwma),
     First(First),
 }
 
 impl Strategy {
-    /// Builds `kind` over `tier`. Strategies not written yet fall back to round robin.
+    /// Builds `kind` over `tier`. consistent_hash, not written yet, falls back to round robin.
     pub fn build(kind: StrategyKind, tier: &[Arc<Backend>]) -> Strategy {
         match kind {
             StrategyKind::RoundRobin => Strategy::RoundRobin(RoundRobin::build(tier)),
@@ -111,10 +114,9 @@ impl Strategy {
             StrategyKind::LeastConn => Strategy::LeastConn(LeastConn::build(tier)),
             StrategyKind::P2c => Strategy::P2c(P2c::build(tier)),
             StrategyKind::First => Strategy::First(First::build(tier)),
-            // TODO(#3): peak_ewma and Maglev consistent hashing.
-            StrategyKind::PeakEwma | StrategyKind::ConsistentHash => {
-                Strategy::RoundRobin(RoundRobin::build(tier))
-            }
+            StrategyKind::PeakEwma => Strategy::PeakEwma(PeakEwma::build(tier)),
+            // TODO(#3): Maglev consistent hashing.
+            StrategyKind::ConsistentHash => Strategy::RoundRobin(RoundRobin::build(tier)),
         }
     }
 
@@ -125,6 +127,7 @@ impl Strategy {
             Strategy::Random(s) => s.pick(tier, ctx),
             Strategy::LeastConn(s) => s.pick(tier, ctx),
             Strategy::P2c(s) => s.pick(tier, ctx),
+            Strategy::PeakEwma(s) => s.pick(tier, ctx),
             Strategy::First(s) => s.pick(tier, ctx),
         }
     }

@@ -278,7 +278,9 @@ async fn forward(
         };
         match result {
             Ok(Ok((mut resp, backend_conn))) => {
-                stats.observe_latency(started.elapsed());
+                let rtt = started.elapsed();
+                stats.observe_latency(rtt);
+                stats.observe_peak(started + rtt, rtt);
                 let status = resp.status().as_u16();
                 match Outcome::of_status(status) {
                     Outcome::Success => outlier::success(&backend),

@@ -69,6 +69,10 @@ pub struct BackendStats {
     pub consecutive_failures: AtomicU32,
     /// How many ejections the next one counts as (grows on repeats, decays when quiet).
     ejections: AtomicU32,
+    /// Peak-EWMA latency estimate in nanoseconds (f64 bits) and when it was last updated
+    /// (nanoseconds since `epoch`; 0 = no sample yet).
+    peak_ns_bits: AtomicU64,
+    peak_stamp: AtomicU64,
     /// f64 bits of the latency EWMA in milliseconds.
     ewma_ms_bits: AtomicU64,
     /// The instant all the nanosecond fields count from.
@@ -85,6 +89,8 @@ impl Default for BackendStats {
             ejected_until: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
+            peak_ns_bits: AtomicU64::new(0f64.to_bits()),
+            peak_stamp: AtomicU64::new(0),
             ewma_ms_bits: AtomicU64::new(0f64.to_bits()),
             epoch: Instant::now(),
         }
@@ -93,6 +99,13 @@ impl Default for BackendStats {
 
 /// Weight of the EWMA's newest sample; about the last 10 responses dominate.
 const EWMA_ALPHA: f64 = 0.1;
+/// Time constant of the peak-EWMA estimate. Shorter than tower's 10 s: a backend that
+/// was slow and stopped getting traffic (so gets no new samples) should win it back
+/// within seconds of recovering, as its old peak decays.
+const PEAK_DECAY_SECS: f64 = 2.0;
+/// Estimate for a backend with no sample yet: zero, so a new backend gets tried at once
+/// (one request gives it a real estimate) instead of losing to any measured one.
+const PEAK_DEFAULT_NS: f64 = 0.0;
 
 impl BackendStats {
     fn nanos_since_epoch(&self, now: Instant) -> u64 {
@@ -182,6 +195,41 @@ impl BackendStats {
         self.ewma_ms_bits.store(new.to_bits(), Ordering::Relaxed);
     }
 
+    /// Folds one response latency into the peak-EWMA estimate (Finagle's peak EWMA, as
+    /// in tower and Linkerd): a slower sample replaces the estimate at once, a faster one
+    /// pulls it down with weight growing with the time since the last sample. Two
+    /// atomics updated without a lock; a lost update between racing samples is noise.
+    pub fn observe_peak(&self, now: Instant, latency: Duration) {
+        let t = self.nanos_since_epoch(now).max(1);
+        let rtt = latency.as_nanos() as f64;
+        let est = self.peak_estimate(t);
+        let new = if rtt > est || self.peak_stamp.load(Ordering::Relaxed) == 0 {
+            rtt
+        } else {
+            let last = self.peak_stamp.load(Ordering::Relaxed);
+            let w = (-(t.saturating_sub(last) as f64) / 1e9 / PEAK_DECAY_SECS).exp();
+            est * w + rtt * (1.0 - w)
+        };
+        self.peak_ns_bits.store(new.to_bits(), Ordering::Relaxed);
+        self.peak_stamp.store(t, Ordering::Relaxed);
+    }
+
+    /// The estimate decayed toward zero for the time since its last sample.
+    fn peak_estimate(&self, t: u64) -> f64 {
+        let last = self.peak_stamp.load(Ordering::Relaxed);
+        if last == 0 {
+            return PEAK_DEFAULT_NS;
+        }
+        let est = f64::from_bits(self.peak_ns_bits.load(Ordering::Relaxed));
+        est * (-(t.saturating_sub(last) as f64) / 1e9 / PEAK_DECAY_SECS).exp()
+    }
+
+    /// peak_ewma's load: decayed peak latency × (in-flight + 1).
+    pub fn peak_cost(&self, now: Instant) -> f64 {
+        let t = self.nanos_since_epoch(now);
+        self.peak_estimate(t) * f64::from(self.inflight.load(Ordering::Relaxed) + 1)
+    }
+
     pub fn latency_ewma_ms(&self) -> f64 {
         f64::from_bits(self.ewma_ms_bits.load(Ordering::Relaxed))
     }
@@ -242,6 +290,22 @@ impl Backend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peak_is_taken_at_once_and_decays_away() {
+        let s = BackendStats::default();
+        let now = Instant::now();
+        s.observe_peak(now, Duration::from_millis(1));
+        s.observe_peak(now, Duration::from_millis(50));
+        let peak = s.peak_cost(now);
+        assert!((peak - 50e6).abs() < 1.0, "{peak}");
+        // Faster samples pull it down gradually, not at once.
+        s.observe_peak(now + Duration::from_millis(10), Duration::from_millis(1));
+        assert!(s.peak_cost(now + Duration::from_millis(10)) > 40e6);
+        // With no samples, it decays below a fast backend's cost within seconds.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(s.peak_cost(Instant::now()) < 1e6);
+    }
 
     #[test]
     fn state_precedence_is_draining_unhealthy_ejected() {

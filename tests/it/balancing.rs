@@ -188,3 +188,32 @@ backends = [{{ url = "{}" }}, {{ url = "{}", backup = true }}, {{ url = "{}" }}]
     }
     assert_eq!(lb.get("/").await.0, StatusCode::SERVICE_UNAVAILABLE);
 }
+
+#[tokio::test]
+async fn peak_ewma_steers_away_from_a_backend_that_turns_slow() {
+    let slow_now = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let turning = {
+        let slow_now = slow_now.clone();
+        TestBackend::start(move |_| {
+            let slow = slow_now.load(std::sync::atomic::Ordering::SeqCst);
+            async move {
+                if slow {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                http::Response::new(full("turning"))
+            }
+        })
+        .await
+    };
+    let steady = TestBackend::replying("steady").await;
+    let lb = Sluice::over(&[turning.url(), steady.url()], "strategy = \"peak_ewma\"").await;
+    // Both fast; an unmeasured backend is tried first, so both get measured.
+    let bodies = lb.get_many("/", 10).await;
+    assert!(count(&bodies, "turning") >= 1, "{bodies:?}");
+    // 50 ms slower from now on: after its first slow answer it is avoided.
+    slow_now.store(true, std::sync::atomic::Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    let bodies = lb.get_many("/", 40).await;
+    assert!(count(&bodies, "turning") <= 2, "{bodies:?}");
+    assert!(started.elapsed() < Duration::from_secs(1));
+}
