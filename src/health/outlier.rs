@@ -76,6 +76,32 @@ pub fn record(
     Some(d)
 }
 
+/// How long a backend asked to be left alone: `Retry-After` on a 503 or 429, as
+/// delta-seconds or an HTTP-date, at most `MAX_EJECTION`. None for other answers, no
+/// header, or a time already past.
+pub fn retry_after(
+    status: u16,
+    headers: &http::HeaderMap,
+    now: std::time::SystemTime,
+) -> Option<Duration> {
+    if status != 503 && status != 429 {
+        return None;
+    }
+    let v = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    let d = match v.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => httpdate::parse_http_date(v)
+            .ok()?
+            .duration_since(now)
+            .ok()?,
+    };
+    (!d.is_zero()).then(|| d.min(MAX_EJECTION))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,6 +190,36 @@ mod tests {
         assert_eq!(fail(&p, 0, &c, now), Some(Duration::from_secs(200)));
         now += Duration::from_secs(200);
         assert_eq!(fail(&p, 0, &c, now), Some(MAX_EJECTION));
+    }
+
+    #[test]
+    fn retry_after_is_read_from_503_and_429_only() {
+        let now = std::time::SystemTime::now();
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("7"),
+        );
+        assert_eq!(retry_after(503, &h, now), Some(Duration::from_secs(7)));
+        assert_eq!(retry_after(429, &h, now), Some(Duration::from_secs(7)));
+        assert_eq!(retry_after(500, &h, now), None);
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(120));
+        h.insert(http::header::RETRY_AFTER, later.parse().unwrap());
+        let d = retry_after(503, &h, now).unwrap();
+        assert!(
+            d > Duration::from_secs(118) && d <= Duration::from_secs(120),
+            "{d:?}"
+        );
+        h.insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("999999"),
+        );
+        assert_eq!(retry_after(503, &h, now), Some(MAX_EJECTION));
+        h.insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("soon"),
+        );
+        assert_eq!(retry_after(503, &h, now), None);
     }
 
     #[test]

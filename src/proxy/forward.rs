@@ -282,6 +282,19 @@ async fn forward(
                 stats.observe_latency(rtt);
                 stats.observe_peak(started + rtt, rtt);
                 let status = resp.status().as_u16();
+                if let Some(d) =
+                    outlier::retry_after(status, resp.headers(), std::time::SystemTime::now())
+                {
+                    // The backend asked to be left alone for a while: out of rotation.
+                    stats.eject(Instant::now(), d);
+                    tracing::info!(
+                        upstream = %upstream.name,
+                        backend = %backend.id,
+                        status,
+                        out_ms = d.as_millis() as u64,
+                        "backend asked for a pause (Retry-After)"
+                    );
+                }
                 match Outcome::of_status(status) {
                     Outcome::Success => outlier::success(&backend),
                     Outcome::Failure => {

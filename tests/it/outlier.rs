@@ -101,3 +101,41 @@ async fn never_more_than_max_ejected_percent_of_the_pool() {
     let s = states(&lb);
     assert_eq!(s.iter().filter(|x| **x == "ejected").count(), 1, "{s:?}");
 }
+
+#[tokio::test]
+async fn retry_after_on_503_takes_a_backend_out_for_that_long() {
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let pausing = {
+        let answered = answered.clone();
+        TestBackend::start(move |_| {
+            let first = answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+            async move {
+                if first {
+                    http::Response::builder()
+                        .status(503)
+                        .header("retry-after", "1")
+                        .body(full(""))
+                        .unwrap()
+                } else {
+                    http::Response::new(full("pausing"))
+                }
+            }
+        })
+        .await
+    };
+    let other = TestBackend::replying("other").await;
+    let lb = Sluice::over(&[pausing.url(), other.url()], "").await;
+    let mut saw_503 = false;
+    for _ in 0..2 {
+        saw_503 |= lb.get("/").await.0 == StatusCode::SERVICE_UNAVAILABLE;
+    }
+    assert!(saw_503);
+    assert_eq!(states(&lb)[0], "ejected");
+    let started = std::time::Instant::now();
+    let bodies = lb.get_many("/", 6).await;
+    assert!(bodies.iter().all(|b| b == "other"), "{bodies:?}");
+    wait_until(&lb, "the pause ends", |s| s[0] == "healthy").await;
+    assert!(started.elapsed() >= Duration::from_millis(800));
+    let bodies = lb.get_many("/", 4).await;
+    assert!(bodies.iter().any(|b| b == "pausing"), "{bodies:?}");
+}
