@@ -236,10 +236,11 @@ mod tests {
             tried: &tried,
             now: Instant::now(),
         };
-        assert_eq!(usable_weight(&t, &ctx, None), 4);
+        // Weights in thousandths (effective_weight's unit).
+        assert_eq!(usable_weight(&t, &ctx, None), 4000);
         t[1].stats.set_unhealthy(true);
-        // r was drawn against the old sum of 4; backend 0 still answers.
-        assert_eq!(draw(&t, &ctx, 3, None), Some((0, 2)));
-        assert_eq!(draw(&t, &ctx, 3, Some(0)), None);
+        // r was drawn against the old sum of 4000; backend 0 still answers.
+        assert_eq!(draw(&t, &ctx, 3000, None), Some((0, 2000)));
+        assert_eq!(draw(&t, &ctx, 3000, Some(0)), None);
     }
 }

@@ -93,8 +93,9 @@ impl Pick for RoundRobin {
 /// probability effective/configured and the turn passes on to the next entry.
 #[inline]
 fn warm(b: &Backend, now: Instant) -> bool {
-    let eff = b.effective_weight(now);
-    eff >= b.weight || fastrand::u32(0..b.weight) < eff
+    // effective_weight is in thousandths of the configured weight.
+    let (eff, full) = (b.effective_weight(now), b.weight.saturating_mul(1000));
+    eff >= full || fastrand::u32(0..full.max(1)) < eff
 }
 
 /// Configured weights divided by their gcd (so equal weights give a cycle of one turn

@@ -28,6 +28,8 @@ pub struct Backend {
     pub host_value: http::HeaderValue,
     pub weight: u32,
     pub backup: bool,
+    /// The upstream's `slow_start` (zero: none).
+    pub slow_start: Duration,
     pub stats: Arc<BackendStats>,
     /// Idle keep-alive connections; like `stats`, kept across snapshots by URL.
     pub pool: Arc<Pool>,
@@ -73,6 +75,10 @@ pub struct BackendStats {
     /// (nanoseconds since `epoch`; 0 = no sample yet).
     peak_ns_bits: AtomicU64,
     peak_stamp: AtomicU64,
+    /// When the backend last came back (turned healthy, or was added by a reload), in
+    /// nanoseconds since `epoch`; 0 = present from the start. Slow start ramps from here
+    /// or from the end of its last ejection, whichever is later.
+    warm_from: AtomicU64,
     /// f64 bits of the latency EWMA in milliseconds.
     ewma_ms_bits: AtomicU64,
     /// The instant all the nanosecond fields count from.
@@ -91,6 +97,7 @@ impl Default for BackendStats {
             ejections: AtomicU32::new(0),
             peak_ns_bits: AtomicU64::new(0f64.to_bits()),
             peak_stamp: AtomicU64::new(0),
+            warm_from: AtomicU64::new(0),
             ewma_ms_bits: AtomicU64::new(0f64.to_bits()),
             epoch: Instant::now(),
         }
@@ -125,9 +132,32 @@ impl BackendStats {
         until != 0 && self.nanos_since_epoch(now) < until
     }
 
-    /// Marks the backend (un)healthy; returns true when this changed the state.
+    /// Marks the backend (un)healthy; returns true when this changed the state. Turning
+    /// healthy starts its slow start.
     pub fn set_unhealthy(&self, on: bool) -> bool {
-        self.set_bit(UNHEALTHY, on)
+        let changed = self.set_bit(UNHEALTHY, on);
+        if changed && !on {
+            self.start_warming(Instant::now());
+        }
+        changed
+    }
+
+    /// Starts a slow-start ramp at `now` (a backend that came back or was added).
+    pub fn start_warming(&self, now: Instant) {
+        let t = self.nanos_since_epoch(now).max(1);
+        self.warm_from.store(t, Ordering::Relaxed);
+    }
+
+    /// Nanoseconds since `epoch` when the current ramp started, if any.
+    fn ramp_start(&self, t: u64) -> Option<u64> {
+        let warm = self.warm_from.load(Ordering::Relaxed);
+        let ejected = self.ejected_until.load(Ordering::Relaxed);
+        let start = if ejected <= t {
+            warm.max(ejected)
+        } else {
+            warm
+        };
+        (start != 0).then_some(start)
     }
 
     /// Starts or ends draining; returns true when this changed the state.
@@ -257,6 +287,7 @@ impl Backend {
         let host_value = http::HeaderValue::from_str(&id)
             .unwrap_or_else(|_| http::HeaderValue::from_static("invalid"));
         Backend {
+            slow_start: Duration::ZERO,
             socket_addr: literal_addr(&url.host, url.port),
             pool,
             authority,
@@ -276,10 +307,25 @@ impl Backend {
         s.state.load(Ordering::Relaxed) == 0 && !s.is_ejected(now)
     }
 
-    /// The weight strategies should use now (slow start lowers it; TODO(#3)).
+    /// The weight strategies should use now, in thousandths of the configured weight
+    /// (so a weight-1 backend can ramp too): the full `weight * 1000`, or during slow
+    /// start a linear ramp from 1 up to it over `slow_start`.
     #[inline]
-    pub fn effective_weight(&self, _now: Instant) -> u32 {
-        self.weight
+    pub fn effective_weight(&self, now: Instant) -> u32 {
+        let full = self.weight.saturating_mul(1000);
+        if self.slow_start.is_zero() {
+            return full;
+        }
+        let t = self.stats.nanos_since_epoch(now);
+        let Some(start) = self.stats.ramp_start(t) else {
+            return full;
+        };
+        let elapsed = t.saturating_sub(start) as u128;
+        let span = self.slow_start.as_nanos();
+        if elapsed >= span {
+            return full;
+        }
+        ((u128::from(full) * elapsed / span) as u32).max(1)
     }
 
     pub fn inflight(&self) -> u32 {
@@ -305,6 +351,37 @@ mod tests {
         // With no samples, it decays below a fast backend's cost within seconds.
         tokio::time::advance(Duration::from_secs(10)).await;
         assert!(s.peak_cost(Instant::now()) < 1e6);
+    }
+
+    fn backend(slow_start_s: u64) -> Backend {
+        let url = BackendUrl::parse("10.0.0.1:80").unwrap();
+        let mut b = Backend::new(url, 2, false, Arc::default());
+        b.slow_start = Duration::from_secs(slow_start_s);
+        b
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_start_ramps_linearly_after_recovery_and_ejection() {
+        let b = backend(10);
+        let t0 = Instant::now();
+        assert_eq!(
+            b.effective_weight(t0),
+            2000,
+            "present from the start: full weight"
+        );
+        b.stats.set_unhealthy(true);
+        b.stats.set_unhealthy(false);
+        assert_eq!(b.effective_weight(t0), 1, "just back: nearly nothing");
+        // (A ramp start is stored as at least 1 ns, hence 999.)
+        let half = b.effective_weight(t0 + Duration::from_secs(5));
+        assert!((999..=1000).contains(&half), "{half}");
+        assert_eq!(b.effective_weight(t0 + Duration::from_secs(11)), 2000);
+        // After an ejection the ramp starts when the ejection ends.
+        let t1 = t0 + Duration::from_secs(20);
+        b.stats.eject(t1, Duration::from_secs(4));
+        let half = b.effective_weight(t1 + Duration::from_secs(4 + 5));
+        assert!((999..=1000).contains(&half), "{half}");
+        assert_eq!(backend(0).effective_weight(t1), 2000, "no slow start");
     }
 
     #[test]

@@ -37,15 +37,19 @@ pub fn build(config: &Config, previous: Option<&Snapshot>) -> Snapshot {
                 .map(|b| {
                     let (stats, pool) = match old_stats.get(&(cfg.name.as_str(), b.url.id())) {
                         Some((s, p)) => (Arc::clone(s), Arc::clone(p)),
-                        None => Default::default(),
+                        None => {
+                            let fresh: (Arc<BackendStats>, Arc<Pool>) = Default::default();
+                            // Added by a reload (not present at start): slow start.
+                            if previous.is_some() {
+                                fresh.0.start_warming(tokio::time::Instant::now());
+                            }
+                            fresh
+                        }
                     };
-                    Arc::new(Backend::with_pool(
-                        b.url.clone(),
-                        b.weight,
-                        b.backup,
-                        stats,
-                        pool,
-                    ))
+                    let mut backend =
+                        Backend::with_pool(b.url.clone(), b.weight, b.backup, stats, pool);
+                    backend.slow_start = cfg.slow_start;
+                    Arc::new(backend)
                 })
                 .collect();
             let (backups, primaries): (Vec<_>, Vec<_>) =

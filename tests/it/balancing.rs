@@ -217,3 +217,35 @@ async fn peak_ewma_steers_away_from_a_backend_that_turns_slow() {
     assert!(count(&bodies, "turning") <= 2, "{bodies:?}");
     assert!(started.elapsed() < Duration::from_secs(1));
 }
+
+#[tokio::test]
+async fn slow_start_ramps_backends_added_by_a_reload_not_those_present_at_start() {
+    let a = TestBackend::replying("a").await;
+    let b = TestBackend::replying("b").await;
+    let both = |urls: &[&str]| {
+        let list: Vec<String> = urls
+            .iter()
+            .map(|u| format!("{{ url = \"{u}\" }}"))
+            .collect();
+        format!(
+            "[[listener]]\naddress = \"127.0.0.1:0\"\n[upstream.web]\nslow_start = \"20s\"\nbackends = [{}]\n",
+            list.join(", ")
+        )
+    };
+    // Present from the start: full share at once.
+    let lb = Sluice::start(&both(&[&a.url(), &b.url()])).await;
+    assert_eq!(count(&lb.get_many("/", 40).await, "b"), 20);
+
+    // Added by a reload: nearly no share in its first moments.
+    let lb = Sluice::start(&both(&[&a.url()])).await;
+    let reloaded =
+        sluice::config::parse_str(&both(&[&a.url(), &b.url()]), std::path::Path::new("t.toml"))
+            .unwrap();
+    lb.shared.apply(reloaded);
+    let bodies = lb.get_many("/", 100).await;
+    assert!(
+        count(&bodies, "b") <= 5,
+        "{} of 100 to the new backend",
+        count(&bodies, "b")
+    );
+}
