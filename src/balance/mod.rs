@@ -7,7 +7,9 @@
 //! to it, so no strategy has to know what a backup is.
 
 mod first;
+pub mod hash_key;
 mod least_conn;
+pub mod maglev;
 mod p2c;
 mod peak_ewma;
 mod random;
@@ -22,6 +24,7 @@ use crate::upstream::Backend;
 
 pub use first::First;
 pub use least_conn::LeastConn;
+pub use maglev::Maglev;
 pub use p2c::P2c;
 pub use peak_ewma::PeakEwma;
 pub use random::Random;
@@ -102,11 +105,12 @@ pub enum Strategy {
     LeastConn(LeastConn),
     P2c(P2c),
     PeakEwma(PeakEwma),
+    ConsistentHash(Maglev),
     First(First),
 }
 
 impl Strategy {
-    /// Builds `kind` over `tier`. consistent_hash, not written yet, falls back to round robin.
+    /// Builds `kind` over `tier`.
     pub fn build(kind: StrategyKind, tier: &[Arc<Backend>]) -> Strategy {
         match kind {
             StrategyKind::RoundRobin => Strategy::RoundRobin(RoundRobin::build(tier)),
@@ -115,8 +119,7 @@ impl Strategy {
             StrategyKind::P2c => Strategy::P2c(P2c::build(tier)),
             StrategyKind::First => Strategy::First(First::build(tier)),
             StrategyKind::PeakEwma => Strategy::PeakEwma(PeakEwma::build(tier)),
-            // TODO(#3): Maglev consistent hashing.
-            StrategyKind::ConsistentHash => Strategy::RoundRobin(RoundRobin::build(tier)),
+            StrategyKind::ConsistentHash => Strategy::ConsistentHash(Maglev::build(tier)),
         }
     }
 
@@ -128,6 +131,7 @@ impl Strategy {
             Strategy::LeastConn(s) => s.pick(tier, ctx),
             Strategy::P2c(s) => s.pick(tier, ctx),
             Strategy::PeakEwma(s) => s.pick(tier, ctx),
+            Strategy::ConsistentHash(s) => s.pick(tier, ctx),
             Strategy::First(s) => s.pick(tier, ctx),
         }
     }

@@ -20,8 +20,8 @@ use super::conn::Activity;
 use super::error::{ProxyError, chain};
 use super::headers::{self, X_REQUEST_ID};
 use super::retry::Replay;
-use crate::balance::{PickCtx, Tried};
-use crate::config::{HostHeader, RetryOn};
+use crate::balance::{PickCtx, Tried, hash_key};
+use crate::config::{HostHeader, RetryOn, StrategyKind};
 use crate::health::outlier::{self, Outcome};
 use crate::telemetry::{self, AccessRecord};
 use crate::upstream::{Backend, Upstream, request_host};
@@ -193,6 +193,8 @@ async fn forward(
 
     let now = Instant::now();
     upstream.budget.record_request(now);
+    let key = (upstream.config.strategy == StrategyKind::ConsistentHash)
+        .then(|| hash_key::of(&upstream.config.hash_key, &req, conn.client.ip()));
     let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
 
     let (mut parts, body) = req.into_parts();
@@ -246,7 +248,7 @@ async fn forward(
     let (mut tries, mut retries, mut fresh, mut stale_retried) = (0u32, 0u32, false, false);
     loop {
         let started = if tries == 0 { now } else { Instant::now() };
-        let backend = pick(&upstream, &tried, started)?;
+        let backend = pick(&upstream, key, &tried, started)?;
         tried.insert(&backend);
         done.hold(&backend);
         tries += 1;
@@ -374,12 +376,13 @@ async fn forward(
 
 /// A usable backend not tried yet by this request, or when every one was tried, any
 /// usable backend again.
-fn pick(upstream: &Upstream, tried: &Tried, now: Instant) -> Result<Arc<Backend>, ProxyError> {
-    let ctx = PickCtx {
-        key: None,
-        tried,
-        now,
-    };
+fn pick(
+    upstream: &Upstream,
+    key: Option<u64>,
+    tried: &Tried,
+    now: Instant,
+) -> Result<Arc<Backend>, ProxyError> {
+    let ctx = PickCtx { key, tried, now };
     if let Some(b) = upstream.pick(&ctx) {
         return Ok(Arc::clone(b));
     }
@@ -388,7 +391,7 @@ fn pick(upstream: &Upstream, tried: &Tried, now: Instant) -> Result<Arc<Backend>
     }
     let none = Tried::default();
     let ctx = PickCtx {
-        key: None,
+        key,
         tried: &none,
         now,
     };

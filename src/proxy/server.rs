@@ -59,7 +59,7 @@ pub enum BindError {
 /// Refuses settings this build parses but cannot honour yet, rather than running them
 /// wrongly; warns about those it runs with a documented stand-in.
 pub(crate) fn check_supported(config: &crate::config::Config) -> Result<(), BindError> {
-    use crate::config::{Protocol, Scheme, StrategyKind};
+    use crate::config::{Protocol, Scheme};
     for l in &config.listeners {
         if l.tls.is_some() {
             // TODO(#4): TLS listeners.
@@ -75,12 +75,6 @@ pub(crate) fn check_supported(config: &crate::config::Config) -> Result<(), Bind
         }
         if u.backends.iter().any(|b| b.url.scheme == Scheme::Https) {
             return Err(BindError::Unsupported(u.name.clone(), "an https backend"));
-        }
-        if matches!(
-            u.strategy,
-            StrategyKind::PeakEwma | StrategyKind::ConsistentHash
-        ) {
-            tracing::warn!(upstream = %u.name, strategy = %u.strategy, "strategy not implemented yet; using round_robin");
         }
         if u.sticky.is_some() {
             tracing::warn!(upstream = %u.name, "sticky sessions are not implemented yet; ignored");

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::StatusCode;
+use http::{Request, StatusCode};
 use tokio::sync::Notify;
 
 use crate::support::*;
@@ -248,4 +248,41 @@ async fn slow_start_ramps_backends_added_by_a_reload_not_those_present_at_start(
         "{} of 100 to the new backend",
         count(&bodies, "b")
     );
+}
+
+#[tokio::test]
+async fn consistent_hash_keeps_a_key_on_one_backend_on_every_instance() {
+    let a = TestBackend::replying("a").await;
+    let b = TestBackend::replying("b").await;
+    let c = TestBackend::replying("c").await;
+    let config = |urls: [&str; 3]| {
+        format!(
+            "[[listener]]\naddress = \"127.0.0.1:0\"\n[upstream.web]\nstrategy = \"consistent_hash\"\nhash_key = \"header:x-user-id\"\nbackends = [{{ url = \"{}\" }}, {{ url = \"{}\" }}, {{ url = \"{}\" }}]\n",
+            urls[0], urls[1], urls[2]
+        )
+    };
+    let one = Sluice::start(&config([&a.url(), &b.url(), &c.url()])).await;
+    let two = Sluice::start(&config([&c.url(), &b.url(), &a.url()])).await;
+    let get = |lb: &Sluice, user: usize| {
+        let req = Request::get(lb.url("/"))
+            .header("x-user-id", format!("user-{user}"))
+            .body(http_body_util::Full::default())
+            .unwrap();
+        let c = client();
+        async move { send_with(&c, req).await.2 }
+    };
+    let mut seen = std::collections::HashSet::new();
+    for user in 0..30 {
+        let first = get(&one, user).await;
+        for _ in 0..3 {
+            assert_eq!(get(&one, user).await, first, "user {user} moved");
+        }
+        assert_eq!(
+            get(&two, user).await,
+            first,
+            "instances disagree on user {user}"
+        );
+        seen.insert(first);
+    }
+    assert_eq!(seen.len(), 3, "30 users spread over all three backends");
 }
