@@ -14,6 +14,7 @@ mod p2c;
 mod peak_ewma;
 mod random;
 mod round_robin;
+pub mod sticky;
 
 use std::sync::Arc;
 

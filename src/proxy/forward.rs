@@ -20,7 +20,7 @@ use super::conn::Activity;
 use super::error::{ProxyError, chain};
 use super::headers::{self, X_REQUEST_ID};
 use super::retry::Replay;
-use crate::balance::{PickCtx, Tried, hash_key};
+use crate::balance::{PickCtx, Tried, hash_key, sticky};
 use crate::config::{HostHeader, RetryOn, StrategyKind};
 use crate::health::outlier::{self, Outcome};
 use crate::telemetry::{self, AccessRecord};
@@ -195,6 +195,12 @@ async fn forward(
     upstream.budget.record_request(now);
     let key = (upstream.config.strategy == StrategyKind::ConsistentHash)
         .then(|| hash_key::of(&upstream.config.hash_key, &req, conn.client.ip()));
+    let sticky_cookie = upstream.config.sticky.as_ref().map(|s| s.cookie.as_str());
+    // The backend the client's sticky cookie names, if any.
+    let carried: Option<Arc<Backend>> = sticky_cookie
+        .and_then(|name| sticky::chosen(req.headers(), name, &upstream.all))
+        .cloned();
+    let mut pinned = carried.clone();
     let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
 
     let (mut parts, body) = req.into_parts();
@@ -248,7 +254,11 @@ async fn forward(
     let (mut tries, mut retries, mut fresh, mut stale_retried) = (0u32, 0u32, false, false);
     loop {
         let started = if tries == 0 { now } else { Instant::now() };
-        let backend = pick(&upstream, key, &tried, started)?;
+        // A sticky client's backend first, while it is usable; else the strategy.
+        let backend = match pinned.take() {
+            Some(b) if b.available(started) => b,
+            _ => pick(&upstream, key, &tried, started)?,
+        };
         tried.insert(&backend);
         done.hold(&backend);
         tries += 1;
@@ -305,6 +315,13 @@ async fn forward(
                         if may_retry(RetryOn::Status(status), replay.is_some(), retries) {
                             retries += 1;
                             continue; // dropping `resp` closes that connection
+                        }
+                    }
+                }
+                if let Some(name) = sticky_cookie {
+                    if !carried.as_ref().is_some_and(|b| Arc::ptr_eq(b, &backend)) {
+                        if let Some(v) = sticky::set_cookie(name, &backend) {
+                            resp.headers_mut().append(header::SET_COOKIE, v);
                         }
                     }
                 }

@@ -76,9 +76,6 @@ pub(crate) fn check_supported(config: &crate::config::Config) -> Result<(), Bind
         if u.backends.iter().any(|b| b.url.scheme == Scheme::Https) {
             return Err(BindError::Unsupported(u.name.clone(), "an https backend"));
         }
-        if u.sticky.is_some() {
-            tracing::warn!(upstream = %u.name, "sticky sessions are not implemented yet; ignored");
-        }
     }
     Ok(())
 }

@@ -30,6 +30,8 @@ pub struct Backend {
     pub backup: bool,
     /// The upstream's `slow_start` (zero: none).
     pub slow_start: Duration,
+    /// The opaque id a sticky cookie carries for this backend.
+    pub sticky_id: Box<str>,
     pub stats: Arc<BackendStats>,
     /// Idle keep-alive connections; like `stats`, kept across snapshots by URL.
     pub pool: Arc<Pool>,
@@ -288,6 +290,7 @@ impl Backend {
             .unwrap_or_else(|_| http::HeaderValue::from_static("invalid"));
         Backend {
             slow_start: Duration::ZERO,
+            sticky_id: crate::balance::sticky::id_of(&id).into_boxed_str(),
             socket_addr: literal_addr(&url.host, url.port),
             pool,
             authority,

@@ -286,3 +286,61 @@ async fn consistent_hash_keeps_a_key_on_one_backend_on_every_instance() {
     }
     assert_eq!(seen.len(), 3, "30 users spread over all three backends");
 }
+
+#[tokio::test]
+async fn sticky_cookies_pin_a_client_and_fail_over_when_its_backend_is_out() {
+    let a = TestBackend::replying("a").await;
+    let b = TestBackend::replying("b").await;
+    let lb = Sluice::start(&format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n[upstream.web]\nsticky = {{ cookie = \"sid\" }}\nbackends = [{{ url = \"{}\" }}, {{ url = \"{}\" }}]\n",
+        a.url(),
+        b.url()
+    ))
+    .await;
+    let (_, h, first) = lb.get("/").await;
+    let set = h["set-cookie"].to_str().unwrap().to_owned();
+    assert!(set.ends_with("; Path=/; HttpOnly; SameSite=Lax"), "{set}");
+    assert!(
+        !set.to_lowercase().contains("expires") && !set.contains("Max-Age"),
+        "{set}"
+    );
+    let cookie = set.split(';').next().unwrap().to_owned();
+    for addr in [a.addr, b.addr] {
+        assert!(
+            !cookie.contains(&addr.port().to_string()),
+            "the cookie names no address"
+        );
+    }
+    let with_cookie = |cookie: String| {
+        let req = Request::get("/")
+            .header("cookie", format!("other=1; {cookie}"))
+            .body(http_body_util::Full::default())
+            .unwrap();
+        async { lb.send(req).await }
+    };
+    // Round robin would alternate; the cookie pins, and is not set again.
+    for _ in 0..6 {
+        let (_, h, body) = with_cookie(cookie.clone()).await;
+        assert_eq!(body, first);
+        assert!(h.get("set-cookie").is_none());
+    }
+    // Its backend drained: a fresh pick, and a new cookie for the new backend.
+    let pinned = if first == "a" { a.addr } else { b.addr };
+    lb.admin("POST", &format!("/upstreams/web/backends/{pinned}/drain"))
+        .await;
+    let (_, h, body) = with_cookie(cookie.clone()).await;
+    assert_ne!(body, first);
+    let moved = h["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_ne!(moved, cookie);
+    let (_, _, again) = with_cookie(moved).await;
+    assert_eq!(again, body);
+    // An unknown id is treated as no cookie.
+    let (_, h, _) = with_cookie("sid=0000000000000000".into()).await;
+    assert!(h.get("set-cookie").is_some());
+}
