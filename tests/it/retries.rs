@@ -183,3 +183,56 @@ async fn stale_keep_alive_connections_never_surface_as_errors() {
     }
     assert!(closed.load(Ordering::SeqCst) >= 10, "the race was met");
 }
+
+#[tokio::test]
+async fn a_backend_killed_and_restarted_under_steady_load_fails_no_get() {
+    let a = TestBackend::replying("a").await;
+    let b = TestBackend::replying("b").await;
+    let c = TestBackend::replying("c").await;
+    let lb = Arc::new(
+        Sluice::over(
+            &[a.url(), b.url(), c.url()],
+            "[upstream.web.outlier]\nejection = \"100ms\"",
+        )
+        .await,
+    );
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (lb, done) = (lb.clone(), done.clone());
+        clients.push(tokio::spawn(async move {
+            let mut failures = Vec::new();
+            for i in 0..150 {
+                let (s, _, body) = lb.get("/").await;
+                if s != StatusCode::OK {
+                    failures.push(format!("{i}: {s} {body}"));
+                }
+                done.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            failures
+        }));
+    }
+    let wait_for = |n: usize| {
+        let done = done.clone();
+        async move {
+            tokio::time::timeout(DEADLINE, async {
+                while done.load(Ordering::SeqCst) < n {
+                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                }
+            })
+            .await
+            .unwrap()
+        }
+    };
+    wait_for(100).await;
+    let (addr, handler) = (b.addr, b.handler());
+    drop(b); // crash: listener and every connection closed
+    wait_for(300).await;
+    let b = TestBackend::restart_at(addr, handler).await;
+    for client in clients {
+        let failures = client.await.unwrap();
+        assert!(failures.is_empty(), "failed GETs: {failures:?}");
+    }
+    assert!(b.hits() > 0, "the restarted backend got traffic again");
+}

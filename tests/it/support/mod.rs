@@ -44,11 +44,18 @@ pub struct TestBackend {
     hits: Arc<AtomicUsize>,
     conns: Arc<AtomicUsize>,
     task: JoinHandle<()>,
+    /// Connection tasks, aborted with the backend so that dropping it is a crash:
+    /// every socket closes.
+    conn_tasks: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    handler: Handler,
 }
 
 impl Drop for TestBackend {
     fn drop(&mut self) {
         self.task.abort();
+        for t in self.conn_tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
     }
 }
 
@@ -61,10 +68,31 @@ impl TestBackend {
     {
         let handler: Handler = Arc::new(move |r| Box::pin(handler(r)));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(listener, handler)
+    }
+
+    /// A backend on `addr` again with `handler` (taken from a crashed one).
+    pub async fn restart_at(addr: SocketAddr, handler: Handler) -> TestBackend {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        Self::serve(listener, handler)
+    }
+
+    /// The request handler, to restart this backend after dropping it.
+    pub fn handler(&self) -> Handler {
+        self.handler.clone()
+    }
+
+    fn serve(listener: TcpListener, handler: Handler) -> TestBackend {
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
         let conns = Arc::new(AtomicUsize::new(0));
-        let (h, c) = (hits.clone(), conns.clone());
+        let conn_tasks = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (h, c, tasks, served) = (
+            hits.clone(),
+            conns.clone(),
+            conn_tasks.clone(),
+            handler.clone(),
+        );
         let task = tokio::spawn(async move {
             let builder = Builder::new(TokioExecutor::new());
             loop {
@@ -72,10 +100,10 @@ impl TestBackend {
                     continue;
                 };
                 c.fetch_add(1, Ordering::SeqCst);
-                let handler = handler.clone();
+                let handler = served.clone();
                 let hits = h.clone();
                 let builder = builder.clone();
-                tokio::spawn(async move {
+                let t = tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         hits.fetch_add(1, Ordering::SeqCst);
                         let f = handler(req);
@@ -85,6 +113,7 @@ impl TestBackend {
                         .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                         .await;
                 });
+                tasks.lock().unwrap().push(t.abort_handle());
             }
         });
         TestBackend {
@@ -92,6 +121,8 @@ impl TestBackend {
             hits,
             conns,
             task,
+            conn_tasks,
+            handler,
         }
     }
 
