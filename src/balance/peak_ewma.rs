@@ -42,6 +42,30 @@ mod tests {
         assert!(picks.iter().all(|&i| i == 1));
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_recovered_backend_wins_traffic_back_as_its_peak_decays() {
+        let t = tier(&[1, 1]);
+        let p = PeakEwma::build(&t);
+        let tried = Tried::default();
+        t[0].stats
+            .observe_peak(tokio::time::Instant::now(), Duration::from_millis(50));
+        let mut won_back_after = None;
+        for step in 1..=40 {
+            tokio::time::advance(Duration::from_millis(500)).await;
+            let c = ctx(&tried);
+            // The fast backend keeps answering in 1 ms; the slow one gets no samples
+            // while it loses every pick, so only its decay can bring it back.
+            t[1].stats.observe_peak(c.now, Duration::from_millis(1));
+            if p.pick(&t, &c) == Some(0) {
+                won_back_after = Some(step);
+                break;
+            }
+        }
+        let step = won_back_after.expect("never picked again");
+        // 50 ms decays below 1 ms after ln(50) × 2 s ≈ 7.8 s.
+        assert!((14..=18).contains(&step), "after {step} half-seconds");
+    }
+
     #[test]
     fn in_flight_requests_raise_the_cost() {
         let t = tier(&[1, 1]);
