@@ -17,7 +17,7 @@ pub fn of<B>(key: &HashKey, req: &Request<B>, client: IpAddr) -> u64 {
     let found: Option<&[u8]> = match key {
         HashKey::ClientIp => None,
         HashKey::Header(name) => req.headers().get(name.as_str()).map(|v| v.as_bytes()),
-        HashKey::Cookie(name) => cookie(req, name),
+        HashKey::Cookie(name) => cookie(req.headers(), name).map(str::as_bytes),
         HashKey::Path => Some(req.uri().path().as_bytes()),
         HashKey::Query(name) => req.uri().query().and_then(|q| query(q, name)),
     };
@@ -34,16 +34,16 @@ fn client_key(ip: IpAddr) -> u64 {
     }
 }
 
-/// The value of cookie `name` among the request's `Cookie` headers.
-fn cookie<'r, B>(req: &'r Request<B>, name: &str) -> Option<&'r [u8]> {
-    req.headers()
+/// The value of cookie `name` among a request's `Cookie` headers.
+pub fn cookie<'h>(headers: &'h http::HeaderMap, name: &str) -> Option<&'h str> {
+    headers
         .get_all(http::header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .find_map(|pair| {
             let (k, v) = pair.trim().split_once('=')?;
-            (k == name).then_some(v.as_bytes())
+            (k == name).then_some(v)
         })
 }
 

@@ -24,15 +24,7 @@ pub fn chosen<'a>(
     name: &str,
     all: &'a [Arc<Backend>],
 ) -> Option<&'a Arc<Backend>> {
-    let value = headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
-            let (k, v) = pair.trim().split_once('=')?;
-            (k == name).then_some(v)
-        })?;
+    let value = super::hash_key::cookie(headers, name)?;
     all.iter().find(|b| &*b.sticky_id == value)
 }
 
