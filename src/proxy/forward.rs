@@ -254,7 +254,8 @@ async fn forward(
     let (mut tries, mut retries, mut fresh, mut stale_retried) = (0u32, 0u32, false, false);
     loop {
         let started = if tries == 0 { now } else { Instant::now() };
-        // A sticky client's backend first, while it is usable; else the strategy.
+        // A sticky client's backend (or the one a stale connection failed on) first,
+        // while it is usable; else the strategy.
         let backend = match pinned.take() {
             Some(b) if b.available(started) => b,
             _ => pick(&upstream, key, &tried, started)?,
@@ -358,6 +359,7 @@ async fn forward(
                 if reused && !stale_retried && (unsent_now || replay.is_some()) {
                     stale_retried = true;
                     tried.forget(&backend);
+                    pinned = Some(Arc::clone(&backend));
                     fresh = true;
                     continue;
                 }
