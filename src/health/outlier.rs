@@ -78,11 +78,11 @@ pub fn record(
 
 /// How long a backend asked to be left alone: `Retry-After` on a 503 or 429, as
 /// delta-seconds or an HTTP-date, at most `MAX_EJECTION`. None for other answers, no
-/// header, or a time already past.
+/// header, or a time already past. `now` is read only for an HTTP-date.
 pub fn retry_after(
     status: u16,
     headers: &http::HeaderMap,
-    now: std::time::SystemTime,
+    now: impl FnOnce() -> std::time::SystemTime,
 ) -> Option<Duration> {
     if status != 503 && status != 429 {
         return None;
@@ -96,7 +96,7 @@ pub fn retry_after(
         Ok(secs) => Duration::from_secs(secs),
         Err(_) => httpdate::parse_http_date(v)
             .ok()?
-            .duration_since(now)
+            .duration_since(now())
             .ok()?,
     };
     (!d.is_zero()).then(|| d.min(MAX_EJECTION))
@@ -194,7 +194,8 @@ mod tests {
 
     #[test]
     fn retry_after_is_read_from_503_and_429_only() {
-        let now = std::time::SystemTime::now();
+        let at = std::time::SystemTime::now();
+        let now = || at;
         let mut h = http::HeaderMap::new();
         h.insert(
             http::header::RETRY_AFTER,
@@ -203,7 +204,7 @@ mod tests {
         assert_eq!(retry_after(503, &h, now), Some(Duration::from_secs(7)));
         assert_eq!(retry_after(429, &h, now), Some(Duration::from_secs(7)));
         assert_eq!(retry_after(500, &h, now), None);
-        let later = httpdate::fmt_http_date(now + Duration::from_secs(120));
+        let later = httpdate::fmt_http_date(at + Duration::from_secs(120));
         h.insert(http::header::RETRY_AFTER, later.parse().unwrap());
         let d = retry_after(503, &h, now).unwrap();
         assert!(

@@ -296,7 +296,7 @@ async fn forward(
                 stats.observe_peak(started + rtt, rtt);
                 let status = resp.status().as_u16();
                 if let Some(d) =
-                    outlier::retry_after(status, resp.headers(), std::time::SystemTime::now())
+                    outlier::retry_after(status, resp.headers(), std::time::SystemTime::now)
                 {
                     // The backend asked to be left alone for a while: out of rotation.
                     stats.eject(Instant::now(), d);
