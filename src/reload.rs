@@ -2,7 +2,7 @@
 //! the command-line overrides again, and swap the snapshot; on any error the running
 //! configuration stays.
 
-use crate::config::{self, ConfigErrors, LoadError};
+use crate::config::{self, LoadError};
 use crate::proxy::Shared;
 
 /// Why a reload did not happen.
@@ -35,14 +35,4 @@ pub fn reload(shared: &Shared) -> Result<(), ReloadError> {
     shared.apply(config);
     tracing::info!(path = %path.display(), "configuration reloaded");
     Ok(())
-}
-
-impl ReloadError {
-    /// The validation problems, when that is why the reload failed.
-    pub fn problems(&self) -> Option<&ConfigErrors> {
-        match self {
-            ReloadError::Load(LoadError::Invalid(e)) => Some(e),
-            _ => None,
-        }
-    }
 }

@@ -187,14 +187,6 @@ impl Client {
         }
     }
 
-    /// Whether a client built for `a` serves `b` just as well.
-    pub fn same_settings(a: &UpstreamConfig, b: &UpstreamConfig) -> bool {
-        a.connect_timeout == b.connect_timeout
-            && a.max_idle_per_backend == b.max_idle_per_backend
-            && a.protocol == b.protocol
-            && a.ca_file == b.ca_file
-    }
-
     /// Sends `req` (origin-form URI) to `backend` on a pooled connection, or a new one
     /// when there is none or `fresh` is set. Returns the response head and the
     /// connection, to be released at end of body. An upgrade request gets a connection

@@ -49,15 +49,6 @@ impl ProxyError {
             ProxyError::ResponseTimeout => "504 gateway timeout\n",
         }
     }
-
-    /// Does this error count against the backend (for `failures` and, later, outlier
-    /// detection)?
-    pub fn is_backend_failure(&self) -> bool {
-        matches!(
-            self,
-            ProxyError::Connect(_) | ProxyError::BrokeOff(_) | ProxyError::ResponseTimeout
-        )
-    }
 }
 
 /// Flattens an error and its sources into one line for the log.

@@ -125,10 +125,6 @@ impl Server {
         self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
-    }
-
     /// Serves until `shutdown` resolves, then stops accepting and lets open requests
     /// finish for up to `shutdown_timeout`.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {

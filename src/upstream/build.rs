@@ -1,13 +1,12 @@
-//! Config → Snapshot. Runs at startup, on reload and on admin edits, never per request.
+//! Config → Snapshot. Runs at startup and on reload, never per request.
 //! Backends present in the previous snapshot keep their `BackendStats` (in-flight counts,
-//! health, latency), and upstreams whose client settings did not change keep their
-//! connection pools.
+//! health, latency) and their idle connections.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{Backend, BackendStats, Route, Snapshot, Tier, Upstream};
-use crate::config::{Config, UpstreamConfig};
+use crate::config::Config;
 use crate::proxy::client::Client;
 use crate::proxy::client::Pool;
 
@@ -17,10 +16,8 @@ type Carried<'a> = (&'a Arc<BackendStats>, &'a Arc<Pool>);
 /// Builds a snapshot of `config`, reusing state from `previous` where backends match.
 pub fn build(config: &Config, previous: Option<&Snapshot>) -> Snapshot {
     let mut old_stats: HashMap<(&str, String), Carried<'_>> = HashMap::new();
-    let mut old_clients: HashMap<&str, (&UpstreamConfig, &Client)> = HashMap::new();
     if let Some(prev) = previous {
         for u in prev.upstreams.iter() {
-            old_clients.insert(&u.name, (&u.config, &u.client));
             for b in u.all.iter() {
                 old_stats.insert((&u.name, b.id.to_string()), (&b.stats, &b.pool));
             }
@@ -36,7 +33,12 @@ pub fn build(config: &Config, previous: Option<&Snapshot>) -> Snapshot {
                 .iter()
                 .map(|b| {
                     let (stats, pool) = match old_stats.get(&(cfg.name.as_str(), b.url.id())) {
-                        Some((s, p)) => (Arc::clone(s), Arc::clone(p)),
+                        Some((s, p)) => {
+                            // Health and counters carry over; admin changes (drain) last
+                            // only until the next reload (SPEC §5).
+                            s.set_draining(false);
+                            (Arc::clone(s), Arc::clone(p))
+                        }
                         None => {
                             let fresh: (Arc<BackendStats>, Arc<Pool>) = Default::default();
                             // Added by a reload (not present at start): slow start.
@@ -54,10 +56,7 @@ pub fn build(config: &Config, previous: Option<&Snapshot>) -> Snapshot {
                 .collect();
             let (backups, primaries): (Vec<_>, Vec<_>) =
                 all.iter().cloned().partition(|b| b.backup);
-            let client = match old_clients.get(cfg.name.as_str()) {
-                Some((old, client)) if Client::same_settings(old, cfg) => (*client).clone(),
-                _ => Client::new(cfg),
-            };
+            let client = Client::new(cfg);
             Arc::new(Upstream {
                 name: cfg.name.as_str().into(),
                 config: cfg.clone(),

@@ -126,3 +126,23 @@ async fn a_token_guards_mutating_calls_only() {
         "drained by the authorised call"
     );
 }
+
+#[tokio::test]
+async fn admin_changes_last_until_the_next_reload() {
+    let a = TestBackend::replying("a").await;
+    let text = format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n[upstream.web]\nbackends = [{{ url = \"{}\" }}]\n",
+        a.url()
+    );
+    let lb = Sluice::start(&text).await;
+    lb.admin("POST", &format!("/upstreams/web/backends/{}/drain", a.addr))
+        .await;
+    assert_eq!(lb.get("/").await.0, StatusCode::SERVICE_UNAVAILABLE);
+    lb.shared
+        .apply(sluice::config::parse_str(&text, std::path::Path::new("t.toml")).unwrap());
+    assert_eq!(
+        lb.get("/").await.0,
+        StatusCode::OK,
+        "the reload undid the drain"
+    );
+}
