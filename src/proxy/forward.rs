@@ -293,7 +293,11 @@ async fn forward(
             Ok(Ok((mut resp, backend_conn))) => {
                 let rtt = started.elapsed();
                 stats.observe_latency(rtt);
-                stats.observe_peak(started + rtt, rtt);
+                if upstream.config.strategy == StrategyKind::PeakEwma {
+                    // Only peak_ewma reads it; a switch by reload starts from zero,
+                    // which means "try it" (see BackendStats::observe_peak).
+                    stats.observe_peak(started + rtt, rtt);
+                }
                 let status = resp.status().as_u16();
                 if let Some(d) =
                     outlier::retry_after(status, resp.headers(), std::time::SystemTime::now)
