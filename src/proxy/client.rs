@@ -377,6 +377,7 @@ async fn drive(
                 let _ = stream.poll_write_ready(&mut cx);
                 pool.put_parked(stream, since, id, max_idle);
             }
+            crate::memory::note_freed();
         }
         (Ok(()), None) => {}
         (Err(e), _) => tracing::debug!(error = %e, "backend connection ended with an error"),

@@ -31,7 +31,7 @@ use tokio::time::Instant;
 pub const PARK_AFTER: Duration = Duration::from_millis(20);
 
 /// Milliseconds since the process's first use of this clock; 0 is reserved for "none".
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     let epoch = *EPOCH.get_or_init(|| Instant::now() - Duration::from_millis(1));
     epoch.elapsed().as_millis() as u64
@@ -124,9 +124,9 @@ impl Activity {
         self.conflicting_framing.swap(false, Ordering::Relaxed)
     }
 
-    /// When a parked connection is closed for being idle.
-    pub fn idle_deadline(&self, t: Timers) -> Instant {
-        instant_of(self.idle_since.load(Ordering::Relaxed) + t.idle.as_millis() as u64)
+    /// When a parked connection is closed for being idle, in `now_ms` terms.
+    pub fn idle_deadline_ms(&self, t: Timers) -> u64 {
+        self.idle_since.load(Ordering::Relaxed) + t.idle.as_millis() as u64
     }
 
     /// Decides whether to close or park now, or when to look again. Requests starting

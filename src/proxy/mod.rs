@@ -6,6 +6,7 @@ pub mod conn;
 pub mod error;
 pub mod forward;
 pub mod headers;
+pub mod park;
 pub mod retry;
 pub mod server;
 pub mod upgrade;

@@ -14,7 +14,6 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -30,6 +29,7 @@ use super::Shared;
 use super::body::ResponseBody;
 use super::conn::{Activity, Timers, Tracked, Verdict};
 use super::forward::{ConnInfo, handle};
+use super::park::{Lot, Woken};
 use super::upgrade;
 use crate::admin;
 
@@ -136,12 +136,41 @@ impl Server {
         let protocols = Arc::new(Protocols::new(limits.max_header_bytes));
 
         let mut loops = Vec::new();
+        let (shared, protos, stop) = (
+            Arc::clone(&self.shared),
+            Arc::clone(&protocols),
+            stop_rx.clone(),
+        );
+        let handle = tokio::runtime::Handle::current();
+        let lot = Lot::start(move |woken: Woken, lot: &Arc<Lot>| {
+            let ctx = ConnCtx {
+                client: woken.client,
+                shared: Arc::clone(&shared),
+                protocols: Arc::clone(&protos),
+                stop: stop.clone(),
+                permit: woken.permit,
+                lot: Some(Arc::clone(lot)),
+            };
+            handle.spawn(async move {
+                if let Ok(stream) = TcpStream::from_std(woken.stream) {
+                    serve_h1(stream, Bytes::new(), ctx).await;
+                }
+            });
+        });
+        let (lot, closer) = match lot {
+            Ok((lot, closer)) => (Some(lot), Some(closer)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot park idle connections; they stay in their tasks");
+                (None, None)
+            }
+        };
         for listener in self.listeners {
             loops.push(tokio::spawn(accept_loop(
                 listener,
                 Arc::clone(&self.shared),
                 Arc::clone(&permits),
                 Arc::clone(&protocols),
+                lot.clone(),
                 stop_rx.clone(),
             )));
         }
@@ -158,6 +187,7 @@ impl Server {
         tracing::info!("shutting down: no new connections, draining open requests");
         self.shared.stop_health_checks();
         let _ = stop_tx.send(true);
+        drop(closer); // closes the parked connections
         for l in loops {
             let _ = l.await;
         }
@@ -202,6 +232,7 @@ async fn accept_loop(
     shared: Arc<Shared>,
     permits: Arc<Semaphore>,
     protocols: Arc<Protocols>,
+    lot: Option<Arc<Lot>>,
     mut stop: watch::Receiver<bool>,
 ) {
     if let Ok(addr) = listener.local_addr() {
@@ -233,7 +264,8 @@ async fn accept_loop(
             shared: Arc::clone(&shared),
             protocols: Arc::clone(&protocols),
             stop: stop.clone(),
-            _permit: permit,
+            permit,
+            lot: lot.clone(),
         };
         tokio::spawn(serve_connection(stream, ctx));
     }
@@ -246,7 +278,9 @@ struct ConnCtx {
     shared: Arc<Shared>,
     protocols: Arc<Protocols>,
     stop: watch::Receiver<bool>,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
+    /// Where idle HTTP/1 connections wait; None if it could not be set up.
+    lot: Option<Arc<Lot>>,
 }
 
 impl ConnCtx {
@@ -338,7 +372,7 @@ async fn serve_h1(stream: TcpStream, replay: Bytes, mut ctx: ConnCtx) {
     let ended = loop {
         tokio::select! {
             r = poll_fn(|cx| conn.poll_without_shutdown(cx)) => break r,
-            _ = &mut sleep, if !parking && !closing => match activity.check(timers, true) {
+            _ = &mut sleep, if !parking && !closing => match activity.check(timers, ctx.lot.is_some()) {
                 Verdict::WaitUntil(t) => sleep.as_mut().reset(t),
                 Verdict::Park => {
                     parking = true;
@@ -355,6 +389,8 @@ async fn serve_h1(stream: TcpStream, replay: Bytes, mut ctx: ConnCtx) {
             }
         }
     };
+    // Whatever happens next, hyper's buffers for this connection are about to go.
+    crate::memory::note_freed();
     if let Err(e) = ended {
         tracing::debug!(client = %ctx.client, error = %e, "client connection ended with an error");
         return;
@@ -372,35 +408,43 @@ async fn serve_h1(stream: TcpStream, replay: Bytes, mut ctx: ConnCtx) {
         let _ = stream.shutdown().await;
         return;
     }
-    let deadline = activity.idle_deadline(timers);
-    tokio::spawn(park(stream, replay, ctx, deadline));
+    if !replay.is_empty() {
+        // The client already sent more: serve it on.
+        spawn_h1(stream, replay, ctx);
+        return;
+    }
+    let deadline = activity.idle_deadline_ms(timers);
+    let ConnCtx {
+        client,
+        shared,
+        protocols,
+        stop,
+        permit,
+        lot,
+    } = ctx;
+    let parked = match lot.as_deref() {
+        Some(l) => l.park(stream, client, permit, deadline),
+        None => Err((stream, permit)),
+    };
+    if let Err((stream, permit)) = parked {
+        // Could not park: serve it on in a task of its own.
+        let ctx = ConnCtx {
+            client,
+            shared,
+            protocols,
+            stop,
+            permit,
+            lot,
+        };
+        spawn_h1(stream, Bytes::new(), ctx);
+    }
 }
 
-/// A parked HTTP/1 connection: a small task holding only the socket until the client
-/// sends again (then a new `serve_h1` task takes over), `idle_timeout` passes, or
-/// sluice shuts down. A concrete boxed type, because `serve_h1` and `park` spawn each
-/// other.
-fn park(
-    stream: TcpStream,
-    replay: Bytes,
-    mut ctx: ConnCtx,
-    deadline: tokio::time::Instant,
-) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-    Box::pin(async move {
-        // The socket's reader and writer slots may still hold wakers of the task that
-        // served it, which would keep that (large) finished task allocated until the
-        // client spoke again. Waiting through poll_read_ready replaces the reader's;
-        // a no-op waker replaces the writer's.
-        let _ = stream.poll_write_ready(&mut Context::from_waker(Waker::noop()));
-        if replay.is_empty() {
-            tokio::select! {
-                r = poll_fn(|cx| stream.poll_read_ready(cx)) => if r.is_err() { return },
-                _ = tokio::time::sleep_until(deadline) => return,
-                _ = ctx.stop.changed() => return,
-            }
-        }
-        tokio::spawn(serve_h1(stream, replay, ctx));
-    })
+/// `serve_h1` in a task of its own, from `serve_h1` itself: boxed, as a type of its
+/// own would be infinite.
+fn spawn_h1(stream: TcpStream, replay: Bytes, ctx: ConnCtx) {
+    let task: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(serve_h1(stream, replay, ctx));
+    tokio::spawn(task);
 }
 
 /// HTTP/2 (h2c): hyper multiplexes the streams; no parking.

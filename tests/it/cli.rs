@@ -175,8 +175,13 @@ async fn workers_sets_the_runtime_threads() {
     for (workers, threads) in [("1", 1), ("3", 4)] {
         let (p, _addr) = start_json(&["-l", "127.0.0.1:0", "-b", &url, "--workers", workers]).await;
         // One worker runs on the main thread; N workers are N threads besides main.
+        // sluice's own helper threads (parked connections, memory) are not workers.
         let n = std::fs::read_dir(format!("/proc/{}/task", p.child.id()))
             .unwrap()
+            .filter(|t| {
+                let comm = std::fs::read_to_string(t.as_ref().unwrap().path().join("comm"));
+                !comm.unwrap().starts_with("sluice-")
+            })
             .count();
         assert_eq!(n, threads, "--workers {workers}");
     }
