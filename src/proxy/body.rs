@@ -15,7 +15,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use super::client::Pooled;
+use super::client::{BackendBody, BodyError};
 use super::conn::Activity;
 use crate::telemetry::{self, AccessRecord};
 use crate::upstream::Backend;
@@ -144,7 +144,7 @@ impl Drop for Completion {
 }
 
 enum Kind {
-    Proxied(Incoming),
+    Proxied(BackendBody),
     Local(Option<Bytes>),
 }
 
@@ -152,30 +152,15 @@ enum Kind {
 pub struct ResponseBody {
     kind: Kind,
     done: Option<Completion>,
-    /// The backend connection, returned to its pool once this body ended cleanly.
-    conn: Option<Pooled>,
-}
-
-impl Drop for ResponseBody {
-    fn drop(&mut self) {
-        // hyper may never poll a body that is empty from the start (HEAD, 204,
-        // Content-Length: 0), so "ended" is also judged here.
-        if let (Some(conn), Kind::Proxied(inner)) = (self.conn.take(), &self.kind) {
-            if inner.is_end_stream() {
-                conn.release();
-            }
-        }
-    }
 }
 
 impl ResponseBody {
-    /// A backend's response body; `conn` is None when the connection must not be
-    /// reused (an upgrade took it over).
-    pub fn proxied(inner: Incoming, done: Completion, conn: Option<Pooled>) -> ResponseBody {
+    /// A backend's response body. Its connection goes back to the pool when the body
+    /// has been read to the end (see `BackendBody`).
+    pub fn proxied(inner: BackendBody, done: Completion) -> ResponseBody {
         ResponseBody {
             kind: Kind::Proxied(inner),
             done: Some(done),
-            conn,
         }
     }
 
@@ -185,7 +170,6 @@ impl ResponseBody {
         ResponseBody {
             kind: Kind::Local((!bytes.is_empty()).then_some(bytes)),
             done,
-            conn: None,
         }
     }
 
@@ -198,12 +182,12 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
         let polled = match &mut this.kind {
             Kind::Proxied(inner) => Pin::new(inner).poll_frame(cx),
@@ -216,17 +200,8 @@ impl Body for ResponseBody {
                     this.count(n);
                 }
             }
-            Poll::Ready(None) => {
-                // End of the exchange: settle now rather than when hyper drops us.
-                if let Some(conn) = this.conn.take() {
-                    conn.release();
-                }
-                this.done = None;
-            }
-            Poll::Ready(Some(Err(_))) => {
-                this.conn = None;
-                this.done = None;
-            }
+            // End of the exchange: settle now rather than when hyper drops us.
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => this.done = None,
             Poll::Pending => {}
         }
         polled

@@ -1,64 +1,112 @@
-//! The client side: HTTP/1.1 connections to backends, kept alive in a small pool per
-//! backend. hyper does the HTTP (`hyper::client::conn::http1`); this module only
-//! decides which connection carries a request.
+//! The client side: HTTP/1.1 to backends over connections kept alive in a small pool
+//! per backend. The exchange runs inside the request's own task: the head is written,
+//! the response head read and parsed (wire.rs), and the response body is read from the
+//! socket as the client side consumes it (`BackendBody`). No task or channel sits
+//! between a request and its backend connection.
 //!
-//! A connection is checked out for one request and goes back to its backend's idle
-//! list when the response body has been read to the end (`Pooled::release`). A response
-//! abandoned half-way drops its connection instead, so a backend never sees a client's
-//! leftovers. The idle list is LIFO: the most recently used connection is the one least
-//! likely to have been closed by the backend.
-//!
-//! Parking: a hyper client connection holds ~30 KiB (buffers and its request channel).
-//! One left unused in the pool for `PARK_AFTER` is taken apart by its own driver task
-//! and kept as a bare socket at the bottom of the list; using it again costs a new
-//! handshake object, not a new TCP connection.
+//! A connection is checked out for one exchange and goes back to its backend's idle
+//! list when the response body has been read to its end, the request was sent whole
+//! and both sides agree to keep it alive. A response abandoned half-way drops its
+//! connection instead, so a backend never sees a client's leftovers. The idle list is
+//! LIFO: the most recently used connection is the one least likely to have been closed
+//! by the backend. An idle connection is only a socket: its buffers go with the first
+//! few, the ones about to be used again.
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Waker};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
 use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-use super::body::RequestBody;
+use super::body::{RequestBody, RequestBodyError};
+use super::wire::{self, Chunked, Framing, RequestFraming, Step, WireError};
 use crate::config::UpstreamConfig;
 use crate::upstream::Backend;
 
 /// How long an unused pooled connection may be reused. Below common backend keep-alive
-/// timeouts (nginx 75s, Apache 5s is the outlier) would be safer still; TODO(#3) the
-/// stale-connection retry covers the race.
+/// timeouts (nginx 75s, Apache 5s is the outlier) would be safer still; the stale
+/// connection retry (forward.rs) covers the race.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-/// How long a pooled connection stays inside hyper while unused. Its driver checks
-/// this often, so a busy connection costs one timer wakeup per second.
-const PARK_AFTER: Duration = Duration::from_secs(1);
+/// Idle connections that keep their buffers; the others give them up until used.
+const KEEP_WARM: usize = 4;
+/// Read buffer room for a response head, and the least read for a body.
+const HEAD_READ: usize = 8 * 1024;
+/// The most read at once for a large body.
+const BODY_READ_MAX: usize = 64 * 1024;
+/// A chunk of a request body at most this large is copied next to its chunk header
+/// and written in one call.
+const COALESCE_MAX: usize = 16 * 1024;
 
-type Sender = http1::SendRequest<RequestBody>;
+/// One connection to a backend.
+pub struct Conn {
+    io: Io,
+    /// Bytes read and not consumed yet.
+    buf: BytesMut,
+    /// The request head being written.
+    out: Vec<u8>,
+}
+
+/// A connection's socket: whole, or only its reading half while the rest of a request
+/// body is still being sent beside the response (see `send`).
+enum Io {
+    Whole(TcpStream),
+    ReadHalf(OwnedReadHalf),
+    Closed,
+}
+
+impl Conn {
+    fn new(stream: TcpStream) -> Conn {
+        Conn {
+            io: Io::Whole(stream),
+            buf: BytesMut::new(),
+            out: Vec::new(),
+        }
+    }
+
+    /// Reads more into `buf`, with at least `room` bytes of space.
+    fn poll_read_more(&mut self, cx: &mut Context<'_>, room: usize) -> Poll<io::Result<usize>> {
+        self.buf.reserve(room);
+        match &mut self.io {
+            Io::Whole(s) => tokio_util::io::poll_read_buf(Pin::new(s), cx, &mut self.buf),
+            Io::ReadHalf(r) => tokio_util::io::poll_read_buf(Pin::new(r), cx, &mut self.buf),
+            Io::Closed => Poll::Ready(Ok(0)),
+        }
+    }
+
+    async fn read_more(&mut self, room: usize) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_read_more(cx, room)).await
+    }
+}
+
+/// The backend side of an upgraded connection (101): its socket and any bytes the
+/// backend sent after the 101 head.
+pub struct Upgraded {
+    pub stream: TcpStream,
+    pub read: Bytes,
+}
 
 /// Idle connections to one backend. Shared by every snapshot holding that backend, so
 /// reloads keep warm connections.
 #[derive(Default)]
 pub struct Pool {
     idle: Mutex<Vec<Idle>>,
-    next_id: AtomicU64,
 }
 
 struct Idle {
-    conn: IdleConn,
+    conn: Conn,
     /// When it was last used.
     since: Instant,
-    id: u64,
-}
-
-enum IdleConn {
-    Ready(Sender),
-    Parked(TcpStream),
 }
 
 impl Pool {
@@ -66,84 +114,57 @@ impl Pool {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Idle connections now held, ready and parked (for tests and status).
+    /// Idle connections now held.
     pub fn idle_len(&self) -> usize {
         self.lock().len()
     }
 
-    /// Parked connections now held.
-    pub fn parked_len(&self) -> usize {
-        self.lock()
-            .iter()
-            .filter(|i| matches!(i.conn, IdleConn::Parked(_)))
-            .count()
-    }
-
-    /// Called by connection `id`'s driver: if it has sat ready in the pool for
-    /// `PARK_AFTER`, takes it out (dropping its sender, which ends hyper's dispatcher)
-    /// and returns None with the time it was last used. Otherwise returns when to ask
-    /// again.
-    fn take_for_parking(&self, id: u64) -> Result<Instant, Instant> {
+    fn put(&self, mut conn: Conn, max_idle: usize) {
         let mut idle = self.lock();
-        let now = Instant::now();
-        match idle.iter().position(|i| i.id == id) {
-            Some(pos) if now.duration_since(idle[pos].since) >= PARK_AFTER => {
-                let since = idle.remove(pos).since;
-                Ok(since)
-            }
-            Some(pos) => Err(idle[pos].since + PARK_AFTER),
-            None => Err(now + PARK_AFTER), // in use
-        }
-    }
-
-    fn put_parked(&self, stream: TcpStream, since: Instant, id: u64, max_idle: usize) {
-        let mut idle = self.lock();
-        if idle.len() < max_idle {
-            // At the bottom: ready connections are preferred.
-            idle.insert(
-                0,
-                Idle {
-                    conn: IdleConn::Parked(stream),
-                    since,
-                    id,
-                },
-            );
-        }
-    }
-}
-
-/// A connection lent to one request.
-pub struct Pooled {
-    sender: Sender,
-    id: u64,
-    pool: Arc<Pool>,
-    max_idle: usize,
-}
-
-impl Pooled {
-    /// Gives the connection back after its response ended cleanly.
-    pub fn release(self) {
-        if self.sender.is_closed() || self.max_idle == 0 {
+        if idle.len() >= max_idle {
             return;
         }
-        let mut idle = self.pool.lock();
-        if idle.len() < self.max_idle {
-            idle.push(Idle {
-                conn: IdleConn::Ready(self.sender),
-                since: Instant::now(),
-                id: self.id,
-            });
+        if idle.len() >= KEEP_WARM {
+            conn.buf = BytesMut::new();
+            conn.out = Vec::new();
+            crate::memory::note_freed();
+        }
+        idle.push(Idle {
+            conn,
+            since: Instant::now(),
+        });
+    }
+
+    /// The most recently used idle connection that still looks open.
+    fn take(&self) -> Option<Conn> {
+        loop {
+            let Idle { conn, since } = self.lock().pop()?;
+            if since.elapsed() > POOL_IDLE_TIMEOUT {
+                continue;
+            }
+            // Nothing should arrive on an idle connection. If tokio saw something (the
+            // backend's FIN, most likely), ask the kernel what it is.
+            let Io::Whole(stream) = &conn.io else {
+                continue;
+            };
+            let stirred = stream
+                .poll_read_ready(&mut Context::from_waker(Waker::noop()))
+                .is_ready();
+            if stirred && !still_open(stream) {
+                continue;
+            }
+            return Some(conn);
         }
     }
 }
 
 /// A failed exchange, with what a retry needs to know.
+#[derive(Debug)]
 pub struct Failure {
     pub error: SendError,
-    /// The request, when none of it reached the backend (connect failure, or a pooled
-    /// connection found closed before the request was written): safe to send again
-    /// whatever its method.
-    pub unsent: Option<Request<RequestBody>>,
+    /// Nothing of the request reached the backend (connect failure, or nothing could
+    /// be written): safe to send again whatever its method.
+    pub unsent: bool,
     /// The connection came from the pool (a failure there may just be a stale
     /// keep-alive connection, not the backend's fault).
     pub reused: bool,
@@ -156,19 +177,22 @@ pub enum SendError {
     Connect(#[source] io::Error),
     #[error("connect timed out after {0:?}")]
     ConnectTimeout(Duration),
-    #[error("HTTP handshake failed")]
-    Handshake(#[source] hyper::Error),
-    #[error("request failed")]
-    Request(#[source] hyper::Error),
+    #[error("writing the request")]
+    Write(#[source] io::Error),
+    #[error("reading the response")]
+    Read(#[source] io::Error),
+    #[error("the backend closed the connection before answering")]
+    Closed,
+    #[error("bad response")]
+    Response(#[source] WireError),
+    #[error("request body")]
+    Body(#[source] RequestBodyError),
 }
 
 impl SendError {
     /// Nothing reached the backend: always safe to try another one.
     pub fn is_connect(&self) -> bool {
-        matches!(
-            self,
-            SendError::Connect(_) | SendError::ConnectTimeout(_) | SendError::Handshake(_)
-        )
+        matches!(self, SendError::Connect(_) | SendError::ConnectTimeout(_))
     }
 }
 
@@ -188,205 +212,399 @@ impl Client {
     }
 
     /// Sends `req` (origin-form URI) to `backend` on a pooled connection, or a new one
-    /// when there is none or `fresh` is set. Returns the response head and the
-    /// connection, to be released at end of body. An upgrade request gets a connection
-    /// of its own, which its tunnel will consume. On failure the request comes back
-    /// when none of it was written (see `Failure`).
+    /// when there is none or `fresh` is set, and reads the response head. The request
+    /// stays with the caller, so it can be sent again; its body is consumed. `upgrade`:
+    /// the request asks for a protocol switch (a 101 answer is then accepted, and its
+    /// connection can be taken with `BackendBody::take_upgraded`).
     pub async fn send(
         &self,
         backend: &Backend,
-        req: Request<RequestBody>,
+        req: &mut Request<RequestBody>,
         upgrade: bool,
         fresh: bool,
-    ) -> Result<(Response<Incoming>, Pooled), Failure> {
-        // The rare paths (new connections, parked sockets) are boxed: the common one, a
-        // ready pooled connection, then keeps this future small, and every request's
-        // future is moved several times on its way into hyper.
-        let got = if upgrade || fresh {
-            let id = backend.pool.next_id.fetch_add(1, Ordering::Relaxed);
-            let pool_id = (!upgrade).then_some(id);
-            Box::pin(self.connect(backend, pool_id))
+    ) -> Result<Response<BackendBody>, Failure> {
+        let pooled = if fresh { None } else { backend.pool.take() };
+        let reused = pooled.is_some();
+        let mut conn = match pooled {
+            Some(c) => c,
+            // Boxed: the common path (a pooled connection) keeps this future small.
+            None => Box::pin(self.connect(backend))
                 .await
-                .map(|s| (s, id, false))
-        } else {
-            match self.checkout_ready(backend) {
-                Some((s, id)) => Ok((s, id, true)),
-                None => Box::pin(self.checkout_or_connect(backend)).await,
-            }
-        };
-        let (mut sender, id, reused) = match got {
-            Ok(g) => g,
-            Err(error) => {
-                return Err(Failure {
+                .map_err(|error| Failure {
                     error,
-                    unsent: Some(req),
+                    unsent: true,
                     reused: false,
-                });
+                })?,
+        };
+        let fail = |error, unsent| Failure {
+            error,
+            unsent,
+            reused,
+        };
+
+        let has_body = !req.body().is_end_stream();
+        conn.out.clear();
+        let framing = wire::encode_request_head(&mut conn.out, req, has_body);
+        let Io::Whole(stream) = &mut conn.io else {
+            return Err(fail(SendError::Closed, true)); // pooled connections are whole
+        };
+        let mut written = 0;
+        if let Err(e) = write_all(stream, &conn.out, &mut written).await {
+            return Err(fail(SendError::Write(e), written == 0));
+        }
+        let mut upload = None;
+        if framing != RequestFraming::None {
+            let early = send_body(&mut conn, req.body_mut(), framing)
+                .await
+                .map_err(|e| fail(e, false))?;
+            if early {
+                // The backend answers while the body is still coming (an echo, a
+                // stream, an early refusal): go on sending it beside the response.
+                let body = std::mem::replace(req.body_mut(), RequestBody::empty());
+                if let Io::Whole(stream) = std::mem::replace(&mut conn.io, Io::Closed) {
+                    let (r, w) = stream.into_split();
+                    conn.io = Io::ReadHalf(r);
+                    let out = std::mem::take(&mut conn.out);
+                    upload = Some(tokio::spawn(upload_rest(w, body, framing, out)).abort_handle());
+                }
+            }
+        }
+
+        let head = loop {
+            match wire::parse_response_head(&mut conn.buf, req.method(), upgrade) {
+                Ok(Some(head)) => break head,
+                Ok(None) => {}
+                Err(e) => return Err(fail(SendError::Response(e), false)),
+            }
+            match conn.read_more(HEAD_READ).await {
+                Ok(0) => return Err(fail(SendError::Closed, false)),
+                Ok(_) => {}
+                Err(e) => return Err(fail(SendError::Read(e), false)),
             }
         };
-        match sender.try_send_request(req).await {
-            Ok(resp) => Ok((
-                resp,
-                Pooled {
-                    sender,
-                    id,
-                    pool: Arc::clone(&backend.pool),
-                    max_idle: if upgrade { 0 } else { self.max_idle },
-                },
-            )),
-            Err(mut e) => Err(Failure {
-                unsent: e.take_message(),
-                error: SendError::Request(e.into_error()),
-                reused,
-            }),
-        }
+        let reuse = (head.keep_alive && upload.is_none() && self.max_idle > 0)
+            .then(|| (Arc::clone(&backend.pool), self.max_idle));
+        let mut resp = Response::new(BackendBody::new(conn, head.framing, reuse, upload));
+        *resp.status_mut() = head.status;
+        *resp.version_mut() = head.version;
+        *resp.headers_mut() = head.headers;
+        Ok(resp)
     }
 
-    /// A pooled connection that is ready right now, without waiting: the common case.
-    fn checkout_ready(&self, backend: &Backend) -> Option<(Sender, u64)> {
-        let mut idle = backend.pool.lock();
-        match idle.last() {
-            Some(Idle {
-                conn: IdleConn::Ready(sender),
-                since,
-                ..
-            }) if sender.is_ready() && since.elapsed() <= POOL_IDLE_TIMEOUT => {}
-            _ => return None,
-        }
-        match idle.pop() {
-            Some(Idle {
-                conn: IdleConn::Ready(sender),
-                id,
-                ..
-            }) => Some((sender, id)),
-            _ => None,
-        }
-    }
-
-    /// Any usable pooled connection (waiting for one to finish its last exchange, or
-    /// waking a parked socket), else a new one.
-    async fn checkout_or_connect(
-        &self,
-        backend: &Backend,
-    ) -> Result<(Sender, u64, bool), SendError> {
-        if let Some((s, id)) = self.checkout(backend).await {
-            return Ok((s, id, true));
-        }
-        let id = backend.pool.next_id.fetch_add(1, Ordering::Relaxed);
-        let stream = self.connect_tcp(backend).await?;
-        Ok((self.handshake(backend, stream, Some(id)).await?, id, false))
-    }
-
-    async fn checkout(&self, backend: &Backend) -> Option<(Sender, u64)> {
-        loop {
-            let idle = backend.pool.lock().pop()?;
-            if idle.since.elapsed() > POOL_IDLE_TIMEOUT {
-                continue;
-            }
-            match idle.conn {
-                IdleConn::Ready(mut sender) => {
-                    // Ready at once unless the connection task is still finishing the
-                    // previous exchange; an error means the backend closed it.
-                    if !sender.is_closed() && sender.ready().await.is_ok() {
-                        return Some((sender, idle.id));
-                    }
-                }
-                IdleConn::Parked(stream) => {
-                    if still_open(&stream) {
-                        if let Ok(sender) = self.handshake(backend, stream, Some(idle.id)).await {
-                            return Some((sender, idle.id));
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    async fn connect(&self, backend: &Backend, id: Option<u64>) -> Result<Sender, SendError> {
-        let stream = self.connect_tcp(backend).await?;
-        self.handshake(backend, stream, id).await
-    }
-
-    async fn connect_tcp(&self, backend: &Backend) -> Result<TcpStream, SendError> {
+    async fn connect(&self, backend: &Backend) -> Result<Conn, SendError> {
         let stream = tokio::time::timeout(self.connect_timeout, connect_tcp(backend))
             .await
             .map_err(|_| SendError::ConnectTimeout(self.connect_timeout))?
             .map_err(SendError::Connect)?;
         let _ = stream.set_nodelay(true);
-        Ok(stream)
-    }
-
-    /// Starts hyper's HTTP/1 client on `stream`. With a pool `id`, the connection can
-    /// park itself in `backend`'s pool; without, it supports upgrades instead.
-    async fn handshake(
-        &self,
-        backend: &Backend,
-        stream: TcpStream,
-        id: Option<u64>,
-    ) -> Result<Sender, SendError> {
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(SendError::Handshake)?;
-        match id {
-            None => {
-                tokio::spawn(async move {
-                    if let Err(e) = conn.with_upgrades().await {
-                        tracing::debug!(error = %e, "backend connection ended with an error");
-                    }
-                });
-            }
-            Some(id) => {
-                let pool = Arc::clone(&backend.pool);
-                tokio::spawn(drive(conn, pool, id, self.max_idle));
-            }
-        }
-        Ok(sender)
+        Ok(Conn::new(stream))
     }
 }
 
-/// Runs one pooled backend connection; parks it when it sits unused in the pool.
-async fn drive(
-    mut conn: http1::Connection<TokioIo<TcpStream>, RequestBody>,
-    pool: Arc<Pool>,
-    id: u64,
-    max_idle: usize,
-) {
-    let sleep = tokio::time::sleep(PARK_AFTER);
-    tokio::pin!(sleep);
-    let mut parked_since = None;
-    let ended = loop {
-        tokio::select! {
-            r = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => break r,
-            _ = &mut sleep, if parked_since.is_none() => match pool.take_for_parking(id) {
-                // The sender is gone; hyper's dispatcher now ends without closing.
-                Ok(since) => parked_since = Some(since),
-                Err(next) => sleep.as_mut().reset(next),
-            },
+/// Writes `data[*written..]`, counting what went out.
+async fn write_all<W: AsyncWrite + Unpin>(
+    stream: &mut W,
+    data: &[u8],
+    written: &mut usize,
+) -> io::Result<()> {
+    while *written < data.len() {
+        match stream.write(&data[*written..]).await? {
+            0 => return Err(io::ErrorKind::WriteZero.into()),
+            n => *written += n,
         }
+    }
+    Ok(())
+}
+
+/// Streams the request body. Ok(true): the backend began to answer (or closed)
+/// before the body was all sent; what it sent is in `conn.buf`.
+async fn send_body(
+    conn: &mut Conn,
+    body: &mut RequestBody,
+    framing: RequestFraming,
+) -> Result<bool, SendError> {
+    let Io::Whole(stream) = &mut conn.io else {
+        return Err(SendError::Closed);
     };
-    match (ended, parked_since) {
-        (Ok(()), Some(since)) => {
-            let parts = conn.into_parts();
-            if parts.read_buf.is_empty() {
-                let stream = parts.io.into_inner();
-                // Replace this task's wakers in the socket's slots, so the finished task
-                // is freed now rather than when the socket next becomes ready.
-                let mut cx = Context::from_waker(Waker::noop());
-                let _ = stream.poll_read_ready(&mut cx);
-                let _ = stream.poll_write_ready(&mut cx);
-                pool.put_parked(stream, since, id, max_idle);
+    loop {
+        let frame = tokio::select! {
+            biased;
+            f = body.frame() => f,
+            r = stream.readable() => {
+                r.map_err(SendError::Read)?;
+                conn.buf.reserve(HEAD_READ);
+                match stream.try_read_buf(&mut conn.buf) {
+                    // "100 Continue" and the like need no answer: send on.
+                    Ok(n) if n > 0 && wire::skip_informational(&mut conn.buf) => continue,
+                    // An early answer, or the backend's close: read it as the response.
+                    Ok(_) => return Ok(true),
+                    // Stale readiness, now cleared.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(SendError::Read(e)),
+                }
             }
-            crate::memory::note_freed();
+        };
+        match frame {
+            None => {
+                finish_body(stream, framing)
+                    .await
+                    .map_err(SendError::Write)?;
+                return Ok(false);
+            }
+            Some(Err(e)) => return Err(SendError::Body(e)),
+            Some(Ok(frame)) => {
+                // Trailers are not passed on.
+                if let Ok(data) = frame.into_data() {
+                    write_data(stream, &mut conn.out, &data, framing)
+                        .await
+                        .map_err(SendError::Write)?;
+                }
+            }
         }
-        (Ok(()), None) => {}
-        (Err(e), _) => tracing::debug!(error = %e, "backend connection ended with an error"),
     }
 }
 
-/// Is a parked socket still open, with nothing unexpected waiting on it? Asks the
-/// kernel directly (a non-blocking peek): tokio's readiness may not have seen a FIN
-/// that already arrived.
+/// The rest of a request body, sent beside the response; aborted when the response
+/// ends or is dropped.
+async fn upload_rest(
+    mut w: OwnedWriteHalf,
+    mut body: RequestBody,
+    framing: RequestFraming,
+    mut out: Vec<u8>,
+) {
+    loop {
+        let r = match body.frame().await {
+            None => {
+                if finish_body(&mut w, framing).await.is_ok() {
+                    // Dropping the half would shut the socket's sending side, which
+                    // some servers take as the client going away mid-response.
+                    w.forget();
+                }
+                return;
+            }
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "request body broke off during the response");
+                return;
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => write_data(&mut w, &mut out, &data, framing).await,
+                Err(_) => continue,
+            },
+        };
+        if r.is_err() {
+            return;
+        }
+    }
+}
+
+/// Writes one piece of a request body in its framing.
+async fn write_data<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    out: &mut Vec<u8>,
+    data: &[u8],
+    framing: RequestFraming,
+) -> io::Result<()> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    let mut n = 0;
+    if framing != RequestFraming::Chunked {
+        return write_all(w, data, &mut n).await;
+    }
+    out.clear();
+    wire::chunk_header(out, data.len());
+    if data.len() <= COALESCE_MAX {
+        out.extend_from_slice(data);
+        out.extend_from_slice(b"\r\n");
+        return write_all(w, out, &mut n).await;
+    }
+    write_all(w, out, &mut n).await?;
+    let mut n = 0;
+    write_all(w, data, &mut n).await?;
+    let mut n = 0;
+    write_all(w, b"\r\n", &mut n).await
+}
+
+/// Ends a request body in its framing.
+async fn finish_body<W: AsyncWrite + Unpin>(w: &mut W, framing: RequestFraming) -> io::Result<()> {
+    let mut n = 0;
+    match framing {
+        RequestFraming::Chunked => write_all(w, wire::LAST_CHUNK, &mut n).await,
+        _ => Ok(()),
+    }
+}
+
+/// Where a response body's reading stands.
+enum State {
+    Length(u64),
+    Chunked(Chunked),
+    UntilClose,
+    Done,
+}
+
+/// A backend's response body, read from its connection as it is polled. At its end
+/// the connection goes back to the pool, if it may be reused.
+pub struct BackendBody {
+    conn: Option<Conn>,
+    state: State,
+    reuse: Option<(Arc<Pool>, usize)>,
+    /// The task still sending the request body, if the response began before its end.
+    upload: Option<AbortHandle>,
+}
+
+impl Drop for BackendBody {
+    fn drop(&mut self) {
+        if let Some(u) = self.upload.take() {
+            u.abort();
+        }
+    }
+}
+
+/// Why a response body broke off.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("reading the response body")]
+    Read(#[source] io::Error),
+    #[error("the backend closed the connection mid-body")]
+    Closed,
+    #[error("bad response body")]
+    Wire(#[source] WireError),
+}
+
+impl BackendBody {
+    fn new(
+        conn: Conn,
+        framing: Framing,
+        reuse: Option<(Arc<Pool>, usize)>,
+        upload: Option<AbortHandle>,
+    ) -> BackendBody {
+        let state = match framing {
+            Framing::Empty => State::Done,
+            Framing::Length(n) => State::Length(n),
+            Framing::Chunked => State::Chunked(Chunked::Size),
+            Framing::UntilClose => State::UntilClose,
+        };
+        let mut body = BackendBody {
+            conn: Some(conn),
+            state,
+            reuse,
+            upload,
+        };
+        // An empty body is over at once: its connection can serve the next request
+        // now. One that cannot be reused stays until dropped (a 101's goes on to
+        // become a tunnel).
+        if matches!(body.state, State::Done) && body.reuse.is_some() {
+            body.finish();
+        }
+        body
+    }
+
+    /// The connection of a 101 answer, for the tunnel.
+    pub fn take_upgraded(&mut self) -> Option<Upgraded> {
+        self.reuse = None;
+        let conn = self.conn.take()?;
+        match conn.io {
+            Io::Whole(stream) => Some(Upgraded {
+                stream,
+                read: conn.buf.freeze(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// The body was read to its end: the connection goes back to the pool, unless the
+    /// backend sent more than the response (then it cannot be trusted).
+    fn finish(&mut self) {
+        self.state = State::Done;
+        if let (Some(conn), Some((pool, max_idle))) = (self.conn.take(), self.reuse.take()) {
+            if conn.buf.is_empty() {
+                pool.put(conn, max_idle);
+            }
+        }
+    }
+
+    fn fail(&mut self, e: BodyError) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        self.conn = None;
+        self.state = State::Done;
+        Poll::Ready(Some(Err(e)))
+    }
+}
+
+impl Body for BackendBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let room = match &mut this.state {
+                State::Done | State::Length(0) => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                State::Length(left) => {
+                    if !conn.buf.is_empty() {
+                        let n = (conn.buf.len() as u64).min(*left);
+                        let data = conn.buf.split_to(n as usize).freeze();
+                        *left -= n;
+                        if *left == 0 {
+                            this.finish();
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    (*left).clamp(HEAD_READ as u64, BODY_READ_MAX as u64) as usize
+                }
+                State::Chunked(c) => match c.step(&mut conn.buf) {
+                    Ok(Step::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Ok(Step::Done) => {
+                        this.finish();
+                        return Poll::Ready(None);
+                    }
+                    Ok(Step::NeedMore) => HEAD_READ * 2,
+                    Err(e) => return this.fail(BodyError::Wire(e)),
+                },
+                State::UntilClose => {
+                    if !conn.buf.is_empty() {
+                        let data = conn.buf.split().freeze();
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    BODY_READ_MAX / 4
+                }
+            };
+            match ready!(conn.poll_read_more(cx, room)) {
+                Ok(0) if matches!(this.state, State::UntilClose) => {
+                    this.conn = None;
+                    this.state = State::Done;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => return this.fail(BodyError::Closed),
+                Ok(_) => {}
+                Err(e) => return this.fail(BodyError::Read(e)),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.conn.is_none() || matches!(self.state, State::Done | State::Length(0))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.state {
+            State::Length(n) => SizeHint::with_exact(n),
+            State::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+/// Is a pooled socket still open, with nothing unexpected waiting on it? Asks the
+/// kernel directly (a non-blocking peek).
 fn still_open(stream: &TcpStream) -> bool {
     let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
     matches!(

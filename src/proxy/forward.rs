@@ -10,16 +10,15 @@ use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
-use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
 
 use super::Shared;
 use super::body::{Completion, RequestBody, RequestBodyError, ResponseBody};
-use super::client::{Failure, Pooled};
+use super::client::{BackendBody, Failure, SendError, Upgraded};
 use super::conn::Activity;
 use super::error::{ProxyError, chain};
 use super::headers::{self, X_REQUEST_ID};
-use super::retry::Replay;
+use super::retry::idempotent;
 use crate::balance::{PickCtx, Tried, hash_key, sticky};
 use crate::config::{HostHeader, RetryOn, StrategyKind};
 use crate::health::outlier::{self, Outcome};
@@ -35,7 +34,7 @@ pub struct ConnInfo {
     pub activity: Arc<Activity>,
     /// The backend side of an accepted upgrade (101), for the connection task to join
     /// to the client once hyper hands the socket back.
-    upgrade: Mutex<Option<OnUpgrade>>,
+    upgrade: Mutex<Option<Upgraded>>,
 }
 
 impl ConnInfo {
@@ -50,7 +49,7 @@ impl ConnInfo {
     }
 
     /// The pending backend upgrade, if the last response was a 101.
-    pub fn take_upgrade(&self) -> Option<OnUpgrade> {
+    pub fn take_upgrade(&self) -> Option<Upgraded> {
         self.upgrade
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -75,7 +74,7 @@ pub async fn handle(
         done.record = Some(r);
     }
     match forward(shared, conn, req, &mut done, &request_id).await {
-        Ok((resp, backend_conn)) => {
+        Ok(resp) => {
             let (mut parts, body) = resp.into_parts();
             let upgraded = parts.status == StatusCode::SWITCHING_PROTOCOLS;
             headers::remove_hop_by_hop(&mut parts.headers, upgraded, false);
@@ -83,8 +82,7 @@ pub async fn handle(
             if let Some(r) = done.record.as_mut() {
                 r.status = parts.status.as_u16();
             }
-            let backend_conn = (!upgraded).then_some(backend_conn);
-            Response::from_parts(parts, ResponseBody::proxied(body, done, backend_conn))
+            Response::from_parts(parts, ResponseBody::proxied(body, done))
         }
         Err(e) => {
             let status = e.status();
@@ -158,7 +156,7 @@ async fn forward(
     req: Request<Incoming>,
     done: &mut Completion,
     request_id: &HeaderValue,
-) -> Result<(Response<Incoming>, Pooled), ProxyError> {
+) -> Result<Response<BackendBody>, ProxyError> {
     check_framing(&req, conn)?;
     let (max_header_bytes, max_body_bytes) = {
         let l = shared.limits.load();
@@ -241,15 +239,13 @@ async fn forward(
     parts.version = Version::HTTP_11;
 
     let retry = &upstream.config.retry;
-    let mut next = Some(Request::from_parts(
-        parts,
-        RequestBody::new(body, max_body_bytes),
-    ));
-    // Sent requests may be sent again only when idempotent and bodyless (SPEC §4).
-    let replay = match &next {
-        Some(r) if !upgrade && retry.attempts > 0 => Replay::capture(r),
-        _ => None,
-    };
+    let mut breq = Request::from_parts(parts, RequestBody::new(body, max_body_bytes));
+    // A request that reached a backend may be sent again only when idempotent and
+    // bodyless (SPEC §4); one that did not, always.
+    let replayable = !upgrade
+        && retry.attempts > 0
+        && idempotent(breq.method())
+        && http_body::Body::is_end_stream(breq.body());
     let mut tried = Tried::default();
     let (mut tries, mut retries, mut fresh, mut stale_retried) = (0u32, 0u32, false, false);
     loop {
@@ -266,31 +262,25 @@ async fn forward(
         if let Some(r) = done.record.as_mut() {
             r.attempts = tries;
         }
-        let mut breq = match (next.take(), &replay) {
-            (Some(r), _) => r,
-            (None, Some(replay)) => replay.request(),
-            // Unreachable: a retry is only chosen when one of the two exists.
-            (None, None) => return Err(ProxyError::BadRequest("request cannot be resent")),
-        };
         if backend_host {
             breq.headers_mut()
                 .insert(header::HOST, backend.host_value.clone());
         }
         let result = tokio::time::timeout_at(
             started + upstream.config.response_timeout,
-            upstream.client.send(&backend, breq, upgrade, fresh),
+            upstream.client.send(&backend, &mut breq, upgrade, fresh),
         )
         .await;
         fresh = false;
         let stats = &backend.stats;
-        let may_retry = |on: RetryOn, replayable: bool, retries: u32| {
-            replayable
+        let may_retry = |on: RetryOn, resendable: bool, retries: u32| {
+            resendable
                 && retries < retry.attempts
                 && retry.on.contains(&on)
                 && upstream.budget.try_retry(Instant::now())
         };
         match result {
-            Ok(Ok((mut resp, backend_conn))) => {
+            Ok(Ok(mut resp)) => {
                 let rtt = started.elapsed();
                 stats.observe_latency(rtt);
                 if upstream.config.strategy == StrategyKind::PeakEwma {
@@ -317,7 +307,7 @@ async fn forward(
                     Outcome::Failure => {
                         stats.failures.fetch_add(1, Ordering::Relaxed);
                         note_failure(&upstream, &backend);
-                        if may_retry(RetryOn::Status(status), replay.is_some(), retries) {
+                        if may_retry(RetryOn::Status(status), replayable, retries) {
                             retries += 1;
                             continue; // dropping `resp` closes that connection
                         }
@@ -334,33 +324,32 @@ async fn forward(
                     // The client side is joined by the connection task once hyper has
                     // written the 101 and returned the socket (server.rs).
                     *conn.upgrade.lock().unwrap_or_else(|p| p.into_inner()) =
-                        Some(hyper::upgrade::on(&mut resp));
+                        resp.body_mut().take_upgraded();
                 }
-                return Ok((resp, backend_conn));
+                return Ok(resp);
             }
-            Ok(Err(failure)) => {
-                let e = &failure.error;
-                if has_source::<RequestBodyError>(e, |b| matches!(b, RequestBodyError::TooLarge)) {
-                    return Err(ProxyError::BodyTooLarge);
+            Ok(Err(Failure {
+                error,
+                unsent,
+                reused,
+            })) => {
+                match error {
+                    SendError::Body(RequestBodyError::TooLarge) => {
+                        return Err(ProxyError::BodyTooLarge);
+                    }
+                    SendError::Body(RequestBodyError::Client(_)) => {
+                        // The client broke off its own upload; not the backend's fault.
+                        return Err(ProxyError::BadRequest("client request body ended early"));
+                    }
+                    _ => {}
                 }
-                if has_source::<RequestBodyError>(e, |b| matches!(b, RequestBodyError::Client(_))) {
-                    // The client broke off its own upload; not the backend's fault.
-                    return Err(ProxyError::BadRequest("client request body ended early"));
-                }
-                let Failure {
-                    error,
-                    unsent,
-                    reused,
-                } = failure;
-                let unsent_now = unsent.is_some();
-                next = unsent;
-                // A pooled connection that failed before any response byte: most likely
-                // the keep-alive race (the backend closed it as our request arrived), not
-                // the backend's fault. Once per request, send it again on a fresh
-                // connection to the same backend, outside `attempts` and the budget (at
-                // most one extra try per request, so no storm), if it can be resent:
-                // unsent (any method), or idempotent and bodyless.
-                if reused && !stale_retried && (unsent_now || replay.is_some()) {
+                let resendable = unsent || replayable;
+                // A pooled connection that failed: most likely the keep-alive race (the
+                // backend closed it as our request arrived), not the backend's fault.
+                // Once per request, send it again on a fresh connection to the same
+                // backend, outside `attempts` and the budget (at most one extra try per
+                // request, so no storm), if it can be resent.
+                if reused && !stale_retried && resendable {
                     stale_retried = true;
                     tried.forget(&backend);
                     pinned = Some(Arc::clone(&backend));
@@ -374,7 +363,7 @@ async fn forward(
                 } else {
                     RetryOn::Reset
                 };
-                if may_retry(on, unsent_now || replay.is_some(), retries) {
+                if may_retry(on, resendable, retries) {
                     retries += 1;
                     continue;
                 }
@@ -387,7 +376,7 @@ async fn forward(
             Err(_) => {
                 stats.failures.fetch_add(1, Ordering::Relaxed);
                 note_failure(&upstream, &backend);
-                if may_retry(RetryOn::Timeout, replay.is_some(), retries) {
+                if may_retry(RetryOn::Timeout, replayable, retries) {
                     retries += 1;
                     continue;
                 }
@@ -441,21 +430,4 @@ fn note_failure(upstream: &Upstream, backend: &Backend) {
             "backend ejected"
         );
     }
-}
-
-/// Whether `e`'s cause chain holds a `T` satisfying `f`.
-fn has_source<T: std::error::Error + 'static>(
-    e: &(dyn std::error::Error + 'static),
-    f: impl Fn(&T) -> bool,
-) -> bool {
-    let mut cur = Some(e);
-    while let Some(c) = cur {
-        if let Some(t) = c.downcast_ref::<T>() {
-            if f(t) {
-                return true;
-            }
-        }
-        cur = c.source();
-    }
-    false
 }

@@ -10,6 +10,7 @@ pub mod park;
 pub mod retry;
 pub mod server;
 pub mod upgrade;
+pub mod wire;
 
 use std::path::PathBuf;
 use std::sync::Arc;

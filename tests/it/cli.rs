@@ -175,14 +175,29 @@ async fn workers_sets_the_runtime_threads() {
     for (workers, threads) in [("1", 1), ("3", 4)] {
         let (p, _addr) = start_json(&["-l", "127.0.0.1:0", "-b", &url, "--workers", workers]).await;
         // One worker runs on the main thread; N workers are N threads besides main.
-        // sluice's own helper threads (parked connections, memory) are not workers.
-        let n = std::fs::read_dir(format!("/proc/{}/task", p.child.id()))
-            .unwrap()
-            .filter(|t| {
-                let comm = std::fs::read_to_string(t.as_ref().unwrap().path().join("comm"));
-                !comm.unwrap().starts_with("sluice-")
-            })
-            .count();
+        // sluice's own helper threads (parked connections, memory) are not workers; a
+        // new thread takes its name a moment after it starts, so look until they have.
+        let pid = p.child.id();
+        let count = move || {
+            let mut workers = 0;
+            let mut helpers = 0;
+            for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+                let comm = std::fs::read_to_string(t.unwrap().path().join("comm")).unwrap();
+                if comm.starts_with("sluice-") {
+                    helpers += 1;
+                } else {
+                    workers += 1;
+                }
+            }
+            (workers, helpers)
+        };
+        let deadline = std::time::Instant::now() + DEADLINE;
+        let mut n = count();
+        while n.1 == 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            n = count();
+        }
+        let n = n.0;
         assert_eq!(n, threads, "--workers {workers}");
     }
 }

@@ -1,0 +1,531 @@
+//! HTTP/1.1 on the backend side of the wire: the request head sluice writes, the
+//! response head it reads (parsed by `httparse`), and the response body's framing
+//! (RFC 9112 §6): Content-Length, chunked, or until the backend closes.
+//!
+//! Kept apart from the sockets (client.rs) so every rule here is a plain function.
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, StatusCode, Version};
+
+/// The most header lines a backend response may carry.
+const MAX_HEADERS: usize = 128;
+/// The largest response head accepted from a backend.
+pub const MAX_HEAD: usize = 64 * 1024;
+/// The longest chunk-size line, extensions included, or trailer section accepted.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+const MAX_TRAILERS: usize = 64 * 1024;
+
+/// How a request body goes on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestFraming {
+    /// No body (nothing written after the head).
+    None,
+    /// The client's Content-Length, which hyper has already checked the body against.
+    Length,
+    /// Length unknown: chunked transfer coding.
+    Chunked,
+}
+
+/// Writes `req`'s head in origin-form to `out`, adding the framing header it needs.
+/// `has_body`: the body is not known to be empty.
+pub fn encode_request_head<B>(
+    out: &mut Vec<u8>,
+    req: &Request<B>,
+    has_body: bool,
+) -> RequestFraming {
+    out.extend_from_slice(req.method().as_str().as_bytes());
+    out.push(b' ');
+    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    out.extend_from_slice(if pq.is_empty() { b"/" } else { pq.as_bytes() });
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in req.headers() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let framing = if req.headers().contains_key(header::CONTENT_LENGTH) {
+        RequestFraming::Length
+    } else if has_body {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        RequestFraming::Chunked
+    } else {
+        // Methods whose requests are expected to carry a body get an explicit empty one.
+        if matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH) {
+            out.extend_from_slice(b"content-length: 0\r\n");
+        }
+        RequestFraming::None
+    };
+    out.extend_from_slice(b"\r\n");
+    framing
+}
+
+/// Writes the chunk header of a `len`-byte chunk.
+pub fn chunk_header(out: &mut Vec<u8>, len: usize) {
+    use std::io::Write;
+    let _ = write!(out, "{len:x}\r\n");
+}
+
+/// The end of a chunked body (no trailers).
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// Why a backend's response could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("invalid response head: {0}")]
+    Parse(#[from] httparse::Error),
+    #[error("response head larger than {MAX_HEAD} bytes")]
+    HeadTooLarge,
+    #[error("invalid response header")]
+    Header,
+    #[error("invalid Content-Length")]
+    ContentLength,
+    #[error("invalid chunked body")]
+    Chunked,
+    #[error("unexpected 101 Switching Protocols")]
+    UnexpectedSwitch,
+}
+
+/// How the response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Until the backend closes the connection.
+    UntilClose,
+}
+
+/// A parsed response head.
+#[derive(Debug)]
+pub struct Head {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub framing: Framing,
+    /// The connection may carry another request once this response has been read.
+    pub keep_alive: bool,
+}
+
+/// Parses a response head from the start of `buf`, consuming it. None: incomplete
+/// (read more). Informational responses (1xx but 101) are skipped; a 101 is accepted
+/// only when `upgrade` (the request asked for one).
+pub fn parse_response_head(
+    buf: &mut BytesMut,
+    method: &Method,
+    upgrade: bool,
+) -> Result<Option<Head>, WireError> {
+    loop {
+        // Where each header's name and value lie in `buf`, so that the values can share
+        // the head's bytes once it is split off (offsets: the parse borrows `buf`).
+        let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+        let (len, code, minor, n) = {
+            let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut resp = httparse::Response::new(&mut lines);
+            let len = match resp.parse(buf)? {
+                httparse::Status::Complete(n) => n,
+                httparse::Status::Partial if buf.len() >= MAX_HEAD => {
+                    return Err(WireError::HeadTooLarge);
+                }
+                httparse::Status::Partial => return Ok(None),
+            };
+            let base = buf.as_ptr() as usize;
+            for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
+                let at = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
+                *span = (
+                    at(h.name.as_bytes()),
+                    h.name.len() as u32,
+                    at(h.value),
+                    h.value.len() as u32,
+                );
+            }
+            (
+                len,
+                resp.code.unwrap_or(0),
+                resp.version,
+                resp.headers.len(),
+            )
+        };
+        let status = StatusCode::from_u16(code).map_err(|_| WireError::Header)?;
+        if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+            buf.advance(len);
+            continue;
+        }
+        if status == StatusCode::SWITCHING_PROTOCOLS && !upgrade {
+            return Err(WireError::UnexpectedSwitch);
+        }
+        let version = if minor == Some(0) {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        };
+        let raw = buf.split_to(len).freeze();
+        let mut headers = HeaderMap::with_capacity(n);
+        let (mut chunked, mut te, mut close, mut keep_alive_token) = (false, false, false, false);
+        let mut length: Option<u64> = None;
+        for &(name_at, name_len, value_at, value_len) in &spans[..n] {
+            let name = &raw[name_at as usize..(name_at + name_len) as usize];
+            let value = raw.slice(value_at as usize..(value_at + value_len) as usize);
+            let name = HeaderName::from_bytes(name).map_err(|_| WireError::Header)?;
+            if name == header::TRANSFER_ENCODING {
+                te = true;
+                // Chunked must be the final coding.
+                chunked = last_token(&value).is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
+            } else if name == header::CONTENT_LENGTH {
+                let v = parse_length(&value).ok_or(WireError::ContentLength)?;
+                if length.is_some_and(|l| l != v) {
+                    return Err(WireError::ContentLength);
+                }
+                length = Some(v);
+            } else if name == header::CONNECTION {
+                for t in value.split(|&b| b == b',') {
+                    let t = t.trim_ascii();
+                    close |= t.eq_ignore_ascii_case(b"close");
+                    keep_alive_token |= t.eq_ignore_ascii_case(b"keep-alive");
+                }
+            }
+            let value = HeaderValue::from_maybe_shared(value).map_err(|_| WireError::Header)?;
+            headers.append(name, value);
+        }
+        let bodyless = *method == Method::HEAD
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+            || status == StatusCode::SWITCHING_PROTOCOLS;
+        let framing = if bodyless {
+            Framing::Empty
+        } else if te {
+            if chunked {
+                Framing::Chunked
+            } else {
+                Framing::UntilClose
+            }
+        } else {
+            match length {
+                Some(0) => Framing::Empty,
+                Some(n) => Framing::Length(n),
+                None => Framing::UntilClose,
+            }
+        };
+        if te && length.is_some() {
+            // Transfer-Encoding wins (RFC 9112 §6.3); the length must not be passed on.
+            headers.remove(header::CONTENT_LENGTH);
+        }
+        let keep_alive = !close
+            && status != StatusCode::SWITCHING_PROTOCOLS
+            && framing != Framing::UntilClose
+            && !(te && length.is_some())
+            && (version == Version::HTTP_11 || keep_alive_token);
+        return Ok(Some(Head {
+            status,
+            version,
+            headers,
+            framing,
+            keep_alive,
+        }));
+    }
+}
+
+/// Drops complete informational heads (1xx but 101) from the start of `buf`; true if
+/// that left it empty (nothing else has arrived).
+pub fn skip_informational(buf: &mut BytesMut) -> bool {
+    loop {
+        let mut lines = [httparse::EMPTY_HEADER; 16];
+        let mut resp = httparse::Response::new(&mut lines);
+        match resp.parse(buf) {
+            Ok(httparse::Status::Complete(n))
+                if resp
+                    .code
+                    .is_some_and(|c| (100..200).contains(&c) && c != 101) =>
+            {
+                buf.advance(n);
+                if buf.is_empty() {
+                    return true;
+                }
+            }
+            _ => return false,
+        }
+    }
+}
+
+fn last_token(v: &[u8]) -> Option<&[u8]> {
+    v.rsplit(|&b| b == b',').next().map(<[u8]>::trim_ascii)
+}
+
+fn parse_length(v: &[u8]) -> Option<u64> {
+    let v = v.trim_ascii();
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// Where a chunked body's decoder stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunked {
+    Size,
+    Data(u64),
+    /// The CRLF after a chunk's data.
+    DataEnd,
+    Trailers,
+    Done,
+}
+
+/// What a decoding step produced.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    Data(Bytes),
+    /// More bytes are needed.
+    NeedMore,
+    Done,
+}
+
+impl Chunked {
+    /// Decodes from `buf` as far as it can: returns data, asks for more, or ends.
+    pub fn step(&mut self, buf: &mut BytesMut) -> Result<Step, WireError> {
+        loop {
+            match *self {
+                Chunked::Size => match httparse::parse_chunk_size(buf) {
+                    Ok(httparse::Status::Complete((used, size))) => {
+                        buf.advance(used);
+                        *self = if size == 0 {
+                            Chunked::Trailers
+                        } else {
+                            Chunked::Data(size)
+                        };
+                    }
+                    Ok(httparse::Status::Partial) if buf.len() > MAX_CHUNK_LINE => {
+                        return Err(WireError::Chunked);
+                    }
+                    Ok(httparse::Status::Partial) => return Ok(Step::NeedMore),
+                    Err(_) => return Err(WireError::Chunked),
+                },
+                Chunked::Data(left) => {
+                    if buf.is_empty() {
+                        return Ok(Step::NeedMore);
+                    }
+                    let n = (buf.len() as u64).min(left);
+                    let data = buf.split_to(n as usize).freeze();
+                    *self = if n == left {
+                        Chunked::DataEnd
+                    } else {
+                        Chunked::Data(left - n)
+                    };
+                    return Ok(Step::Data(data));
+                }
+                Chunked::DataEnd => {
+                    if buf.starts_with(b"\r\n") {
+                        buf.advance(2);
+                    } else if buf.starts_with(b"\n") {
+                        buf.advance(1);
+                    } else if buf.is_empty() || buf[..] == b"\r"[..] {
+                        return Ok(Step::NeedMore);
+                    } else {
+                        return Err(WireError::Chunked);
+                    }
+                    *self = Chunked::Size;
+                }
+                Chunked::Trailers => {
+                    // Trailer lines are read and dropped, up to the empty line.
+                    let Some(end) = buf.iter().position(|&b| b == b'\n') else {
+                        if buf.len() > MAX_TRAILERS {
+                            return Err(WireError::Chunked);
+                        }
+                        return Ok(Step::NeedMore);
+                    };
+                    let empty = buf[..end].iter().all(|&b| b == b'\r');
+                    buf.advance(end + 1);
+                    if empty {
+                        *self = Chunked::Done;
+                    }
+                }
+                Chunked::Done => return Ok(Step::Done),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(raw: &str, method: Method) -> Result<Option<Head>, WireError> {
+        let mut b = BytesMut::from(raw);
+        parse_response_head(&mut b, &method, false)
+    }
+
+    #[test]
+    fn the_request_head_is_origin_form_with_the_framing_it_needs() {
+        let mut out = Vec::new();
+        let req = Request::get("http://h/a?b=1")
+            .header("host", "h")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            encode_request_head(&mut out, &req, false),
+            RequestFraming::None
+        );
+        assert_eq!(out, b"GET /a?b=1 HTTP/1.1\r\nhost: h\r\n\r\n");
+        out.clear();
+        let req = Request::post("/u").body(()).unwrap();
+        assert_eq!(
+            encode_request_head(&mut out, &req, true),
+            RequestFraming::Chunked
+        );
+        assert_eq!(
+            out,
+            b"POST /u HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+        out.clear();
+        let req = Request::post("/u")
+            .header("content-length", "3")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            encode_request_head(&mut out, &req, true),
+            RequestFraming::Length
+        );
+        out.clear();
+        let req = Request::put("/u").body(()).unwrap();
+        encode_request_head(&mut out, &req, false);
+        assert_eq!(out, b"PUT /u HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
+    }
+
+    #[test]
+    fn response_framing_follows_rfc_9112() {
+        let h = head(
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: b\r\n\r\nhello",
+            Method::GET,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!((h.framing, h.keep_alive), (Framing::Length(5), true));
+        assert_eq!(h.headers["x-a"], "b");
+        let h = head(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            Method::GET,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(h.framing, Framing::Chunked);
+        let h = head(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n",
+            Method::GET,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!((h.framing, h.keep_alive), (Framing::Chunked, false));
+        assert!(!h.headers.contains_key("content-length"), "never passed on");
+        let h = head("HTTP/1.1 200 OK\r\n\r\n", Method::GET)
+            .unwrap()
+            .unwrap();
+        assert_eq!((h.framing, h.keep_alive), (Framing::UntilClose, false));
+        let h = head("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", Method::HEAD)
+            .unwrap()
+            .unwrap();
+        assert_eq!((h.framing, h.keep_alive), (Framing::Empty, true));
+        let h = head(
+            "HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n",
+            Method::GET,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(h.framing, Framing::Empty);
+        let h = head(
+            "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n",
+            Method::GET,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(!h.keep_alive);
+        let h = head("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", Method::GET)
+            .unwrap()
+            .unwrap();
+        assert!(!h.keep_alive);
+        let h = head(
+            "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\n",
+            Method::GET,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(h.keep_alive);
+    }
+
+    #[test]
+    fn bad_or_partial_heads() {
+        assert!(
+            head("HTTP/1.1 200 OK\r\nContent-Le", Method::GET)
+                .unwrap()
+                .is_none()
+        );
+        assert!(matches!(
+            head(
+                "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                Method::GET
+            ),
+            Err(WireError::ContentLength)
+        ));
+        assert!(matches!(
+            head("HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", Method::GET),
+            Err(WireError::ContentLength)
+        ));
+        assert!(head("garbage\r\n\r\n", Method::GET).is_err());
+        assert!(matches!(
+            head("HTTP/1.1 101 Switching Protocols\r\n\r\n", Method::GET),
+            Err(WireError::UnexpectedSwitch)
+        ));
+        let big = format!("HTTP/1.1 200 OK\r\nX: {}", "a".repeat(MAX_HEAD));
+        assert!(matches!(
+            head(&big, Method::GET),
+            Err(WireError::HeadTooLarge)
+        ));
+    }
+
+    #[test]
+    fn informational_responses_are_skipped() {
+        let mut b = BytesMut::from(
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: x\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
+        );
+        let h = parse_response_head(&mut b, &Method::POST, false)
+            .unwrap()
+            .unwrap();
+        assert_eq!((h.status.as_u16(), h.framing), (201, Framing::Empty));
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn chunked_bodies_decode_across_any_split() {
+        let wire = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nTrailer: x\r\n\r\nNEXT";
+        for split in 0..wire.len() {
+            let mut st = Chunked::Size;
+            let mut buf = BytesMut::new();
+            let mut out = Vec::new();
+            let mut fed = 0;
+            loop {
+                match st.step(&mut buf).unwrap() {
+                    Step::Data(d) => out.extend_from_slice(&d),
+                    Step::Done => break,
+                    Step::NeedMore => {
+                        let upto = if fed < split { split } else { wire.len() };
+                        assert!(fed < upto, "stuck at {fed} (split {split})");
+                        buf.extend_from_slice(&wire[fed..upto]);
+                        fed = upto;
+                    }
+                }
+            }
+            assert_eq!(out, b"hello world", "split {split}");
+            let mut rest = buf.to_vec();
+            rest.extend_from_slice(&wire[fed..]);
+            assert_eq!(rest, b"NEXT", "split {split}");
+        }
+    }
+
+    #[test]
+    fn bad_chunks_are_errors() {
+        let mut st = Chunked::Size;
+        assert!(st.step(&mut BytesMut::from("zz\r\n")).is_err());
+        let mut st = Chunked::Size;
+        assert!(st.step(&mut BytesMut::from("2\r\nabXY")).is_ok());
+        assert!(st.step(&mut BytesMut::from("XY")).is_err());
+    }
+}
