@@ -9,13 +9,13 @@
 //! and both sides agree to keep it alive. A response abandoned half-way drops its
 //! connection instead, so a backend never sees a client's leftovers. The idle list is
 //! LIFO: the most recently used connection is the one least likely to have been closed
-//! by the backend. An idle connection is only a socket: its buffers go with the first
-//! few, the ones about to be used again.
+//! by the backend. A connection that stays idle gives up its buffers too, when free
+//! memory is next given back (memory.rs).
 
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
@@ -38,8 +38,8 @@ use crate::upstream::Backend;
 /// timeouts (nginx 75s, Apache 5s is the outlier) would be safer still; the stale
 /// connection retry (forward.rs) covers the race.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-/// Idle connections that keep their buffers; the others give them up until used.
-const KEEP_WARM: usize = 4;
+/// An idle connection's buffers are shed after this long unused (`shed_idle_buffers`).
+const SHED_AFTER: Duration = Duration::from_millis(100);
 /// Read buffer room for a response head, and the least read for a body.
 const HEAD_READ: usize = 8 * 1024;
 /// The most read at once for a large body.
@@ -98,9 +98,31 @@ pub struct Upgraded {
 
 /// Idle connections to one backend. Shared by every snapshot holding that backend, so
 /// reloads keep warm connections.
-#[derive(Default)]
 pub struct Pool {
     idle: Mutex<Vec<Idle>>,
+}
+
+/// Every pool, so that idle connections' buffers can be shed (`shed_idle_buffers`).
+static POOLS: Mutex<Vec<Weak<Pool>>> = Mutex::new(Vec::new());
+
+/// Drops the buffers of connections idle for `SHED_AFTER` in every pool: they are
+/// allocated again when used. Called before free memory is given back to the OS
+/// (memory.rs); pools gone with their backends are forgotten here.
+pub fn shed_idle_buffers() {
+    let mut pools = POOLS.lock().unwrap_or_else(|p| p.into_inner());
+    pools.retain(|p| match p.upgrade() {
+        Some(pool) => {
+            let now = Instant::now();
+            for i in pool.lock().iter_mut() {
+                if now.duration_since(i.since) >= SHED_AFTER && i.conn.buf.capacity() > 0 {
+                    i.conn.buf = BytesMut::new();
+                    i.conn.out = Vec::new();
+                }
+            }
+            true
+        }
+        None => false,
+    });
 }
 
 struct Idle {
@@ -110,6 +132,17 @@ struct Idle {
 }
 
 impl Pool {
+    pub fn new() -> Arc<Pool> {
+        let pool = Arc::new(Pool {
+            idle: Mutex::new(Vec::new()),
+        });
+        POOLS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Arc::downgrade(&pool));
+        pool
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -119,15 +152,10 @@ impl Pool {
         self.lock().len()
     }
 
-    fn put(&self, mut conn: Conn, max_idle: usize) {
+    fn put(&self, conn: Conn, max_idle: usize) {
         let mut idle = self.lock();
         if idle.len() >= max_idle {
             return;
-        }
-        if idle.len() >= KEEP_WARM {
-            conn.buf = BytesMut::new();
-            conn.out = Vec::new();
-            crate::memory::note_freed();
         }
         idle.push(Idle {
             conn,

@@ -218,8 +218,10 @@ impl Protocols {
             // sluice runs its own header and idle timers (conn.rs); hyper's would also
             // fire on idle keep-alive connections.
             .header_read_timeout(None)
-            .max_buf_size(max_header_bytes.max(HYPER_MIN_BUF))
-            .max_headers(512);
+            // hyper's default of 100 header lines stays (HAProxy's is 101): above it a
+            // request gets 431. A larger count makes hyper allocate its parse arrays
+            // for every request instead of keeping them on the stack.
+            .max_buf_size(max_header_bytes.max(HYPER_MIN_BUF));
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));

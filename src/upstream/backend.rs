@@ -269,7 +269,7 @@ impl BackendStats {
 
 impl Backend {
     pub fn new(url: BackendUrl, weight: u32, backup: bool, stats: Arc<BackendStats>) -> Self {
-        Self::with_pool(url, weight, backup, stats, Arc::default())
+        Self::with_pool(url, weight, backup, stats, Pool::new())
     }
 
     /// Like `new`, reusing an existing connection pool.

@@ -40,7 +40,7 @@ pub fn build(config: &Config, previous: Option<&Snapshot>) -> Snapshot {
                             (Arc::clone(s), Arc::clone(p))
                         }
                         None => {
-                            let fresh: (Arc<BackendStats>, Arc<Pool>) = Default::default();
+                            let fresh = (Arc::<BackendStats>::default(), Pool::new());
                             // Added by a reload (not present at start): slow start.
                             if previous.is_some() {
                                 fresh.0.start_warming(tokio::time::Instant::now());
