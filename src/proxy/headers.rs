@@ -4,6 +4,7 @@ use std::net::IpAddr;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -152,6 +153,9 @@ pub fn ip_value(ip: IpAddr) -> HeaderValue {
 
 /// A new request id: 32 hex digits, unique within this process and unlikely to collide
 /// across processes (random per-process prefix + counter), with no syscall per request.
+/// One allocation: its bytes are owned by a refcounted `Bytes`, so the copies made for
+/// the backend request and the access log cost no more. (`HeaderValue::from_bytes`
+/// would allocate once for the bytes and again when the value is first cloned.)
 pub fn new_request_id() -> HeaderValue {
     static PREFIX: OnceLock<u64> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -162,7 +166,8 @@ pub fn new_request_id() -> HeaderValue {
     // Scramble the counter (splitmix64, a bijection) so consecutive ids do not look
     // sequential and stay distinct.
     hex(splitmix64(n), &mut buf[16..]);
-    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    HeaderValue::from_maybe_shared(Bytes::from_owner(buf))
+        .unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 fn splitmix64(n: u64) -> u64 {
