@@ -101,8 +101,9 @@ pub struct Completion {
     pub upstream: Option<Arc<str>>,
     /// The backend whose in-flight count this request holds.
     pub backend: Option<Arc<Backend>>,
-    /// Present when the access log is on.
-    pub record: Option<AccessRecord>,
+    /// Present when the access log is on. Boxed: this struct travels inside every
+    /// request's future and response body, which hyper moves several times.
+    pub record: Option<Box<AccessRecord>>,
 }
 
 impl Completion {

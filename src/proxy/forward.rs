@@ -71,7 +71,7 @@ pub async fn handle(
     if telemetry::access_log_enabled() {
         let mut r = AccessRecord::start(conn.client, req.method(), req.uri());
         r.request_id = Some(request_id.clone());
-        done.record = Some(r);
+        done.record = Some(Box::new(r));
     }
     match forward(shared, conn, req, &mut done, &request_id).await {
         Ok(resp) => {
