@@ -12,7 +12,7 @@
 //! out of hyper and held as a bare socket until it sends again, so 10,000 idle clients
 //! cost kilobytes each in the kernel, not in sluice.
 
-use std::io;
+use std::io::{self, BufRead};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -173,7 +173,16 @@ fn has_conflicting_framing(bytes: &[u8]) -> bool {
     const CL: &[u8] = b"content-length:";
     const TE: &[u8] = b"transfer-encoding:";
     let (mut cl, mut te) = (false, false);
-    for line in bytes.split(|&b| b == b'\n').skip(1) {
+    // This runs on every request head: line ends are found with std's word-at-a-time
+    // memchr (behind `BufRead::skip_until` on a slice) rather than byte by byte.
+    let mut rest = bytes;
+    let _ = rest.skip_until(b'\n'); // the request line
+    while !rest.is_empty() {
+        let start = rest;
+        let Ok(n) = rest.skip_until(b'\n') else {
+            break;
+        };
+        let line = start[..n].strip_suffix(b"\n").unwrap_or(&start[..n]);
         if line.is_empty() || line == b"\r" {
             break;
         }
@@ -276,6 +285,15 @@ mod tests {
         ));
         assert!(!has_conflicting_framing(
             b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n"
+        ));
+        assert!(has_conflicting_framing(
+            b"POST / HTTP/1.1\nContent-Length: 5\nTransfer-Encoding: chunked\n"
+        ));
+        assert!(!has_conflicting_framing(
+            b"POST / HTTP/1.1\r\nContent-Length:\ntransfer-encoding: x"
+        ));
+        assert!(!has_conflicting_framing(
+            b"Content-Length: 5\r\nTransfer-Encoding: chunked"
         ));
     }
 
