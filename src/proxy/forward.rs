@@ -217,9 +217,10 @@ async fn forward(
         conn.https,
         client_host.as_ref(),
     );
-    if !parts.headers.contains_key(&X_REQUEST_ID) {
-        parts.headers.insert(&X_REQUEST_ID, request_id.clone());
-    }
+    parts
+        .headers
+        .entry(&X_REQUEST_ID)
+        .or_insert_with(|| request_id.clone());
     let backend_host = upstream.config.host_header == HostHeader::Backend;
     if let (false, Some(h)) = (backend_host, client_host) {
         parts.headers.insert(header::HOST, h);

@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -117,20 +117,24 @@ pub fn set_forwarded(
     https: bool,
     host: Option<&HeaderValue>,
 ) {
-    let xff = if headers.contains_key(&X_FORWARDED_FOR) {
-        // Several XFF lines are folded into one, then the client is appended.
-        let mut joined = Vec::with_capacity(64);
-        for v in headers.get_all(&X_FORWARDED_FOR) {
-            joined.extend_from_slice(v.as_bytes());
-            joined.extend_from_slice(b", ");
+    // One lookup (the entry) rather than contains_key + insert: hashing a custom
+    // header name is most of what a lookup costs.
+    match headers.entry(&X_FORWARDED_FOR) {
+        Entry::Occupied(mut e) => {
+            // Several XFF lines are folded into one, then the client is appended.
+            let mut joined = Vec::with_capacity(64);
+            for v in e.iter() {
+                joined.extend_from_slice(v.as_bytes());
+                joined.extend_from_slice(b", ");
+            }
+            joined.extend_from_slice(client_ip.as_bytes());
+            if let Ok(v) = HeaderValue::from_bytes(&joined) {
+                e.insert(v);
+            }
         }
-        joined.extend_from_slice(client_ip.as_bytes());
-        HeaderValue::from_bytes(&joined).ok()
-    } else {
-        Some(client_ip.clone())
-    };
-    if let Some(v) = xff {
-        headers.insert(&X_FORWARDED_FOR, v);
+        Entry::Vacant(e) => {
+            e.insert(client_ip.clone());
+        }
     }
     headers.insert(
         &X_FORWARDED_PROTO,
