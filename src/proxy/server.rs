@@ -218,8 +218,8 @@ impl Protocols {
             // sluice runs its own header and idle timers (conn.rs); hyper's would also
             // fire on idle keep-alive connections.
             .header_read_timeout(None)
-            // hyper's default of 100 header lines stays (HAProxy's is 101): above it a
-            // request gets 431. A larger count makes hyper allocate its parse arrays
+            // hyper's default header count stays (a request with 100 lines or more gets
+            // 431; HAProxy's default limit is 101). A larger count makes hyper allocate its parse arrays
             // for every request instead of keeping them on the stack.
             .max_buf_size(max_header_bytes.max(HYPER_MIN_BUF));
         let mut h2 = http2::Builder::new(TokioExecutor::new());

@@ -44,6 +44,26 @@ async fn oversized_heads_get_431() {
 }
 
 #[tokio::test]
+async fn a_hundred_header_lines_or_more_get_431() {
+    let be = TestBackend::replying("a").await;
+    let lb = with_limits(&be, "").await;
+    // 90 lines (the test backend's own limit leaves room for the X-Forwarded-* ones).
+    for (lines, want) in [(90, "200"), (100, "431")] {
+        let mut req = String::from("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+        for i in 2..lines {
+            req.push_str(&format!("X-H{i}: v\r\n"));
+        }
+        req.push_str("\r\n");
+        let got = raw_exchange(lb.addr, req.as_bytes(), DEADLINE).await;
+        assert!(
+            got.starts_with(&format!("HTTP/1.1 {want}")),
+            "{lines} lines: {got}"
+        );
+    }
+    assert_eq!(be.hits(), 1, "the refused head never reached the backend");
+}
+
+#[tokio::test]
 async fn oversized_bodies_get_413() {
     let be = TestBackend::echo().await;
     let lb = with_limits(&be, "max_body_bytes = 1000").await;

@@ -12,3 +12,4 @@ mod parking;
 mod proxying;
 mod retries;
 mod support;
+mod wire;
