@@ -75,9 +75,8 @@ pub async fn handle(
     }
     match forward(shared, conn, req, &mut done, &request_id).await {
         Ok(resp) => {
+            // Hop-by-hop headers were dropped as the head was parsed (wire.rs).
             let (mut parts, body) = resp.into_parts();
-            let upgraded = parts.status == StatusCode::SWITCHING_PROTOCOLS;
-            headers::remove_hop_by_hop(&mut parts.headers, upgraded, false);
             parts.headers.insert(&X_REQUEST_ID, request_id);
             if let Some(r) = done.record.as_mut() {
                 r.status = parts.status.as_u16();

@@ -1,15 +1,20 @@
 //! HTTP/1.1 on the backend side of the wire: the request head sluice writes, the
 //! response head it reads (parsed by `httparse`), and the response body's framing
-//! (RFC 9112 §6): Content-Length, chunked, or until the backend closes.
+//! (RFC 9112 §6): Content-Length, chunked, or until the backend closes. Hop-by-hop
+//! response headers are dropped while the head is parsed.
 //!
 //! Kept apart from the sockets (client.rs) so every rule here is a plain function.
+
+use std::mem::MaybeUninit;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Version};
 
+use super::headers::{KEEP_ALIVE, PROXY_CONNECTION};
+
 /// The most header lines a backend response may carry.
-const MAX_HEADERS: usize = 128;
+const MAX_HEADERS: usize = 100;
 /// The largest response head accepted from a backend.
 pub const MAX_HEAD: usize = 64 * 1024;
 /// The longest chunk-size line, extensions included, or trailer section accepted.
@@ -121,9 +126,11 @@ pub fn parse_response_head(
         // the head's bytes once it is split off (offsets: the parse borrows `buf`).
         let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
         let (len, code, minor, n) = {
-            let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut resp = httparse::Response::new(&mut lines);
-            let len = match resp.parse(buf)? {
+            let mut lines = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+            let mut resp = httparse::Response::new(&mut []);
+            let parsed = httparse::ParserConfig::default()
+                .parse_response_with_uninit_headers(&mut resp, buf, &mut lines)?;
+            let len = match parsed {
                 httparse::Status::Complete(n) => n,
                 httparse::Status::Partial if buf.len() >= MAX_HEAD => {
                     return Err(WireError::HeadTooLarge);
@@ -152,7 +159,8 @@ pub fn parse_response_head(
             buf.advance(len);
             continue;
         }
-        if status == StatusCode::SWITCHING_PROTOCOLS && !upgrade {
+        let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+        if switching && !upgrade {
             return Err(WireError::UnexpectedSwitch);
         }
         let version = if minor == Some(0) {
@@ -163,30 +171,63 @@ pub fn parse_response_head(
         let raw = buf.split_to(len).freeze();
         let mut headers = HeaderMap::with_capacity(n);
         let (mut chunked, mut te, mut close, mut keep_alive_token) = (false, false, false, false);
+        // Connection names headers of its own to drop (beyond keep-alive, close, upgrade).
+        let mut named = false;
         let mut length: Option<u64> = None;
         for &(name_at, name_len, value_at, value_len) in &spans[..n] {
             let name = &raw[name_at as usize..(name_at + name_len) as usize];
             let value = raw.slice(value_at as usize..(value_at + value_len) as usize);
             let name = HeaderName::from_bytes(name).map_err(|_| WireError::Header)?;
-            if name == header::TRANSFER_ENCODING {
+            // Hop-by-hop headers (RFC 9110 §7.6.1) are read here and never passed on,
+            // except the pair that completes a protocol switch.
+            let hop = if name == header::TRANSFER_ENCODING {
                 te = true;
                 // Chunked must be the final coding.
                 chunked = last_token(&value).is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
+                true
             } else if name == header::CONTENT_LENGTH {
                 let v = parse_length(&value).ok_or(WireError::ContentLength)?;
                 if length.is_some_and(|l| l != v) {
                     return Err(WireError::ContentLength);
                 }
                 length = Some(v);
+                false
             } else if name == header::CONNECTION {
                 for t in value.split(|&b| b == b',') {
                     let t = t.trim_ascii();
                     close |= t.eq_ignore_ascii_case(b"close");
                     keep_alive_token |= t.eq_ignore_ascii_case(b"keep-alive");
+                    named |= !t.is_empty()
+                        && !t.eq_ignore_ascii_case(b"close")
+                        && !t.eq_ignore_ascii_case(b"keep-alive")
+                        && !t.eq_ignore_ascii_case(b"upgrade");
+                }
+                !switching
+            } else if name == header::UPGRADE {
+                !switching
+            } else {
+                name == header::TE || name == KEEP_ALIVE || name == PROXY_CONNECTION
+            };
+            if !hop {
+                let value = HeaderValue::from_maybe_shared(value).map_err(|_| WireError::Header)?;
+                headers.append(name, value);
+            }
+        }
+        if named {
+            for &(name_at, name_len, value_at, value_len) in &spans[..n] {
+                let name = &raw[name_at as usize..(name_at + name_len) as usize];
+                if !name.eq_ignore_ascii_case(b"connection") {
+                    continue;
+                }
+                let value = &raw[value_at as usize..(value_at + value_len) as usize];
+                for t in value.split(|&b| b == b',') {
+                    if let Ok(h) = HeaderName::from_bytes(t.trim_ascii()) {
+                        if !(switching && h == header::UPGRADE) && h != header::CONTENT_LENGTH {
+                            headers.remove(h);
+                        }
+                    }
                 }
             }
-            let value = HeaderValue::from_maybe_shared(value).map_err(|_| WireError::Header)?;
-            headers.append(name, value);
         }
         let bodyless = *method == Method::HEAD
             || status == StatusCode::NO_CONTENT
@@ -449,6 +490,28 @@ mod tests {
         .unwrap()
         .unwrap();
         assert!(h.keep_alive);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_dropped_as_the_head_is_parsed() {
+        let h = head(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Named\r\nKeep-Alive: timeout=5\r\nX-Named: 1\r\nUpgrade: h2\r\nProxy-Connection: x\r\nTE: trailers\r\nTransfer-Encoding: chunked\r\nX-Kept: 2\r\n\r\n",
+            Method::GET,
+        )
+        .unwrap()
+        .unwrap();
+        let names: Vec<&str> = h.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
+        assert_eq!((h.framing, h.keep_alive), (Framing::Chunked, true));
+        let mut b = BytesMut::from(
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nKeep-Alive: x\r\n\r\n",
+        );
+        let h = parse_response_head(&mut b, &Method::GET, true)
+            .unwrap()
+            .unwrap();
+        let names: Vec<&str> = h.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["connection", "upgrade"], "a switch keeps its pair");
+        assert!(!h.keep_alive);
     }
 
     #[test]
