@@ -282,7 +282,8 @@ impl Client {
         }
         let mut upload = None;
         if framing != RequestFraming::None {
-            let early = send_body(&mut conn, req.body_mut(), framing)
+            // Boxed: requests without a body keep this future small.
+            let early = Box::pin(send_body(&mut conn, req.body_mut(), framing))
                 .await
                 .map_err(|e| fail(e, false))?;
             if early {
