@@ -15,6 +15,8 @@ use super::headers::{KEEP_ALIVE, PROXY_CONNECTION};
 
 /// The most header lines a backend response may carry.
 const MAX_HEADERS: usize = 100;
+/// Headers sluice adds to a message on its way, room reserved up front.
+const EXTRA_HEADERS: usize = 6;
 /// The largest response head accepted from a backend.
 pub const MAX_HEAD: usize = 64 * 1024;
 /// The longest chunk-size line, extensions included, or trailer section accepted.
@@ -169,7 +171,10 @@ pub fn parse_response_head(
             Version::HTTP_11
         };
         let raw = buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(n);
+        // Room for what sluice adds (X-Request-Id, Set-Cookie) without a rehash; hyper
+        // then reuses this map for the connection's next request head, which gains the
+        // X-Forwarded-* set.
+        let mut headers = HeaderMap::with_capacity(n + EXTRA_HEADERS);
         let (mut chunked, mut te, mut close, mut keep_alive_token) = (false, false, false, false);
         // Connection names headers of its own to drop (beyond keep-alive, close, upgrade).
         let mut named = false;
