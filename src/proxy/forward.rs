@@ -2,7 +2,9 @@
 //! rewrite headers, send, and hand the streaming response back. Every way this can
 //! fail ends in a `ProxyError` that knows its status (SPEC §4).
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
@@ -57,12 +59,16 @@ impl ConnInfo {
     }
 }
 
+/// A request's whole handling, boxed: `poll_without_shutdown` (parking, server.rs)
+/// needs an `Unpin` service future. One allocation per request.
+pub type Answer = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>>;
+
 /// Serves one client request. Never fails: errors become sluice's own answers.
-pub async fn handle(
-    shared: &Shared,
-    conn: &ConnInfo,
-    req: Request<Incoming>,
-) -> Response<ResponseBody> {
+///
+/// The checks, routing and header rewriting run here, before the future exists, so
+/// the future (allocated per request) holds only what the exchange with the backend
+/// needs across its awaits.
+pub fn handle(shared: &Shared, conn: &Arc<ConnInfo>, req: Request<Incoming>) -> Answer {
     let mut done = Completion::new(Arc::clone(&conn.activity));
     let request_id = match req.headers().get(&X_REQUEST_ID) {
         Some(id) => id.clone(),
@@ -73,7 +79,30 @@ pub async fn handle(
         r.request_id = Some(request_id.clone());
         done.record = Some(Box::new(r));
     }
-    match forward(shared, conn, req, &mut done, &request_id).await {
+    match prepare(shared, conn, req, &mut done, &request_id) {
+        Ok(p) => Box::pin(exchange(Arc::clone(conn), p, done, request_id)),
+        Err(e) => Box::pin(std::future::ready(Ok(respond(Err(e), done, request_id)))),
+    }
+}
+
+/// The exchange with the backend, then the answer.
+async fn exchange(
+    conn: Arc<ConnInfo>,
+    mut p: Prepared,
+    mut done: Completion,
+    request_id: HeaderValue,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let result = attempts(&conn, &mut p, &mut done).await;
+    Ok(respond(result, done, request_id))
+}
+
+/// The client's answer: the backend's response, or sluice's own for an error.
+fn respond(
+    result: Result<Response<BackendBody>, ProxyError>,
+    mut done: Completion,
+    request_id: HeaderValue,
+) -> Response<ResponseBody> {
+    match result {
         Ok(resp) => {
             // Hop-by-hop headers were dropped as the head was parsed (wire.rs).
             let (mut parts, body) = resp.into_parts();
@@ -149,13 +178,28 @@ fn content_length(req: &Request<Incoming>) -> Option<u64> {
         .ok()
 }
 
-async fn forward(
+/// A request routed and rewritten, ready for its backend.
+struct Prepared {
+    upstream: Arc<Upstream>,
+    breq: Request<RequestBody>,
+    /// Hash of the request's `hash_key` (consistent_hash only).
+    key: Option<u64>,
+    /// The backend the client's sticky cookie names, if any.
+    carried: Option<Arc<Backend>>,
+    upgrade: bool,
+    /// `host_header = "backend"`: each attempt sets its backend's Host.
+    backend_host: bool,
+    now: Instant,
+}
+
+/// Checks framing and limits, routes, and rewrites the head for the backend.
+fn prepare(
     shared: &Shared,
     conn: &ConnInfo,
     req: Request<Incoming>,
     done: &mut Completion,
     request_id: &HeaderValue,
-) -> Result<Response<BackendBody>, ProxyError> {
+) -> Result<Prepared, ProxyError> {
     check_framing(&req, conn)?;
     let (max_header_bytes, max_body_bytes) = {
         let l = shared.limits.load();
@@ -197,7 +241,6 @@ async fn forward(
     let carried: Option<Arc<Backend>> = sticky_cookie
         .and_then(|name| sticky::chosen(req.headers(), name, &upstream.all))
         .cloned();
-    let mut pinned = carried.clone();
     let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
 
     let (mut parts, body) = req.into_parts();
@@ -238,8 +281,32 @@ async fn forward(
     }
     parts.version = Version::HTTP_11;
 
+    let breq = Request::from_parts(parts, RequestBody::new(body, max_body_bytes));
+    Ok(Prepared {
+        upstream,
+        breq,
+        key,
+        carried,
+        upgrade,
+        backend_host,
+        now,
+    })
+}
+
+/// Sends the request to a backend picked by the strategy, retrying as the upstream
+/// allows, until a response head arrives or the request fails.
+async fn attempts(
+    conn: &ConnInfo,
+    p: &mut Prepared,
+    done: &mut Completion,
+) -> Result<Response<BackendBody>, ProxyError> {
+    let (key, upgrade, backend_host, now) = (p.key, p.upgrade, p.backend_host, p.now);
+    let upstream = &p.upstream;
+    let breq = &mut p.breq;
+    let carried = &p.carried;
+    let sticky_cookie = upstream.config.sticky.as_ref().map(|s| s.cookie.as_str());
+    let mut pinned = carried.clone();
     let retry = &upstream.config.retry;
-    let mut breq = Request::from_parts(parts, RequestBody::new(body, max_body_bytes));
     // A request that reached a backend may be sent again only when idempotent and
     // bodyless (SPEC §4); one that did not, always.
     let replayable = !upgrade
@@ -254,7 +321,7 @@ async fn forward(
         // while it is usable; else the strategy.
         let backend = match pinned.take() {
             Some(b) if b.available(started) => b,
-            _ => pick(&upstream, key, &tried, started)?,
+            _ => pick(upstream, key, &tried, started)?,
         };
         tried.insert(&backend);
         done.hold(&backend);
@@ -268,7 +335,7 @@ async fn forward(
         }
         let result = tokio::time::timeout_at(
             started + upstream.config.response_timeout,
-            upstream.client.send(&backend, &mut breq, upgrade, fresh),
+            upstream.client.send(&backend, breq, upgrade, fresh),
         )
         .await;
         fresh = false;
@@ -306,7 +373,7 @@ async fn forward(
                     Outcome::Success => outlier::success(&backend),
                     Outcome::Failure => {
                         stats.failures.fetch_add(1, Ordering::Relaxed);
-                        note_failure(&upstream, &backend);
+                        note_failure(upstream, &backend);
                         if may_retry(RetryOn::Status(status), replayable, retries) {
                             retries += 1;
                             continue; // dropping `resp` closes that connection
@@ -357,7 +424,7 @@ async fn forward(
                     continue;
                 }
                 stats.failures.fetch_add(1, Ordering::Relaxed);
-                note_failure(&upstream, &backend);
+                note_failure(upstream, &backend);
                 let on = if error.is_connect() {
                     RetryOn::ConnectFailure
                 } else {
@@ -375,7 +442,7 @@ async fn forward(
             }
             Err(_) => {
                 stats.failures.fetch_add(1, Ordering::Relaxed);
-                note_failure(&upstream, &backend);
+                note_failure(upstream, &backend);
                 if may_retry(RetryOn::Timeout, replayable, retries) {
                     retries += 1;
                     continue;

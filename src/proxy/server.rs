@@ -28,7 +28,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use super::Shared;
 use super::body::ResponseBody;
 use super::conn::{Activity, Timers, Tracked, Verdict};
-use super::forward::{ConnInfo, handle};
+use super::forward::{Answer, ConnInfo, handle};
 use super::park::{Lot, Woken};
 use super::upgrade;
 use crate::admin;
@@ -295,11 +295,6 @@ impl ConnCtx {
     }
 }
 
-/// A per-request future boxed, because `poll_without_shutdown` (parking) needs an
-/// `Unpin` service future; one allocation per request.
-type ServiceFuture =
-    Pin<Box<dyn Future<Output = Result<http::Response<ResponseBody>, Infallible>> + Send>>;
-
 /// The service hyper calls for each request of one connection.
 fn service(
     shared: &Arc<Shared>,
@@ -308,18 +303,14 @@ fn service(
     http::Request<Incoming>,
     Response = http::Response<ResponseBody>,
     Error = Infallible,
-    Future = ServiceFuture,
+    Future = Answer,
 > + Clone
 + Unpin
 + Send
 + 'static {
     let shared = Arc::clone(shared);
     let info = Arc::clone(info);
-    service_fn(move |req| -> ServiceFuture {
-        let shared = Arc::clone(&shared);
-        let info = Arc::clone(&info);
-        Box::pin(async move { Ok(handle(&shared, &info, req).await) })
-    })
+    service_fn(move |req| -> Answer { handle(&shared, &info, req) })
 }
 
 /// A new connection: HTTP/2 with prior knowledge or HTTP/1.1, told by its first bytes.
