@@ -243,13 +243,16 @@ impl Client {
     /// when there is none or `fresh` is set, and reads the response head. The request
     /// stays with the caller, so it can be sent again; its body is consumed. `upgrade`:
     /// the request asks for a protocol switch (a 101 answer is then accepted, and its
-    /// connection can be taken with `BackendBody::take_upgraded`).
+    /// connection can be taken with `BackendBody::take_upgraded`). `recycle`: the
+    /// request will not be sent again once a response head is in, so its header map
+    /// may be reused for the response (it is then left empty).
     pub async fn send(
         &self,
         backend: &Backend,
         req: &mut Request<RequestBody>,
         upgrade: bool,
         fresh: bool,
+        recycle: bool,
     ) -> Result<Response<BackendBody>, Failure> {
         let pooled = if fresh { None } else { backend.pool.take() };
         let reused = pooled.is_some();
@@ -271,6 +274,7 @@ impl Client {
         };
 
         let has_body = !req.body().is_end_stream();
+        let method = req.method().clone();
         conn.out.clear();
         let framing = wire::encode_request_head(&mut conn.out, req, has_body);
         let Io::Whole(stream) = &mut conn.io else {
@@ -300,7 +304,11 @@ impl Client {
         }
 
         let head = loop {
-            match wire::parse_response_head(&mut conn.buf, req.method(), upgrade) {
+            // Once the head is in, a request that will not be sent again gives its
+            // header map to the response (hyper in turn reuses that map for the next
+            // request head): no header map is allocated per request.
+            let spare = || recycle.then(|| std::mem::take(req.headers_mut()));
+            match wire::parse_response_head(&mut conn.buf, &method, upgrade, spare) {
                 Ok(Some(head)) => break head,
                 Ok(None) => {}
                 Err(e) => return Err(fail(SendError::Response(e), false)),

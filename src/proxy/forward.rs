@@ -313,6 +313,8 @@ async fn attempts(
         && retry.attempts > 0
         && idempotent(breq.method())
         && http_body::Body::is_end_stream(breq.body());
+    // Only a status retry sends a request again after a response head came back.
+    let recycle = !replayable || !retry.on.iter().any(|o| matches!(o, RetryOn::Status(_)));
     let mut tried = Tried::default();
     let (mut tries, mut retries, mut fresh, mut stale_retried) = (0u32, 0u32, false, false);
     loop {
@@ -335,7 +337,9 @@ async fn attempts(
         }
         let result = tokio::time::timeout_at(
             started + upstream.config.response_timeout,
-            upstream.client.send(&backend, breq, upgrade, fresh),
+            upstream
+                .client
+                .send(&backend, breq, upgrade, fresh, recycle),
         )
         .await;
         fresh = false;

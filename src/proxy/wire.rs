@@ -118,11 +118,15 @@ pub struct Head {
 /// Parses a response head from the start of `buf`, consuming it. None: incomplete
 /// (read more). Informational responses (1xx but 101) are skipped; a 101 is accepted
 /// only when `upgrade` (the request asked for one).
+/// `spare` may supply the header map to fill (emptied first): a map that is no longer
+/// needed, so that its allocation serves again.
 pub fn parse_response_head(
     buf: &mut BytesMut,
     method: &Method,
     upgrade: bool,
+    spare: impl FnOnce() -> Option<HeaderMap>,
 ) -> Result<Option<Head>, WireError> {
+    let mut spare = Some(spare);
     loop {
         // Where each header's name and value lie in `buf`, so that the values can share
         // the head's bytes once it is split off (offsets: the parse borrows `buf`).
@@ -174,7 +178,14 @@ pub fn parse_response_head(
         // Room for what sluice adds (X-Request-Id, Set-Cookie) without a rehash; hyper
         // then reuses this map for the connection's next request head, which gains the
         // X-Forwarded-* set.
-        let mut headers = HeaderMap::with_capacity(n + EXTRA_HEADERS);
+        let mut headers = match spare.take().and_then(|f| f()) {
+            Some(mut map) => {
+                map.clear();
+                map.reserve(n + EXTRA_HEADERS);
+                map
+            }
+            None => HeaderMap::with_capacity(n + EXTRA_HEADERS),
+        };
         let (mut chunked, mut te, mut close, mut keep_alive_token) = (false, false, false, false);
         // Connection names headers of its own to drop (beyond keep-alive, close, upgrade).
         let mut named = false;
@@ -397,7 +408,7 @@ mod tests {
 
     fn head(raw: &str, method: Method) -> Result<Option<Head>, WireError> {
         let mut b = BytesMut::from(raw);
-        parse_response_head(&mut b, &method, false)
+        parse_response_head(&mut b, &method, false, || None)
     }
 
     #[test]
@@ -511,12 +522,24 @@ mod tests {
         let mut b = BytesMut::from(
             "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nKeep-Alive: x\r\n\r\n",
         );
-        let h = parse_response_head(&mut b, &Method::GET, true)
+        let h = parse_response_head(&mut b, &Method::GET, true, || None)
             .unwrap()
             .unwrap();
         let names: Vec<&str> = h.headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["connection", "upgrade"], "a switch keeps its pair");
         assert!(!h.keep_alive);
+    }
+
+    #[test]
+    fn a_spare_map_is_emptied_and_filled() {
+        let mut spare = HeaderMap::new();
+        spare.insert("x-old", HeaderValue::from_static("1"));
+        let mut b = BytesMut::from("HTTP/1.1 200 OK\r\nX-New: 2\r\nContent-Length: 0\r\n\r\n");
+        let h = parse_response_head(&mut b, &Method::GET, false, || Some(spare))
+            .unwrap()
+            .unwrap();
+        let names: Vec<&str> = h.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-new", "content-length"]);
     }
 
     #[test]
@@ -554,7 +577,7 @@ mod tests {
         let mut b = BytesMut::from(
             "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: x\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
         );
-        let h = parse_response_head(&mut b, &Method::POST, false)
+        let h = parse_response_head(&mut b, &Method::POST, false, || None)
             .unwrap()
             .unwrap();
         assert_eq!((h.status.as_u16(), h.framing), (201, Framing::Empty));
