@@ -136,23 +136,23 @@ impl Lot {
     }
 
     /// Parks a connection until its client sends, or until `deadline_ms` (see
-    /// `conn::now_ms`). If it cannot be parked, the caller gets it back to serve on.
+    /// `conn::now_ms`). If it cannot be parked (the lot is closing, or the socket
+    /// cannot join the lot's epoll set), it is closed: it is idle, so no request is
+    /// lost, and a keep-alive client must expect that.
     pub fn park(
         &self,
         stream: TcpStream,
         client: SocketAddr,
         permit: OwnedSemaphorePermit,
         deadline_ms: u64,
-    ) -> Result<(), (TcpStream, OwnedSemaphorePermit)> {
-        let std = match stream.into_std() {
-            Ok(s) => s,
-            // It could not leave tokio's reactor and is closed by now.
-            Err(_) => return Ok(()),
+    ) {
+        let Ok(std) = stream.into_std() else {
+            return; // it could not leave tokio's reactor and is closed by now
         };
         let mut stream = mio::net::TcpStream::from_std(std);
         let mut table = self.table();
         if table.closed {
-            return Ok(()); // shutting down: dropping the socket closes it
+            return;
         }
         let idx = match table.free.pop() {
             Some(i) => i,
@@ -164,20 +164,16 @@ impl Lot {
                     });
                     i
                 }
-                _ => return Ok(()),
+                _ => return,
             },
         };
-        if self
+        if let Err(e) = self
             .registry
             .register(&mut stream, Token(idx as usize), Interest::READABLE)
-            .is_err()
         {
             table.free.push(idx);
-            drop(table);
-            return match TcpStream::from_std(stream.into()) {
-                Ok(s) => Err((s, permit)),
-                Err(_) => Ok(()),
-            };
+            tracing::debug!(client = %client, error = %e, "cannot park an idle connection; closing it");
+            return;
         }
         let slot = &mut table.slots[idx as usize];
         slot.parked = Some(Parked {
@@ -200,7 +196,6 @@ impl Lot {
             // The thread may be waiting for a later deadline (or none).
             let _ = self.waker.wake();
         }
-        Ok(())
     }
 
     /// How many connections are parked now.
@@ -340,7 +335,7 @@ mod tests {
         let (server, mut client) = pair().await;
         let addr = client.local_addr().unwrap();
         let permit = Arc::clone(&permits).acquire_owned().await.unwrap();
-        assert!(lot.park(server, addr, permit, now_ms() + 60_000).is_ok());
+        lot.park(server, addr, permit, now_ms() + 60_000);
         assert_eq!((lot.len(), permits.available_permits()), (1, 0));
         client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
         let w = tokio::time::timeout(DEADLINE, woken.recv())
@@ -364,7 +359,7 @@ mod tests {
             let (server, client) = pair().await;
             let permit = Arc::clone(&permits).acquire_owned().await.unwrap();
             let addr = client.local_addr().unwrap();
-            assert!(lot.park(server, addr, permit, deadline).is_ok());
+            lot.park(server, addr, permit, deadline);
             clients.push(client);
         }
         assert_eq!(lot.len(), 3);

@@ -407,29 +407,9 @@ async fn serve_h1(stream: TcpStream, replay: Bytes, mut ctx: ConnCtx) {
         return;
     }
     let deadline = activity.idle_deadline_ms(timers);
-    let ConnCtx {
-        client,
-        shared,
-        protocols,
-        stop,
-        permit,
-        lot,
-    } = ctx;
-    let parked = match lot.as_deref() {
-        Some(l) => l.park(stream, client, permit, deadline),
-        None => Err((stream, permit)),
-    };
-    if let Err((stream, permit)) = parked {
-        // Could not park: serve it on in a task of its own.
-        let ctx = ConnCtx {
-            client,
-            shared,
-            protocols,
-            stop,
-            permit,
-            lot,
-        };
-        spawn_h1(stream, Bytes::new(), ctx);
+    // Parking is only chosen when there is a lot (see the watchdog above).
+    if let Some(lot) = ctx.lot.as_deref() {
+        lot.park(stream, ctx.client, ctx.permit, deadline);
     }
 }
 
