@@ -9,8 +9,8 @@
 //!
 //! Parking: hyper keeps about 16 KiB of buffers per HTTP/1 connection for as long as the
 //! connection lives. A keep-alive client that has been idle for `PARK_AFTER` is taken
-//! out of hyper and held as a bare socket until it sends again, so 10,000 idle clients
-//! cost kilobytes each in the kernel, not in sluice.
+//! out of hyper and held as a bare socket in the parking lot (park.rs) until it sends
+//! again, so 10,000 idle clients cost kilobytes each in the kernel, not in sluice.
 
 use std::io::{self, BufRead};
 use std::pin::Pin;
