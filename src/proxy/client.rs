@@ -40,6 +40,8 @@ use crate::upstream::Backend;
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// An idle connection's buffers are shed after this long unused (`shed_idle_buffers`).
 const SHED_AFTER: Duration = Duration::from_millis(100);
+/// Room reserved for writing a request head.
+const HEAD_GUESS: usize = 1024;
 /// Read buffer room for a response head, and the least read for a body.
 const HEAD_READ: usize = 8 * 1024;
 /// The most read at once for a large body.
@@ -276,6 +278,8 @@ impl Client {
         let has_body = !req.body().is_end_stream();
         let method = req.method().clone();
         conn.out.clear();
+        // One allocation for a typical head, not a doubling series (new or shed).
+        conn.out.reserve(HEAD_GUESS);
         let framing = wire::encode_request_head(&mut conn.out, req, has_body);
         let Io::Whole(stream) = &mut conn.io else {
             return Err(fail(SendError::Closed, true)); // pooled connections are whole
