@@ -30,6 +30,18 @@ use tokio::time::Instant;
 /// wakeup, not a syscall.
 pub const PARK_AFTER: Duration = Duration::from_millis(20);
 
+/// How long the watchdog waits after its `streak`-th check in a row that found a
+/// request active: `PARK_AFTER`, doubling up to 32 times that, and never more than a
+/// quarter of either client timer, so a connection that goes idle is parked or timed
+/// out at most that much later.
+fn busy_recheck(streak: u32, t: Timers) -> Duration {
+    let backoff = PARK_AFTER * (1u32 << streak.min(5));
+    backoff
+        .min(t.idle / 4)
+        .min(t.header_read / 4)
+        .max(PARK_AFTER)
+}
+
 /// Milliseconds since the process's first use of this clock; 0 is reserved for "none".
 pub(crate) fn now_ms() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
@@ -67,6 +79,8 @@ pub struct Activity {
     /// resolves that conflict itself (drops Content-Length, closes after), so the parsed
     /// request no longer shows it; SPEC §4 wants such requests refused with 400.
     conflicting_framing: AtomicBool,
+    /// Watchdog checks in a row that found a request active.
+    busy_checks: AtomicU32,
 }
 
 /// What the watchdog should do now.
@@ -90,6 +104,7 @@ impl Activity {
             idle_since: AtomicU64::new(now),
             head_since: AtomicU64::new(now),
             conflicting_framing: AtomicBool::new(false),
+            busy_checks: AtomicU32::new(0),
         }
     }
 
@@ -136,8 +151,13 @@ impl Activity {
         let now = now_ms();
         let soon = Instant::now() + PARK_AFTER;
         if self.active.load(Ordering::Relaxed) > 0 {
-            return Verdict::WaitUntil(soon);
+            // A connection that stays busy is looked at less and less often (a long
+            // download or a steady stream of requests needs no watching); it is looked
+            // at again soon after it goes idle, within `busy_recheck`.
+            let streak = self.busy_checks.fetch_add(1, Ordering::Relaxed);
+            return Verdict::WaitUntil(Instant::now() + busy_recheck(streak, t));
         }
+        self.busy_checks.store(0, Ordering::Relaxed);
         let head = self.head_since.load(Ordering::Relaxed);
         if head != 0 {
             let deadline = head + t.header_read.as_millis() as u64;
@@ -304,6 +324,44 @@ mod tests {
         assert!(matches!(a.check(T0, true), Verdict::WaitUntil(_)));
         a.end_request();
         assert_eq!(a.check(T0, true), Verdict::Close("idle_timeout"));
+    }
+
+    #[test]
+    fn a_busy_connection_is_looked_at_less_often_within_its_timers() {
+        let t = Timers {
+            header_read: Duration::from_secs(10),
+            idle: Duration::from_secs(60),
+        };
+        assert_eq!(busy_recheck(0, t), PARK_AFTER);
+        assert_eq!(busy_recheck(1, t), PARK_AFTER * 2);
+        assert_eq!(busy_recheck(50, t), PARK_AFTER * 32);
+        let short = Timers {
+            header_read: Duration::from_millis(200),
+            idle: Duration::from_millis(400),
+        };
+        assert_eq!(busy_recheck(50, short), Duration::from_millis(50));
+        let tiny = Timers {
+            header_read: Duration::from_millis(10),
+            idle: Duration::from_millis(10),
+        };
+        assert_eq!(busy_recheck(50, tiny), PARK_AFTER);
+        // The streak ends when a check finds the connection idle.
+        let a = Activity::new();
+        a.begin_request();
+        for _ in 0..10 {
+            let _ = a.check(t, true);
+        }
+        let Verdict::WaitUntil(at) = a.check(t, true) else {
+            panic!("a busy connection is not cut");
+        };
+        assert!(at >= Instant::now() + PARK_AFTER * 16);
+        a.end_request();
+        let _ = a.check(t, true);
+        a.begin_request();
+        let Verdict::WaitUntil(at) = a.check(t, true) else {
+            panic!("a busy connection is not cut");
+        };
+        assert!(at <= Instant::now() + PARK_AFTER);
     }
 
     #[test]
