@@ -252,7 +252,7 @@ fn prepare(
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
     };
-    headers::remove_hop_by_hop(&mut parts.headers, upgrade, true);
+    headers::remove_hop_by_hop(&mut parts.headers, upgrade);
     headers::set_forwarded(
         &mut parts.headers,
         &conn.client_ip,

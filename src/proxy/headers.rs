@@ -15,95 +15,93 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 pub static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-const CONNECTION: u8 = 1;
-const TRANSFER_ENCODING: u8 = 1 << 1;
-const TE: u8 = 1 << 2;
-const UPGRADE: u8 = 1 << 3;
-const KEEP_ALIVE_BIT: u8 = 1 << 4;
-const PROXY_CONNECTION_BIT: u8 = 1 << 5;
+/// Bits for the fixed hop-by-hop headers (RFC 9110 §7.6.1), see `hop_by_hop_bit`.
+pub const HOP_CONNECTION: u8 = 1;
+pub const HOP_TRANSFER_ENCODING: u8 = 1 << 1;
+pub const HOP_TE: u8 = 1 << 2;
+pub const HOP_UPGRADE: u8 = 1 << 3;
+pub const HOP_KEEP_ALIVE: u8 = 1 << 4;
+pub const HOP_PROXY_CONNECTION: u8 = 1 << 5;
 
-/// Which of the fixed hop-by-hop headers `headers` holds, as bits.
+/// Which fixed hop-by-hop header `name` is, as its bit; 0 for any other header. The
+/// one list both directions use: requests here, responses as their head is parsed
+/// (wire.rs).
 #[inline]
-fn hop_by_hop_present(headers: &HeaderMap) -> u8 {
-    headers.keys().fold(0, |bits, name| {
-        bits | if name == header::CONNECTION {
-            CONNECTION
-        } else if name == header::TRANSFER_ENCODING {
-            TRANSFER_ENCODING
-        } else if name == header::TE {
-            TE
-        } else if name == header::UPGRADE {
-            UPGRADE
-        } else if name == KEEP_ALIVE {
-            KEEP_ALIVE_BIT
-        } else if name == PROXY_CONNECTION {
-            PROXY_CONNECTION_BIT
-        } else {
-            0
-        }
-    })
+pub fn hop_by_hop_bit(name: &HeaderName) -> u8 {
+    if name == header::CONNECTION {
+        HOP_CONNECTION
+    } else if name == header::TRANSFER_ENCODING {
+        HOP_TRANSFER_ENCODING
+    } else if name == header::TE {
+        HOP_TE
+    } else if name == header::UPGRADE {
+        HOP_UPGRADE
+    } else if name == KEEP_ALIVE {
+        HOP_KEEP_ALIVE
+    } else if name == PROXY_CONNECTION {
+        HOP_PROXY_CONNECTION
+    } else {
+        0
+    }
 }
 
-/// Removes hop-by-hop headers: `Connection` and every header it names, `Keep-Alive`,
-/// `Proxy-Connection`, `Transfer-Encoding`, `TE` (except "trailers", on requests), and
+/// Removes the headers a `Connection` value names (they are hop-by-hop too), but not
+/// the keep-alive/close options, nor `Upgrade` when `upgrade` (a protocol switch keeps
+/// it).
+pub fn remove_connection_named(headers: &mut HeaderMap, connection: &[u8], upgrade: bool) {
+    for t in connection.split(|&b| b == b',') {
+        let t = t.trim_ascii();
+        if t.is_empty() || t.eq_ignore_ascii_case(b"keep-alive") || t.eq_ignore_ascii_case(b"close")
+        {
+            continue;
+        }
+        if let Ok(name) = HeaderName::from_bytes(t) {
+            if !(upgrade && name == header::UPGRADE) {
+                headers.remove(name);
+            }
+        }
+    }
+}
+
+/// Removes a request's hop-by-hop headers: `Connection` and every header it names,
+/// `Keep-Alive`, `Proxy-Connection`, `Transfer-Encoding`, `TE` (except "trailers"), and
 /// `Upgrade` unless `upgrade` is set (a WebSocket handshake keeps `Connection: upgrade`
 /// and `Upgrade`).
-pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool, is_request: bool) {
+pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     // One pass over the (usually short) map, then lookups only for what is there: most
     // messages carry none of these, or only `Connection: keep-alive`.
-    let present = hop_by_hop_present(headers);
+    let present = headers
+        .keys()
+        .fold(0, |bits, name| bits | hop_by_hop_bit(name));
     if present == 0 {
         return;
     }
-    if present & CONNECTION != 0 {
-        if let Some(conn) = headers.get(header::CONNECTION) {
-            // Names listed in Connection are hop-by-hop too. Collected first because
-            // `headers` is borrowed; this allocates only when Connection names
-            // something besides keep-alive/close/upgrade.
-            let named: Vec<HeaderName> = conn
-                .to_str()
-                .unwrap_or("")
-                .split(',')
-                .map(str::trim)
-                .filter(|t| {
-                    let skip = t.is_empty()
-                        || t.eq_ignore_ascii_case("keep-alive")
-                        || t.eq_ignore_ascii_case("close")
-                        || (upgrade && t.eq_ignore_ascii_case("upgrade"));
-                    !skip
-                })
-                .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-                .collect();
-            for n in named {
-                if !(upgrade && n == header::UPGRADE) {
-                    headers.remove(n);
-                }
-            }
+    if present & HOP_CONNECTION != 0 {
+        // A copy of the value (a count on shared bytes): `headers` changes below.
+        if let Some(conn) = headers.get(header::CONNECTION).cloned() {
+            remove_connection_named(headers, conn.as_bytes(), upgrade);
         }
         if !upgrade {
             headers.remove(header::CONNECTION);
         }
     }
-    if present & KEEP_ALIVE_BIT != 0 {
+    if present & HOP_KEEP_ALIVE != 0 {
         headers.remove(&KEEP_ALIVE);
     }
-    if present & PROXY_CONNECTION_BIT != 0 {
+    if present & HOP_PROXY_CONNECTION != 0 {
         headers.remove(&PROXY_CONNECTION);
     }
-    if present & TRANSFER_ENCODING != 0 {
+    if present & HOP_TRANSFER_ENCODING != 0 {
         headers.remove(header::TRANSFER_ENCODING);
     }
-    if present & UPGRADE != 0 && !upgrade {
+    if present & HOP_UPGRADE != 0 && !upgrade {
         headers.remove(header::UPGRADE);
     }
-    if present & TE != 0 {
-        let keep = is_request
-            && headers.get(header::TE).is_some_and(|te| {
-                te.to_str()
-                    .map(|v| v.trim().eq_ignore_ascii_case("trailers"))
-                    .unwrap_or(false)
-            });
-        if !keep {
+    if present & HOP_TE != 0 {
+        let trailers = headers
+            .get(header::TE)
+            .is_some_and(|te| te.as_bytes().trim_ascii().eq_ignore_ascii_case(b"trailers"));
+        if !trailers {
             headers.remove(header::TE);
         }
     }
@@ -249,7 +247,7 @@ mod tests {
         h.insert(header::TE, HeaderValue::from_static("trailers"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         h.insert("x-keep", HeaderValue::from_static("1"));
-        remove_hop_by_hop(&mut h, false, true);
+        remove_hop_by_hop(&mut h, false);
         let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["te", "x-keep"]);
     }

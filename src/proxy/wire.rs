@@ -11,7 +11,9 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Version};
 
-use super::headers::{KEEP_ALIVE, PROXY_CONNECTION};
+use super::headers::{
+    HOP_CONNECTION, HOP_TRANSFER_ENCODING, HOP_UPGRADE, hop_by_hop_bit, remove_connection_named,
+};
 
 /// The most header lines a backend response may carry.
 const MAX_HEADERS: usize = 100;
@@ -194,35 +196,40 @@ pub fn parse_response_head(
             let name = &raw[name_at as usize..(name_at + name_len) as usize];
             let value = raw.slice(value_at as usize..(value_at + value_len) as usize);
             let name = HeaderName::from_bytes(name).map_err(|_| WireError::Header)?;
-            // Hop-by-hop headers (RFC 9110 §7.6.1) are read here and never passed on,
-            // except the pair that completes a protocol switch.
-            let hop = if name == header::TRANSFER_ENCODING {
-                te = true;
-                // Chunked must be the final coding.
-                chunked = last_token(&value).is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
-                true
-            } else if name == header::CONTENT_LENGTH {
-                let v = parse_length(&value).ok_or(WireError::ContentLength)?;
-                if length.is_some_and(|l| l != v) {
-                    return Err(WireError::ContentLength);
+            // Hop-by-hop headers are read here and never passed on, except the pair
+            // that completes a protocol switch.
+            let hop = match hop_by_hop_bit(&name) {
+                0 => {
+                    if name == header::CONTENT_LENGTH {
+                        let v = parse_length(&value).ok_or(WireError::ContentLength)?;
+                        if length.is_some_and(|l| l != v) {
+                            return Err(WireError::ContentLength);
+                        }
+                        length = Some(v);
+                    }
+                    false
                 }
-                length = Some(v);
-                false
-            } else if name == header::CONNECTION {
-                for t in value.split(|&b| b == b',') {
-                    let t = t.trim_ascii();
-                    close |= t.eq_ignore_ascii_case(b"close");
-                    keep_alive_token |= t.eq_ignore_ascii_case(b"keep-alive");
-                    named |= !t.is_empty()
-                        && !t.eq_ignore_ascii_case(b"close")
-                        && !t.eq_ignore_ascii_case(b"keep-alive")
-                        && !t.eq_ignore_ascii_case(b"upgrade");
+                HOP_TRANSFER_ENCODING => {
+                    te = true;
+                    // Chunked must be the final coding.
+                    chunked =
+                        last_token(&value).is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
+                    true
                 }
-                !switching
-            } else if name == header::UPGRADE {
-                !switching
-            } else {
-                name == header::TE || name == KEEP_ALIVE || name == PROXY_CONNECTION
+                HOP_CONNECTION => {
+                    for t in value.split(|&b| b == b',') {
+                        let t = t.trim_ascii();
+                        close |= t.eq_ignore_ascii_case(b"close");
+                        keep_alive_token |= t.eq_ignore_ascii_case(b"keep-alive");
+                        named |= !t.is_empty()
+                            && !t.eq_ignore_ascii_case(b"close")
+                            && !t.eq_ignore_ascii_case(b"keep-alive")
+                            && !t.eq_ignore_ascii_case(b"upgrade");
+                    }
+                    !switching
+                }
+                HOP_UPGRADE => !switching,
+                _ => true,
             };
             if !hop {
                 let value = HeaderValue::from_maybe_shared(value).map_err(|_| WireError::Header)?;
@@ -232,16 +239,9 @@ pub fn parse_response_head(
         if named {
             for &(name_at, name_len, value_at, value_len) in &spans[..n] {
                 let name = &raw[name_at as usize..(name_at + name_len) as usize];
-                if !name.eq_ignore_ascii_case(b"connection") {
-                    continue;
-                }
-                let value = &raw[value_at as usize..(value_at + value_len) as usize];
-                for t in value.split(|&b| b == b',') {
-                    if let Ok(h) = HeaderName::from_bytes(t.trim_ascii()) {
-                        if !(switching && h == header::UPGRADE) && h != header::CONTENT_LENGTH {
-                            headers.remove(h);
-                        }
-                    }
+                if name.eq_ignore_ascii_case(b"connection") {
+                    let value = &raw[value_at as usize..(value_at + value_len) as usize];
+                    remove_connection_named(&mut headers, value, switching);
                 }
             }
         }
