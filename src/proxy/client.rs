@@ -52,37 +52,49 @@ const COALESCE_MAX: usize = 16 * 1024;
 
 /// One connection to a backend.
 pub struct Conn {
-    io: Io,
+    stream: TcpStream,
     /// Bytes read and not consumed yet.
     buf: BytesMut,
     /// The request head being written.
     out: Vec<u8>,
 }
 
-/// A connection's socket: whole, or only its reading half while the rest of a request
-/// body is still being sent beside the response (see `send`).
-enum Io {
-    Whole(TcpStream),
-    ReadHalf(OwnedReadHalf),
-    Closed,
-}
-
 impl Conn {
     fn new(stream: TcpStream) -> Conn {
         Conn {
-            io: Io::Whole(stream),
+            stream,
             buf: BytesMut::new(),
             out: Vec::new(),
         }
     }
+}
 
-    /// Reads more into `buf`, with at least `room` bytes of space.
+/// What a response is read from: its whole connection, or only the reading half while
+/// the rest of the request body is still being sent beside the response (see `send`).
+enum Source {
+    Conn(Conn),
+    Half { read: OwnedReadHalf, buf: BytesMut },
+}
+
+impl Source {
+    fn buf(&mut self) -> &mut BytesMut {
+        match self {
+            Source::Conn(c) => &mut c.buf,
+            Source::Half { buf, .. } => buf,
+        }
+    }
+
+    /// Reads more into the buffer, with at least `room` bytes of space.
     fn poll_read_more(&mut self, cx: &mut Context<'_>, room: usize) -> Poll<io::Result<usize>> {
-        self.buf.reserve(room);
-        match &mut self.io {
-            Io::Whole(s) => tokio_util::io::poll_read_buf(Pin::new(s), cx, &mut self.buf),
-            Io::ReadHalf(r) => tokio_util::io::poll_read_buf(Pin::new(r), cx, &mut self.buf),
-            Io::Closed => Poll::Ready(Ok(0)),
+        match self {
+            Source::Conn(c) => {
+                c.buf.reserve(room);
+                tokio_util::io::poll_read_buf(Pin::new(&mut c.stream), cx, &mut c.buf)
+            }
+            Source::Half { read, buf } => {
+                buf.reserve(room);
+                tokio_util::io::poll_read_buf(Pin::new(read), cx, buf)
+            }
         }
     }
 
@@ -174,13 +186,11 @@ impl Pool {
             }
             // Nothing should arrive on an idle connection. If tokio saw something (the
             // backend's FIN, most likely), ask the kernel what it is.
-            let Io::Whole(stream) = &conn.io else {
-                continue;
-            };
-            let stirred = stream
+            let stirred = conn
+                .stream
                 .poll_read_ready(&mut Context::from_waker(Waker::noop()))
                 .is_ready();
-            if stirred && !still_open(stream) {
+            if stirred && !still_open(&conn.stream) {
                 continue;
             }
             return Some(conn);
@@ -281,43 +291,44 @@ impl Client {
         // One allocation for a typical head, not a doubling series (new or shed).
         conn.out.reserve(HEAD_GUESS);
         let framing = wire::encode_request_head(&mut conn.out, req, has_body);
-        let Io::Whole(stream) = &mut conn.io else {
-            return Err(fail(SendError::Closed, true)); // pooled connections are whole
-        };
-        let mut written = 0;
-        if let Err(e) = write_all(stream, &conn.out, &mut written).await {
-            return Err(fail(SendError::Write(e), written == 0));
+        // What the first write takes is what decides whether any of the request reached
+        // the backend.
+        match conn.stream.write(&conn.out).await {
+            Ok(n) => conn.stream.write_all(&conn.out[n..]).await,
+            Err(e) => return Err(fail(SendError::Write(e), true)),
         }
+        .map_err(|e| fail(SendError::Write(e), false))?;
         let mut upload = None;
-        if framing != RequestFraming::None {
+        let early = match framing {
+            RequestFraming::None => false,
             // Boxed: requests without a body keep this future small.
-            let early = Box::pin(send_body(&mut conn, req.body_mut(), framing))
+            _ => Box::pin(send_body(&mut conn, req.body_mut(), framing))
                 .await
-                .map_err(|e| fail(e, false))?;
-            if early {
-                // The backend answers while the body is still coming (an echo, a
-                // stream, an early refusal): go on sending it beside the response.
-                let body = std::mem::replace(req.body_mut(), RequestBody::empty());
-                if let Io::Whole(stream) = std::mem::replace(&mut conn.io, Io::Closed) {
-                    let (r, w) = stream.into_split();
-                    conn.io = Io::ReadHalf(r);
-                    let out = std::mem::take(&mut conn.out);
-                    upload = Some(tokio::spawn(upload_rest(w, body, framing, out)).abort_handle());
-                }
-            }
-        }
+                .map_err(|e| fail(e, false))?,
+        };
+        let mut src = if early {
+            // The backend answers while the body is still coming (an echo, a stream, an
+            // early refusal): go on sending it beside the response.
+            let body = std::mem::replace(req.body_mut(), RequestBody::empty());
+            let Conn { stream, buf, out } = conn;
+            let (read, write) = stream.into_split();
+            upload = Some(tokio::spawn(upload_rest(write, body, framing, out)).abort_handle());
+            Source::Half { read, buf }
+        } else {
+            Source::Conn(conn)
+        };
 
         let head = loop {
             // Once the head is in, a request that will not be sent again gives its
             // header map to the response (hyper in turn reuses that map for the next
             // request head): no header map is allocated per request.
             let spare = || recycle.then(|| std::mem::take(req.headers_mut()));
-            match wire::parse_response_head(&mut conn.buf, &method, upgrade, spare) {
+            match wire::parse_response_head(src.buf(), &method, upgrade, spare) {
                 Ok(Some(head)) => break head,
                 Ok(None) => {}
                 Err(e) => return Err(fail(SendError::Response(e), false)),
             }
-            match conn.read_more(HEAD_READ).await {
+            match src.read_more(HEAD_READ).await {
                 Ok(0) => return Err(fail(SendError::Closed, false)),
                 Ok(_) => {}
                 Err(e) => return Err(fail(SendError::Read(e), false)),
@@ -325,7 +336,7 @@ impl Client {
         };
         let reuse = (head.keep_alive && upload.is_none() && self.max_idle > 0)
             .then(|| (Arc::clone(&backend.pool), self.max_idle));
-        let mut resp = Response::new(BackendBody::new(conn, head.framing, reuse, upload));
+        let mut resp = Response::new(BackendBody::new(src, head.framing, reuse, upload));
         *resp.status_mut() = head.status;
         *resp.version_mut() = head.version;
         *resp.headers_mut() = head.headers;
@@ -342,21 +353,6 @@ impl Client {
     }
 }
 
-/// Writes `data[*written..]`, counting what went out.
-async fn write_all<W: AsyncWrite + Unpin>(
-    stream: &mut W,
-    data: &[u8],
-    written: &mut usize,
-) -> io::Result<()> {
-    while *written < data.len() {
-        match stream.write(&data[*written..]).await? {
-            0 => return Err(io::ErrorKind::WriteZero.into()),
-            n => *written += n,
-        }
-    }
-    Ok(())
-}
-
 /// Streams the request body. Ok(true): the backend began to answer (or closed)
 /// before the body was all sent; what it sent is in `conn.buf`.
 async fn send_body(
@@ -364,19 +360,17 @@ async fn send_body(
     body: &mut RequestBody,
     framing: RequestFraming,
 ) -> Result<bool, SendError> {
-    let Io::Whole(stream) = &mut conn.io else {
-        return Err(SendError::Closed);
-    };
+    let Conn { stream, buf, out } = conn;
     loop {
         let frame = tokio::select! {
             biased;
             f = body.frame() => f,
             r = stream.readable() => {
                 r.map_err(SendError::Read)?;
-                conn.buf.reserve(HEAD_READ);
-                match stream.try_read_buf(&mut conn.buf) {
+                buf.reserve(HEAD_READ);
+                match stream.try_read_buf(buf) {
                     // "100 Continue" and the like need no answer: send on.
-                    Ok(n) if n > 0 && wire::skip_informational(&mut conn.buf) => continue,
+                    Ok(n) if n > 0 && wire::skip_informational(buf) => continue,
                     // An early answer, or the backend's close: read it as the response.
                     Ok(_) => return Ok(true),
                     // Stale readiness, now cleared.
@@ -396,7 +390,7 @@ async fn send_body(
             Some(Ok(frame)) => {
                 // Trailers are not passed on.
                 if let Ok(data) = frame.into_data() {
-                    write_data(stream, &mut conn.out, &data, framing)
+                    write_data(stream, out, &data, framing)
                         .await
                         .map_err(SendError::Write)?;
                 }
@@ -448,29 +442,25 @@ async fn write_data<W: AsyncWrite + Unpin>(
     if data.is_empty() {
         return Ok(());
     }
-    let mut n = 0;
     if framing != RequestFraming::Chunked {
-        return write_all(w, data, &mut n).await;
+        return w.write_all(data).await;
     }
     out.clear();
     wire::chunk_header(out, data.len());
     if data.len() <= COALESCE_MAX {
         out.extend_from_slice(data);
         out.extend_from_slice(b"\r\n");
-        return write_all(w, out, &mut n).await;
+        return w.write_all(out).await;
     }
-    write_all(w, out, &mut n).await?;
-    let mut n = 0;
-    write_all(w, data, &mut n).await?;
-    let mut n = 0;
-    write_all(w, b"\r\n", &mut n).await
+    w.write_all(out).await?;
+    w.write_all(data).await?;
+    w.write_all(b"\r\n").await
 }
 
 /// Ends a request body in its framing.
 async fn finish_body<W: AsyncWrite + Unpin>(w: &mut W, framing: RequestFraming) -> io::Result<()> {
-    let mut n = 0;
     match framing {
-        RequestFraming::Chunked => write_all(w, wire::LAST_CHUNK, &mut n).await,
+        RequestFraming::Chunked => w.write_all(wire::LAST_CHUNK).await,
         _ => Ok(()),
     }
 }
@@ -486,7 +476,7 @@ enum State {
 /// A backend's response body, read from its connection as it is polled. At its end
 /// the connection goes back to the pool, if it may be reused.
 pub struct BackendBody {
-    conn: Option<Conn>,
+    src: Option<Source>,
     state: State,
     reuse: Option<(Arc<Pool>, usize)>,
     /// The task still sending the request body, if the response began before its end.
@@ -514,7 +504,7 @@ pub enum BodyError {
 
 impl BackendBody {
     fn new(
-        conn: Conn,
+        src: Source,
         framing: Framing,
         reuse: Option<(Arc<Pool>, usize)>,
         upload: Option<AbortHandle>,
@@ -526,7 +516,7 @@ impl BackendBody {
             Framing::UntilClose => State::UntilClose,
         };
         let mut body = BackendBody {
-            conn: Some(conn),
+            src: Some(src),
             state,
             reuse,
             upload,
@@ -543,13 +533,12 @@ impl BackendBody {
     /// The connection of a 101 answer, for the tunnel.
     pub fn take_upgraded(&mut self) -> Option<Upgraded> {
         self.reuse = None;
-        let conn = self.conn.take()?;
-        match conn.io {
-            Io::Whole(stream) => Some(Upgraded {
-                stream,
+        match self.src.take()? {
+            Source::Conn(conn) => Some(Upgraded {
+                stream: conn.stream,
                 read: conn.buf.freeze(),
             }),
-            _ => None,
+            Source::Half { .. } => None,
         }
     }
 
@@ -557,7 +546,9 @@ impl BackendBody {
     /// backend sent more than the response (then it cannot be trusted).
     fn finish(&mut self) {
         self.state = State::Done;
-        if let (Some(conn), Some((pool, max_idle))) = (self.conn.take(), self.reuse.take()) {
+        if let (Some(Source::Conn(conn)), Some((pool, max_idle))) =
+            (self.src.take(), self.reuse.take())
+        {
             if conn.buf.is_empty() {
                 pool.put(conn, max_idle);
             }
@@ -565,7 +556,7 @@ impl BackendBody {
     }
 
     fn fail(&mut self, e: BodyError) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        self.conn = None;
+        self.src = None;
         self.state = State::Done;
         Poll::Ready(Some(Err(e)))
     }
@@ -581,18 +572,19 @@ impl Body for BackendBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
         loop {
-            let Some(conn) = this.conn.as_mut() else {
+            let Some(src) = this.src.as_mut() else {
                 return Poll::Ready(None);
             };
+            let buf = src.buf();
             let room = match &mut this.state {
                 State::Done | State::Length(0) => {
                     this.finish();
                     return Poll::Ready(None);
                 }
                 State::Length(left) => {
-                    if !conn.buf.is_empty() {
-                        let n = (conn.buf.len() as u64).min(*left);
-                        let data = conn.buf.split_to(n as usize).freeze();
+                    if !buf.is_empty() {
+                        let n = (buf.len() as u64).min(*left);
+                        let data = buf.split_to(n as usize).freeze();
                         *left -= n;
                         if *left == 0 {
                             this.finish();
@@ -601,7 +593,7 @@ impl Body for BackendBody {
                     }
                     (*left).clamp(HEAD_READ as u64, BODY_READ_MAX as u64) as usize
                 }
-                State::Chunked(c) => match c.step(&mut conn.buf) {
+                State::Chunked(c) => match c.step(buf) {
                     Ok(Step::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
                     Ok(Step::Done) => {
                         this.finish();
@@ -611,16 +603,16 @@ impl Body for BackendBody {
                     Err(e) => return this.fail(BodyError::Wire(e)),
                 },
                 State::UntilClose => {
-                    if !conn.buf.is_empty() {
-                        let data = conn.buf.split().freeze();
+                    if !buf.is_empty() {
+                        let data = buf.split().freeze();
                         return Poll::Ready(Some(Ok(Frame::data(data))));
                     }
                     BODY_READ_MAX / 4
                 }
             };
-            match ready!(conn.poll_read_more(cx, room)) {
+            match ready!(src.poll_read_more(cx, room)) {
                 Ok(0) if matches!(this.state, State::UntilClose) => {
-                    this.conn = None;
+                    this.src = None;
                     this.state = State::Done;
                     return Poll::Ready(None);
                 }
@@ -632,7 +624,7 @@ impl Body for BackendBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.conn.is_none() || matches!(self.state, State::Done | State::Length(0))
+        self.src.is_none() || matches!(self.state, State::Done | State::Length(0))
     }
 
     fn size_hint(&self) -> SizeHint {
