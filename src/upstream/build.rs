@@ -35,8 +35,12 @@ pub fn build(config: &Config, previous: Option<&Snapshot>) -> Snapshot {
                     let (stats, pool) = match old_stats.get(&(cfg.name.as_str(), b.url.id())) {
                         Some((s, p)) => {
                             // Health and counters carry over; admin changes (drain) last
-                            // only until the next reload (SPEC §5).
+                            // only until the next reload (SPEC §5). A health verdict is
+                            // kept only while health checks run to revise it.
                             s.set_draining(false);
+                            if cfg.health.is_none() {
+                                s.set_unhealthy(false);
+                            }
                             (Arc::clone(s), Arc::clone(p))
                         }
                         None => {

@@ -160,3 +160,27 @@ async fn a_reload_keeps_known_verdicts_and_keeps_checking() {
     health.store(200, Ordering::SeqCst);
     wait_state(&lb, 0, "healthy").await;
 }
+
+#[tokio::test]
+async fn a_reload_without_health_checks_drops_their_verdicts() {
+    let a = checked("a", Arc::new(AtomicU16::new(503))).await;
+    let b = checked("b", Arc::new(AtomicU16::new(200))).await;
+    let text = config(
+        &[a.url(), b.url()],
+        "path = \"/healthz\"\ninterval = \"50ms\"\nfall = 1\nrise = 1",
+    );
+    let lb = Sluice::start(&text).await;
+    wait_state(&lb, 0, "unhealthy").await;
+    // The same upstream without [upstream.web.health]: nothing would ever revise the
+    // verdict, so it must not outlive the checks.
+    let unchecked = text.replace("[upstream.web.health]\n", "").replace(
+        "path = \"/healthz\"\ninterval = \"50ms\"\nfall = 1\nrise = 1\n",
+        "",
+    );
+    let reloaded =
+        sluice::config::parse_str(&unchecked, std::path::Path::new("test.toml")).unwrap();
+    lb.shared.apply(reloaded);
+    wait_state(&lb, 0, "healthy").await;
+    let bodies = lb.get_many("/", 4).await;
+    assert!(bodies.iter().any(|x| x == "a"), "{bodies:?}");
+}
