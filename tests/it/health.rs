@@ -85,7 +85,9 @@ async fn a_tcp_check_spares_clients_a_dead_backend() {
     let b = TestBackend::replying("b").await;
     let lb = Sluice::start(&config(
         &[format!("http://{dead}"), b.url()],
-        "interval = \"50ms\"\ntimeout = \"500ms\"\nfall = 1",
+        // No retries: a request sent to the dead backend would be a 502, not saved by
+        // a retry on the live one.
+        "interval = \"50ms\"\ntimeout = \"500ms\"\nfall = 1\n[upstream.web.retry]\nattempts = 0",
     ))
     .await;
     wait_state(&lb, 0, "unhealthy").await;
@@ -145,9 +147,11 @@ async fn a_reload_keeps_known_verdicts_and_keeps_checking() {
     let health = Arc::new(AtomicU16::new(503));
     let a = checked("a", health.clone()).await;
     let b = checked("b", Arc::new(AtomicU16::new(200))).await;
+    // fall = 5: a checker that forgot the verdict would take five probes to find it
+    // again, and the requests below would reach a meanwhile.
     let text = config(
         &[a.url(), b.url()],
-        "path = \"/healthz\"\ninterval = \"50ms\"\nfall = 1\nrise = 1",
+        "path = \"/healthz\"\ninterval = \"50ms\"\nfall = 5\nrise = 2",
     );
     let lb = Sluice::start(&text).await;
     wait_state(&lb, 0, "unhealthy").await;
