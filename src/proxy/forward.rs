@@ -320,9 +320,9 @@ async fn attempts(
     loop {
         let started = if tries == 0 { now } else { Instant::now() };
         // A sticky client's backend (or the one a stale connection failed on) first,
-        // while it is usable; else the strategy.
+        // while it may serve (a backup only while no primary can); else the strategy.
         let backend = match pinned.take() {
-            Some(b) if b.available(started) => b,
+            Some(b) if upstream.may_serve(&b, started) => b,
             _ => pick(upstream, key, &tried, started)?,
         };
         tried.insert(&backend);

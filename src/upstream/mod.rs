@@ -79,4 +79,10 @@ impl Upstream {
     pub fn pick(&self, ctx: &PickCtx<'_>) -> Option<&Arc<Backend>> {
         self.primaries.pick(ctx).or_else(|| self.backups.pick(ctx))
     }
+
+    /// May `b` take a request now, outside the strategy (a sticky client's backend)?
+    /// It must be available, and a backup only while no primary is (SPEC §3).
+    pub fn may_serve(&self, b: &Backend, now: tokio::time::Instant) -> bool {
+        b.available(now) && (!b.backup || !self.primaries.backends.iter().any(|p| p.available(now)))
+    }
 }

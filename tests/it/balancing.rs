@@ -344,3 +344,42 @@ async fn sticky_cookies_pin_a_client_and_fail_over_when_its_backend_is_out() {
     let (_, h, _) = with_cookie("sid=0000000000000000".into()).await;
     assert!(h.get("set-cookie").is_some());
 }
+
+#[tokio::test]
+async fn a_sticky_client_leaves_a_backup_once_a_primary_is_back() {
+    let p = TestBackend::replying("primary").await;
+    let bk = TestBackend::replying("backup").await;
+    let lb = Sluice::start(&format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n[upstream.web]\nsticky = {{ cookie = \"sid\" }}\nbackends = [{{ url = \"{}\" }}, {{ url = \"{}\", backup = true }}]\n",
+        p.url(),
+        bk.url()
+    ))
+    .await;
+    lb.admin("POST", &format!("/upstreams/web/backends/{}/drain", p.addr))
+        .await;
+    let (_, h, body) = lb.get("/").await;
+    assert_eq!(body, "backup");
+    let cookie = h["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    lb.admin(
+        "POST",
+        &format!("/upstreams/web/backends/{}/enable", p.addr),
+    )
+    .await;
+    // Backups serve only while no primary can (SPEC §3), cookie or not.
+    let req = Request::get("/")
+        .header("cookie", cookie)
+        .body(http_body_util::Full::default())
+        .unwrap();
+    let (_, h, body) = lb.send(req).await;
+    assert_eq!(body, "primary");
+    assert!(
+        h.get("set-cookie").is_some(),
+        "the client is moved to the primary"
+    );
+}
