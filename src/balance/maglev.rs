@@ -45,9 +45,14 @@ fn mix(mut z: u64) -> u64 {
 
 impl Maglev {
     fn fill(tier: &[Arc<Backend>]) -> Box<[u16]> {
+        if tier.is_empty() {
+            // Never read (`pick` answers an empty tier first): no 128 KiB table for an
+            // upstream without backups.
+            return Box::new([]);
+        }
         let m = TABLE_SIZE as u64;
         let mut table = vec![EMPTY; TABLE_SIZE].into_boxed_slice();
-        if tier.is_empty() || tier.len() >= EMPTY as usize {
+        if tier.len() >= EMPTY as usize {
             return table;
         }
         // Visit backends by id, not config order, so the table is order-independent.
@@ -95,7 +100,9 @@ impl Pick for Maglev {
     /// The backend of the key's slot, or of the next slots if it is not usable. Without
     /// a key (cannot happen: the caller hashes the client address then), slot 0.
     fn pick(&self, tier: &[Arc<Backend>], ctx: &PickCtx<'_>) -> Option<usize> {
-        if tier.is_empty() {
+        // With no usable backend the probe below would walk the whole table, on every
+        // request, just when backups are serving.
+        if !tier.iter().any(|b| ctx.usable(b)) {
             return None;
         }
         let start = (ctx.key.unwrap_or(0) % TABLE_SIZE as u64) as usize;
