@@ -63,8 +63,7 @@ pub fn record(
         return None;
     }
     // The cap: with it reached the counter stays high, so the next failure asks again.
-    let ejected = pool.iter().filter(|p| p.stats.is_ejected(now)).count();
-    if (ejected + 1) * 100 > cfg.max_ejected_percent as usize * pool.len() {
+    if !room_to_eject(pool, cfg, now) {
         return None;
     }
     let d = s.eject_growing(now, cfg.ejection, MAX_EJECTION);
@@ -74,6 +73,30 @@ pub fn record(
         Ordering::Relaxed,
     );
     Some(d)
+}
+
+/// May one more backend of `pool` be out of rotation at `now`, under
+/// `max_ejected_percent`?
+fn room_to_eject(pool: &[Arc<Backend>], cfg: &OutlierConfig, now: Instant) -> bool {
+    let ejected = pool.iter().filter(|p| p.stats.is_ejected(now)).count();
+    (ejected + 1) * 100 <= cfg.max_ejected_percent as usize * pool.len()
+}
+
+/// Takes `b` out of rotation for `d` because it asked (`retry_after`), under the same
+/// `max_ejected_percent` cap as ejections: a pool whose backends all ask for a pause
+/// keeps serving from some. True if `b` is now out.
+pub fn pause(
+    b: &Backend,
+    pool: &[Arc<Backend>],
+    cfg: &OutlierConfig,
+    now: Instant,
+    d: Duration,
+) -> bool {
+    if !b.stats.is_ejected(now) && !room_to_eject(pool, cfg, now) {
+        return false;
+    }
+    b.stats.eject(now, d);
+    true
 }
 
 /// How long a backend asked to be left alone: `Retry-After` on a 503 or 429, as

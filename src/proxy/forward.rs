@@ -364,14 +364,16 @@ async fn attempts(
                     outlier::retry_after(status, resp.headers(), std::time::SystemTime::now)
                 {
                     // The backend asked to be left alone for a while: out of rotation.
-                    stats.eject(Instant::now(), d);
-                    tracing::info!(
-                        upstream = %upstream.name,
-                        backend = %backend.id,
-                        status,
-                        out_ms = d.as_millis() as u64,
-                        "backend asked for a pause (Retry-After)"
-                    );
+                    let cfg = &upstream.config.outlier;
+                    if outlier::pause(&backend, &upstream.all, cfg, Instant::now(), d) {
+                        tracing::info!(
+                            upstream = %upstream.name,
+                            backend = %backend.id,
+                            status,
+                            out_ms = d.as_millis() as u64,
+                            "backend asked for a pause (Retry-After)"
+                        );
+                    }
                 }
                 match Outcome::of_status(status) {
                     Outcome::Success => outlier::success(&backend),

@@ -139,3 +139,27 @@ async fn retry_after_on_503_takes_a_backend_out_for_that_long() {
     let bodies = lb.get_many("/", 4).await;
     assert!(bodies.iter().any(|b| b == "pausing"), "{bodies:?}");
 }
+
+#[tokio::test]
+async fn pauses_asked_by_retry_after_respect_max_ejected_percent() {
+    let busy = || {
+        TestBackend::start(|_| async {
+            http::Response::builder()
+                .status(503)
+                .header("retry-after", "60")
+                .body(full("busy"))
+                .unwrap()
+        })
+    };
+    let (a, b) = (busy().await, busy().await);
+    let lb = Sluice::over(
+        &[a.url(), b.url()],
+        "[upstream.web.outlier]\nmax_ejected_percent = 50",
+    )
+    .await;
+    for _ in 0..4 {
+        assert_eq!(lb.get("/").await.2, "busy", "a backend still answers");
+    }
+    let s = states(&lb);
+    assert_eq!(s.iter().filter(|x| **x == "ejected").count(), 1, "{s:?}");
+}
