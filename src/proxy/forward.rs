@@ -378,7 +378,6 @@ async fn attempts(
                 match Outcome::of_status(status) {
                     Outcome::Success => outlier::success(&backend),
                     Outcome::Failure => {
-                        stats.failures.fetch_add(1, Ordering::Relaxed);
                         note_failure(upstream, &backend);
                         if may_retry(RetryOn::Status(status), replayable, retries) {
                             retries += 1;
@@ -429,7 +428,6 @@ async fn attempts(
                     fresh = true;
                     continue;
                 }
-                stats.failures.fetch_add(1, Ordering::Relaxed);
                 note_failure(upstream, &backend);
                 let on = if error.is_connect() {
                     RetryOn::ConnectFailure
@@ -447,7 +445,6 @@ async fn attempts(
                 });
             }
             Err(_) => {
-                stats.failures.fetch_add(1, Ordering::Relaxed);
                 note_failure(upstream, &backend);
                 if may_retry(RetryOn::Timeout, replayable, retries) {
                     retries += 1;
@@ -486,8 +483,10 @@ fn pick(
         .ok_or(ProxyError::NoHealthyBackend)
 }
 
-/// Counts a failed attempt on `backend` for outlier detection, logging an ejection.
+/// Counts a failed attempt on `backend` (its `failures`, and outlier detection),
+/// logging an ejection.
 fn note_failure(upstream: &Upstream, backend: &Backend) {
+    backend.stats.failures.fetch_add(1, Ordering::Relaxed);
     let cfg = &upstream.config.outlier;
     if let Some(d) = outlier::record(
         backend,
