@@ -63,10 +63,6 @@ impl Tried {
         self.ptrs[..self.len].contains(&p)
     }
 
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

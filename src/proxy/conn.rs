@@ -148,8 +148,6 @@ impl Activity {
     /// and ending do not wake the watchdog (that would cost a wakeup per request), so
     /// it looks at least every `PARK_AFTER`; `can_park` is false for HTTP/2.
     pub fn check(&self, t: Timers, can_park: bool) -> Verdict {
-        let now = now_ms();
-        let soon = Instant::now() + PARK_AFTER;
         if self.active.load(Ordering::Relaxed) > 0 {
             // A connection that stays busy is looked at less and less often (a long
             // download or a steady stream of requests needs no watching); it is looked
@@ -158,13 +156,14 @@ impl Activity {
             return Verdict::WaitUntil(Instant::now() + busy_recheck(streak, t));
         }
         self.busy_checks.store(0, Ordering::Relaxed);
+        let now = now_ms();
         let head = self.head_since.load(Ordering::Relaxed);
         if head != 0 {
             let deadline = head + t.header_read.as_millis() as u64;
             return if now >= deadline {
                 Verdict::Close("header_read_timeout")
             } else {
-                Verdict::WaitUntil(soon.min(instant_of(deadline)))
+                Verdict::WaitUntil((Instant::now() + PARK_AFTER).min(instant_of(deadline)))
             };
         }
         let idle = self.idle_since.load(Ordering::Relaxed);
