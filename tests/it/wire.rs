@@ -198,3 +198,37 @@ async fn an_early_answer_to_an_upload_is_not_stuck_behind_it() {
         .expect("the answer came while the upload was still going");
     assert_eq!((status.as_u16(), body.as_str()), (413, "nope"));
 }
+
+#[tokio::test]
+async fn a_request_body_of_unknown_length_is_sent_chunked_and_arrives_whole() {
+    // The backend answers with what it received, as hyper decoded it.
+    let be = TestBackend::start(|req: Request<hyper::body::Incoming>| async move {
+        let chunked = req
+            .headers()
+            .get("transfer-encoding")
+            .is_some_and(|v| v == "chunked");
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        http::Response::new(full(format!(
+            "{chunked} {}",
+            String::from_utf8_lossy(&body)
+        )))
+    })
+    .await;
+    let lb = Sluice::over(&[be.url()], "").await;
+    // A small chunk and a large one (which hyper hands over in pieces).
+    let big = "x".repeat(20 * 1024);
+    let mut raw = String::from(
+        "POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n",
+    );
+    raw.push_str(&format!("{:x}\r\n{big}\r\n0\r\n\r\n", big.len()));
+    let got = raw_exchange(lb.addr, raw.as_bytes(), DEADLINE).await;
+    assert!(
+        got.starts_with("HTTP/1.1 200"),
+        "{}",
+        &got[..got.len().min(200)]
+    );
+    assert!(
+        got.ends_with(&format!("\r\n\r\ntrue hello{big}")),
+        "the body arrived whole"
+    );
+}
