@@ -46,9 +46,6 @@ const HEAD_GUESS: usize = 1024;
 const HEAD_READ: usize = 8 * 1024;
 /// The most read at once for a large body.
 const BODY_READ_MAX: usize = 64 * 1024;
-/// A chunk of a request body at most this large is copied next to its chunk header
-/// and written in one call.
-const COALESCE_MAX: usize = 16 * 1024;
 
 /// One connection to a backend.
 pub struct Conn {
@@ -432,7 +429,9 @@ async fn upload_rest(
     }
 }
 
-/// Writes one piece of a request body in its framing.
+/// Writes one piece of a request body in its framing. A chunk goes out with its header
+/// and trailing CRLF in one write (pieces from hyper are at most a read buffer or an
+/// HTTP/2 frame, so the copy is small).
 async fn write_data<W: AsyncWrite + Unpin>(
     w: &mut W,
     out: &mut Vec<u8>,
@@ -447,14 +446,9 @@ async fn write_data<W: AsyncWrite + Unpin>(
     }
     out.clear();
     wire::chunk_header(out, data.len());
-    if data.len() <= COALESCE_MAX {
-        out.extend_from_slice(data);
-        out.extend_from_slice(b"\r\n");
-        return w.write_all(out).await;
-    }
-    w.write_all(out).await?;
-    w.write_all(data).await?;
-    w.write_all(b"\r\n").await
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+    w.write_all(out).await
 }
 
 /// Ends a request body in its framing.
