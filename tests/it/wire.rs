@@ -232,3 +232,31 @@ async fn a_request_body_of_unknown_length_is_sent_chunked_and_arrives_whole() {
         "the body arrived whole"
     );
 }
+
+#[tokio::test]
+async fn bytes_a_backend_sends_right_behind_its_101_reach_the_client() {
+    let (url, _) = scripted(|_| {
+        reply(
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\nHELLO",
+            false,
+        )
+    })
+    .await;
+    let lb = Sluice::over(&[url], "").await;
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(DEADLINE, async {
+        while !got.ends_with(b"HELLO") {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("the bytes after the 101 arrive");
+    assert!(got.starts_with(b"HTTP/1.1 101"));
+}
