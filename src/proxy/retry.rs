@@ -37,6 +37,10 @@ impl Budget {
         }
     }
 
+    pub fn percent(&self) -> u32 {
+        self.percent
+    }
+
     fn second_of(&self, now: Instant) -> u64 {
         now.saturating_duration_since(self.epoch).as_secs()
     }

@@ -9,6 +9,7 @@ use super::{Backend, BackendStats, Route, Snapshot, Tier, Upstream};
 use crate::config::Config;
 use crate::proxy::client::Client;
 use crate::proxy::client::Pool;
+use crate::proxy::retry::Budget;
 
 /// What a backend keeps across snapshots: its counters and its idle connections.
 type Carried<'a> = (&'a Arc<BackendStats>, &'a Arc<Pool>);
@@ -61,6 +62,16 @@ pub fn build(config: &Config, previous: Option<&Snapshot>) -> Snapshot {
             let (backups, primaries): (Vec<_>, Vec<_>) =
                 all.iter().cloned().partition(|b| b.backup);
             let client = Client::new(cfg);
+            // The retry budget's window carries over a reload, like backend state: a
+            // reload must not reset an upstream to the 3-retries-a-second floor.
+            let budget = previous
+                .and_then(|p| p.upstreams.iter().find(|u| *u.name == *cfg.name))
+                .map(|u| &u.budget)
+                .filter(|b| b.percent() == cfg.retry.budget_percent)
+                .map_or_else(
+                    || Arc::new(Budget::new(cfg.retry.budget_percent)),
+                    Arc::clone,
+                );
             Arc::new(Upstream {
                 name: cfg.name.as_str().into(),
                 config: cfg.clone(),
@@ -68,7 +79,7 @@ pub fn build(config: &Config, previous: Option<&Snapshot>) -> Snapshot {
                 backups: Tier::new(cfg, backups),
                 all: all.into_boxed_slice(),
                 client,
-                budget: crate::proxy::retry::Budget::new(cfg.retry.budget_percent),
+                budget,
             })
         })
         .collect();
@@ -88,5 +99,33 @@ pub fn build(config: &Config, previous: Option<&Snapshot>) -> Snapshot {
     Snapshot {
         routes: routes.into_boxed_slice(),
         upstreams: upstreams.into_boxed_slice(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(budget_percent: u32) -> Config {
+        let text = format!(
+            "[[listener]]\naddress = \"127.0.0.1:0\"\n[upstream.web]\nbackends = [{{ url = \"127.0.0.1:1\" }}]\n[upstream.web.retry]\nbudget_percent = {budget_percent}\n"
+        );
+        crate::config::parse_str(&text, std::path::Path::new("t.toml")).unwrap()
+    }
+
+    #[test]
+    fn a_reload_keeps_the_retry_budget_unless_its_percentage_changes() {
+        let first = build(&config(20), None);
+        let again = build(&config(20), Some(&first));
+        assert!(Arc::ptr_eq(
+            &first.upstreams[0].budget,
+            &again.upstreams[0].budget
+        ));
+        let changed = build(&config(30), Some(&again));
+        assert!(!Arc::ptr_eq(
+            &again.upstreams[0].budget,
+            &changed.upstreams[0].budget
+        ));
+        assert_eq!(changed.upstreams[0].budget.percent(), 30);
     }
 }

@@ -70,7 +70,7 @@ pub struct Upstream {
     pub backups: Tier,
     pub client: Client,
     /// Retries of every kind stay within this (SPEC §2 `budget_percent`).
-    pub budget: crate::proxy::retry::Budget,
+    pub budget: Arc<crate::proxy::retry::Budget>,
 }
 
 impl Upstream {
