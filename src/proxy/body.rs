@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -17,12 +17,22 @@ use hyper::body::Incoming;
 
 use super::client::{BackendBody, BodyError};
 use super::conn::Activity;
+use super::h1::H1Body;
 use crate::telemetry::{self, AccessRecord};
 use crate::upstream::Backend;
 
+/// A request body as it comes from the client.
+pub enum ClientBody {
+    Empty,
+    /// HTTP/1.1, read by sluice's own server (h1.rs).
+    H1(H1Body),
+    /// HTTP/2, read by hyper.
+    H2(Incoming),
+}
+
 /// The request body sent to a backend.
 pub struct RequestBody {
-    inner: Option<Incoming>,
+    inner: ClientBody,
     /// Bytes still allowed; u64::MAX = unlimited.
     remaining: u64,
 }
@@ -33,21 +43,21 @@ pub enum RequestBodyError {
     #[error("request body larger than max_body_bytes")]
     TooLarge,
     #[error("reading the client's request body")]
-    Client(#[source] hyper::Error),
+    Client(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl RequestBody {
     /// `limit` 0 means unlimited.
-    pub fn new(inner: Incoming, limit: u64) -> RequestBody {
+    pub fn new(inner: ClientBody, limit: u64) -> RequestBody {
         RequestBody {
-            inner: Some(inner),
+            inner,
             remaining: if limit == 0 { u64::MAX } else { limit },
         }
     }
 
     pub fn empty() -> RequestBody {
         RequestBody {
-            inner: None,
+            inner: ClientBody::Empty,
             remaining: u64::MAX,
         }
     }
@@ -62,35 +72,40 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
         let this = &mut *self;
-        let Some(inner) = this.inner.as_mut() else {
-            return Poll::Ready(None);
+        let polled = match &mut this.inner {
+            ClientBody::Empty => return Poll::Ready(None),
+            ClientBody::H1(b) => ready!(Pin::new(b).poll_frame(cx))
+                .map(|r| r.map_err(|e| RequestBodyError::Client(e.into()))),
+            ClientBody::H2(b) => ready!(Pin::new(b).poll_frame(cx))
+                .map(|r| r.map_err(|e| RequestBodyError::Client(e.into()))),
         };
-        match Pin::new(inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    let n = data.len() as u64;
-                    if n > this.remaining {
-                        this.inner = None;
-                        return Poll::Ready(Some(Err(RequestBodyError::TooLarge)));
-                    }
-                    this.remaining -= n;
+        if let Some(Ok(frame)) = &polled {
+            if let Some(data) = frame.data_ref() {
+                let n = data.len() as u64;
+                if n > this.remaining {
+                    this.inner = ClientBody::Empty;
+                    return Poll::Ready(Some(Err(RequestBodyError::TooLarge)));
                 }
-                Poll::Ready(Some(Ok(frame)))
+                this.remaining -= n;
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(RequestBodyError::Client(e)))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
         }
+        Poll::Ready(polled)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(Body::is_end_stream)
+        match &self.inner {
+            ClientBody::Empty => true,
+            ClientBody::H1(b) => b.is_end_stream(),
+            ClientBody::H2(b) => b.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner
-            .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+        match &self.inner {
+            ClientBody::Empty => SizeHint::with_exact(0),
+            ClientBody::H1(b) => b.size_hint(),
+            ClientBody::H2(b) => b.size_hint(),
+        }
     }
 }
 

@@ -12,9 +12,9 @@
 //! out of hyper and held as a bare socket in the parking lot (park.rs) until it sends
 //! again, so 10,000 idle clients cost kilobytes each in the kernel, not in sluice.
 
-use std::io::{self, BufRead};
+use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -75,10 +75,6 @@ pub struct Activity {
     idle_since: AtomicU64,
     /// When the first byte of a pending request head arrived (ms); 0 = none pending.
     head_since: AtomicU64,
-    /// The pending head has both Content-Length and Transfer-Encoding lines. hyper
-    /// resolves that conflict itself (drops Content-Length, closes after), so the parsed
-    /// request no longer shows it; SPEC §4 wants such requests refused with 400.
-    conflicting_framing: AtomicBool,
     /// Watchdog checks in a row that found a request active.
     busy_checks: AtomicU32,
 }
@@ -103,7 +99,6 @@ impl Activity {
             active: AtomicU32::new(0),
             idle_since: AtomicU64::new(now),
             head_since: AtomicU64::new(now),
-            conflicting_framing: AtomicBool::new(false),
             busy_checks: AtomicU32::new(0),
         }
     }
@@ -119,24 +114,11 @@ impl Activity {
     }
 
     /// Bytes arrived. While no request is active they belong to a new request head.
-    /// Pipelined heads (read while a request is active) are not inspected; hyper's own
-    /// handling keeps those safe.
-    fn on_read(&self, bytes: &[u8]) {
-        if self.active.load(Ordering::Relaxed) != 0 {
-            return;
-        }
-        if self.head_since.load(Ordering::Relaxed) == 0 {
+    pub fn on_read(&self) {
+        if self.active.load(Ordering::Relaxed) == 0 && self.head_since.load(Ordering::Relaxed) == 0
+        {
             self.head_since.store(now_ms(), Ordering::Relaxed);
-            self.conflicting_framing.store(false, Ordering::Relaxed);
         }
-        if has_conflicting_framing(bytes) {
-            self.conflicting_framing.store(true, Ordering::Relaxed);
-        }
-    }
-
-    /// Did the head of the request now starting carry both framing headers?
-    pub fn take_conflicting_framing(&self) -> bool {
-        self.conflicting_framing.swap(false, Ordering::Relaxed)
     }
 
     /// When a parked connection is closed for being idle, in `now_ms` terms.
@@ -186,31 +168,6 @@ impl Default for Activity {
     }
 }
 
-/// Does this start of a request head hold both a Content-Length and a
-/// Transfer-Encoding header line? Looks only at line prefixes up to the blank line.
-fn has_conflicting_framing(bytes: &[u8]) -> bool {
-    const CL: &[u8] = b"content-length:";
-    const TE: &[u8] = b"transfer-encoding:";
-    let (mut cl, mut te) = (false, false);
-    // This runs on every request head: line ends are found with std's word-at-a-time
-    // memchr (behind `BufRead::skip_until` on a slice) rather than byte by byte.
-    let mut rest = bytes;
-    let _ = rest.skip_until(b'\n'); // the request line
-    while !rest.is_empty() {
-        let start = rest;
-        let Ok(n) = rest.skip_until(b'\n') else {
-            break;
-        };
-        let line = start[..n].strip_suffix(b"\n").unwrap_or(&start[..n]);
-        if line.is_empty() || line == b"\r" {
-            break;
-        }
-        cl |= line.len() > CL.len() && line[..CL.len()].eq_ignore_ascii_case(CL);
-        te |= line.len() > TE.len() && line[..TE.len()].eq_ignore_ascii_case(TE);
-    }
-    cl && te
-}
-
 /// An IO stream that reports reads to an `Activity`, and first replays `prefix`: bytes
 /// already read from the socket by an earlier hyper connection that did not use them.
 pub struct Tracked<S> {
@@ -245,12 +202,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix[..n]);
             self.prefix.advance(n);
-            self.activity.on_read(&buf.filled()[before..]);
+            self.activity.on_read();
             return Poll::Ready(Ok(()));
         }
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.activity.on_read(&buf.filled()[before..]);
+            self.activity.on_read();
         }
         r
     }
@@ -290,31 +247,6 @@ mod tests {
         header_read: Duration::ZERO,
         idle: Duration::ZERO,
     };
-
-    #[test]
-    fn conflicting_framing_is_seen_in_either_order_and_only_in_the_head() {
-        assert!(has_conflicting_framing(
-            b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
-        ));
-        assert!(has_conflicting_framing(
-            b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\nCONTENT-LENGTH: 5\r\n\r\n"
-        ));
-        assert!(!has_conflicting_framing(
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nContent-Length: 5\r\n"
-        ));
-        assert!(!has_conflicting_framing(
-            b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n"
-        ));
-        assert!(has_conflicting_framing(
-            b"POST / HTTP/1.1\nContent-Length: 5\nTransfer-Encoding: chunked\n"
-        ));
-        assert!(!has_conflicting_framing(
-            b"POST / HTTP/1.1\r\nContent-Length:\ntransfer-encoding: x"
-        ));
-        assert!(!has_conflicting_framing(
-            b"Content-Length: 5\r\nTransfer-Encoding: chunked"
-        ));
-    }
 
     #[test]
     fn an_active_request_is_never_cut() {
@@ -374,7 +306,7 @@ mod tests {
         a.begin_request();
         a.end_request();
         assert!(matches!(a.check(long, true), Verdict::WaitUntil(_)));
-        a.on_read(b"G");
+        a.on_read();
         assert_eq!(a.check(long, true), Verdict::Close("header_read_timeout"));
     }
 

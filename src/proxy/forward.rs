@@ -11,11 +11,10 @@ use std::sync::{Arc, Mutex};
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::Shared;
-use super::body::{Completion, RequestBody, RequestBodyError, ResponseBody};
+use super::body::{ClientBody, Completion, RequestBody, RequestBodyError, ResponseBody};
 use super::client::{BackendBody, Failure, SendError, Upgraded};
 use super::conn::Activity;
 use super::error::{ProxyError, chain};
@@ -33,6 +32,8 @@ pub struct ConnInfo {
     /// `client`'s IP as a header value, for X-Forwarded-For.
     pub client_ip: HeaderValue,
     pub https: bool,
+    /// HTTP/2 (hyper); else HTTP/1.1 (h1.rs, which checks head sizes as it parses).
+    pub http2: bool,
     pub activity: Arc<Activity>,
     /// The backend side of an accepted upgrade (101), for the connection task to join
     /// to the client once hyper hands the socket back.
@@ -40,11 +41,12 @@ pub struct ConnInfo {
 }
 
 impl ConnInfo {
-    pub fn new(client: SocketAddr, https: bool, activity: Arc<Activity>) -> ConnInfo {
+    pub fn new(client: SocketAddr, https: bool, http2: bool, activity: Arc<Activity>) -> ConnInfo {
         ConnInfo {
             client,
             client_ip: headers::ip_value(client.ip()),
             https,
+            http2,
             activity,
             upgrade: Mutex::new(None),
         }
@@ -68,7 +70,7 @@ pub type Answer = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Inf
 /// The checks, routing and header rewriting run here, before the future exists, so
 /// the future (allocated per request) holds only what the exchange with the backend
 /// needs across its awaits.
-pub fn handle(shared: &Shared, conn: &Arc<ConnInfo>, req: Request<Incoming>) -> Answer {
+pub fn handle(shared: &Shared, conn: &Arc<ConnInfo>, req: Request<ClientBody>) -> Answer {
     let mut done = Completion::new(Arc::clone(&conn.activity));
     let request_id = match req.headers().get(&X_REQUEST_ID) {
         Some(id) => id.clone(),
@@ -147,13 +149,8 @@ fn respond(
 
 /// Refuses request framing a proxy must not pass on (request smuggling): both
 /// Content-Length and Transfer-Encoding, or several differing Content-Length values.
-fn check_framing(req: &Request<Incoming>, conn: &ConnInfo) -> Result<(), ProxyError> {
+fn check_framing<B>(req: &Request<B>) -> Result<(), ProxyError> {
     let h = req.headers();
-    if h.contains_key(header::TRANSFER_ENCODING) && conn.activity.take_conflicting_framing() {
-        return Err(ProxyError::BadRequest(
-            "both Content-Length and Transfer-Encoding",
-        ));
-    }
     let mut cls = h.get_all(header::CONTENT_LENGTH).iter();
     if let Some(first) = cls.next() {
         if h.contains_key(header::TRANSFER_ENCODING) {
@@ -168,7 +165,7 @@ fn check_framing(req: &Request<Incoming>, conn: &ConnInfo) -> Result<(), ProxyEr
     Ok(())
 }
 
-fn content_length(req: &Request<Incoming>) -> Option<u64> {
+fn content_length<B>(req: &Request<B>) -> Option<u64> {
     req.headers()
         .get(header::CONTENT_LENGTH)?
         .to_str()
@@ -196,18 +193,17 @@ struct Prepared {
 fn prepare(
     shared: &Shared,
     conn: &ConnInfo,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     done: &mut Completion,
     request_id: &HeaderValue,
 ) -> Result<Prepared, ProxyError> {
-    check_framing(&req, conn)?;
+    check_framing(&req)?;
     let (max_header_bytes, max_body_bytes) = {
         let l = shared.limits.load();
         (l.max_header_bytes, l.max_body_bytes)
     };
-    // hyper enforces the head limit for HTTP/1 at its buffer size (8 KiB at least);
-    // this catches smaller limits and HTTP/2 heads.
-    if headers::head_size(req.method(), req.uri(), req.headers()) > max_header_bytes {
+    // HTTP/1 heads were measured as they were parsed (h1.rs).
+    if conn.http2 && headers::head_size(req.method(), req.uri(), req.headers()) > max_header_bytes {
         return Err(ProxyError::HeadTooLarge);
     }
     if max_body_bytes > 0 && content_length(&req).is_some_and(|n| n > max_body_bytes) {

@@ -5,6 +5,7 @@ pub mod client;
 pub mod conn;
 pub mod error;
 pub mod forward;
+pub mod h1;
 pub mod headers;
 pub mod park;
 pub mod retry;

@@ -10,32 +10,28 @@
 //! permit is back.
 
 use std::convert::Infallible;
-use std::future::{Future, poll_fn};
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use hyper::body::Incoming;
-use hyper::server::conn::{http1, http2};
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use super::Shared;
-use super::body::ResponseBody;
+use super::body::{ClientBody, ResponseBody};
 use super::conn::{Activity, Timers, Tracked, Verdict};
 use super::forward::{Answer, ConnInfo, handle};
 use super::park::{Lot, Woken};
-use super::upgrade;
+use super::{h1, upgrade};
 use crate::admin;
 
-/// hyper's HTTP/1 read buffer cannot be smaller than this.
-const HYPER_MIN_BUF: usize = 8192;
 /// After an accept error (e.g. out of file descriptors), wait before trying again so
 /// the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -154,7 +150,7 @@ impl Server {
             };
             handle.spawn(async move {
                 if let Ok(stream) = TcpStream::from_std(woken.stream) {
-                    serve_h1(stream, Bytes::new(), ctx).await;
+                    serve_h1(stream, BytesMut::new(), ctx).await;
                 }
             });
         });
@@ -206,27 +202,17 @@ impl Server {
     }
 }
 
-/// hyper's per-protocol server settings, shared by all connections.
+/// hyper's HTTP/2 server settings, shared by all connections (HTTP/1.1 is h1.rs).
 struct Protocols {
-    h1: http1::Builder,
     h2: http2::Builder<TokioExecutor>,
 }
 
 impl Protocols {
     fn new(max_header_bytes: usize) -> Protocols {
-        let mut h1 = http1::Builder::new();
-        h1.timer(TokioTimer::new())
-            // sluice runs its own header and idle timers (conn.rs); hyper's would also
-            // fire on idle keep-alive connections.
-            .header_read_timeout(None)
-            // hyper's default header count stays (a request with 100 lines or more gets
-            // 431; HAProxy's default limit is 101). A larger count makes hyper allocate its parse arrays
-            // for every request instead of keeping them on the stack.
-            .max_buf_size(max_header_bytes.max(HYPER_MIN_BUF));
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
-        Protocols { h1, h2 }
+        Protocols { h2 }
     }
 }
 
@@ -296,7 +282,7 @@ impl ConnCtx {
     }
 }
 
-/// The service hyper calls for each request of one connection.
+/// The service hyper calls for each request of an HTTP/2 connection.
 fn service(
     shared: &Arc<Shared>,
     info: &Arc<ConnInfo>,
@@ -306,12 +292,13 @@ fn service(
     Error = Infallible,
     Future = Answer,
 > + Clone
-+ Unpin
 + Send
 + 'static {
     let shared = Arc::clone(shared);
     let info = Arc::clone(info);
-    service_fn(move |req| -> Answer { handle(&shared, &info, req) })
+    service_fn(move |req: http::Request<Incoming>| -> Answer {
+        handle(&shared, &info, req.map(ClientBody::H2))
+    })
 }
 
 /// A new connection: HTTP/2 with prior knowledge or HTTP/1.1, told by its first bytes.
@@ -321,7 +308,7 @@ async fn serve_connection(stream: TcpStream, ctx: ConnCtx) {
         // Boxed: hyper's HTTP/2 connection is large, and every connection task would
         // otherwise reserve room for it, HTTP/1 ones included.
         Ok(Ok(Some(true))) => Box::pin(serve_h2(stream, ctx)).await,
-        Ok(Ok(Some(false))) => serve_h1(stream, Bytes::new(), ctx).await,
+        Ok(Ok(Some(false))) => serve_h1(stream, BytesMut::new(), ctx).await,
         _ => {} // closed, failed, or silent past header_read_timeout
     }
 }
@@ -346,86 +333,81 @@ async fn is_h2(stream: &TcpStream) -> io::Result<Option<bool>> {
     }
 }
 
-/// HTTP/1.1 through hyper until the connection closes, goes idle (then it is parked in
-/// a task of its own and this one ends), or is upgraded (then it becomes a tunnel).
-/// `replay` holds bytes an earlier hyper connection read but did not use.
-async fn serve_h1(stream: TcpStream, replay: Bytes, mut ctx: ConnCtx) {
+/// HTTP/1.1 (h1.rs) until the connection closes, goes idle (then it is parked and
+/// this task ends), or is upgraded (then it becomes a tunnel). `buf` holds bytes
+/// already read from the client.
+async fn serve_h1(stream: TcpStream, buf: BytesMut, mut ctx: ConnCtx) {
     let timers = ctx.timers();
     let activity = Arc::new(Activity::new());
-    let info = Arc::new(ConnInfo::new(ctx.client, false, Arc::clone(&activity)));
-    let io = TokioIo::new(Tracked::new(stream, Arc::clone(&activity), replay));
-    // Boxed so that this task's size does not depend on hyper's connection type.
-    let mut conn = Box::new(
-        ctx.protocols
-            .h1
-            .serve_connection(io, service(&ctx.shared, &info)),
-    );
-    let (mut parking, mut closing) = (false, false);
-    let sleep = tokio::time::sleep(Duration::ZERO);
-    tokio::pin!(sleep);
-    let ended = loop {
-        tokio::select! {
-            r = poll_fn(|cx| conn.poll_without_shutdown(cx)) => break r,
-            _ = &mut sleep, if !parking && !closing => match activity.check(timers, ctx.lot.is_some()) {
-                Verdict::WaitUntil(t) => sleep.as_mut().reset(t),
-                Verdict::Park => {
-                    parking = true;
-                    Pin::new(&mut *conn).graceful_shutdown();
+    let info = Arc::new(ConnInfo::new(
+        ctx.client,
+        false,
+        false,
+        Arc::clone(&activity),
+    ));
+    let mut sock = h1::Sock::new(stream, buf);
+    let flags = h1::Flags::default();
+    let end = {
+        let conn = h1::serve(&mut sock, &ctx.shared, &info, &flags);
+        tokio::pin!(conn);
+        let sleep = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                biased;
+                end = &mut conn => break Some(end),
+                _ = &mut sleep => match activity.check(timers, ctx.lot.is_some()) {
+                    Verdict::WaitUntil(t) => sleep.as_mut().reset(t),
+                    // Only between requests, when the loop holds nothing but the socket.
+                    Verdict::Park if flags.idle() => break None,
+                    Verdict::Park => sleep
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + super::conn::PARK_AFTER),
+                    Verdict::Close(why) => {
+                        tracing::debug!(client = %ctx.client, reason = why, "closing client connection");
+                        return;
+                    }
+                },
+                _ = ctx.stop.changed(), if !flags.closing() => {
+                    flags.close();
+                    if flags.idle() {
+                        return;
+                    }
                 }
-                Verdict::Close(why) => {
-                    tracing::debug!(client = %ctx.client, reason = why, "closing client connection");
-                    return;
-                }
-            },
-            _ = ctx.stop.changed(), if !closing => {
-                closing = true;
-                Pin::new(&mut *conn).graceful_shutdown();
             }
         }
     };
-    // Whatever happens next, hyper's buffers for this connection are about to go.
+    // The loop's buffers are gone, or about to be.
     crate::memory::note_freed();
-    if let Err(e) = ended {
-        tracing::debug!(client = %ctx.client, error = %e, "client connection ended with an error");
-        return;
+    match end {
+        Some(h1::End::Close) => sock.close(false).await,
+        Some(h1::End::Linger) => sock.close(true).await,
+        Some(h1::End::Upgrade(backend)) => {
+            if let Some((stream, buf)) = sock.into_stream() {
+                let client = Tracked::new(stream, activity, buf.freeze());
+                upgrade::tunnel(client, backend).await;
+            }
+        }
+        None => {
+            // Parked: the read buffer and the task go; only the socket waits.
+            let deadline = activity.idle_deadline_ms(timers);
+            if let (Some(lot), Some((stream, _))) = (ctx.lot.as_deref(), sock.into_stream()) {
+                lot.park(stream, ctx.client, ctx.permit, deadline);
+            }
+        }
     }
-    let parts = conn.into_parts();
-    let (mut stream, rest) = parts.io.into_inner().into_parts();
-    let replay = join(parts.read_buf, rest);
-    if let Some(backend) = info.take_upgrade() {
-        let client = Tracked::new(stream, activity, replay);
-        upgrade::tunnel(client, backend).await;
-        return;
-    }
-    if closing || !parking {
-        // Shutdown, `Connection: close`, HTTP/1.0, or the client hung up.
-        let _ = stream.shutdown().await;
-        return;
-    }
-    if !replay.is_empty() {
-        // The client already sent more: serve it on.
-        spawn_h1(stream, replay, ctx);
-        return;
-    }
-    let deadline = activity.idle_deadline_ms(timers);
-    // Parking is only chosen when there is a lot (see the watchdog above).
-    if let Some(lot) = ctx.lot.as_deref() {
-        lot.park(stream, ctx.client, ctx.permit, deadline);
-    }
-}
-
-/// `serve_h1` in a task of its own, from `serve_h1` itself: boxed, as a type of its
-/// own would be infinite.
-fn spawn_h1(stream: TcpStream, replay: Bytes, ctx: ConnCtx) {
-    let task: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(serve_h1(stream, replay, ctx));
-    tokio::spawn(task);
 }
 
 /// HTTP/2 (h2c): hyper multiplexes the streams; no parking.
 async fn serve_h2(stream: TcpStream, mut ctx: ConnCtx) {
     let timers = ctx.timers();
     let activity = Arc::new(Activity::new());
-    let info = Arc::new(ConnInfo::new(ctx.client, false, Arc::clone(&activity)));
+    let info = Arc::new(ConnInfo::new(
+        ctx.client,
+        false,
+        true,
+        Arc::clone(&activity),
+    ));
     let io = TokioIo::new(Tracked::new(stream, Arc::clone(&activity), Bytes::new()));
     let conn = ctx
         .protocols
@@ -453,17 +435,4 @@ async fn serve_h2(stream: TcpStream, mut ctx: ConnCtx) {
             }
         }
     }
-}
-
-/// `first` then `second` in a buffer of their own. hyper's leftover bytes are a view
-/// into its 8 KiB read buffer, which even an empty view keeps alive; a parked
-/// connection must hold only what it needs.
-fn join(first: Bytes, second: Bytes) -> Bytes {
-    if first.is_empty() && second.is_empty() {
-        return Bytes::new();
-    }
-    let mut b = BytesMut::with_capacity(first.len() + second.len());
-    b.extend_from_slice(&first);
-    b.extend_from_slice(&second);
-    b.freeze()
 }

@@ -18,7 +18,7 @@ use super::headers::{
 /// The most header lines a backend response may carry.
 const MAX_HEADERS: usize = 100;
 /// Headers sluice adds to a message on its way, room reserved up front.
-const EXTRA_HEADERS: usize = 6;
+pub(crate) const EXTRA_HEADERS: usize = 6;
 /// The largest response head accepted from a backend.
 pub const MAX_HEAD: usize = 64 * 1024;
 /// The longest chunk-size line, extensions included, or trailer section accepted.
@@ -305,11 +305,11 @@ pub fn skip_informational(buf: &mut BytesMut) -> bool {
     }
 }
 
-fn last_token(v: &[u8]) -> Option<&[u8]> {
+pub(crate) fn last_token(v: &[u8]) -> Option<&[u8]> {
     v.rsplit(|&b| b == b',').next().map(<[u8]>::trim_ascii)
 }
 
-fn parse_length(v: &[u8]) -> Option<u64> {
+pub(crate) fn parse_length(v: &[u8]) -> Option<u64> {
     let v = v.trim_ascii();
     if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
         return None;

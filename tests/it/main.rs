@@ -5,6 +5,7 @@ mod admin;
 mod balancing;
 mod cli;
 mod health;
+mod http1;
 mod lifecycle;
 mod limits;
 mod outlier;

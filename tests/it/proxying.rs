@@ -379,6 +379,7 @@ async fn upgrade_becomes_a_two_way_tunnel() {
     let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: echo"), "{head}");
+    assert!(head.contains("connection: upgrade"), "{head}");
     s.write_all(b"ping").await.unwrap();
     let mut got = [0u8; 4];
     tokio::time::timeout(DEADLINE, s.read_exact(&mut got))

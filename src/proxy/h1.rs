@@ -1,0 +1,887 @@
+//! HTTP/1.1 from clients, served in sluice's own loop: request heads parsed by
+//! `httparse`, request bodies read as the backend side consumes them (`ClientBody`),
+//! responses written head and first body bytes together. The mirror image of the
+//! backend side (client.rs, wire.rs), with the same framing rules (RFC 9112).
+//!
+//! One connection task runs `serve`: read a head, hand the request to `forward`, write
+//! the answer, and go on while the connection may be kept alive. Between requests the
+//! loop waits for the next head in a state the connection task can leave at any time
+//! (to park the connection or close it); `Flags` tells it when that is.
+
+use std::cell::Cell;
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+use super::Shared;
+use super::body::{ClientBody, ResponseBody};
+use super::client::Upgraded;
+use super::error::ProxyError;
+use super::forward::{ConnInfo, handle};
+use super::wire::{self, Chunked, Step, WireError};
+
+/// A request with this many header lines or more gets 431 (HAProxy's default limit is
+/// 101, hyper's 100).
+const MAX_HEADERS: usize = 99;
+/// Room reserved for each read of a request head.
+const HEAD_READ: usize = 4096;
+/// The most read at once for a request body.
+const BODY_READ_MAX: usize = 64 * 1024;
+/// Response body pieces up to this size are copied behind the head or chunk header and
+/// written with it; larger ones are written from where they are.
+const COALESCE: usize = 16 * 1024;
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// What the connection task and the loop tell each other (within one task: the
+/// atomics only make the task's future `Send`).
+#[derive(Default)]
+pub struct Flags {
+    /// The loop waits for the first byte of a new request, holding nothing but the
+    /// socket: the connection can be parked or closed now.
+    idle: AtomicBool,
+    /// Shutdown: finish the request under way, then close.
+    closing: AtomicBool,
+}
+
+impl Flags {
+    pub fn idle(&self) -> bool {
+        self.idle.load(Ordering::Relaxed)
+    }
+
+    pub fn closing(&self) -> bool {
+        self.closing.load(Ordering::Relaxed)
+    }
+
+    pub fn close(&self) {
+        self.closing.store(true, Ordering::Relaxed);
+    }
+
+    fn set_idle(&self, idle: bool) {
+        self.idle.store(idle, Ordering::Relaxed);
+    }
+}
+
+/// How a connection's loop ended.
+pub enum End {
+    /// Close the connection.
+    Close,
+    /// Close, but the client may still be sending a request body sluice did not read:
+    /// stop sending and read for a while first, so that the answer already written is
+    /// not destroyed by a reset.
+    Linger,
+    /// The backend switched protocols (101): join the two into a tunnel.
+    Upgrade(Upgraded),
+}
+
+/// A client connection as the loop holds it: the two halves of its socket and the
+/// bytes read and not used yet.
+pub struct Sock {
+    /// None while a request body's reader holds it.
+    rd: Option<OwnedReadHalf>,
+    wr: OwnedWriteHalf,
+    pub buf: BytesMut,
+}
+
+impl Sock {
+    pub fn new(stream: TcpStream, buf: BytesMut) -> Sock {
+        let (rd, wr) = stream.into_split();
+        Sock {
+            rd: Some(rd),
+            wr,
+            buf,
+        }
+    }
+
+    /// The socket whole again, with the bytes read and not used; None if a request
+    /// body's reader still holds the reading half.
+    pub fn into_stream(self) -> Option<(TcpStream, BytesMut)> {
+        let stream = self.rd?.reunite(self.wr).ok()?;
+        Some((stream, self.buf))
+    }
+
+    /// Closes the connection. With `linger`, first stops sending and reads what the
+    /// client still sends for a short while: closing with unread bytes would reset the
+    /// connection and could destroy the answer just written (a refused upload).
+    pub async fn close(mut self, linger: bool) {
+        let _ = self.wr.shutdown().await;
+        let Some(rd) = self.rd.as_mut().filter(|_| linger) else {
+            return;
+        };
+        const FOR: std::time::Duration = std::time::Duration::from_secs(2);
+        const AT_MOST: usize = 4 << 20;
+        let mut scratch = [0u8; 16 * 1024];
+        let mut total = 0;
+        let _ = tokio::time::timeout(FOR, async {
+            while total < AT_MOST {
+                match rd.read(&mut scratch).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => total += n,
+                }
+            }
+        })
+        .await;
+    }
+}
+
+/// Serves requests on `sock` until the connection should close or be upgraded. What
+/// is left in `sock.buf` when it returns belongs to the connection (a tunnel's first
+/// bytes).
+pub async fn serve(sock: &mut Sock, shared: &Shared, info: &Arc<ConnInfo>, flags: &Flags) -> End {
+    let max_head = shared.limits.load().max_header_bytes;
+    // The last response's header map, emptied, to be filled by the next request.
+    let mut spare: Option<HeaderMap> = None;
+    let mut out: Vec<u8> = Vec::new();
+    loop {
+        let head = loop {
+            if !sock.buf.is_empty() {
+                match parse_head(&mut sock.buf, max_head, &mut spare) {
+                    Ok(Some(head)) => break head,
+                    Ok(None) => {}
+                    Err(e) => {
+                        let _ = refuse(&mut sock.wr, &mut out, &e).await;
+                        return End::Linger;
+                    }
+                }
+            } else if flags.closing() {
+                return End::Close;
+            }
+            let Some(rd) = sock.rd.as_mut() else {
+                return End::Close;
+            };
+            flags.set_idle(sock.buf.is_empty());
+            sock.buf.reserve(HEAD_READ);
+            let n = rd.read_buf(&mut sock.buf).await;
+            flags.set_idle(false);
+            match n {
+                Ok(0) | Err(_) => return End::Close,
+                Ok(_) => info.activity.on_read(),
+            }
+        };
+
+        let Head {
+            parts,
+            framing,
+            keep_alive,
+            expect_continue,
+        } = head;
+        let head_only = parts.method == Method::HEAD;
+        let http10 = parts.version == Version::HTTP_10;
+        // A request with a body takes the reading half and the read buffer along; they
+        // come back (with any pipelined bytes behind the body) when the body is done.
+        let (body, back) = match (framing, sock.rd.take()) {
+            (BodyFraming::None, rd) => {
+                sock.rd = rd;
+                (ClientBody::Empty, None)
+            }
+            (f, Some(rd)) => {
+                if expect_continue
+                    && sock.buf.is_empty()
+                    && sock.wr.write_all(CONTINUE).await.is_err()
+                {
+                    return End::Close;
+                }
+                let back = Arc::new(Mutex::new(None));
+                let body = H1Body::new(rd, std::mem::take(&mut sock.buf), f, Arc::clone(&back));
+                (ClientBody::H1(body), Some(back))
+            }
+            (_, None) => return End::Close,
+        };
+        let mut answer = handle(shared, info, Request::from_parts(parts, body));
+        let resp = match (&back, sock.rd.as_mut()) {
+            (None, Some(rd)) => {
+                // A bodyless request: watch the client meanwhile. If it leaves, the
+                // answer is dropped, which abandons the backend request; pipelined bytes
+                // wait in the buffer for their turn.
+                let buf = &mut sock.buf;
+                let mut watch = true;
+                loop {
+                    tokio::select! {
+                        biased;
+                        r = &mut answer => break r,
+                        n = std::future::poll_fn(|cx| tokio_util::io::poll_read_buf(Pin::new(&mut *rd), cx, buf)), if watch => match n {
+                            Ok(0) | Err(_) => return End::Close,
+                            Ok(_) => watch = false,
+                        }
+                    }
+                }
+            }
+            _ => answer.await,
+        };
+        let Ok(resp) = resp;
+        let (mut parts, body) = resp.into_parts();
+        let upgraded = if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+            info.take_upgrade()
+        } else {
+            None
+        };
+        // sluice's own refusals ask for the connection to close (Connection: close);
+        // the one other Connection header left is a 101's `upgrade`, which stays.
+        let refused = parts
+            .headers
+            .get(header::CONNECTION)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+        if refused {
+            parts.headers.remove(header::CONNECTION);
+        }
+        // A 101 ends HTTP on this connection, tunnel or not.
+        let keep = keep_alive
+            && !refused
+            && !flags.closing()
+            && parts.status != StatusCode::SWITCHING_PROTOCOLS;
+        let written = write_response(
+            &mut sock.wr,
+            &mut out,
+            &parts,
+            body,
+            Options {
+                head_only,
+                http10,
+                keep,
+                upgrade: upgraded.is_some(),
+            },
+        )
+        .await;
+        // Emptied now: its values hold on to the backend connection's read buffer.
+        parts.headers.clear();
+        spare = Some(parts.headers);
+        let keep = match written {
+            Ok(keep) => keep,
+            Err(_) => return End::Close,
+        };
+        if let Some(back) = back {
+            let Some(r) = back.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+                return End::Close; // the body's reader is still at work elsewhere
+            };
+            sock.rd = Some(r.rd);
+            sock.buf = r.buf;
+            if !r.complete {
+                return End::Linger;
+            }
+        }
+        if let Some(up) = upgraded {
+            return End::Upgrade(up);
+        }
+        if !keep {
+            return End::Close;
+        }
+    }
+}
+
+/// How a request body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// A parsed request head.
+#[derive(Debug)]
+pub struct Head {
+    pub parts: http::request::Parts,
+    pub framing: BodyFraming,
+    /// The client allows another request on this connection.
+    pub keep_alive: bool,
+    /// `Expect: 100-continue`: the client waits for a go-ahead before its body.
+    pub expect_continue: bool,
+}
+
+/// Why a request head was refused before any routing.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HeadError {
+    TooLarge,
+    Bad(&'static str),
+}
+
+/// Parses a request head from the start of `buf`, consuming it. None: incomplete.
+/// Header values share the head's bytes. `spare`, if any, is the map to fill.
+pub fn parse_head(
+    buf: &mut BytesMut,
+    max_head: usize,
+    spare: &mut Option<HeaderMap>,
+) -> Result<Option<Head>, HeadError> {
+    // Offsets of the target and of each header's name and value in `buf` (the parse
+    // borrows `buf`; the values are cut from it once the head is split off).
+    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    let (len, n, minor, target) = {
+        let mut lines = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut []);
+        let parsed = match req.parse_with_uninit_headers(buf, &mut lines) {
+            Ok(p) => p,
+            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+            Err(_) => return Err(HeadError::Bad("malformed request head")),
+        };
+        let len = match parsed {
+            httparse::Status::Complete(len) => len,
+            httparse::Status::Partial if buf.len() > max_head => {
+                return Err(HeadError::TooLarge);
+            }
+            httparse::Status::Partial => return Ok(None),
+        };
+        let base = buf.as_ptr() as usize;
+        let at = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
+        for (span, h) in spans.iter_mut().zip(req.headers.iter()) {
+            *span = (
+                at(h.name.as_bytes()),
+                h.name.len() as u32,
+                at(h.value),
+                h.value.len() as u32,
+            );
+        }
+        // httparse skips empty lines before the request line: the method's place is
+        // found like the rest.
+        let path = req.path.unwrap_or("/");
+        let method = req.method.unwrap_or("");
+        (
+            len,
+            req.headers.len(),
+            req.version.unwrap_or(1),
+            (
+                at(path.as_bytes()),
+                path.len() as u32,
+                at(method.as_bytes()),
+                method.len() as u32,
+            ),
+        )
+    };
+    if len > max_head {
+        return Err(HeadError::TooLarge);
+    }
+    let raw = buf.split_to(len).freeze();
+    let (t_at, t_len, m_at, m_len) = (
+        target.0 as usize,
+        target.1 as usize,
+        target.2 as usize,
+        target.3 as usize,
+    );
+    let method =
+        Method::from_bytes(&raw[m_at..m_at + m_len]).map_err(|_| HeadError::Bad("method"))?;
+    let uri = Uri::from_maybe_shared(raw.slice(t_at..t_at + t_len))
+        .map_err(|_| HeadError::Bad("request target"))?;
+    let version = if minor == 0 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let mut headers = match spare.take() {
+        Some(mut map) => {
+            map.clear();
+            map.reserve(n + wire::EXTRA_HEADERS);
+            map
+        }
+        None => HeaderMap::with_capacity(n + wire::EXTRA_HEADERS),
+    };
+    let (mut chunked, mut te, mut close, mut keep_alive_token) = (false, false, false, false);
+    let mut length: Option<u64> = None;
+    let mut expect_continue = false;
+    for &(name_at, name_len, value_at, value_len) in &spans[..n] {
+        let name = &raw[name_at as usize..(name_at + name_len) as usize];
+        let value = raw.slice(value_at as usize..(value_at + value_len) as usize);
+        let name = HeaderName::from_bytes(name).map_err(|_| HeadError::Bad("header name"))?;
+        if name == header::CONTENT_LENGTH {
+            // Differing values stay in the map for forward.rs to refuse (400).
+            let v = wire::parse_length(&value).ok_or(HeadError::Bad("Content-Length"))?;
+            length = Some(length.map_or(v, |l| l.max(v)));
+        } else if name == header::TRANSFER_ENCODING {
+            te = true;
+            chunked = wire::last_token(&value).is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
+        } else if name == header::CONNECTION {
+            for t in value.split(|&b| b == b',') {
+                let t = t.trim_ascii();
+                close |= t.eq_ignore_ascii_case(b"close");
+                keep_alive_token |= t.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if name == header::EXPECT {
+            expect_continue = value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+        }
+        let value =
+            HeaderValue::from_maybe_shared(value).map_err(|_| HeadError::Bad("header value"))?;
+        headers.append(name, value);
+    }
+    if te && !chunked {
+        // RFC 9112 §6.3: a request body whose length cannot be known.
+        return Err(HeadError::Bad("Transfer-Encoding without chunked last"));
+    }
+    // Both Content-Length and Transfer-Encoding: forward.rs refuses it (400); the body
+    // is never read.
+    let framing = if te {
+        BodyFraming::Chunked
+    } else {
+        match length {
+            None | Some(0) => BodyFraming::None,
+            Some(n) => BodyFraming::Length(n),
+        }
+    };
+    let keep_alive = !close && (version == Version::HTTP_11 || keep_alive_token);
+    let mut parts = Request::new(()).into_parts().0;
+    parts.method = method;
+    parts.uri = uri;
+    parts.version = version;
+    parts.headers = headers;
+    Ok(Some(Head {
+        parts,
+        framing,
+        keep_alive,
+        expect_continue: expect_continue && version == Version::HTTP_11,
+    }))
+}
+
+/// How `write_response` frames the answer.
+struct Options {
+    head_only: bool,
+    http10: bool,
+    keep: bool,
+    upgrade: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Out {
+    None,
+    Length,
+    Chunked,
+    /// Until sluice closes the connection (an HTTP/1.0 client, length unknown).
+    Close,
+}
+
+/// Writes the response head and streams its body. Ok(keep): the connection may serve
+/// another request.
+async fn write_response(
+    wr: &mut OwnedWriteHalf,
+    out: &mut Vec<u8>,
+    parts: &http::response::Parts,
+    body: ResponseBody,
+    o: Options,
+) -> io::Result<bool> {
+    let status = parts.status;
+    let mut keep = o.keep;
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let no_body = status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let exact = body.size_hint().exact();
+    let framing = if no_body {
+        Out::None
+    } else if parts.headers.contains_key(header::CONTENT_LENGTH) {
+        if o.head_only { Out::None } else { Out::Length }
+    } else if let Some(n) = exact {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(itoa(n, &mut [0u8; 20]));
+        out.extend_from_slice(b"\r\n");
+        if o.head_only { Out::None } else { Out::Length }
+    } else if o.head_only {
+        Out::None
+    } else if !o.http10 {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        Out::Chunked
+    } else {
+        keep = false;
+        Out::Close
+    };
+    if !parts.headers.contains_key(header::DATE) {
+        date_line(out);
+    }
+    if o.upgrade {
+        // The backend's Connection: upgrade and Upgrade headers were kept for this.
+    } else if !keep {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if o.http10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if framing == Out::None {
+        drop(body);
+        wr.write_all(out).await?;
+        return Ok(keep);
+    }
+
+    let mut body = std::pin::pin!(body);
+    loop {
+        // Whatever is ready goes out with what is already in `out`; only when the body
+        // has to wait is `out` written first.
+        let frame = match std::future::poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await
+        {
+            Poll::Ready(f) => f,
+            Poll::Pending => {
+                if !out.is_empty() {
+                    wr.write_all(out).await?;
+                    out.clear();
+                }
+                std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await
+            }
+        };
+        match frame {
+            None => {
+                if framing == Out::Chunked {
+                    out.extend_from_slice(wire::LAST_CHUNK);
+                }
+                wr.write_all(out).await?;
+                out.clear();
+                return Ok(keep);
+            }
+            Some(Err(e)) => {
+                // The backend broke off: the client must see a cut, not an end.
+                let _ = wr.write_all(out).await;
+                return Err(io::Error::other(e));
+            }
+            Some(Ok(frame)) => {
+                let Ok(data) = frame.into_data() else {
+                    continue; // trailers are not passed on
+                };
+                if data.is_empty() {
+                    continue;
+                }
+                if framing == Out::Chunked {
+                    wire::chunk_header(out, data.len());
+                }
+                if data.len() <= COALESCE {
+                    out.extend_from_slice(&data);
+                } else {
+                    write_two(wr, out, &data).await?;
+                    out.clear();
+                }
+                if framing == Out::Chunked {
+                    out.extend_from_slice(b"\r\n");
+                }
+            }
+        }
+    }
+}
+
+/// Answers a head refused before routing, and asks for the connection to close.
+async fn refuse(wr: &mut OwnedWriteHalf, out: &mut Vec<u8>, e: &HeadError) -> io::Result<()> {
+    let err = match e {
+        HeadError::TooLarge => ProxyError::HeadTooLarge,
+        HeadError::Bad(why) => ProxyError::BadRequest(why),
+    };
+    tracing::debug!(error = %err, "request head refused");
+    let status = err.status();
+    let text = err.body();
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ");
+    out.extend_from_slice(itoa(text.len() as u64, &mut [0u8; 20]));
+    out.extend_from_slice(b"\r\n");
+    date_line(out);
+    out.extend_from_slice(b"connection: close\r\n\r\n");
+    out.extend_from_slice(text.as_bytes());
+    wr.write_all(out).await
+}
+
+fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+/// `date: <now>` in IMF-fixdate, formatted once a second.
+fn date_line(out: &mut Vec<u8>) {
+    thread_local! {
+        static DATE: Cell<(u64, [u8; 29])> = const { Cell::new((0, [0; 29])) };
+    }
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (at, mut text) = DATE.get();
+    if at != secs {
+        let s = httpdate::fmt_http_date(now);
+        if s.len() == text.len() {
+            text.copy_from_slice(s.as_bytes());
+            DATE.set((secs, text));
+        }
+    }
+    out.extend_from_slice(b"date: ");
+    out.extend_from_slice(&text);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes `a` then `b`, in one call when the socket takes it.
+async fn write_two(wr: &mut OwnedWriteHalf, a: &[u8], b: &[u8]) -> io::Result<()> {
+    let (mut a, mut b) = (a, b);
+    while !a.is_empty() {
+        let n = wr
+            .write_vectored(&[io::IoSlice::new(a), io::IoSlice::new(b)])
+            .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        if n >= a.len() {
+            b = &b[n - a.len()..];
+            a = &[];
+        } else {
+            a = &a[n..];
+        }
+    }
+    wr.write_all(b).await
+}
+
+/// Why a client's request body broke off.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBodyError {
+    #[error("the client closed the connection mid-body")]
+    Closed,
+    #[error("reading the request body")]
+    Read(#[source] io::Error),
+    #[error("bad chunked request body")]
+    Wire(#[source] WireError),
+}
+
+enum BodyState {
+    Length(u64),
+    Chunked(Chunked),
+    Done,
+}
+
+/// What a request body gives back to its connection.
+struct Returned {
+    rd: OwnedReadHalf,
+    buf: BytesMut,
+    /// The body was read to its end: the buffer holds what follows it.
+    complete: bool,
+}
+
+/// A client's request body, read from its connection as the backend side consumes it.
+/// When it ends or is dropped, the reading half and the buffer go back to the
+/// connection's loop through `back`.
+pub struct H1Body {
+    rd: Option<OwnedReadHalf>,
+    buf: BytesMut,
+    state: BodyState,
+    back: Arc<Mutex<Option<Returned>>>,
+}
+
+impl H1Body {
+    fn new(
+        rd: OwnedReadHalf,
+        buf: BytesMut,
+        framing: BodyFraming,
+        back: Arc<Mutex<Option<Returned>>>,
+    ) -> H1Body {
+        let state = match framing {
+            BodyFraming::None | BodyFraming::Length(0) => BodyState::Done,
+            BodyFraming::Length(n) => BodyState::Length(n),
+            BodyFraming::Chunked => BodyState::Chunked(Chunked::Size),
+        };
+        H1Body {
+            rd: Some(rd),
+            buf,
+            state,
+            back,
+        }
+    }
+
+    fn give_back(&mut self, complete: bool) {
+        if let Some(rd) = self.rd.take() {
+            *self.back.lock().unwrap_or_else(|p| p.into_inner()) = Some(Returned {
+                rd,
+                buf: std::mem::take(&mut self.buf),
+                complete,
+            });
+        }
+    }
+
+    fn finish(&mut self) {
+        self.state = BodyState::Done;
+        self.give_back(true);
+    }
+
+    fn fail(&mut self, e: ClientBodyError) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        self.state = BodyState::Done;
+        self.give_back(false);
+        Poll::Ready(Some(Err(e)))
+    }
+}
+
+impl Drop for H1Body {
+    fn drop(&mut self) {
+        self.give_back(false);
+    }
+}
+
+impl Body for H1Body {
+    type Data = Bytes;
+    type Error = ClientBodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        let this = &mut *self;
+        loop {
+            let room = match &mut this.state {
+                BodyState::Done => return Poll::Ready(None),
+                BodyState::Length(left) => {
+                    if !this.buf.is_empty() {
+                        let n = (this.buf.len() as u64).min(*left);
+                        let data = this.buf.split_to(n as usize).freeze();
+                        *left -= n;
+                        if *left == 0 {
+                            this.finish();
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    (*left).clamp(HEAD_READ as u64, BODY_READ_MAX as u64) as usize
+                }
+                BodyState::Chunked(c) => match c.step(&mut this.buf) {
+                    Ok(Step::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Ok(Step::Done) => {
+                        this.finish();
+                        return Poll::Ready(None);
+                    }
+                    Ok(Step::NeedMore) => HEAD_READ * 4,
+                    Err(e) => return this.fail(ClientBodyError::Wire(e)),
+                },
+            };
+            let Some(rd) = this.rd.as_mut() else {
+                return this.fail(ClientBodyError::Closed);
+            };
+            this.buf.reserve(room);
+            match ready!(tokio_util::io::poll_read_buf(
+                Pin::new(rd),
+                cx,
+                &mut this.buf
+            )) {
+                Ok(0) => return this.fail(ClientBodyError::Closed),
+                Ok(_) => {}
+                Err(e) => return this.fail(ClientBodyError::Read(e)),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.state, BodyState::Done | BodyState::Length(0))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.state {
+            BodyState::Length(n) => SizeHint::with_exact(n),
+            BodyState::Done => SizeHint::with_exact(0),
+            BodyState::Chunked(_) => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(raw: &str) -> Result<Option<Head>, HeadError> {
+        let mut b = BytesMut::from(raw);
+        parse_head(&mut b, 8192, &mut None)
+    }
+
+    #[test]
+    fn request_heads_give_their_framing_and_keep_alive() {
+        let h = parse("GET /a?b=1 HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.parts.method, Method::GET);
+        assert_eq!(h.parts.uri, "/a?b=1");
+        assert_eq!(h.parts.headers["x-a"], "1");
+        assert_eq!((h.framing, h.keep_alive), (BodyFraming::None, true));
+        let h = parse("POST / HTTP/1.1\r\nContent-Length: 5\r\nConnection: close\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!((h.framing, h.keep_alive), (BodyFraming::Length(5), false));
+        let h = parse(
+            "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\nExpect: 100-continue\r\n\r\n",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(h.framing, BodyFraming::Chunked);
+        assert!(h.expect_continue);
+        let h = parse("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
+        assert!(!h.keep_alive);
+        let h = parse("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(h.keep_alive);
+        let h = parse("GET http://h:8/p HTTP/1.1\r\n\r\n").unwrap().unwrap();
+        assert_eq!(h.parts.uri.path(), "/p");
+    }
+
+    #[test]
+    fn bad_partial_and_oversized_heads() {
+        assert!(parse("GET / HTTP/1.1\r\nHost: x\r\n").unwrap().is_none());
+        assert!(matches!(
+            parse("GET / HTTP/1.1\r\nBad Header\r\n\r\n"),
+            Err(HeadError::Bad(_))
+        ));
+        assert!(matches!(
+            parse("POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"),
+            Err(HeadError::Bad(_))
+        ));
+        assert!(matches!(
+            parse("POST / HTTP/1.1\r\nContent-Length: 5x\r\n\r\n"),
+            Err(HeadError::Bad(_))
+        ));
+        let big = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(9000));
+        assert_eq!(parse(&big).unwrap_err(), HeadError::TooLarge);
+        let mut many = String::from("GET / HTTP/1.1\r\n");
+        for i in 0..MAX_HEADERS + 1 {
+            many.push_str(&format!("X-{i}: v\r\n"));
+        }
+        many.push_str("\r\n");
+        assert_eq!(parse(&many).unwrap_err(), HeadError::TooLarge);
+    }
+
+    #[test]
+    fn both_framings_stay_visible_for_the_refusal() {
+        let h = parse("POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(h.parts.headers.contains_key("content-length"));
+        assert!(h.parts.headers.contains_key("transfer-encoding"));
+    }
+
+    #[test]
+    fn pipelined_bytes_stay_in_the_buffer() {
+        let mut b = BytesMut::from("GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\n");
+        let h = parse_head(&mut b, 8192, &mut None).unwrap().unwrap();
+        assert_eq!(h.parts.uri, "/1");
+        assert_eq!(&b[..], b"GET /2 HTTP/1.1\r\n\r\n");
+    }
+
+    #[test]
+    fn numbers_and_dates_are_written_plainly() {
+        assert_eq!(itoa(0, &mut [0; 20]), b"0");
+        assert_eq!(itoa(1234567, &mut [0; 20]), b"1234567");
+        assert_eq!(
+            itoa(u64::MAX, &mut [0; 20]),
+            u64::MAX.to_string().as_bytes()
+        );
+        let mut out = Vec::new();
+        date_line(&mut out);
+        assert_eq!(out.len(), "date: Wed, 25 Nov 2026 10:00:00 GMT\r\n".len());
+    }
+}
