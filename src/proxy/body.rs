@@ -189,6 +189,14 @@ impl ResponseBody {
         }
     }
 
+    /// A proxied response's header lines to copy out as they are (see `RawHead`).
+    pub fn raw_head(&self) -> Option<&super::wire::RawHead> {
+        match &self.kind {
+            Kind::Proxied(b) => b.raw_head(),
+            Kind::Local(_) => None,
+        }
+    }
+
     fn count(&mut self, n: usize) {
         if let Some(r) = self.done.as_mut().and_then(|d| d.record.as_mut()) {
             r.bytes += n as u64;

@@ -30,7 +30,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use super::body::{RequestBody, RequestBodyError};
-use super::wire::{self, Chunked, Framing, RequestFraming, Step, WireError};
+use super::wire::{self, Chunked, Framing, RawHead, RequestFraming, Step, WireError};
 use crate::config::UpstreamConfig;
 use crate::upstream::Backend;
 
@@ -262,6 +262,7 @@ impl Client {
         upgrade: bool,
         fresh: bool,
         recycle: bool,
+        raw_ok: bool,
     ) -> Result<Response<BackendBody>, Failure> {
         let pooled = if fresh { None } else { backend.pool.take() };
         let reused = pooled.is_some();
@@ -320,7 +321,7 @@ impl Client {
             // header map to the response (hyper in turn reuses that map for the next
             // request head): no header map is allocated per request.
             let spare = || recycle.then(|| std::mem::take(req.headers_mut()));
-            match wire::parse_response_head(src.buf(), &method, upgrade, spare) {
+            match wire::parse_response_head(src.buf(), &method, upgrade, raw_ok, spare) {
                 Ok(Some(head)) => break head,
                 Ok(None) => {}
                 Err(e) => return Err(fail(SendError::Response(e), false)),
@@ -333,7 +334,9 @@ impl Client {
         };
         let reuse = (head.keep_alive && upload.is_none() && self.max_idle > 0)
             .then(|| (Arc::clone(&backend.pool), self.max_idle));
-        let mut resp = Response::new(BackendBody::new(src, head.framing, reuse, upload));
+        let mut body = BackendBody::new(src, head.framing, reuse, upload);
+        body.raw = head.raw;
+        let mut resp = Response::new(body);
         *resp.status_mut() = head.status;
         *resp.version_mut() = head.version;
         *resp.headers_mut() = head.headers;
@@ -475,6 +478,8 @@ pub struct BackendBody {
     reuse: Option<(Arc<Pool>, usize)>,
     /// The task still sending the request body, if the response began before its end.
     upload: Option<AbortHandle>,
+    /// The response's header lines as the backend wrote them, when they travel so.
+    raw: Option<RawHead>,
 }
 
 impl Drop for BackendBody {
@@ -514,6 +519,7 @@ impl BackendBody {
             state,
             reuse,
             upload,
+            raw: None,
         };
         // An empty body is over at once: its connection can serve the next request
         // now. One that cannot be reused stays until dropped (a 101's goes on to
@@ -522,6 +528,12 @@ impl BackendBody {
             body.finish();
         }
         body
+    }
+
+    /// The response's header lines to pass on as they are, if they travel so (the
+    /// response's header map then holds only what sluice added).
+    pub fn raw_head(&self) -> Option<&RawHead> {
+        self.raw.as_ref()
     }
 
     /// The connection of a 101 answer, for the tunnel.

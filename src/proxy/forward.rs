@@ -335,7 +335,7 @@ async fn attempts(
             started + upstream.config.response_timeout,
             upstream
                 .client
-                .send(&backend, breq, upgrade, fresh, recycle),
+                .send(&backend, breq, upgrade, fresh, recycle, !conn.http2),
         )
         .await;
         fresh = false;

@@ -472,19 +472,28 @@ async fn write_response(
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
+    // A proxied response's own lines as the backend wrote them, then the headers in
+    // the map (all of them, or what sluice added to the raw lines).
+    let raw = body.raw_head();
+    if let Some(r) = raw {
+        r.write_to(out);
+    }
     for (name, value) in &parts.headers {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    let has_length =
+        raw.is_some_and(|r| r.has_length) || parts.headers.contains_key(header::CONTENT_LENGTH);
+    let has_date = raw.is_some_and(|r| r.has_date) || parts.headers.contains_key(header::DATE);
     let no_body = status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
     let exact = body.size_hint().exact();
     let framing = if no_body {
         Out::None
-    } else if parts.headers.contains_key(header::CONTENT_LENGTH) {
+    } else if has_length {
         if o.head_only { Out::None } else { Out::Length }
     } else if let Some(n) = exact {
         out.extend_from_slice(b"content-length: ");
@@ -500,7 +509,7 @@ async fn write_response(
         keep = false;
         Out::Close
     };
-    if !parts.headers.contains_key(header::DATE) {
+    if !has_date {
         date_line(out);
     }
     if o.upgrade {

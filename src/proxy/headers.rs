@@ -23,9 +23,8 @@ pub const HOP_UPGRADE: u8 = 1 << 3;
 pub const HOP_KEEP_ALIVE: u8 = 1 << 4;
 pub const HOP_PROXY_CONNECTION: u8 = 1 << 5;
 
-/// Which fixed hop-by-hop header `name` is, as its bit; 0 for any other header. The
-/// one list both directions use: requests here, responses as their head is parsed
-/// (wire.rs).
+/// Which fixed hop-by-hop header `name` is, as its bit; 0 for any other header.
+/// Response heads are sorted by their bytes with the same list (`wire::line_kind`).
 #[inline]
 pub fn hop_by_hop_bit(name: &HeaderName) -> u8 {
     if name == header::CONNECTION {

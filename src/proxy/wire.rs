@@ -12,7 +12,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Version};
 
 use super::headers::{
-    HOP_CONNECTION, HOP_TRANSFER_ENCODING, HOP_UPGRADE, hop_by_hop_bit, remove_connection_named,
+    HOP_CONNECTION, HOP_KEEP_ALIVE, HOP_PROXY_CONNECTION, HOP_TE, HOP_TRANSFER_ENCODING,
+    HOP_UPGRADE, remove_connection_named,
 };
 
 /// The most header lines a backend response may carry.
@@ -111,21 +112,86 @@ pub enum Framing {
 pub struct Head {
     pub status: StatusCode,
     pub version: Version,
+    /// The headers to pass on; empty when they travel as `raw`.
     pub headers: HeaderMap,
+    /// The headers to pass on as the backend wrote them (see `RawHead`).
+    pub raw: Option<RawHead>,
     pub framing: Framing,
     /// The connection may carry another request once this response has been read.
     pub keep_alive: bool,
+}
+
+/// The most header lines a raw head may leave out.
+const MAX_CUTS: usize = 6;
+
+/// A response's header lines as the backend wrote them, for an HTTP/1.1 client: they
+/// are copied out as they are, less the lines sluice does not pass on (hop-by-hop,
+/// X-Request-Id). This spares building a header map for every response.
+#[derive(Debug)]
+pub struct RawHead {
+    /// The header lines, each ending in CRLF.
+    lines: Bytes,
+    /// Ranges of `lines` left out, in order.
+    cuts: [(u32, u32); MAX_CUTS],
+    ncuts: usize,
+    /// A Content-Length line is among those passed on.
+    pub has_length: bool,
+    /// A Date line is among those passed on.
+    pub has_date: bool,
+}
+
+impl RawHead {
+    /// Appends the lines passed on to `out`.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        let mut at = 0;
+        for &(from, to) in &self.cuts[..self.ncuts] {
+            out.extend_from_slice(&self.lines[at..from as usize]);
+            at = to as usize;
+        }
+        out.extend_from_slice(&self.lines[at..]);
+    }
+}
+
+/// What a response header line is to sluice, told from its name's bytes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Line {
+    Other,
+    ContentLength,
+    Date,
+    RequestId,
+    /// A hop-by-hop header, as its bit (headers.rs).
+    Hop(u8),
+}
+
+fn line_kind(name: &[u8]) -> Line {
+    let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+    match name.len() {
+        2 if is(b"te") => Line::Hop(HOP_TE),
+        4 if is(b"date") => Line::Date,
+        7 if is(b"upgrade") => Line::Hop(HOP_UPGRADE),
+        10 if is(b"connection") => Line::Hop(HOP_CONNECTION),
+        10 if is(b"keep-alive") => Line::Hop(HOP_KEEP_ALIVE),
+        12 if is(b"x-request-id") => Line::RequestId,
+        14 if is(b"content-length") => Line::ContentLength,
+        16 if is(b"proxy-connection") => Line::Hop(HOP_PROXY_CONNECTION),
+        17 if is(b"transfer-encoding") => Line::Hop(HOP_TRANSFER_ENCODING),
+        _ => Line::Other,
+    }
 }
 
 /// Parses a response head from the start of `buf`, consuming it. None: incomplete
 /// (read more). Informational responses (1xx but 101) are skipped; a 101 is accepted
 /// only when `upgrade` (the request asked for one).
 /// `spare` may supply the header map to fill (emptied first): a map that is no longer
-/// needed, so that its allocation serves again.
+/// needed, so that its allocation serves again. `raw_ok`: the headers may be handed on
+/// as `RawHead` (the client speaks HTTP/1.1), which sluice does unless the response
+/// needs a closer look (a protocol switch, a status that may carry Retry-After, odd
+/// line endings or framing).
 pub fn parse_response_head(
     buf: &mut BytesMut,
     method: &Method,
     upgrade: bool,
+    raw_ok: bool,
     spare: impl FnOnce() -> Option<HeaderMap>,
 ) -> Result<Option<Head>, WireError> {
     let mut spare = Some(spare);
@@ -177,46 +243,50 @@ pub fn parse_response_head(
             Version::HTTP_11
         };
         let raw = buf.split_to(len).freeze();
-        // Room for what sluice adds (X-Request-Id, Set-Cookie) without a rehash; hyper
-        // then reuses this map for the connection's next request head, which gains the
-        // X-Forwarded-* set.
         let mut headers = match spare.take().and_then(|f| f()) {
             Some(mut map) => {
                 map.clear();
-                map.reserve(n + EXTRA_HEADERS);
                 map
             }
-            None => HeaderMap::with_capacity(n + EXTRA_HEADERS),
+            None => HeaderMap::new(),
         };
+
+        // First pass, over the bytes: framing, and what a raw head would leave out.
         let (mut chunked, mut te, mut close, mut keep_alive_token) = (false, false, false, false);
         // Connection names headers of its own to drop (beyond keep-alive, close, upgrade).
         let mut named = false;
         let mut length: Option<u64> = None;
-        for &(name_at, name_len, value_at, value_len) in &spans[..n] {
+        let mut has_date = false;
+        let mut cuts = [(0u32, 0u32); MAX_CUTS];
+        let mut ncuts = 0;
+        let mut raw_ok = raw_ok && !switching && code != 429 && code != 503;
+        // Header lines begin where the first name does and end before the blank line.
+        let lines_end = len - 2;
+        let lines_at = if n > 0 {
+            spans[0].0 as usize
+        } else {
+            lines_end
+        };
+        raw_ok &= raw.ends_with(b"\r\n\r\n");
+        for (i, &(name_at, name_len, value_at, value_len)) in spans[..n].iter().enumerate() {
             let name = &raw[name_at as usize..(name_at + name_len) as usize];
-            let value = raw.slice(value_at as usize..(value_at + value_len) as usize);
-            let name = HeaderName::from_bytes(name).map_err(|_| WireError::Header)?;
-            // Hop-by-hop headers are read here and never passed on, except the pair
-            // that completes a protocol switch.
-            let hop = match hop_by_hop_bit(&name) {
-                0 => {
-                    if name == header::CONTENT_LENGTH {
-                        let v = parse_length(&value).ok_or(WireError::ContentLength)?;
-                        if length.is_some_and(|l| l != v) {
-                            return Err(WireError::ContentLength);
-                        }
-                        length = Some(v);
+            let value = &raw[value_at as usize..(value_at + value_len) as usize];
+            let kind = line_kind(name);
+            match kind {
+                Line::ContentLength => {
+                    let v = parse_length(value).ok_or(WireError::ContentLength)?;
+                    if length.is_some_and(|l| l != v) {
+                        return Err(WireError::ContentLength);
                     }
-                    false
+                    length = Some(v);
                 }
-                HOP_TRANSFER_ENCODING => {
+                Line::Date => has_date = true,
+                Line::Hop(HOP_TRANSFER_ENCODING) => {
                     te = true;
                     // Chunked must be the final coding.
-                    chunked =
-                        last_token(&value).is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
-                    true
+                    chunked = last_token(value).is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
                 }
-                HOP_CONNECTION => {
+                Line::Hop(HOP_CONNECTION) => {
                     for t in value.split(|&b| b == b',') {
                         let t = t.trim_ascii();
                         close |= t.eq_ignore_ascii_case(b"close");
@@ -226,25 +296,77 @@ pub fn parse_response_head(
                             && !t.eq_ignore_ascii_case(b"keep-alive")
                             && !t.eq_ignore_ascii_case(b"upgrade");
                     }
-                    !switching
                 }
-                HOP_UPGRADE => !switching,
-                _ => true,
-            };
-            if !hop {
-                let value = HeaderValue::from_maybe_shared(value).map_err(|_| WireError::Header)?;
-                headers.append(name, value);
+                _ => {}
+            }
+            if !raw_ok {
+                continue;
+            }
+            // This line runs to the next one's name, or to the blank line.
+            let next = spans[..n].get(i + 1).map_or(lines_end, |s| s.0 as usize);
+            raw_ok &= raw[..next].ends_with(b"\r\n");
+            if matches!(kind, Line::Hop(_) | Line::RequestId) {
+                if ncuts == MAX_CUTS {
+                    raw_ok = false;
+                } else {
+                    cuts[ncuts] = (
+                        (name_at as usize - lines_at) as u32,
+                        (next - lines_at) as u32,
+                    );
+                    ncuts += 1;
+                }
             }
         }
-        if named {
+        // Lines named by Connection, or a length beside Transfer-Encoding, are left out
+        // by the map path.
+        let conflicting = te && length.is_some();
+        raw_ok &= !named && !conflicting;
+
+        let head_raw = if raw_ok {
+            Some(RawHead {
+                lines: raw.slice(lines_at..lines_end),
+                cuts,
+                ncuts,
+                has_length: length.is_some(),
+                has_date,
+            })
+        } else {
+            // Room for what sluice adds (X-Request-Id, Set-Cookie) without a rehash;
+            // the map is then reused for the connection's next request head, which
+            // gains the X-Forwarded-* set.
+            headers.reserve(n + EXTRA_HEADERS);
             for &(name_at, name_len, value_at, value_len) in &spans[..n] {
                 let name = &raw[name_at as usize..(name_at + name_len) as usize];
-                if name.eq_ignore_ascii_case(b"connection") {
-                    let value = &raw[value_at as usize..(value_at + value_len) as usize];
-                    remove_connection_named(&mut headers, value, switching);
+                // Hop-by-hop headers are never passed on, except the pair that
+                // completes a protocol switch.
+                let pass = match line_kind(name) {
+                    Line::Hop(HOP_CONNECTION | HOP_UPGRADE) => switching,
+                    Line::Hop(_) => false,
+                    _ => true,
+                };
+                if pass {
+                    let name = HeaderName::from_bytes(name).map_err(|_| WireError::Header)?;
+                    let value = raw.slice(value_at as usize..(value_at + value_len) as usize);
+                    let value =
+                        HeaderValue::from_maybe_shared(value).map_err(|_| WireError::Header)?;
+                    headers.append(name, value);
                 }
             }
-        }
+            if named {
+                for &(name_at, name_len, value_at, value_len) in &spans[..n] {
+                    let name = &raw[name_at as usize..(name_at + name_len) as usize];
+                    if name.eq_ignore_ascii_case(b"connection") {
+                        let value = &raw[value_at as usize..(value_at + value_len) as usize];
+                        remove_connection_named(&mut headers, value, switching);
+                    }
+                }
+            }
+            if te && length.is_some() {
+                // Transfer-Encoding wins (RFC 9112 §6.3); the length must not be passed on.
+                headers.remove(header::CONTENT_LENGTH);
+            }
+            None
+        };
         let bodyless = *method == Method::HEAD
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED
@@ -264,10 +386,6 @@ pub fn parse_response_head(
                 None => Framing::UntilClose,
             }
         };
-        if te && length.is_some() {
-            // Transfer-Encoding wins (RFC 9112 §6.3); the length must not be passed on.
-            headers.remove(header::CONTENT_LENGTH);
-        }
         let keep_alive = !close
             && status != StatusCode::SWITCHING_PROTOCOLS
             && framing != Framing::UntilClose
@@ -277,6 +395,7 @@ pub fn parse_response_head(
             status,
             version,
             headers,
+            raw: head_raw,
             framing,
             keep_alive,
         }));
@@ -408,7 +527,7 @@ mod tests {
 
     fn head(raw: &str, method: Method) -> Result<Option<Head>, WireError> {
         let mut b = BytesMut::from(raw);
-        parse_response_head(&mut b, &method, false, || None)
+        parse_response_head(&mut b, &method, false, false, || None)
     }
 
     #[test]
@@ -522,7 +641,7 @@ mod tests {
         let mut b = BytesMut::from(
             "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nKeep-Alive: x\r\n\r\n",
         );
-        let h = parse_response_head(&mut b, &Method::GET, true, || None)
+        let h = parse_response_head(&mut b, &Method::GET, true, false, || None)
             .unwrap()
             .unwrap();
         let names: Vec<&str> = h.headers.keys().map(|k| k.as_str()).collect();
@@ -530,12 +649,74 @@ mod tests {
         assert!(!h.keep_alive);
     }
 
+    fn raw(text: &str) -> Head {
+        let mut b = BytesMut::from(text);
+        parse_response_head(&mut b, &Method::GET, false, true, || None)
+            .unwrap()
+            .unwrap()
+    }
+
+    fn written(h: &Head) -> String {
+        let mut out = Vec::new();
+        h.raw.as_ref().expect("raw lines").write_to(&mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn raw_lines_pass_on_all_but_hop_by_hop_and_the_request_id() {
+        let h = raw(
+            "HTTP/1.1 200 OK\r\nServer: x\r\nConnection: keep-alive\r\nX-Request-Id: theirs\r\nContent-Length: 2\r\nKeep-Alive: timeout=5\r\nDate: Wed, 25 Nov 2026 10:00:00 GMT\r\nX-A:  b \r\n\r\nok",
+        );
+        assert!(h.headers.is_empty());
+        assert_eq!(
+            written(&h),
+            "Server: x\r\nContent-Length: 2\r\nDate: Wed, 25 Nov 2026 10:00:00 GMT\r\nX-A:  b \r\n"
+        );
+        let r = h.raw.as_ref().unwrap();
+        assert!(r.has_length && r.has_date);
+        assert_eq!((h.framing, h.keep_alive), (Framing::Length(2), true));
+        let h = raw("HTTP/1.1 204 No Content\r\n\r\n");
+        assert_eq!(written(&h), "");
+        let h = raw("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(written(&h), "");
+        assert!(!h.raw.as_ref().unwrap().has_length);
+        assert_eq!(h.framing, Framing::Chunked);
+    }
+
+    #[test]
+    fn heads_that_need_a_closer_look_take_the_map() {
+        for text in [
+            // Retry-After may matter; a header Connection names; both framings; a bare LF.
+            "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 429 Too Many Requests\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nConnection: x-named\r\nX-Named: 1\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nX-A: 1\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\n",
+        ] {
+            let h = raw(text);
+            assert!(h.raw.is_none(), "{text}");
+            assert!(!h.headers.contains_key("x-named"), "{text}");
+            assert!(!h.headers.contains_key("connection"), "{text}");
+        }
+        let h = raw("HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\n\r\n");
+        assert_eq!(h.headers["retry-after"], "5");
+        let mut many = String::from("HTTP/1.1 200 OK\r\n");
+        for _ in 0..=MAX_CUTS {
+            many.push_str("Keep-Alive: x\r\n");
+        }
+        many.push_str("Content-Length: 0\r\n\r\n");
+        let h = raw(&many);
+        assert!(h.raw.is_none());
+        assert_eq!(h.headers.len(), 1);
+    }
+
     #[test]
     fn a_spare_map_is_emptied_and_filled() {
         let mut spare = HeaderMap::new();
         spare.insert("x-old", HeaderValue::from_static("1"));
         let mut b = BytesMut::from("HTTP/1.1 200 OK\r\nX-New: 2\r\nContent-Length: 0\r\n\r\n");
-        let h = parse_response_head(&mut b, &Method::GET, false, || Some(spare))
+        let h = parse_response_head(&mut b, &Method::GET, false, false, || Some(spare))
             .unwrap()
             .unwrap();
         let names: Vec<&str> = h.headers.keys().map(|k| k.as_str()).collect();
@@ -577,7 +758,7 @@ mod tests {
         let mut b = BytesMut::from(
             "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: x\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
         );
-        let h = parse_response_head(&mut b, &Method::POST, false, || None)
+        let h = parse_response_head(&mut b, &Method::POST, false, false, || None)
             .unwrap()
             .unwrap();
         assert_eq!((h.status.as_u16(), h.framing), (201, Framing::Empty));
