@@ -83,6 +83,8 @@ pub enum End {
     Linger,
     /// The backend switched protocols (101): join the two into a tunnel.
     Upgrade(Upgraded),
+    /// Idle: park the connection (decided by the connection task, not the loop).
+    Park,
 }
 
 /// A client connection as the loop holds it: the two halves of its socket and the

@@ -14,6 +14,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -336,7 +337,7 @@ async fn is_h2(stream: &TcpStream) -> io::Result<Option<bool>> {
 /// HTTP/1.1 (h1.rs) until the connection closes, goes idle (then it is parked and
 /// this task ends), or is upgraded (then it becomes a tunnel). `buf` holds bytes
 /// already read from the client.
-async fn serve_h1(stream: TcpStream, buf: BytesMut, mut ctx: ConnCtx) {
+async fn serve_h1(stream: TcpStream, buf: BytesMut, ctx: ConnCtx) {
     let timers = ctx.timers();
     let activity = Arc::new(Activity::new());
     let info = Arc::new(ConnInfo::new(
@@ -352,34 +353,55 @@ async fn serve_h1(stream: TcpStream, buf: BytesMut, mut ctx: ConnCtx) {
         tokio::pin!(conn);
         let sleep = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(sleep);
-        loop {
-            tokio::select! {
-                biased;
-                end = &mut conn => break Some(end),
-                _ = &mut sleep => match activity.check(timers, ctx.lot.is_some()) {
+        // The watchdog timer and the shutdown signal are polled once to register this
+        // task for them; after that they are looked at (cheaply) only when it wakes,
+        // not polled again on every wakeup of a busy connection.
+        let mut armed = false;
+        let mut stop_rx = ctx.stop.clone();
+        let stop = stop_rx.changed();
+        tokio::pin!(stop);
+        let mut stop_armed = false;
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(end) = conn.as_mut().poll(cx) {
+                return Poll::Ready(Some(end));
+            }
+            if !flags.closing() && (!stop_armed || ctx.stop.has_changed().unwrap_or(true)) {
+                stop_armed = true;
+                if stop.as_mut().poll(cx).is_ready() {
+                    flags.close();
+                    if flags.idle() {
+                        return Poll::Ready(None);
+                    }
+                }
+            }
+            while !armed || sleep.is_elapsed() {
+                if sleep.as_mut().poll(cx).is_pending() {
+                    armed = true;
+                    break;
+                }
+                armed = false;
+                match activity.check(timers, ctx.lot.is_some()) {
                     Verdict::WaitUntil(t) => sleep.as_mut().reset(t),
                     // Only between requests, when the loop holds nothing but the socket.
-                    Verdict::Park if flags.idle() => break None,
+                    Verdict::Park if flags.idle() => return Poll::Ready(Some(h1::End::Park)),
                     Verdict::Park => sleep
                         .as_mut()
                         .reset(tokio::time::Instant::now() + super::conn::PARK_AFTER),
                     Verdict::Close(why) => {
                         tracing::debug!(client = %ctx.client, reason = why, "closing client connection");
-                        return;
-                    }
-                },
-                _ = ctx.stop.changed(), if !flags.closing() => {
-                    flags.close();
-                    if flags.idle() {
-                        return;
+                        return Poll::Ready(None);
                     }
                 }
             }
-        }
+            Poll::Pending
+        })
+        .await
     };
     // The loop's buffers are gone, or about to be.
     crate::memory::note_freed();
     match end {
+        // Shutdown or a timer: drop the connection as it stands.
+        None => {}
         Some(h1::End::Close) => sock.close(false).await,
         Some(h1::End::Linger) => sock.close(true).await,
         Some(h1::End::Upgrade(backend)) => {
@@ -388,7 +410,7 @@ async fn serve_h1(stream: TcpStream, buf: BytesMut, mut ctx: ConnCtx) {
                 upgrade::tunnel(client, backend).await;
             }
         }
-        None => {
+        Some(h1::End::Park) => {
             // Parked: the read buffer and the task go; only the socket waits.
             let deadline = activity.idle_deadline_ms(timers);
             if let (Some(lot), Some((stream, _))) = (ctx.lot.as_deref(), sock.into_stream()) {
