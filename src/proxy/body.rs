@@ -189,6 +189,11 @@ impl ResponseBody {
         }
     }
 
+    /// A body sluice wrote itself (not a backend's).
+    pub fn is_local(&self) -> bool {
+        matches!(self.kind, Kind::Local(_))
+    }
+
     /// A proxied response's header lines to copy out as they are (see `RawHead`).
     pub fn raw_head(&self) -> Option<&super::wire::RawHead> {
         match &self.kind {

@@ -310,7 +310,9 @@ impl Client {
             let body = std::mem::replace(req.body_mut(), RequestBody::empty());
             let Conn { stream, buf, out } = conn;
             let (read, write) = stream.into_split();
-            upload = Some(tokio::spawn(upload_rest(write, body, framing, out)).abort_handle());
+            upload = Some(Upload(
+                tokio::spawn(upload_rest(write, body, framing, out)).abort_handle(),
+            ));
             Source::Half { read, buf }
         } else {
             Source::Conn(conn)
@@ -476,17 +478,21 @@ pub struct BackendBody {
     src: Option<Source>,
     state: State,
     reuse: Option<(Arc<Pool>, usize)>,
-    /// The task still sending the request body, if the response began before its end.
-    upload: Option<AbortHandle>,
+    /// The task still sending the request body, if the response began before its end;
+    /// held to be stopped when the response ends or is dropped.
+    _upload: Option<Upload>,
     /// The response's header lines as the backend wrote them, when they travel so.
     raw: Option<RawHead>,
 }
 
-impl Drop for BackendBody {
+/// The task sending the rest of a request body beside its response (see `send`). It
+/// is stopped when this is dropped: with the response, or with a request that failed
+/// or timed out before a response head came.
+struct Upload(AbortHandle);
+
+impl Drop for Upload {
     fn drop(&mut self) {
-        if let Some(u) = self.upload.take() {
-            u.abort();
-        }
+        self.0.abort();
     }
 }
 
@@ -506,7 +512,7 @@ impl BackendBody {
         src: Source,
         framing: Framing,
         reuse: Option<(Arc<Pool>, usize)>,
-        upload: Option<AbortHandle>,
+        upload: Option<Upload>,
     ) -> BackendBody {
         let state = match framing {
             Framing::Empty => State::Done,
@@ -518,7 +524,7 @@ impl BackendBody {
             src: Some(src),
             state,
             reuse,
-            upload,
+            _upload: upload,
             raw: None,
         };
         // An empty body is over at once: its connection can serve the next request

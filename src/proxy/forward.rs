@@ -61,16 +61,24 @@ impl ConnInfo {
     }
 }
 
-/// A request's whole handling, boxed: `poll_without_shutdown` (parking, server.rs)
-/// needs an `Unpin` service future. One allocation per request.
+/// A request's whole handling, boxed, for hyper (HTTP/2), whose service future must
+/// have a type to name. One allocation per request; HTTP/1 (h1.rs) needs none.
 pub type Answer = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>>;
+
+/// `handle`, boxed (see `Answer`).
+pub fn handle_boxed(shared: &Shared, conn: &Arc<ConnInfo>, req: Request<ClientBody>) -> Answer {
+    Box::pin(handle(shared, conn, req))
+}
 
 /// Serves one client request. Never fails: errors become sluice's own answers.
 ///
 /// The checks, routing and header rewriting run here, before the future exists, so
-/// the future (allocated per request) holds only what the exchange with the backend
-/// needs across its awaits.
-pub fn handle(shared: &Shared, conn: &Arc<ConnInfo>, req: Request<ClientBody>) -> Answer {
+/// the future holds only what the exchange with the backend needs across its awaits.
+pub fn handle(
+    shared: &Shared,
+    conn: &Arc<ConnInfo>,
+    req: Request<ClientBody>,
+) -> impl Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + 'static {
     let mut done = Completion::new(Arc::clone(&conn.activity));
     let request_id = match req.headers().get(&X_REQUEST_ID) {
         Some(id) => id.clone(),
@@ -81,9 +89,13 @@ pub fn handle(shared: &Shared, conn: &Arc<ConnInfo>, req: Request<ClientBody>) -
         r.request_id = Some(request_id.clone());
         done.record = Some(Box::new(r));
     }
-    match prepare(shared, conn, req, &mut done, &request_id) {
-        Ok(p) => Box::pin(exchange(Arc::clone(conn), p, done, request_id)),
-        Err(e) => Box::pin(std::future::ready(Ok(respond(Err(e), done, request_id)))),
+    let prepared = prepare(shared, conn, req, &mut done, &request_id);
+    let conn = Arc::clone(conn);
+    async move {
+        match prepared {
+            Ok(p) => exchange(conn, p, done, request_id).await,
+            Err(e) => Ok(respond(Err(e), done, request_id)),
+        }
     }
 }
 

@@ -15,9 +15,9 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
@@ -35,6 +35,8 @@ use super::wire::{self, Chunked, Step, WireError};
 /// A request with this many header lines or more gets 431 (HAProxy's default limit is
 /// 101, hyper's 100).
 const MAX_HEADERS: usize = 99;
+/// Room reserved up front for writing a response head.
+const OUT_GUESS: usize = 1024;
 /// Room reserved for each read of a request head.
 const HEAD_READ: usize = 4096;
 /// The most read at once for a request body.
@@ -90,10 +92,12 @@ pub enum End {
 /// A client connection as the loop holds it: the two halves of its socket and the
 /// bytes read and not used yet.
 pub struct Sock {
-    /// None while a request body's reader holds it.
+    /// None while a request body's reader holds it (see `lent`).
     rd: Option<OwnedReadHalf>,
     wr: OwnedWriteHalf,
     pub buf: BytesMut,
+    /// The link to the request body holding the reading half and the buffer.
+    lent: Option<Arc<Link>>,
 }
 
 impl Sock {
@@ -103,29 +107,53 @@ impl Sock {
             rd: Some(rd),
             wr,
             buf,
+            lent: None,
         }
+    }
+
+    /// Takes the reading half and the buffer back from the request body they were lent
+    /// to, if it has given them back. Some(true): the body was read to its end.
+    fn reclaim(&mut self) -> Option<bool> {
+        let r = self.lent.as_ref()?.returned.lock().ok()?.take()?;
+        self.lent = None;
+        self.rd = Some(r.rd);
+        self.buf = r.buf;
+        Some(r.complete)
     }
 
     /// The socket whole again, with the bytes read and not used; None if a request
     /// body's reader still holds the reading half.
-    pub fn into_stream(self) -> Option<(TcpStream, BytesMut)> {
+    pub fn into_stream(mut self) -> Option<(TcpStream, BytesMut)> {
+        self.reclaim();
         let stream = self.rd?.reunite(self.wr).ok()?;
         Some((stream, self.buf))
     }
 
     /// Closes the connection. With `linger`, first stops sending and reads what the
     /// client still sends for a short while: closing with unread bytes would reset the
-    /// connection and could destroy the answer just written (a refused upload).
+    /// connection and could destroy the answer just written (a refused upload). A
+    /// request body still reading elsewhere (an upload being stopped) is waited for.
     pub async fn close(mut self, linger: bool) {
         let _ = self.wr.shutdown().await;
-        let Some(rd) = self.rd.as_mut().filter(|_| linger) else {
+        if !linger {
             return;
-        };
-        const FOR: std::time::Duration = std::time::Duration::from_secs(2);
+        }
+        const FOR: Duration = Duration::from_secs(2);
         const AT_MOST: usize = 4 << 20;
-        let mut scratch = [0u8; 16 * 1024];
-        let mut total = 0;
         let _ = tokio::time::timeout(FOR, async {
+            if let Some(link) = self.lent.clone() {
+                if self.reclaim().is_none() {
+                    link.back.notified().await;
+                    self.reclaim();
+                }
+            }
+            let Some(rd) = self.rd.as_mut() else {
+                return;
+            };
+            // On the heap: in the future it would make every connection task this
+            // much larger.
+            let mut scratch = vec![0u8; 16 * 1024];
+            let mut total = 0;
             while total < AT_MOST {
                 match rd.read(&mut scratch).await {
                     Ok(0) | Err(_) => return,
@@ -144,7 +172,7 @@ pub async fn serve(sock: &mut Sock, shared: &Shared, info: &Arc<ConnInfo>, flags
     let max_head = shared.limits.load().max_header_bytes;
     // The last response's header map, emptied, to be filled by the next request.
     let mut spare: Option<HeaderMap> = None;
-    let mut out: Vec<u8> = Vec::new();
+    let mut out: Vec<u8> = Vec::with_capacity(OUT_GUESS);
     loop {
         let head = loop {
             if !sock.buf.is_empty() {
@@ -182,46 +210,59 @@ pub async fn serve(sock: &mut Sock, shared: &Shared, info: &Arc<ConnInfo>, flags
         let http10 = parts.version == Version::HTTP_10;
         // A request with a body takes the reading half and the read buffer along; they
         // come back (with any pipelined bytes behind the body) when the body is done.
-        let (body, back) = match (framing, sock.rd.take()) {
-            (BodyFraming::None, rd) => {
-                sock.rd = rd;
-                (ClientBody::Empty, None)
-            }
-            (f, Some(rd)) => {
-                if expect_continue
-                    && sock.buf.is_empty()
-                    && sock.wr.write_all(CONTINUE).await.is_err()
-                {
+        let (body, has_body) = match framing {
+            BodyFraming::None => (ClientBody::Empty, false),
+            f => {
+                let Some(rd) = sock.rd.take() else {
                     return End::Close;
-                }
-                let back = Arc::new(Mutex::new(None));
-                let body = H1Body::new(rd, std::mem::take(&mut sock.buf), f, Arc::clone(&back));
-                (ClientBody::H1(body), Some(back))
+                };
+                let link = Arc::new(Link::default());
+                // Nothing to ask for if the body is already arriving.
+                let ask = expect_continue && sock.buf.is_empty();
+                let buf = std::mem::take(&mut sock.buf);
+                let body = H1Body::new(rd, buf, f, ask, Arc::clone(&link));
+                sock.lent = Some(link);
+                (ClientBody::H1(body), true)
             }
-            (_, None) => return End::Close,
         };
-        let mut answer = handle(shared, info, Request::from_parts(parts, body));
-        let resp = match (&back, sock.rd.as_mut()) {
-            (None, Some(rd)) => {
-                // A bodyless request: watch the client meanwhile. If it leaves, the
-                // answer is dropped, which abandons the backend request; pipelined bytes
-                // wait in the buffer for their turn.
-                let buf = &mut sock.buf;
-                let mut watch = true;
-                loop {
-                    tokio::select! {
-                        biased;
-                        r = &mut answer => break r,
-                        n = std::future::poll_fn(|cx| tokio_util::io::poll_read_buf(Pin::new(&mut *rd), cx, buf)), if watch => match n {
-                            Ok(0) | Err(_) => return End::Close,
-                            Ok(_) => watch = false,
-                        }
-                    }
+        let answer = handle(shared, info, Request::from_parts(parts, body));
+        let mut answer = std::pin::pin!(answer);
+        // Meanwhile: tell the client to go on when its body is first wanted, and watch
+        // it while the loop holds its reading half (no body, or the body is done). If
+        // it leaves, the answer is dropped, which abandons the backend request; bytes it
+        // sends meanwhile (pipelined requests) wait in the buffer.
+        let mut watch = true;
+        let mut body_done = (!has_body).then_some(true);
+        let resp = std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = answer.as_mut().poll(cx) {
+                return Poll::Ready(Some(r));
+            }
+            if let Some(link) = &sock.lent {
+                if link.want_continue.swap(false, Ordering::Relaxed)
+                    && sock.wr.try_write(CONTINUE).ok() != Some(CONTINUE.len())
+                {
+                    return Poll::Ready(None);
+                }
+                if body_done.is_none() {
+                    body_done = sock.reclaim();
                 }
             }
-            _ => answer.await,
+            if let (true, Some(true), Some(rd)) = (watch, body_done, sock.rd.as_mut()) {
+                match tokio_util::io::poll_read_buf(Pin::new(rd), cx, &mut sock.buf) {
+                    Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(None),
+                    Poll::Ready(Ok(_)) => watch = false,
+                    Poll::Pending => {}
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        let Some(Ok(resp)) = resp else {
+            return End::Close;
         };
-        let Ok(resp) = resp;
+        if body_done.is_none() {
+            body_done = sock.reclaim();
+        }
         let (mut parts, body) = resp.into_parts();
         let upgraded = if parts.status == StatusCode::SWITCHING_PROTOCOLS {
             info.take_upgrade()
@@ -237,11 +278,17 @@ pub async fn serve(sock: &mut Sock, shared: &Shared, info: &Arc<ConnInfo>, flags
         if refused {
             parts.headers.remove(header::CONNECTION);
         }
-        // A 101 ends HTTP on this connection, tunnel or not.
+        // A 101 ends HTTP on this connection, tunnel or not; so does a request body
+        // not read to its end (where the next request would begin is unknown).
         let keep = keep_alive
             && !refused
             && !flags.closing()
+            && body_done == Some(true)
             && parts.status != StatusCode::SWITCHING_PROTOCOLS;
+        let watch = match (watch && body_done == Some(true), sock.rd.as_mut()) {
+            (true, Some(rd)) => Some((rd, &mut sock.buf)),
+            _ => None,
+        };
         let written = write_response(
             &mut sock.wr,
             &mut out,
@@ -253,6 +300,7 @@ pub async fn serve(sock: &mut Sock, shared: &Shared, info: &Arc<ConnInfo>, flags
                 keep,
                 upgrade: upgraded.is_some(),
             },
+            watch,
         )
         .await;
         // Emptied now: its values hold on to the backend connection's read buffer.
@@ -262,18 +310,11 @@ pub async fn serve(sock: &mut Sock, shared: &Shared, info: &Arc<ConnInfo>, flags
             Ok(keep) => keep,
             Err(_) => return End::Close,
         };
-        if let Some(back) = back {
-            let Some(r) = back.lock().unwrap_or_else(|p| p.into_inner()).take() else {
-                return End::Close; // the body's reader is still at work elsewhere
-            };
-            sock.rd = Some(r.rd);
-            sock.buf = r.buf;
-            if !r.complete {
-                return End::Linger;
-            }
-        }
         if let Some(up) = upgraded {
             return End::Upgrade(up);
+        }
+        if body_done != Some(true) {
+            return End::Linger;
         }
         if !keep {
             return End::Close;
@@ -393,8 +434,12 @@ pub fn parse_head(
         let value = raw.slice(value_at as usize..(value_at + value_len) as usize);
         let name = HeaderName::from_bytes(name).map_err(|_| HeadError::Bad("header name"))?;
         if name == header::CONTENT_LENGTH {
-            // Differing values stay in the map for forward.rs to refuse (400).
+            // Differing values stay in the map for forward.rs to refuse (400); a
+            // repeated one is passed on once.
             let v = wire::parse_length(&value).ok_or(HeadError::Bad("Content-Length"))?;
+            if length == Some(v) {
+                continue;
+            }
             length = Some(length.map_or(v, |l| l.max(v)));
         } else if name == header::TRANSFER_ENCODING {
             te = true;
@@ -411,6 +456,10 @@ pub fn parse_head(
         let value =
             HeaderValue::from_maybe_shared(value).map_err(|_| HeadError::Bad("header value"))?;
         headers.append(name, value);
+    }
+    if te && version == Version::HTTP_10 {
+        // RFC 9112 §6.1: framing an HTTP/1.0 message cannot have.
+        return Err(HeadError::Bad("Transfer-Encoding in an HTTP/1.0 request"));
     }
     if te && !chunked {
         // RFC 9112 §6.3: a request body whose length cannot be known.
@@ -465,6 +514,7 @@ async fn write_response(
     parts: &http::response::Parts,
     body: ResponseBody,
     o: Options,
+    mut watch: Option<(&mut OwnedReadHalf, &mut BytesMut)>,
 ) -> io::Result<bool> {
     let status = parts.status;
     let mut keep = o.keep;
@@ -497,13 +547,16 @@ async fn write_response(
         Out::None
     } else if has_length {
         if o.head_only { Out::None } else { Out::Length }
-    } else if let Some(n) = exact {
-        out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(itoa(n, &mut [0u8; 20]));
-        out.extend_from_slice(b"\r\n");
-        if o.head_only { Out::None } else { Out::Length }
     } else if o.head_only {
+        // A proxied answer to HEAD says what the backend said; sluice's own tell the
+        // length their GET would have.
+        if let (true, Some(n)) = (body.is_local(), exact) {
+            content_length_line(out, n);
+        }
         Out::None
+    } else if let Some(n) = exact {
+        content_length_line(out, n);
+        Out::Length
     } else if !o.http10 {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
         Out::Chunked
@@ -540,7 +593,25 @@ async fn write_response(
                     wr.write_all(out).await?;
                     out.clear();
                 }
-                std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await
+                // While the body waits, a client that leaves ends the response.
+                std::future::poll_fn(|cx| {
+                    if let Poll::Ready(f) = body.as_mut().poll_frame(cx) {
+                        return Poll::Ready(Ok(f));
+                    }
+                    if let Some((rd, buf)) = watch.as_mut() {
+                        match tokio_util::io::poll_read_buf(Pin::new(&mut **rd), cx, *buf) {
+                            Poll::Ready(Ok(0) | Err(_)) => {
+                                return Poll::Ready(Err(io::Error::from(
+                                    io::ErrorKind::ConnectionAborted,
+                                )));
+                            }
+                            Poll::Ready(Ok(_)) => watch = None,
+                            Poll::Pending => {}
+                        }
+                    }
+                    Poll::Pending
+                })
+                .await?
             }
         };
         match frame {
@@ -576,6 +647,11 @@ async fn write_response(
                 if framing == Out::Chunked {
                     out.extend_from_slice(b"\r\n");
                 }
+                // A body that keeps coming in small pieces goes out as it comes.
+                if out.len() >= COALESCE {
+                    wr.write_all(out).await?;
+                    out.clear();
+                }
             }
         }
     }
@@ -602,6 +678,12 @@ async fn refuse(wr: &mut OwnedWriteHalf, out: &mut Vec<u8>, e: &HeadError) -> io
     out.extend_from_slice(b"connection: close\r\n\r\n");
     out.extend_from_slice(text.as_bytes());
     wr.write_all(out).await
+}
+
+fn content_length_line(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(b"content-length: ");
+    out.extend_from_slice(itoa(n, &mut [0u8; 20]));
+    out.extend_from_slice(b"\r\n");
 }
 
 fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
@@ -681,14 +763,26 @@ struct Returned {
     complete: bool,
 }
 
+/// What a request body and its connection's loop share.
+#[derive(Default)]
+pub struct Link {
+    returned: Mutex<Option<Returned>>,
+    /// Signalled when `returned` is filled.
+    back: tokio::sync::Notify,
+    /// The body is wanted and the client waits to be told to send it.
+    want_continue: AtomicBool,
+}
+
 /// A client's request body, read from its connection as the backend side consumes it.
 /// When it ends or is dropped, the reading half and the buffer go back to the
-/// connection's loop through `back`.
+/// connection's loop through the link.
 pub struct H1Body {
     rd: Option<OwnedReadHalf>,
     buf: BytesMut,
     state: BodyState,
-    back: Arc<Mutex<Option<Returned>>>,
+    /// `Expect: 100-continue` not answered yet.
+    ask: bool,
+    link: Arc<Link>,
 }
 
 impl H1Body {
@@ -696,7 +790,8 @@ impl H1Body {
         rd: OwnedReadHalf,
         buf: BytesMut,
         framing: BodyFraming,
-        back: Arc<Mutex<Option<Returned>>>,
+        ask: bool,
+        link: Arc<Link>,
     ) -> H1Body {
         let state = match framing {
             BodyFraming::None | BodyFraming::Length(0) => BodyState::Done,
@@ -707,17 +802,20 @@ impl H1Body {
             rd: Some(rd),
             buf,
             state,
-            back,
+            ask,
+            link,
         }
     }
 
     fn give_back(&mut self, complete: bool) {
         if let Some(rd) = self.rd.take() {
-            *self.back.lock().unwrap_or_else(|p| p.into_inner()) = Some(Returned {
+            let r = Returned {
                 rd,
                 buf: std::mem::take(&mut self.buf),
                 complete,
-            });
+            };
+            *self.link.returned.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+            self.link.back.notify_one();
         }
     }
 
@@ -731,11 +829,35 @@ impl H1Body {
         self.give_back(false);
         Poll::Ready(Some(Err(e)))
     }
+
+    /// Skips what is left of the body if all of it is already in the buffer (a small
+    /// body nobody read, for a request refused or answered without it), so that the
+    /// connection can go on.
+    fn skip_buffered(&mut self) -> bool {
+        loop {
+            match &mut self.state {
+                BodyState::Done => return true,
+                BodyState::Length(left) => {
+                    if (self.buf.len() as u64) < *left {
+                        return false;
+                    }
+                    self.buf.advance(*left as usize);
+                    self.state = BodyState::Done;
+                }
+                BodyState::Chunked(c) => match c.step(&mut self.buf) {
+                    Ok(Step::Data(_)) => {}
+                    Ok(Step::Done) => self.state = BodyState::Done,
+                    Ok(Step::NeedMore) | Err(_) => return false,
+                },
+            }
+        }
+    }
 }
 
 impl Drop for H1Body {
     fn drop(&mut self) {
-        self.give_back(false);
+        let complete = self.rd.is_some() && self.skip_buffered();
+        self.give_back(complete);
     }
 }
 
@@ -748,6 +870,14 @@ impl Body for H1Body {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         let this = &mut *self;
+        if this.ask {
+            // The loop sends `100 Continue` (it holds the writing half), then polls
+            // this again.
+            this.ask = false;
+            this.link.want_continue.store(true, Ordering::Relaxed);
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
         loop {
             let room = match &mut this.state {
                 BodyState::Done => return Poll::Ready(None),

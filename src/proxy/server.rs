@@ -28,7 +28,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use super::Shared;
 use super::body::{ClientBody, ResponseBody};
 use super::conn::{Activity, Timers, Tracked, Verdict};
-use super::forward::{Answer, ConnInfo, handle};
+use super::forward::{Answer, ConnInfo, handle_boxed};
 use super::park::{Lot, Woken};
 use super::{h1, upgrade};
 use crate::admin;
@@ -298,7 +298,7 @@ fn service(
     let shared = Arc::clone(shared);
     let info = Arc::clone(info);
     service_fn(move |req: http::Request<Incoming>| -> Answer {
-        handle(&shared, &info, req.map(ClientBody::H2))
+        handle_boxed(&shared, &info, req.map(ClientBody::H2))
     })
 }
 

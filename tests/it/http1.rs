@@ -79,6 +79,50 @@ async fn expect_100_continue_is_answered_before_the_body_is_sent() {
 }
 
 #[tokio::test]
+async fn a_body_refused_unread_is_skipped_when_whole_and_closes_the_connection_when_not() {
+    let be = TestBackend::replying("a").await;
+    let lb = Sluice::start(&format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n[limits]\nmax_body_bytes = 10\n[upstream.web]\nbackends = [{{ url = \"{}\" }}]\n",
+        be.url()
+    ))
+    .await;
+    // All of the refused body is there: the connection goes on to the next request.
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    s.write_all(
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\n\r\n01234567890123456789\
+          GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let got = read_responses(&mut s, 2, DEADLINE).await;
+    assert!(got.starts_with("HTTP/1.1 413"), "{got}");
+    assert!(
+        !got.to_ascii_lowercase().contains("connection: close"),
+        "{got}"
+    );
+    assert!(
+        got.contains("HTTP/1.1 200") && got.ends_with("\r\n\r\na"),
+        "{got}"
+    );
+    // Part of it still to come: the answer says the connection closes, and it does.
+    // The client asked to be told to go on; refused first, it is not told.
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    s.write_all(
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let got = read_until_close(&mut s, DEADLINE).await;
+    assert!(got.starts_with("HTTP/1.1 413"), "{got}");
+    assert!(
+        got.to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{got}"
+    );
+    assert_eq!(be.hits(), 1);
+}
+
+#[tokio::test]
 async fn http10_clients_are_kept_alive_only_when_they_ask() {
     let be = TestBackend::replying("a").await;
     let lb = Sluice::over(&[be.url()], "").await;
@@ -173,6 +217,27 @@ async fn head_answers_carry_the_length_but_no_body_and_the_connection_goes_on() 
     );
     assert!(parts[1].ends_with("\r\n\r\n"), "no body after HEAD: {got}");
     assert!(parts[2].ends_with("\r\n\r\nabc"), "{got}");
+    // A backend answer of unknown length: no length is made up for it.
+    let chunked = TestBackend::start(|_req| async {
+        let pieces: [&'static [u8]; 1] = [b"ab"];
+        Response::new(BodyExt::boxed(
+            Pieces(pieces.into()).map_err(|e| match e {}),
+        ))
+    })
+    .await;
+    let lb2 = Sluice::over(&[chunked.url()], "").await;
+    let got = raw_exchange(
+        lb2.addr,
+        b"HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        DEADLINE,
+    )
+    .await;
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(
+        !got.to_ascii_lowercase().contains("content-length"),
+        "{got}"
+    );
+    assert!(got.ends_with("\r\n\r\n"), "{got}");
     // sluice's own answers too (they have a body for GET).
     let dead = Sluice::over(&[format!("http://{}", dead_addr().await)], "").await;
     let got = raw_exchange(
@@ -231,5 +296,13 @@ async fn a_transfer_coding_other_than_final_chunked_is_400() {
     let lower = got.to_ascii_lowercase();
     assert!(lower.contains("\r\nconnection: close\r\n"), "{got}");
     assert!(lower.contains("\r\ndate: "), "{got}");
+    // HTTP/1.0 has no chunked coding to frame a body with.
+    let got = raw_exchange(
+        lb.addr,
+        b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        DEADLINE,
+    )
+    .await;
+    assert!(got.starts_with("HTTP/1.1 400"), "{got}");
     assert_eq!(be.hits(), 0);
 }

@@ -433,6 +433,18 @@ async fn a_client_that_leaves_abandons_the_backend_request() {
         let _ = tx.send(drop_rx);
         let guard = DropSignal(Some(drop_tx));
         async move {
+            if req.uri().path() == "/stall" {
+                // One piece of the body, then nothing more until the response is
+                // dropped (sluice gives up its backend connection).
+                let stream = async_stream(move |tx| async move {
+                    let _guard = guard;
+                    let _ = tx
+                        .send(Ok(Frame::data(Bytes::from_static(b"tick\n"))))
+                        .await;
+                    tx.closed().await;
+                });
+                return http::Response::new(BodyExt::boxed(StreamBody::new(stream)));
+            }
             if req.uri().path() == "/hang" {
                 // Never answers; dropping this future is the signal.
                 let _guard = guard;
@@ -460,16 +472,19 @@ async fn a_client_that_leaves_abandons_the_backend_request() {
     .await;
     let lb = Sluice::over(&[be.url()], "").await;
     let mut rx = rx;
-    for path in ["/stream", "/hang"] {
+    for path in ["/stream", "/stall", "/hang", "POST /hang"] {
         let mut s = TcpStream::connect(lb.addr).await.unwrap();
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
+        // A request with a body the backend has read (then it hangs).
+        let raw = match path.strip_prefix("POST ") {
+            Some(p) => format!("POST {p} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi"),
+            None => format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n"),
+        };
+        s.write_all(raw.as_bytes()).await.unwrap();
         let abandoned = tokio::time::timeout(DEADLINE, rx.recv())
             .await
             .unwrap()
             .unwrap();
-        if path == "/stream" {
+        if path == "/stream" || path == "/stall" {
             let mut buf = [0u8; 256];
             let n = tokio::time::timeout(DEADLINE, s.read(&mut buf))
                 .await
