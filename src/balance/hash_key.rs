@@ -16,7 +16,7 @@ const KEY_SALT: u64 = 0x6b65_7973;
 pub fn of<B>(key: &HashKey, req: &Request<B>, client: IpAddr) -> u64 {
     let found: Option<&[u8]> = match key {
         HashKey::ClientIp => None,
-        HashKey::Header(name) => req.headers().get(name.as_str()).map(|v| v.as_bytes()),
+        HashKey::Header(name) => req.headers().get(name).map(|v| v.as_bytes()),
         HashKey::Cookie(name) => cookie(req.headers(), name).map(str::as_bytes),
         HashKey::Path => Some(req.uri().path().as_bytes()),
         HashKey::Query(name) => req.uri().query().and_then(|q| query(q, name)),
@@ -76,7 +76,7 @@ mod tests {
             "/a/b?user=42&x=1",
             &[("x-user-id", "42"), ("cookie", "a=1; sid=abc")],
         );
-        let header = HashKey::Header("x-user-id".into());
+        let header = HashKey::Header(http::HeaderName::from_static("x-user-id"));
         assert_eq!(
             of(&header, &r, ip),
             of(&header, &r, other),
@@ -99,7 +99,7 @@ mod tests {
             of(&HashKey::Path, &req("/a/c", &[]), ip)
         );
         // Missing: the client address.
-        let missing = HashKey::Header("x-none".into());
+        let missing = HashKey::Header(http::HeaderName::from_static("x-none"));
         assert_eq!(of(&missing, &r, ip), of(&HashKey::ClientIp, &r, ip));
         assert_ne!(of(&missing, &r, ip), of(&missing, &r, other));
     }

@@ -31,27 +31,35 @@ pub use peak_ewma::PeakEwma;
 pub use random::Random;
 pub use round_robin::RoundRobin;
 
-/// Backends already tried by this request (for retries), by stats identity.
+/// Backends already tried by this request (for retries), by stats identity. The
+/// first `CAP` are held inline; more (a long retry chain over a large pool) spill to
+/// the heap, so every retry still goes to a backend not tried yet while there is one.
 #[derive(Debug, Default, Clone)]
 pub struct Tried {
     ptrs: [usize; Tried::CAP],
     len: usize,
+    spill: Vec<usize>,
 }
 
 impl Tried {
     pub const CAP: usize = 8;
 
     pub fn insert(&mut self, b: &Backend) {
+        let p = Arc::as_ptr(&b.stats) as usize;
         if self.len < Self::CAP {
-            self.ptrs[self.len] = Arc::as_ptr(&b.stats) as usize;
+            self.ptrs[self.len] = p;
             self.len += 1;
+        } else {
+            self.spill.push(p);
         }
     }
 
     /// Removes `b` (a stale connection to it was not its fault).
     pub fn forget(&mut self, b: &Backend) {
         let p = Arc::as_ptr(&b.stats) as usize;
-        if let Some(i) = self.ptrs[..self.len].iter().position(|&x| x == p) {
+        if let Some(i) = self.spill.iter().position(|&x| x == p) {
+            self.spill.swap_remove(i);
+        } else if let Some(i) = self.ptrs[..self.len].iter().position(|&x| x == p) {
             self.ptrs.copy_within(i + 1..self.len, i);
             self.len -= 1;
         }
@@ -60,7 +68,7 @@ impl Tried {
     #[inline]
     pub fn contains(&self, b: &Backend) -> bool {
         let p = Arc::as_ptr(&b.stats) as usize;
-        self.ptrs[..self.len].contains(&p)
+        self.ptrs[..self.len].contains(&p) || self.spill.contains(&p)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -131,5 +139,26 @@ impl Strategy {
             Strategy::ConsistentHash(s) => s.pick(tier, ctx),
             Strategy::First(s) => s.pick(tier, ctx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::random::test_support::tier;
+    use super::*;
+
+    #[test]
+    fn tried_holds_more_than_its_inline_room() {
+        let t = tier(&[1; 12]);
+        let mut tried = Tried::default();
+        for b in &t[..11] {
+            tried.insert(b);
+        }
+        assert!(t[..11].iter().all(|b| tried.contains(b)));
+        assert!(!tried.contains(&t[11]));
+        tried.forget(&t[10]);
+        tried.forget(&t[0]);
+        assert!(!tried.contains(&t[10]) && !tried.contains(&t[0]));
+        assert!(t[1..10].iter().all(|b| tried.contains(b)));
     }
 }

@@ -299,8 +299,8 @@ impl fmt::Display for StrategyKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HashKey {
     ClientIp,
-    /// Lower-case header name.
-    Header(String),
+    /// Parsed once here, not on every request.
+    Header(http::HeaderName),
     Cookie(String),
     Path,
     Query(String),
@@ -317,10 +317,8 @@ impl HashKey {
         Ok(match s.split_once(':') {
             None if s == "client_ip" => HashKey::ClientIp,
             None if s == "path" => HashKey::Path,
-            Some(("header", n))
-                if !n.is_empty() && http::HeaderName::from_bytes(n.as_bytes()).is_ok() =>
-            {
-                HashKey::Header(n.to_ascii_lowercase())
+            Some(("header", n)) if !n.is_empty() => {
+                HashKey::Header(http::HeaderName::from_bytes(n.as_bytes()).map_err(|_| bad())?)
             }
             Some(("cookie", n)) if !n.is_empty() => HashKey::Cookie(n.to_owned()),
             Some(("query", n)) if !n.is_empty() => HashKey::Query(n.to_owned()),

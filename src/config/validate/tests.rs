@@ -168,7 +168,10 @@ fn spec_example_parses_with_default_values() {
     let d = UpstreamConfig::with_defaults("api", Vec::new());
     assert_eq!(u.name, "api");
     assert_eq!(u.strategy, d.strategy);
-    assert_eq!(u.hash_key, HashKey::Header("x-user-id".into()));
+    assert_eq!(
+        u.hash_key,
+        HashKey::Header(http::HeaderName::from_static("x-user-id"))
+    );
     assert_eq!(
         u.backends,
         vec![
