@@ -30,6 +30,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use super::body::{RequestBody, RequestBodyError};
+use super::h1::Outgoing;
 use super::wire::{self, Chunked, Framing, RawHead, RequestFraming, Step, WireError};
 use crate::config::UpstreamConfig;
 use crate::upstream::Backend;
@@ -233,6 +234,20 @@ impl SendError {
     }
 }
 
+/// How `Client::send` goes about one exchange.
+#[derive(Debug, Clone, Copy)]
+pub struct How {
+    /// The request asks for a protocol switch (a 101 answer is then accepted).
+    pub upgrade: bool,
+    /// Use a new connection, not a pooled one.
+    pub fresh: bool,
+    /// The request will not be sent again once a response head is in: its header map
+    /// may serve the response.
+    pub recycle: bool,
+    /// The response's header lines may travel raw (the client speaks HTTP/1.1).
+    pub raw_ok: bool,
+}
+
 /// An upstream's client settings.
 #[derive(Clone)]
 pub struct Client {
@@ -248,22 +263,26 @@ impl Client {
         }
     }
 
-    /// Sends `req` (origin-form URI) to `backend` on a pooled connection, or a new one
-    /// when there is none or `fresh` is set, and reads the response head. The request
-    /// stays with the caller, so it can be sent again; its body is consumed. `upgrade`:
-    /// the request asks for a protocol switch (a 101 answer is then accepted, and its
-    /// connection can be taken with `BackendBody::take_upgraded`). `recycle`: the
-    /// request will not be sent again once a response head is in, so its header map
-    /// may be reused for the response (it is then left empty).
+    /// Sends `req` (origin-form URI; its head's lines in `outgoing` when they travel
+    /// raw) to `backend` on a pooled connection, or a new one when there is none or
+    /// `how.fresh` is set, and reads the response head. The request stays with the
+    /// caller, so it can be sent again; its body is consumed. After a 101 (only
+    /// accepted for `how.upgrade`) the connection can be taken with
+    /// `BackendBody::take_upgraded`. With `how.recycle` the request's header map serves
+    /// the response (it is then left empty).
     pub async fn send(
         &self,
         backend: &Backend,
         req: &mut Request<RequestBody>,
-        upgrade: bool,
-        fresh: bool,
-        recycle: bool,
-        raw_ok: bool,
+        outgoing: Option<&Outgoing>,
+        how: How,
     ) -> Result<Response<BackendBody>, Failure> {
+        let How {
+            upgrade,
+            fresh,
+            recycle,
+            raw_ok,
+        } = how;
         let pooled = if fresh { None } else { backend.pool.take() };
         let reused = pooled.is_some();
         let mut conn = match pooled {
@@ -288,7 +307,7 @@ impl Client {
         conn.out.clear();
         // One allocation for a typical head, not a doubling series (new or shed).
         conn.out.reserve(HEAD_GUESS);
-        let framing = wire::encode_request_head(&mut conn.out, req, has_body);
+        let framing = wire::encode_request_head(&mut conn.out, req, outgoing, has_body);
         // What the first write takes is what decides whether any of the request reached
         // the backend.
         match conn.stream.write(&conn.out).await {

@@ -15,16 +15,17 @@ use tokio::time::Instant;
 
 use super::Shared;
 use super::body::{ClientBody, Completion, RequestBody, RequestBodyError, ResponseBody};
-use super::client::{BackendBody, Failure, SendError, Upgraded};
+use super::client::{BackendBody, Failure, How, SendError, Upgraded};
 use super::conn::Activity;
 use super::error::{ProxyError, chain};
+use super::h1::{Outgoing, RawRequest};
 use super::headers::{self, X_REQUEST_ID};
 use super::retry::idempotent;
 use crate::balance::{PickCtx, Tried, hash_key, sticky};
-use crate::config::{HostHeader, RetryOn, StrategyKind};
+use crate::config::{HashKey, HostHeader, RetryOn, StrategyKind};
 use crate::health::outlier::{self, Outcome};
 use crate::telemetry::{self, AccessRecord};
-use crate::upstream::{Backend, Upstream, request_host};
+use crate::upstream::{Backend, Upstream, host_of, request_host};
 
 /// What a request needs to know about the connection it came on.
 pub struct ConnInfo {
@@ -67,20 +68,27 @@ pub type Answer = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Inf
 
 /// `handle`, boxed (see `Answer`).
 pub fn handle_boxed(shared: &Shared, conn: &Arc<ConnInfo>, req: Request<ClientBody>) -> Answer {
-    Box::pin(handle(shared, conn, req))
+    Box::pin(handle(shared, conn, req, None))
 }
 
 /// Serves one client request. Never fails: errors become sluice's own answers.
 ///
 /// The checks, routing and header rewriting run here, before the future exists, so
 /// the future holds only what the exchange with the backend needs across its awaits.
+/// `raw`: the request's header lines as an HTTP/1.1 client wrote them, when they
+/// travel so (its header map is then empty; see `h1::RawRequest`).
 pub fn handle(
     shared: &Shared,
     conn: &Arc<ConnInfo>,
     req: Request<ClientBody>,
+    raw: Option<RawRequest>,
 ) -> impl Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + 'static {
     let mut done = Completion::new(Arc::clone(&conn.activity));
-    let request_id = match req.headers().get(&X_REQUEST_ID) {
+    let given = match &raw {
+        Some(r) => r.request_id.as_ref(),
+        None => req.headers().get(&X_REQUEST_ID),
+    };
+    let request_id = match given {
         Some(id) => id.clone(),
         None => headers::new_request_id(),
     };
@@ -89,7 +97,7 @@ pub fn handle(
         r.request_id = Some(request_id.clone());
         done.record = Some(Box::new(r));
     }
-    let prepared = prepare(shared, conn, req, &mut done, &request_id);
+    let prepared = prepare(shared, conn, req, raw, &mut done, &request_id);
     let conn = Arc::clone(conn);
     async move {
         match prepared {
@@ -191,6 +199,8 @@ fn content_length<B>(req: &Request<B>) -> Option<u64> {
 struct Prepared {
     upstream: Arc<Upstream>,
     breq: Request<RequestBody>,
+    /// The head's lines in raw form (an HTTP/1.1 client); `breq`'s map is then empty.
+    outgoing: Option<Outgoing>,
     /// Hash of the request's `hash_key` (consistent_hash only).
     key: Option<u64>,
     /// The backend the client's sticky cookie names, if any.
@@ -205,10 +215,12 @@ struct Prepared {
 fn prepare(
     shared: &Shared,
     conn: &ConnInfo,
-    req: Request<ClientBody>,
+    mut req: Request<ClientBody>,
+    raw: Option<RawRequest>,
     done: &mut Completion,
     request_id: &HeaderValue,
 ) -> Result<Prepared, ProxyError> {
+    // Raw heads were checked for framing as they were parsed (h1.rs).
     check_framing(&req)?;
     let (max_header_bytes, max_body_bytes) = {
         let l = shared.limits.load();
@@ -218,7 +230,11 @@ fn prepare(
     if conn.http2 && headers::head_size(req.method(), req.uri(), req.headers()) > max_header_bytes {
         return Err(ProxyError::HeadTooLarge);
     }
-    if max_body_bytes > 0 && content_length(&req).is_some_and(|n| n > max_body_bytes) {
+    let length = match &raw {
+        Some(r) => r.length,
+        None => content_length(&req),
+    };
+    if max_body_bytes > 0 && length.is_some_and(|n| n > max_body_bytes) {
         return Err(ProxyError::BodyTooLarge);
     }
 
@@ -226,9 +242,11 @@ fn prepare(
     let (upstream, rewritten): (Arc<Upstream>, Option<PathAndQuery>) = {
         let snap = shared.snapshot.load();
         let path = req.uri().path();
-        let (route, upstream) = snap
-            .route(request_host(&req), path)
-            .ok_or(ProxyError::NoRoute)?;
+        let host = match &raw {
+            Some(r) => host_of(req.uri(), r.host.as_ref()),
+            None => request_host(&req),
+        };
+        let (route, upstream) = snap.route(host, path).ok_or(ProxyError::NoRoute)?;
         let rewritten = route.rewrite(path).and_then(|p| {
             let pq = match req.uri().query() {
                 Some(q) => format!("{p}?{q}"),
@@ -242,39 +260,77 @@ fn prepare(
 
     let now = Instant::now();
     upstream.budget.record_request(now);
-    let key = (upstream.config.strategy == StrategyKind::ConsistentHash)
-        .then(|| hash_key::of(&upstream.config.hash_key, &req, conn.client.ip()));
+    let hashing = upstream.config.strategy == StrategyKind::ConsistentHash;
     let sticky_cookie = upstream.config.sticky.as_ref().map(|s| s.cookie.as_str());
+    // An upstream that reads the request's headers gets them in the map after all.
+    let reads_headers = sticky_cookie.is_some()
+        || (hashing
+            && matches!(
+                upstream.config.hash_key,
+                HashKey::Header(_) | HashKey::Cookie(_)
+            ));
+    let raw = match raw {
+        Some(r) if reads_headers => {
+            r.fill_map(req.headers_mut());
+            None
+        }
+        r => r,
+    };
+    let key = hashing.then(|| hash_key::of(&upstream.config.hash_key, &req, conn.client.ip()));
     // The backend the client's sticky cookie names, if any.
     let carried: Option<Arc<Backend>> = sticky_cookie
         .and_then(|name| sticky::chosen(req.headers(), name, &upstream.all))
         .cloned();
-    let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
+    let upgrade = match &raw {
+        Some(r) => r.upgrade,
+        None => req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers()),
+    };
 
     let (mut parts, body) = req.into_parts();
     // The client's Host: the header (HTTP/1) or the :authority (HTTP/2).
-    let client_host = match parts.headers.get(header::HOST) {
+    let given_host = match &raw {
+        Some(r) => r.host.as_ref(),
+        None => parts.headers.get(header::HOST),
+    };
+    let client_host = match given_host {
         Some(h) => Some(h.clone()),
         None => parts
             .uri
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
     };
-    headers::remove_hop_by_hop(&mut parts.headers, upgrade);
-    headers::set_forwarded(
-        &mut parts.headers,
-        &conn.client_ip,
-        conn.https,
-        client_host.as_ref(),
-    );
-    parts
-        .headers
-        .entry(&X_REQUEST_ID)
-        .or_insert_with(|| request_id.clone());
     let backend_host = upstream.config.host_header == HostHeader::Backend;
-    if let (false, Some(h)) = (backend_host, client_host) {
-        parts.headers.insert(header::HOST, h);
-    }
+    let outgoing = match raw {
+        Some(raw) => Some(Outgoing {
+            raw,
+            host: if backend_host {
+                None
+            } else {
+                client_host.clone()
+            },
+            forwarded_host: client_host,
+            client_ip: conn.client_ip.clone(),
+            https: conn.https,
+            request_id: request_id.clone(),
+        }),
+        None => {
+            headers::remove_hop_by_hop(&mut parts.headers, upgrade);
+            headers::set_forwarded(
+                &mut parts.headers,
+                &conn.client_ip,
+                conn.https,
+                client_host.as_ref(),
+            );
+            parts
+                .headers
+                .entry(&X_REQUEST_ID)
+                .or_insert_with(|| request_id.clone());
+            if let (false, Some(h)) = (backend_host, client_host) {
+                parts.headers.insert(header::HOST, h);
+            }
+            None
+        }
+    };
     // Origin-form on the wire: the backend connection is already chosen.
     if let Some(pq) = rewritten {
         parts.uri = Uri::from(pq);
@@ -293,6 +349,7 @@ fn prepare(
     Ok(Prepared {
         upstream,
         breq,
+        outgoing,
         key,
         carried,
         upgrade,
@@ -311,6 +368,7 @@ async fn attempts(
     let (key, upgrade, backend_host, now) = (p.key, p.upgrade, p.backend_host, p.now);
     let upstream = &p.upstream;
     let breq = &mut p.breq;
+    let outgoing = &mut p.outgoing;
     let carried = &p.carried;
     let sticky_cookie = upstream.config.sticky.as_ref().map(|s| s.cookie.as_str());
     let mut pinned = carried.clone();
@@ -340,14 +398,27 @@ async fn attempts(
             r.attempts = tries;
         }
         if backend_host {
-            breq.headers_mut()
-                .insert(header::HOST, backend.host_value.clone());
+            match outgoing.as_mut() {
+                Some(o) => o.host = Some(backend.host_value.clone()),
+                None => {
+                    breq.headers_mut()
+                        .insert(header::HOST, backend.host_value.clone());
+                }
+            }
         }
         let result = tokio::time::timeout_at(
             started + upstream.config.response_timeout,
-            upstream
-                .client
-                .send(&backend, breq, upgrade, fresh, recycle, !conn.http2),
+            upstream.client.send(
+                &backend,
+                breq,
+                outgoing.as_ref(),
+                How {
+                    upgrade,
+                    fresh,
+                    recycle,
+                    raw_ok: !conn.http2,
+                },
+            ),
         )
         .await;
         fresh = false;

@@ -202,6 +202,7 @@ pub async fn serve(sock: &mut Sock, shared: &Shared, info: &Arc<ConnInfo>, flags
 
         let Head {
             parts,
+            raw,
             framing,
             keep_alive,
             expect_continue,
@@ -225,7 +226,7 @@ pub async fn serve(sock: &mut Sock, shared: &Shared, info: &Arc<ConnInfo>, flags
                 (ClientBody::H1(body), true)
             }
         };
-        let answer = handle(shared, info, Request::from_parts(parts, body));
+        let answer = handle(shared, info, Request::from_parts(parts, body), raw);
         let mut answer = std::pin::pin!(answer);
         // Meanwhile: tell the client to go on when its body is first wanted, and watch
         // it while the loop holds its reading half (no body, or the body is done). If
@@ -322,6 +323,163 @@ pub async fn serve(sock: &mut Sock, shared: &Shared, info: &Arc<ConnInfo>, flags
     }
 }
 
+/// The most header lines the raw form of a request head leaves out.
+const MAX_CUTS: usize = 8;
+
+/// A request's header lines as the client wrote them, to be passed on to the backend
+/// as they are, less what sluice does not pass on or writes itself: hop-by-hop lines
+/// (`Connection` and `Upgrade` stay for a protocol switch, `TE: trailers` stays),
+/// `Host`, `X-Forwarded-*` and `X-Request-Id`. What sluice reads from those is kept
+/// here. This spares building a header map for every request; a request whose
+/// upstream needs to look at its headers (sticky, hashing on a header or cookie) gets
+/// its map after all (`fill_map`).
+#[derive(Debug)]
+pub struct RawRequest {
+    /// All header lines, each ending in CRLF.
+    lines: Bytes,
+    /// Ranges of `lines` left out, in order.
+    cuts: [(u32, u32); MAX_CUTS],
+    ncuts: usize,
+    pub host: Option<HeaderValue>,
+    pub forwarded_for: Option<HeaderValue>,
+    pub request_id: Option<HeaderValue>,
+    /// The Content-Length (its line is passed on).
+    pub length: Option<u64>,
+    /// An HTTP/1.1 protocol switch (Connection: upgrade and Upgrade).
+    pub upgrade: bool,
+}
+
+impl RawRequest {
+    /// Appends the lines passed on to `out`.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        let mut at = 0;
+        for &(from, to) in &self.cuts[..self.ncuts] {
+            out.extend_from_slice(&self.lines[at..from as usize]);
+            at = to as usize;
+        }
+        out.extend_from_slice(&self.lines[at..]);
+    }
+
+    /// Puts every header line into `map`, as the map's path expects a request.
+    pub fn fill_map(&self, map: &mut HeaderMap) {
+        for line in self.lines.split(|&b| b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let Some(colon) = line.iter().position(|&b| b == b':') else {
+                continue;
+            };
+            let value = line[colon + 1..].trim_ascii();
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(&line[..colon]),
+                HeaderValue::from_maybe_shared(self.lines.slice_ref(value)),
+            ) {
+                map.append(name, value);
+            }
+        }
+    }
+}
+
+/// What a request header line is to sluice, told from its name's bytes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ReqLine {
+    Other,
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    Upgrade,
+    Te,
+    Expect,
+    Host,
+    ForwardedFor,
+    RequestId,
+    /// Keep-Alive, Proxy-Connection.
+    Hop,
+    /// X-Forwarded-Proto, X-Forwarded-Host (sluice writes its own).
+    ForwardedOther,
+}
+
+fn request_line_kind(name: &[u8]) -> ReqLine {
+    let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+    match name.len() {
+        2 if is(b"te") => ReqLine::Te,
+        4 if is(b"host") => ReqLine::Host,
+        6 if is(b"expect") => ReqLine::Expect,
+        7 if is(b"upgrade") => ReqLine::Upgrade,
+        10 if is(b"connection") => ReqLine::Connection,
+        10 if is(b"keep-alive") => ReqLine::Hop,
+        12 if is(b"x-request-id") => ReqLine::RequestId,
+        14 if is(b"content-length") => ReqLine::ContentLength,
+        15 if is(b"x-forwarded-for") => ReqLine::ForwardedFor,
+        16 if is(b"proxy-connection") || is(b"x-forwarded-host") => {
+            if is(b"proxy-connection") {
+                ReqLine::Hop
+            } else {
+                ReqLine::ForwardedOther
+            }
+        }
+        17 if is(b"transfer-encoding") => ReqLine::TransferEncoding,
+        17 if is(b"x-forwarded-proto") => ReqLine::ForwardedOther,
+        _ => ReqLine::Other,
+    }
+}
+
+/// A header value cut from the head's bytes.
+fn value_of(raw: &Bytes, at: u32, len: u32) -> Result<HeaderValue, HeadError> {
+    HeaderValue::from_maybe_shared(raw.slice(at as usize..(at + len) as usize))
+        .map_err(|_| HeadError::Bad("header value"))
+}
+
+/// A request head on its way to a backend in raw form: the client's lines passed on,
+/// then the ones sluice writes.
+#[derive(Debug)]
+pub struct Outgoing {
+    pub raw: RawRequest,
+    /// The Host to send: the client's, or the backend's (`host_header = "backend"`).
+    pub host: Option<HeaderValue>,
+    pub forwarded_host: Option<HeaderValue>,
+    pub client_ip: HeaderValue,
+    pub https: bool,
+    pub request_id: HeaderValue,
+}
+
+impl Outgoing {
+    /// Appends the header lines to `out` (SPEC §4: X-Forwarded-For keeps what the
+    /// client sent and adds the client's address; X-Forwarded-Proto and -Host are
+    /// sluice's; X-Request-Id is the request's).
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        self.raw.write_to(out);
+        if let Some(h) = &self.host {
+            line(out, b"host", h.as_bytes());
+        }
+        out.extend_from_slice(b"x-forwarded-for: ");
+        if let Some(prev) = &self.raw.forwarded_for {
+            out.extend_from_slice(prev.as_bytes());
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(self.client_ip.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        let proto: &[u8] = if self.https { b"https" } else { b"http" };
+        line(out, b"x-forwarded-proto", proto);
+        if let Some(h) = &self.forwarded_host {
+            line(out, b"x-forwarded-host", h.as_bytes());
+        }
+        line(out, b"x-request-id", self.request_id.as_bytes());
+    }
+}
+
+fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Does `line` start with header `name` and its colon?
+fn starts_with_name(line: &[u8], name: &[u8]) -> bool {
+    line.len() > name.len()
+        && line[..name.len()].eq_ignore_ascii_case(name)
+        && line[name.len()] == b':'
+}
+
 /// How a request body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyFraming {
@@ -334,6 +492,9 @@ pub enum BodyFraming {
 #[derive(Debug)]
 pub struct Head {
     pub parts: http::request::Parts,
+    /// The header lines as the client wrote them, when they can be passed on so (the
+    /// map in `parts` is then empty).
+    pub raw: Option<RawRequest>,
     pub framing: BodyFraming,
     /// The client allows another request on this connection.
     pub keep_alive: bool,
@@ -418,44 +579,114 @@ pub fn parse_head(
     } else {
         Version::HTTP_11
     };
-    let mut headers = match spare.take() {
-        Some(mut map) => {
-            map.clear();
-            map.reserve(n + wire::EXTRA_HEADERS);
-            map
-        }
-        None => HeaderMap::with_capacity(n + wire::EXTRA_HEADERS),
-    };
+    // First pass, over the bytes: framing, keep-alive, and what the raw form of the
+    // head (see `RawRequest`) leaves out and picks up.
     let (mut chunked, mut te, mut close, mut keep_alive_token) = (false, false, false, false);
+    let (mut upgrade_token, mut has_upgrade, mut named) = (false, false, false);
     let mut length: Option<u64> = None;
+    let mut lengths = 0;
     let mut expect_continue = false;
-    for &(name_at, name_len, value_at, value_len) in &spans[..n] {
+    let lines_end = len - 2;
+    let lines_at = if n > 0 {
+        spans[0].0 as usize
+    } else {
+        lines_end
+    };
+    let mut raw_ok = raw.ends_with(b"\r\n\r\n");
+    let mut rr = RawRequest {
+        lines: Bytes::new(),
+        cuts: [(0, 0); MAX_CUTS],
+        ncuts: 0,
+        host: None,
+        forwarded_for: None,
+        request_id: None,
+        length: None,
+        upgrade: false,
+    };
+    let mut seen = 0u8;
+    for (i, &(name_at, name_len, value_at, value_len)) in spans[..n].iter().enumerate() {
         let name = &raw[name_at as usize..(name_at + name_len) as usize];
-        let value = raw.slice(value_at as usize..(value_at + value_len) as usize);
-        let name = HeaderName::from_bytes(name).map_err(|_| HeadError::Bad("header name"))?;
-        if name == header::CONTENT_LENGTH {
-            // Differing values stay in the map for forward.rs to refuse (400); a
-            // repeated one is passed on once.
-            let v = wire::parse_length(&value).ok_or(HeadError::Bad("Content-Length"))?;
-            if length == Some(v) {
-                continue;
+        let value = &raw[value_at as usize..(value_at + value_len) as usize];
+        let kind = request_line_kind(name);
+        // Each of these may come once in the raw form.
+        let once = match kind {
+            ReqLine::Host => 1,
+            ReqLine::ForwardedFor => 2,
+            ReqLine::RequestId => 4,
+            ReqLine::Connection => 8,
+            _ => 0,
+        };
+        raw_ok &= seen & once == 0;
+        seen |= once;
+        let cut = match kind {
+            ReqLine::ContentLength => {
+                let v = wire::parse_length(value).ok_or(HeadError::Bad("Content-Length"))?;
+                lengths += 1;
+                length = Some(length.map_or(v, |l: u64| l.max(v)));
+                false
             }
-            length = Some(length.map_or(v, |l| l.max(v)));
-        } else if name == header::TRANSFER_ENCODING {
-            te = true;
-            chunked = wire::last_token(&value).is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
-        } else if name == header::CONNECTION {
-            for t in value.split(|&b| b == b',') {
-                let t = t.trim_ascii();
-                close |= t.eq_ignore_ascii_case(b"close");
-                keep_alive_token |= t.eq_ignore_ascii_case(b"keep-alive");
+            ReqLine::TransferEncoding => {
+                te = true;
+                chunked =
+                    wire::last_token(value).is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
+                true
             }
-        } else if name == header::EXPECT {
-            expect_continue = value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+            ReqLine::Connection => {
+                for t in value.split(|&b| b == b',') {
+                    let t = t.trim_ascii();
+                    let (c, k, u) = (
+                        t.eq_ignore_ascii_case(b"close"),
+                        t.eq_ignore_ascii_case(b"keep-alive"),
+                        t.eq_ignore_ascii_case(b"upgrade"),
+                    );
+                    close |= c;
+                    keep_alive_token |= k;
+                    upgrade_token |= u;
+                    named |= !t.is_empty() && !c && !k && !u;
+                }
+                true
+            }
+            ReqLine::Upgrade => {
+                has_upgrade = true;
+                true
+            }
+            ReqLine::Te => !value.trim_ascii().eq_ignore_ascii_case(b"trailers"),
+            ReqLine::Expect => {
+                expect_continue = value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+                false
+            }
+            ReqLine::Host => {
+                rr.host = Some(value_of(&raw, value_at, value_len)?);
+                true
+            }
+            ReqLine::ForwardedFor => {
+                rr.forwarded_for = Some(value_of(&raw, value_at, value_len)?);
+                true
+            }
+            ReqLine::RequestId => {
+                rr.request_id = Some(value_of(&raw, value_at, value_len)?);
+                true
+            }
+            ReqLine::Hop | ReqLine::ForwardedOther => true,
+            ReqLine::Other => false,
+        };
+        if !raw_ok {
+            continue;
         }
-        let value =
-            HeaderValue::from_maybe_shared(value).map_err(|_| HeadError::Bad("header value"))?;
-        headers.append(name, value);
+        // This line runs to the next one's name, or to the blank line.
+        let next = spans[..n].get(i + 1).map_or(lines_end, |s| s.0 as usize);
+        raw_ok &= raw[..next].ends_with(b"\r\n");
+        if cut {
+            if rr.ncuts == MAX_CUTS {
+                raw_ok = false;
+            } else {
+                rr.cuts[rr.ncuts] = (
+                    (name_at as usize - lines_at) as u32,
+                    (next - lines_at) as u32,
+                );
+                rr.ncuts += 1;
+            }
+        }
     }
     if te && version == Version::HTTP_10 {
         // RFC 9112 §6.1: framing an HTTP/1.0 message cannot have.
@@ -465,6 +696,60 @@ pub fn parse_head(
         // RFC 9112 §6.3: a request body whose length cannot be known.
         return Err(HeadError::Bad("Transfer-Encoding without chunked last"));
     }
+    let upgrade = version == Version::HTTP_11 && has_upgrade && upgrade_token;
+    // Framing forward.rs must refuse (both framings, several lengths) and headers a
+    // Connection line names are left to the header map's path.
+    raw_ok &= !named && lengths <= 1 && !(te && length.is_some());
+    let headers = match spare.take() {
+        Some(mut map) => {
+            map.clear();
+            map
+        }
+        None => HeaderMap::new(),
+    };
+    let (headers, raw_head) = if raw_ok {
+        if upgrade {
+            // A protocol switch keeps its Connection and Upgrade lines.
+            let mut kept = 0;
+            for k in 0..rr.ncuts {
+                let (from, _) = rr.cuts[k];
+                let name = &raw[lines_at + from as usize..];
+                let keep =
+                    starts_with_name(name, b"connection") || starts_with_name(name, b"upgrade");
+                if !keep {
+                    rr.cuts[kept] = rr.cuts[k];
+                    kept += 1;
+                }
+            }
+            rr.ncuts = kept;
+        }
+        rr.lines = raw.slice(lines_at..lines_end);
+        rr.length = length;
+        rr.upgrade = upgrade;
+        (headers, Some(rr))
+    } else {
+        let mut headers = headers;
+        headers.reserve(n + wire::EXTRA_HEADERS);
+        let mut length_seen: Option<u64> = None;
+        for &(name_at, name_len, value_at, value_len) in &spans[..n] {
+            let name = &raw[name_at as usize..(name_at + name_len) as usize];
+            let value = raw.slice(value_at as usize..(value_at + value_len) as usize);
+            let name = HeaderName::from_bytes(name).map_err(|_| HeadError::Bad("header name"))?;
+            if name == header::CONTENT_LENGTH {
+                // Differing values stay for forward.rs to refuse (400); a repeated one
+                // is passed on once.
+                let v = wire::parse_length(&value).ok_or(HeadError::Bad("Content-Length"))?;
+                if length_seen == Some(v) {
+                    continue;
+                }
+                length_seen = Some(v);
+            }
+            let value = HeaderValue::from_maybe_shared(value)
+                .map_err(|_| HeadError::Bad("header value"))?;
+            headers.append(name, value);
+        }
+        (headers, None)
+    };
     // Both Content-Length and Transfer-Encoding: forward.rs refuses it (400); the body
     // is never read.
     let framing = if te {
@@ -483,6 +768,7 @@ pub fn parse_head(
     parts.headers = headers;
     Ok(Some(Head {
         parts,
+        raw: raw_head,
         framing,
         keep_alive,
         expect_continue: expect_continue && version == Version::HTTP_11,
@@ -948,7 +1234,8 @@ mod tests {
             .unwrap();
         assert_eq!(h.parts.method, Method::GET);
         assert_eq!(h.parts.uri, "/a?b=1");
-        assert_eq!(h.parts.headers["x-a"], "1");
+        assert!(h.parts.headers.is_empty(), "the lines travel raw");
+        assert_eq!(h.raw.as_ref().unwrap().host.as_ref().unwrap(), "x");
         assert_eq!((h.framing, h.keep_alive), (BodyFraming::None, true));
         let h = parse("POST / HTTP/1.1\r\nContent-Length: 5\r\nConnection: close\r\n\r\n")
             .unwrap()
@@ -1003,6 +1290,97 @@ mod tests {
             .unwrap();
         assert!(h.parts.headers.contains_key("content-length"));
         assert!(h.parts.headers.contains_key("transfer-encoding"));
+    }
+
+    fn passed_on(h: &Head) -> String {
+        let mut out = Vec::new();
+        h.raw.as_ref().expect("raw lines").write_to(&mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn raw_request_lines_leave_out_what_sluice_rewrites_or_drops() {
+        let h = parse(
+            "GET / HTTP/1.1\r\nHost: h:8\r\nConnection: keep-alive\r\nX-Forwarded-For: 1.2.3.4\r\nKeep-Alive: 5\r\nUser-Agent: t\r\nTE: trailers\r\nX-Forwarded-Proto: https\r\nX-Request-Id: abc\r\nAccept: */*\r\nX-Forwarded-Host: evil\r\nProxy-Connection: x\r\nContent-Length: 0\r\n\r\n",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            passed_on(&h),
+            "User-Agent: t\r\nTE: trailers\r\nAccept: */*\r\nContent-Length: 0\r\n"
+        );
+        let r = h.raw.as_ref().unwrap();
+        assert_eq!(r.forwarded_for.as_ref().unwrap(), "1.2.3.4");
+        assert_eq!(r.request_id.as_ref().unwrap(), "abc");
+        assert_eq!((r.length, r.upgrade), (Some(0), false));
+        // The map's path gets every line.
+        let mut map = HeaderMap::new();
+        r.fill_map(&mut map);
+        assert_eq!(map.len(), 12);
+        assert_eq!(map["host"], "h:8");
+        assert_eq!(map["x-request-id"], "abc");
+        // A protocol switch keeps its pair; TE other than trailers goes.
+        let h = parse(
+            "GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nTE: gzip\r\n\r\n",
+        )
+        .unwrap()
+        .unwrap();
+        assert!(h.raw.as_ref().unwrap().upgrade);
+        assert_eq!(
+            passed_on(&h),
+            "Connection: Upgrade\r\nUpgrade: websocket\r\n"
+        );
+        let h = parse("GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(!h.raw.as_ref().unwrap().upgrade);
+        assert_eq!(passed_on(&h), "");
+    }
+
+    #[test]
+    fn odd_request_heads_take_the_map() {
+        for text in [
+            "GET / HTTP/1.1\r\nConnection: x-named\r\nX-Named: 1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "GET / HTTP/1.1\r\nX-Forwarded-For: a\r\nX-Forwarded-For: b\r\n\r\n",
+            "GET / HTTP/1.1\r\nX-A: 1\nX-B: 2\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
+        ] {
+            let h = parse(text).unwrap().unwrap();
+            assert!(h.raw.is_none(), "{text}");
+            assert!(!h.parts.headers.is_empty(), "{text}");
+        }
+        let h = parse("POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.parts.headers.get_all("content-length").iter().count(), 1);
+        let mut many = String::from("GET / HTTP/1.1\r\n");
+        for _ in 0..=MAX_CUTS {
+            many.push_str("Keep-Alive: 1\r\n");
+        }
+        many.push_str("\r\n");
+        assert!(parse(&many).unwrap().unwrap().raw.is_none());
+    }
+
+    #[test]
+    fn outgoing_heads_add_the_forwarding_lines() {
+        let h = parse("GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 1.2.3.4\r\nA: b\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        let o = Outgoing {
+            raw: h.raw.unwrap(),
+            host: Some(HeaderValue::from_static("backend:80")),
+            forwarded_host: Some(HeaderValue::from_static("h")),
+            client_ip: HeaderValue::from_static("10.0.0.9"),
+            https: false,
+            request_id: HeaderValue::from_static("id1"),
+        };
+        let mut out = Vec::new();
+        o.write_to(&mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "A: b\r\nhost: backend:80\r\nx-forwarded-for: 1.2.3.4, 10.0.0.9\r\nx-forwarded-proto: http\r\nx-forwarded-host: h\r\nx-request-id: id1\r\n"
+        );
     }
 
     #[test]

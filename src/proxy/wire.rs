@@ -11,6 +11,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Version};
 
+use super::h1::Outgoing;
 use super::headers::{
     HOP_CONNECTION, HOP_KEEP_ALIVE, HOP_PROXY_CONNECTION, HOP_TE, HOP_TRANSFER_ENCODING,
     HOP_UPGRADE, remove_connection_named,
@@ -39,9 +40,12 @@ pub enum RequestFraming {
 
 /// Writes `req`'s head in origin-form to `out`, adding the framing header it needs.
 /// `has_body`: the body is not known to be empty.
+/// `outgoing`: the head's lines in raw form, written after the map's (which then holds
+/// only what sluice added per attempt, if anything).
 pub fn encode_request_head<B>(
     out: &mut Vec<u8>,
     req: &Request<B>,
+    outgoing: Option<&Outgoing>,
     has_body: bool,
 ) -> RequestFraming {
     out.extend_from_slice(req.method().as_str().as_bytes());
@@ -55,7 +59,11 @@ pub fn encode_request_head<B>(
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    let framing = if req.headers().contains_key(header::CONTENT_LENGTH) {
+    if let Some(o) = outgoing {
+        o.write_to(out);
+    }
+    let length = outgoing.is_some_and(|o| o.raw.length.is_some());
+    let framing = if length || req.headers().contains_key(header::CONTENT_LENGTH) {
         RequestFraming::Length
     } else if has_body {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
@@ -538,14 +546,14 @@ mod tests {
             .body(())
             .unwrap();
         assert_eq!(
-            encode_request_head(&mut out, &req, false),
+            encode_request_head(&mut out, &req, None, false),
             RequestFraming::None
         );
         assert_eq!(out, b"GET /a?b=1 HTTP/1.1\r\nhost: h\r\n\r\n");
         out.clear();
         let req = Request::post("/u").body(()).unwrap();
         assert_eq!(
-            encode_request_head(&mut out, &req, true),
+            encode_request_head(&mut out, &req, None, true),
             RequestFraming::Chunked
         );
         assert_eq!(
@@ -558,12 +566,12 @@ mod tests {
             .body(())
             .unwrap();
         assert_eq!(
-            encode_request_head(&mut out, &req, true),
+            encode_request_head(&mut out, &req, None, true),
             RequestFraming::Length
         );
         out.clear();
         let req = Request::put("/u").body(()).unwrap();
-        encode_request_head(&mut out, &req, false);
+        encode_request_head(&mut out, &req, None, false);
         assert_eq!(out, b"PUT /u HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
     }
 

@@ -15,7 +15,7 @@ use crate::proxy::client::Client;
 
 pub use backend::{Backend, BackendStats, State};
 pub use build::build;
-pub use route::{Route, request_host};
+pub use route::{Route, host_of, request_host};
 
 /// Routes and upstreams as one unit; replaced, never mutated.
 pub struct Snapshot {

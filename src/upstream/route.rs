@@ -80,11 +80,15 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 /// The host a request names: the URI authority (HTTP/2, absolute-form) or the Host
 /// header, without the port.
 pub fn request_host<B>(req: &http::Request<B>) -> Option<&str> {
-    if let Some(h) = req.uri().host() {
+    host_of(req.uri(), req.headers().get(http::header::HOST))
+}
+
+/// `request_host` from the URI and the Host header's value.
+pub fn host_of<'a>(uri: &'a http::Uri, host: Option<&'a http::HeaderValue>) -> Option<&'a str> {
+    if let Some(h) = uri.host() {
         return Some(h);
     }
-    let value = req.headers().get(http::header::HOST)?.to_str().ok()?;
-    Some(strip_port(value))
+    Some(strip_port(host?.to_str().ok()?))
 }
 
 fn strip_port(hostport: &str) -> &str {
