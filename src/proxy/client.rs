@@ -244,7 +244,7 @@ pub struct How {
     /// The request will not be sent again once a response head is in: its header map
     /// may serve the response.
     pub recycle: bool,
-    /// The response's header lines may travel raw (the client speaks HTTP/1.1).
+    /// The response's header lines may travel raw (the client speaks HTTP/1.x).
     pub raw_ok: bool,
 }
 

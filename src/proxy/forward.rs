@@ -75,7 +75,7 @@ pub fn handle_boxed(shared: &Shared, conn: &Arc<ConnInfo>, req: Request<ClientBo
 ///
 /// The checks, routing and header rewriting run here, before the future exists, so
 /// the future holds only what the exchange with the backend needs across its awaits.
-/// `raw`: the request's header lines as an HTTP/1.1 client wrote them, when they
+/// `raw`: the request's header lines as an HTTP/1.x client wrote them, when they
 /// travel so (its header map is then empty; see `h1::RawRequest`).
 pub fn handle(
     shared: &Shared,
@@ -199,7 +199,7 @@ fn content_length<B>(req: &Request<B>) -> Option<u64> {
 struct Prepared {
     upstream: Arc<Upstream>,
     breq: Request<RequestBody>,
-    /// The head's lines in raw form (an HTTP/1.1 client); `breq`'s map is then empty.
+    /// The head's lines in raw form (an HTTP/1.x client); `breq`'s map is then empty.
     outgoing: Option<Outgoing>,
     /// Hash of the request's `hash_key` (consistent_hash only).
     key: Option<u64>,
@@ -292,14 +292,16 @@ fn prepare(
         Some(r) => r.host.as_ref(),
         None => parts.headers.get(header::HOST),
     };
-    let client_host = match given_host {
-        Some(h) => Some(h.clone()),
-        None => parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    // The host the request names: an absolute-form target's (HTTP/2's :authority, or
+    // a proxy-style HTTP/1 request line), which wins over a Host line (RFC 9112
+    // §3.2.2) and is the one routing used; else the Host line.
+    let client_host = match parts.uri.authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => given_host.cloned(),
     };
-    let backend_host = upstream.config.host_header == HostHeader::Backend;
+    // A request naming no host (HTTP/1.0) gets the backend's, as with `host_header =
+    // "backend"`: many backends refuse an HTTP/1.1 request without Host.
+    let backend_host = upstream.config.host_header == HostHeader::Backend || client_host.is_none();
     let outgoing = match raw {
         Some(raw) => Some(Outgoing {
             raw,

@@ -97,11 +97,19 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         headers.remove(header::UPGRADE);
     }
     if present & HOP_TE != 0 {
-        let trailers = headers
-            .get(header::TE)
-            .is_some_and(|te| te.as_bytes().trim_ascii().eq_ignore_ascii_case(b"trailers"));
-        if !trailers {
+        // Of TE, only "trailers" passes (once, if any line says it).
+        let is_trailers =
+            |te: &HeaderValue| te.as_bytes().trim_ascii().eq_ignore_ascii_case(b"trailers");
+        let (mut lines, mut trailers) = (0, 0);
+        for te in headers.get_all(header::TE) {
+            lines += 1;
+            trailers += usize::from(is_trailers(te));
+        }
+        if trailers != lines || lines > 1 {
             headers.remove(header::TE);
+            if trailers > 0 {
+                headers.insert(header::TE, HeaderValue::from_static("trailers"));
+            }
         }
     }
 }

@@ -132,7 +132,7 @@ pub struct Head {
 /// The most header lines a raw head may leave out.
 const MAX_CUTS: usize = 6;
 
-/// A response's header lines as the backend wrote them, for an HTTP/1.1 client: they
+/// A response's header lines as the backend wrote them, for an HTTP/1.x client: they
 /// are copied out as they are, less the lines sluice does not pass on (hop-by-hop,
 /// X-Request-Id). This spares building a header map for every response.
 #[derive(Debug)]
@@ -192,7 +192,7 @@ fn line_kind(name: &[u8]) -> Line {
 /// only when `upgrade` (the request asked for one).
 /// `spare` may supply the header map to fill (emptied first): a map that is no longer
 /// needed, so that its allocation serves again. `raw_ok`: the headers may be handed on
-/// as `RawHead` (the client speaks HTTP/1.1), which sluice does unless the response
+/// as `RawHead` (the client speaks HTTP/1.x), which sluice does unless the response
 /// needs a closer look (a protocol switch, a status that may carry Retry-After, odd
 /// line endings or framing).
 pub fn parse_response_head(
@@ -251,19 +251,13 @@ pub fn parse_response_head(
             Version::HTTP_11
         };
         let raw = buf.split_to(len).freeze();
-        let mut headers = match spare.take().and_then(|f| f()) {
-            Some(mut map) => {
-                map.clear();
-                map
-            }
-            None => HeaderMap::new(),
-        };
 
         // First pass, over the bytes: framing, and what a raw head would leave out.
         let (mut chunked, mut te, mut close, mut keep_alive_token) = (false, false, false, false);
         // Connection names headers of its own to drop (beyond keep-alive, close, upgrade).
         let mut named = false;
         let mut length: Option<u64> = None;
+        let mut lengths = 0;
         let mut has_date = false;
         let mut cuts = [(0u32, 0u32); MAX_CUTS];
         let mut ncuts = 0;
@@ -287,6 +281,7 @@ pub fn parse_response_head(
                         return Err(WireError::ContentLength);
                     }
                     length = Some(v);
+                    lengths += 1;
                 }
                 Line::Date => has_date = true,
                 Line::Hop(HOP_TRANSFER_ENCODING) => {
@@ -328,7 +323,16 @@ pub fn parse_response_head(
         // Lines named by Connection, or a length beside Transfer-Encoding, are left out
         // by the map path.
         let conflicting = te && length.is_some();
-        raw_ok &= !named && !conflicting;
+        raw_ok &= !named && !conflicting && lengths <= 1;
+        // Nothing below fails: the request's header map, lent as `spare`, is taken only
+        // now, so a response refused above leaves the request whole for a retry.
+        let mut headers = match spare.take().and_then(|f| f()) {
+            Some(mut map) => {
+                map.clear();
+                map
+            }
+            None => HeaderMap::new(),
+        };
 
         let head_raw = if raw_ok {
             Some(RawHead {
@@ -343,20 +347,24 @@ pub fn parse_response_head(
             // the map is then reused for the connection's next request head, which
             // gains the X-Forwarded-* set.
             headers.reserve(n + EXTRA_HEADERS);
+            let mut length_passed = false;
             for &(name_at, name_len, value_at, value_len) in &spans[..n] {
                 let name = &raw[name_at as usize..(name_at + name_len) as usize];
                 // Hop-by-hop headers are never passed on, except the pair that
-                // completes a protocol switch.
+                // completes a protocol switch; a repeated Content-Length goes once.
                 let pass = match line_kind(name) {
                     Line::Hop(HOP_CONNECTION | HOP_UPGRADE) => switching,
                     Line::Hop(_) => false,
+                    Line::ContentLength => !std::mem::replace(&mut length_passed, true),
                     _ => true,
                 };
-                if pass {
-                    let name = HeaderName::from_bytes(name).map_err(|_| WireError::Header)?;
-                    let value = raw.slice(value_at as usize..(value_at + value_len) as usize);
-                    let value =
-                        HeaderValue::from_maybe_shared(value).map_err(|_| WireError::Header)?;
+                let value = raw.slice(value_at as usize..(value_at + value_len) as usize);
+                // httparse has checked these bytes; what http still refuses is dropped.
+                if let (true, Ok(name), Ok(value)) = (
+                    pass,
+                    HeaderName::from_bytes(name),
+                    HeaderValue::from_maybe_shared(value),
+                ) {
                     headers.append(name, value);
                 }
             }
@@ -707,6 +715,9 @@ mod tests {
             assert!(!h.headers.contains_key("x-named"), "{text}");
             assert!(!h.headers.contains_key("connection"), "{text}");
         }
+        let h = raw("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok");
+        assert!(h.raw.is_none());
+        assert_eq!(h.headers.get_all("content-length").iter().count(), 1);
         let h = raw("HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\n\r\n");
         assert_eq!(h.headers["retry-after"], "5");
         let mut many = String::from("HTTP/1.1 200 OK\r\n");

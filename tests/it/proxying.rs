@@ -75,6 +75,39 @@ async fn te_trailers_is_the_one_te_that_passes() {
         .unwrap();
     let (_, _, body) = lb.send(req).await;
     assert_eq!(echoed_header(&echoed(&body), "te"), ["trailers"]);
+    // A TE line with anything else does not pass, whichever way the head travels (two
+    // X-Forwarded-For lines send it through the header map).
+    for extra in ["", "X-Forwarded-For: a\r\nX-Forwarded-For: b\r\n"] {
+        let raw = format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nTE: trailers\r\nTE: gzip\r\n{extra}Connection: close\r\n\r\n"
+        );
+        let got = raw_exchange(lb.addr, raw.as_bytes(), DEADLINE).await;
+        let body = &got[got.find("\r\n\r\n").unwrap() + 4..];
+        assert_eq!(echoed_header(&echoed(body), "te"), ["trailers"], "{extra}");
+    }
+}
+
+#[tokio::test]
+async fn an_absolute_form_target_names_the_host_and_a_request_without_one_gets_the_backends() {
+    let be = TestBackend::echo().await;
+    let lb = Sluice::over(&[be.url()], "").await;
+    let got = raw_exchange(
+        lb.addr,
+        b"GET http://a.example/x HTTP/1.1\r\nHost: b.example\r\nConnection: close\r\n\r\n",
+        DEADLINE,
+    )
+    .await;
+    let j = echoed(&got[got.find("\r\n\r\n").unwrap() + 4..]);
+    assert_eq!(j["uri"], "/x");
+    assert_eq!(echoed_header(&j, "host"), ["a.example"]);
+    assert_eq!(echoed_header(&j, "x-forwarded-host"), ["a.example"]);
+    // HTTP/1.0 without Host: the backend's authority, not no Host at all.
+    let got = raw_exchange(lb.addr, b"GET /y HTTP/1.0\r\n\r\n", DEADLINE).await;
+    let j = echoed(&got[got.find("\r\n\r\n").unwrap() + 4..]);
+    assert_eq!(
+        echoed_header(&j, "host"),
+        [be.url().trim_start_matches("http://")]
+    );
 }
 
 #[tokio::test]

@@ -146,6 +146,30 @@ async fn broken_backend_answers_are_502() {
 }
 
 #[tokio::test]
+async fn a_request_retried_after_a_broken_answer_keeps_its_headers() {
+    // The first backend answers with a broken head; the request goes on to the second.
+    let (broken, _) =
+        scripted(|_| reply("HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", true)).await;
+    let be = TestBackend::echo().await;
+    let lb = Sluice::over(&[broken, be.url()], "strategy = \"first\"").await;
+    // Raw lines, and the header map (two X-Forwarded-For lines take it).
+    for extra in [
+        "",
+        "X-Forwarded-For: 192.0.2.1\r\nX-Forwarded-For: 192.0.2.2\r\n",
+    ] {
+        let raw = format!(
+            "GET / HTTP/1.1\r\nHost: shop\r\nX-Custom: 1\r\n{extra}Connection: close\r\n\r\n"
+        );
+        let got = raw_exchange(lb.addr, raw.as_bytes(), DEADLINE).await;
+        assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+        let j = echoed(&got[got.find("\r\n\r\n").unwrap() + 4..]);
+        assert_eq!(echoed_header(&j, "host"), ["shop"], "{extra}");
+        assert_eq!(echoed_header(&j, "x-custom"), ["1"], "{extra}");
+        assert_eq!(echoed_header(&j, "x-forwarded-for").len(), 1, "{extra}");
+    }
+}
+
+#[tokio::test]
 async fn a_backend_cut_mid_body_cuts_the_client_off() {
     let (url, conns) = scripted(|head| match path(head) {
         "/cut" => reply(
