@@ -87,6 +87,9 @@ pub enum End {
     Upgrade(Upgraded),
     /// Idle: park the connection (decided by the connection task, not the loop).
     Park,
+    /// A response broke off mid-body: reset the connection, so that a client whose
+    /// response ends with the connection (HTTP/1.0, length unknown) can tell.
+    Reset,
 }
 
 /// A client connection as the loop holds it: the two halves of its socket and the
@@ -127,6 +130,13 @@ impl Sock {
         self.reclaim();
         let stream = self.rd?.reunite(self.wr).ok()?;
         Some((stream, self.buf))
+    }
+
+    /// Closes the connection with a reset (RST), dropping whatever is still unsent.
+    pub fn reset(self) {
+        let _ = socket2::SockRef::from(self.wr.as_ref()).set_linger(Some(Duration::ZERO));
+        // No FIN first: the peer must see the reset, not an orderly end.
+        self.wr.forget();
     }
 
     /// Closes the connection. With `linger`, first stops sending and reads what the
@@ -309,7 +319,7 @@ pub async fn serve(sock: &mut Sock, shared: &Shared, info: &Arc<ConnInfo>, flags
         spare = Some(parts.headers);
         let keep = match written {
             Ok(keep) => keep,
-            Err(_) => return End::Close,
+            Err(_) => return End::Reset,
         };
         if let Some(up) = upgraded {
             return End::Upgrade(up);

@@ -404,6 +404,7 @@ async fn serve_h1(stream: TcpStream, buf: BytesMut, ctx: ConnCtx) {
         None => {}
         Some(h1::End::Close) => sock.close(false).await,
         Some(h1::End::Linger) => sock.close(true).await,
+        Some(h1::End::Reset) => sock.reset(),
         Some(h1::End::Upgrade(backend)) => {
             if let Some((stream, buf)) = sock.into_stream() {
                 let client = Tracked::new(stream, activity, buf.freeze());

@@ -176,6 +176,10 @@ async fn a_backend_cut_mid_body_cuts_the_client_off() {
             "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b",
             true,
         ),
+        "/cut-chunked" => reply(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+            true,
+        ),
         _ => reply("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", false),
     })
     .await;
@@ -199,6 +203,25 @@ async fn a_backend_cut_mid_body_cuts_the_client_off() {
         2,
         "the cut connection was not reused"
     );
+    // An HTTP/1.0 client, whose answer of unknown length ends with the connection:
+    // a cut shows as a reset, not as an orderly end.
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    s.write_all(b"GET /cut-chunked HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let ended = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) => return "orderly end",
+                Ok(_) => {}
+                Err(_) => return "reset",
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(ended, "reset");
 }
 
 #[tokio::test]
