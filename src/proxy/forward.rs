@@ -100,22 +100,15 @@ pub fn handle(
     let prepared = prepare(shared, conn, req, raw, &mut done, &request_id);
     let conn = Arc::clone(conn);
     async move {
-        match prepared {
-            Ok(p) => exchange(conn, p, done, request_id).await,
-            Err(e) => Ok(respond(Err(e), done, request_id)),
-        }
+        // The prepared request is worked on where it lies: moving it into a future of
+        // its own would copy some hundreds of bytes.
+        let mut prepared = prepared;
+        let result = match prepared {
+            Ok(ref mut p) => attempts(&conn, p, &mut done).await,
+            Err(e) => Err(e),
+        };
+        Ok(respond(result, done, request_id))
     }
-}
-
-/// The exchange with the backend, then the answer.
-async fn exchange(
-    conn: Arc<ConnInfo>,
-    mut p: Prepared,
-    mut done: Completion,
-    request_id: HeaderValue,
-) -> Result<Response<ResponseBody>, Infallible> {
-    let result = attempts(&conn, &mut p, &mut done).await;
-    Ok(respond(result, done, request_id))
 }
 
 /// The client's answer: the backend's response, or sluice's own for an error.

@@ -236,8 +236,9 @@ pub async fn serve(sock: &mut Sock, shared: &Shared, info: &Arc<ConnInfo>, flags
                 (ClientBody::H1(body), true)
             }
         };
-        let answer = handle(shared, info, Request::from_parts(parts, body), raw);
-        let mut answer = std::pin::pin!(answer);
+        // Pinned where it is made: the future is large, and every move copies it.
+        let mut answer =
+            std::pin::pin!(handle(shared, info, Request::from_parts(parts, body), raw));
         // Meanwhile: tell the client to go on when its body is first wanted, and watch
         // it while the loop holds its reading half (no body, or the body is done). If
         // it leaves, the answer is dropped, which abandons the backend request; bytes it
@@ -274,7 +275,7 @@ pub async fn serve(sock: &mut Sock, shared: &Shared, info: &Arc<ConnInfo>, flags
         if body_done.is_none() {
             body_done = sock.reclaim();
         }
-        let (mut parts, body) = resp.into_parts();
+        let (mut parts, mut body) = resp.into_parts();
         let upgraded = if parts.status == StatusCode::SWITCHING_PROTOCOLS {
             info.take_upgrade()
         } else {
@@ -304,7 +305,7 @@ pub async fn serve(sock: &mut Sock, shared: &Shared, info: &Arc<ConnInfo>, flags
             &mut sock.wr,
             &mut out,
             &parts,
-            body,
+            &mut body,
             Options {
                 head_only,
                 http10,
@@ -808,7 +809,7 @@ async fn write_response(
     wr: &mut OwnedWriteHalf,
     out: &mut Vec<u8>,
     parts: &http::response::Parts,
-    body: ResponseBody,
+    body: &mut ResponseBody,
     o: Options,
     mut watch: Option<(&mut OwnedReadHalf, &mut BytesMut)>,
 ) -> io::Result<bool> {
@@ -872,12 +873,11 @@ async fn write_response(
     }
     out.extend_from_slice(b"\r\n");
     if framing == Out::None {
-        drop(body);
         wr.write_all(out).await?;
         return Ok(keep);
     }
 
-    let mut body = std::pin::pin!(body);
+    let mut body = Pin::new(body);
     loop {
         // Whatever is ready goes out with what is already in `out`; only when the body
         // has to wait is `out` written first.
