@@ -1,6 +1,6 @@
 //! Giving freed heap memory back to the operating system.
 //!
-//! A burst of new connections allocates hyper's buffers (kilobytes per connection)
+//! A burst of new connections allocates their buffers (kilobytes per connection)
 //! and frees them when the connections go idle and are parked. glibc's allocator keeps
 //! such freed memory resident: it only returns the top of the heap by itself, and the
 //! long-lived allocations made during the burst (pooled backend connections, parked

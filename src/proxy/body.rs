@@ -117,7 +117,7 @@ pub struct Completion {
     /// The backend whose in-flight count this request holds.
     pub backend: Option<Arc<Backend>>,
     /// Present when the access log is on. Boxed: this struct travels inside every
-    /// request's future and response body, which hyper moves several times.
+    /// request's future and response body, which are moved several times.
     pub record: Option<Box<AccessRecord>>,
 }
 
@@ -229,7 +229,7 @@ impl Body for ResponseBody {
                     this.count(n);
                 }
             }
-            // End of the exchange: settle now rather than when hyper drops us.
+            // End of the exchange: settle now rather than when the body is dropped.
             Poll::Ready(None) | Poll::Ready(Some(Err(_))) => this.done = None,
             Poll::Pending => {}
         }

@@ -339,7 +339,7 @@ impl Client {
 
         let head = loop {
             // Once the head is in, a request that will not be sent again gives its
-            // header map to the response (hyper in turn reuses that map for the next
+            // header map to the response (the HTTP/1.1 loop in turn reuses that map for the next
             // request head): no header map is allocated per request.
             let spare = || recycle.then(|| std::mem::take(req.headers_mut()));
             match wire::parse_response_head(src.buf(), &method, upgrade, raw_ok, spare) {
@@ -454,8 +454,8 @@ async fn upload_rest(
 }
 
 /// Writes one piece of a request body in its framing. A chunk goes out with its header
-/// and trailing CRLF in one write (pieces from hyper are at most a read buffer or an
-/// HTTP/2 frame, so the copy is small).
+/// and trailing CRLF in one write (pieces are at most a read of the client's body, 64
+/// KiB, or an HTTP/2 frame, so the copy is small).
 async fn write_data<W: AsyncWrite + Unpin>(
     w: &mut W,
     out: &mut Vec<u8>,

@@ -1,16 +1,16 @@
 //! Per-connection bookkeeping: activity for `idle_timeout`, `header_read_timeout` and
-//! parking, and the IO wrapper that reports reads.
+//! parking, and the IO wrapper that reports reads (HTTP/2 and tunnels; the HTTP/1.1
+//! loop reports its reads itself).
 //!
-//! hyper's own header timer also runs while a keep-alive connection waits for its next
-//! request, which would cut idle clients off at `header_read_timeout` instead of
-//! `idle_timeout`. So sluice keeps both itself: the IO wrapper notes when the first
-//! byte of a new request head arrives, requests mark themselves active, and a watchdog
-//! in the connection task acts on what `Activity::check` says.
+//! The first byte of a new request head is noted, requests mark themselves active, and
+//! a watchdog in the connection task acts on what `Activity::check` says: a head still
+//! incomplete after `header_read_timeout`, or a connection idle for `idle_timeout`, is
+//! closed.
 //!
-//! Parking: hyper keeps about 16 KiB of buffers per HTTP/1 connection for as long as the
-//! connection lives. A keep-alive client that has been idle for `PARK_AFTER` is taken
-//! out of hyper and held as a bare socket in the parking lot (park.rs) until it sends
-//! again, so 10,000 idle clients cost kilobytes each in the kernel, not in sluice.
+//! Parking: a keep-alive HTTP/1 client that has been idle for `PARK_AFTER` gives up
+//! its task and buffers and is held as a bare socket in the parking lot (park.rs) until
+//! it sends again, so 10,000 idle clients cost kilobytes each in the kernel, not in
+//! sluice.
 
 use std::io;
 use std::pin::Pin;
@@ -23,11 +23,11 @@ use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-/// How long an HTTP/1 connection may sit idle inside hyper before it is parked. Short
-/// enough that a burst of new idle clients never holds many hyper buffers at once;
-/// long enough that a client sending back-to-back requests never pays for re-entering
-/// hyper. The watchdog of a busy connection wakes this often, which costs a timer
-/// wakeup, not a syscall.
+/// How long an HTTP/1 connection may sit idle in its task before it is parked. Short
+/// enough that a burst of new idle clients never holds many buffers at once; long
+/// enough that a client sending back-to-back requests never pays for a new task. The
+/// watchdog of a busy connection wakes this often, which costs a timer wakeup, not a
+/// syscall.
 pub const PARK_AFTER: Duration = Duration::from_millis(20);
 
 /// How long the watchdog waits after its `streak`-th check in a row that found a
@@ -84,7 +84,7 @@ pub struct Activity {
 pub enum Verdict {
     /// Check again at this instant.
     WaitUntil(Instant),
-    /// Idle for `PARK_AFTER`: take the connection out of hyper.
+    /// Idle for `PARK_AFTER`: park the connection.
     Park,
     /// Close the connection: no request is active and a limit ran out.
     Close(&'static str),
@@ -169,7 +169,7 @@ impl Default for Activity {
 }
 
 /// An IO stream that reports reads to an `Activity`, and first replays `prefix`: bytes
-/// already read from the socket by an earlier hyper connection that did not use them.
+/// already read from the socket that belong to what comes next (a tunnel's first bytes).
 pub struct Tracked<S> {
     inner: S,
     activity: Arc<Activity>,

@@ -37,7 +37,7 @@ pub struct ConnInfo {
     pub http2: bool,
     pub activity: Arc<Activity>,
     /// The backend side of an accepted upgrade (101), for the connection task to join
-    /// to the client once hyper hands the socket back.
+    /// to the client once the HTTP/1.1 loop hands the socket back.
     upgrade: Mutex<Option<Upgraded>>,
 }
 
@@ -467,7 +467,7 @@ async fn attempts(
                     }
                 }
                 if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                    // The client side is joined by the connection task once hyper has
+                    // The client side is joined by the connection task once the loop has
                     // written the 101 and returned the socket (server.rs).
                     *conn.upgrade.lock().unwrap_or_else(|p| p.into_inner()) =
                         resp.body_mut().take_upgraded();

@@ -1,7 +1,7 @@
 //! The parking lot for idle HTTP/1 client connections.
 //!
-//! A keep-alive client that has gone quiet costs hyper about 16 KiB of buffers, and a
-//! task of its own costs about a kilobyte more (task cell, timer entry, the runtime's
+//! A keep-alive client that has gone quiet still holds its read and write buffers (some
+//! kilobytes), and a task of its own costs about a kilobyte more (task cell, timer entry, the runtime's
 //! per-socket readiness record). Parked here, it costs one slot of about 64 bytes in a
 //! shared table: the socket is taken out of tokio's reactor and put in an epoll set of
 //! the lot's own, which one thread of its own waits on (it sleeps in the kernel while no

@@ -2,7 +2,7 @@
 //! serve until told to stop, then drain. Each accepted connection runs in its own task:
 //! HTTP/2 with prior knowledge (h2c) or HTTP/1.1, chosen from its first bytes, with a
 //! watchdog for `idle_timeout` and `header_read_timeout`. An idle HTTP/1 connection is
-//! parked: hyper lets go of it, its task ends, and only the socket waits in the
+//! parked: its loop lets go of it, its task ends, and only the socket waits in the
 //! parking lot (park.rs) until the client sends again.
 //!
 //! Each connection holds one of `max_connections` permits, taken before `accept`, so

@@ -1,5 +1,5 @@
 //! HTTP/1.1 upgrades (WebSocket): after the backend answers 101, the client's socket
-//! (handed back by hyper, see server.rs) and the backend's connection are joined into
+//! (handed back by the HTTP/1.1 loop, see server.rs) and the backend's connection are joined into
 //! a byte tunnel until either side closes.
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};

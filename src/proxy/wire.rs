@@ -32,7 +32,8 @@ const MAX_TRAILERS: usize = 64 * 1024;
 pub enum RequestFraming {
     /// No body (nothing written after the head).
     None,
-    /// The client's Content-Length, which hyper has already checked the body against.
+    /// The client's Content-Length, which the body was read by (h1.rs, or hyper for
+    /// HTTP/2).
     Length,
     /// Length unknown: chunked transfer coding.
     Chunked,
