@@ -159,6 +159,9 @@ impl Drop for Completion {
     }
 }
 
+// Boxing the backend's body would cost an allocation per proxied response; sluice's
+// own small answers are the rare case.
+#[allow(clippy::large_enum_variant)]
 enum Kind {
     Proxied(BackendBody),
     Local(Option<Bytes>),

@@ -30,7 +30,7 @@ use super::body::{ClientBody, ResponseBody};
 use super::client::Upgraded;
 use super::error::ProxyError;
 use super::forward::{ConnInfo, handle};
-use super::wire::{self, Chunked, Step, WireError};
+use super::wire::{self, Chunked, Lines, Step, WireError};
 
 /// A request with this many header lines or more gets 431 (HAProxy's default limit is
 /// 101, hyper's 100).
@@ -334,9 +334,6 @@ pub async fn serve(sock: &mut Sock, shared: &Shared, info: &Arc<ConnInfo>, flags
     }
 }
 
-/// The most header lines the raw form of a request head leaves out.
-const MAX_CUTS: usize = 8;
-
 /// A request's header lines as the client wrote them, to be passed on to the backend
 /// as they are, less what sluice does not pass on or writes itself: hop-by-hop lines
 /// (`Connection` and `Upgrade` stay for a protocol switch, `TE: trailers` stays),
@@ -346,11 +343,7 @@ const MAX_CUTS: usize = 8;
 /// its map after all (`fill_map`).
 #[derive(Debug)]
 pub struct RawRequest {
-    /// All header lines, each ending in CRLF.
-    lines: Bytes,
-    /// Ranges of `lines` left out, in order.
-    cuts: [(u32, u32); MAX_CUTS],
-    ncuts: usize,
+    lines: Lines,
     pub host: Option<HeaderValue>,
     pub forwarded_for: Option<HeaderValue>,
     pub request_id: Option<HeaderValue>,
@@ -363,17 +356,13 @@ pub struct RawRequest {
 impl RawRequest {
     /// Appends the lines passed on to `out`.
     pub fn write_to(&self, out: &mut Vec<u8>) {
-        let mut at = 0;
-        for &(from, to) in &self.cuts[..self.ncuts] {
-            out.extend_from_slice(&self.lines[at..from as usize]);
-            at = to as usize;
-        }
-        out.extend_from_slice(&self.lines[at..]);
+        self.lines.write_to(out);
     }
 
     /// Puts every header line into `map`, as the map's path expects a request.
     pub fn fill_map(&self, map: &mut HeaderMap) {
-        for line in self.lines.split(|&b| b == b'\n') {
+        let lines = self.lines.all();
+        for line in lines.split(|&b| b == b'\n') {
             let line = line.strip_suffix(b"\r").unwrap_or(line);
             let Some(colon) = line.iter().position(|&b| b == b':') else {
                 continue;
@@ -381,7 +370,7 @@ impl RawRequest {
             let value = line[colon + 1..].trim_ascii();
             if let (Ok(name), Ok(value)) = (
                 HeaderName::from_bytes(&line[..colon]),
-                HeaderValue::from_maybe_shared(self.lines.slice_ref(value)),
+                HeaderValue::from_maybe_shared(lines.slice_ref(value)),
             ) {
                 map.append(name, value);
             }
@@ -605,9 +594,7 @@ pub fn parse_head(
     };
     let mut raw_ok = raw.ends_with(b"\r\n\r\n");
     let mut rr = RawRequest {
-        lines: Bytes::new(),
-        cuts: [(0, 0); MAX_CUTS],
-        ncuts: 0,
+        lines: Lines::default(),
         host: None,
         forwarded_for: None,
         request_id: None,
@@ -688,15 +675,7 @@ pub fn parse_head(
         let next = spans[..n].get(i + 1).map_or(lines_end, |s| s.0 as usize);
         raw_ok &= raw[..next].ends_with(b"\r\n");
         if cut {
-            if rr.ncuts == MAX_CUTS {
-                raw_ok = false;
-            } else {
-                rr.cuts[rr.ncuts] = (
-                    (name_at as usize - lines_at) as u32,
-                    (next - lines_at) as u32,
-                );
-                rr.ncuts += 1;
-            }
+            raw_ok &= rr.lines.cut(name_at as usize - lines_at, next - lines_at);
         }
     }
     if te && version == Version::HTTP_10 {
@@ -721,20 +700,11 @@ pub fn parse_head(
     let (headers, raw_head) = if raw_ok {
         if upgrade {
             // A protocol switch keeps its Connection and Upgrade lines.
-            let mut kept = 0;
-            for k in 0..rr.ncuts {
-                let (from, _) = rr.cuts[k];
-                let name = &raw[lines_at + from as usize..];
-                let keep =
-                    starts_with_name(name, b"connection") || starts_with_name(name, b"upgrade");
-                if !keep {
-                    rr.cuts[kept] = rr.cuts[k];
-                    kept += 1;
-                }
-            }
-            rr.ncuts = kept;
+            rr.lines.uncut(&raw[lines_at..lines_end], |line| {
+                starts_with_name(line, b"connection") || starts_with_name(line, b"upgrade")
+            });
         }
-        rr.lines = raw.slice(lines_at..lines_end);
+        rr.lines.set(raw.slice(lines_at..lines_end));
         rr.length = length;
         rr.upgrade = upgrade;
         (headers, Some(rr))
@@ -815,12 +785,7 @@ async fn write_response(
 ) -> io::Result<bool> {
     let status = parts.status;
     let mut keep = o.keep;
-    out.clear();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
+    status_line(out, status);
     // A proxied response's own lines as the backend wrote them, then the headers in
     // the map (all of them, or what sluice added to the raw lines).
     let raw = body.raw_head();
@@ -962,18 +927,23 @@ async fn refuse(wr: &mut OwnedWriteHalf, out: &mut Vec<u8>, e: &HeadError) -> io
     tracing::debug!(error = %err, "request head refused");
     let status = err.status();
     let text = err.body();
+    status_line(out, status);
+    out.extend_from_slice(b"content-type: text/plain; charset=utf-8\r\n");
+    content_length_line(out, text.len() as u64);
+    date_line(out);
+    out.extend_from_slice(b"connection: close\r\n\r\n");
+    out.extend_from_slice(text.as_bytes());
+    wr.write_all(out).await
+}
+
+/// Starts `out` afresh with the status line (canonical reason phrase).
+fn status_line(out: &mut Vec<u8>, status: StatusCode) {
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ");
-    out.extend_from_slice(itoa(text.len() as u64, &mut [0u8; 20]));
     out.extend_from_slice(b"\r\n");
-    date_line(out);
-    out.extend_from_slice(b"connection: close\r\n\r\n");
-    out.extend_from_slice(text.as_bytes());
-    wr.write_all(out).await
 }
 
 fn content_length_line(out: &mut Vec<u8>, n: u64) {
@@ -1365,7 +1335,7 @@ mod tests {
             .unwrap();
         assert_eq!(h.parts.headers.get_all("content-length").iter().count(), 1);
         let mut many = String::from("GET / HTTP/1.1\r\n");
-        for _ in 0..=MAX_CUTS {
+        for _ in 0..=wire::MAX_CUTS {
             many.push_str("Keep-Alive: 1\r\n");
         }
         many.push_str("\r\n");

@@ -130,19 +130,71 @@ pub struct Head {
     pub keep_alive: bool,
 }
 
-/// The most header lines a raw head may leave out.
-const MAX_CUTS: usize = 6;
+/// The most header lines the raw form of a head leaves out.
+pub const MAX_CUTS: usize = 8;
+
+/// A head's header lines as they were written, less some: what sluice passes on of
+/// them without building a header map (`RawHead` here, `h1::RawRequest` for requests).
+#[derive(Debug, Default)]
+pub struct Lines {
+    /// The header lines, each ending in CRLF.
+    bytes: Bytes,
+    /// Ranges of `bytes` left out, in order.
+    cuts: [(u32, u32); MAX_CUTS],
+    ncuts: usize,
+}
+
+impl Lines {
+    /// Leaves out `from..to` (offsets within the lines, after any earlier cut); false
+    /// when no room is left.
+    pub fn cut(&mut self, from: usize, to: usize) -> bool {
+        let Some(slot) = self.cuts.get_mut(self.ncuts) else {
+            return false;
+        };
+        *slot = (from as u32, to as u32);
+        self.ncuts += 1;
+        true
+    }
+
+    /// Takes the lines back in only where `keep` says so of the line a cut begins with.
+    pub fn uncut(&mut self, lines: &[u8], keep: impl Fn(&[u8]) -> bool) {
+        let mut kept = 0;
+        for k in 0..self.ncuts {
+            let cut = self.cuts[k];
+            if !keep(&lines[cut.0 as usize..]) {
+                self.cuts[kept] = cut;
+                kept += 1;
+            }
+        }
+        self.ncuts = kept;
+    }
+
+    pub fn set(&mut self, bytes: Bytes) {
+        self.bytes = bytes;
+    }
+
+    /// Every line, the ones left out included.
+    pub fn all(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    /// Appends the lines passed on to `out`.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        let mut at = 0;
+        for &(from, to) in &self.cuts[..self.ncuts] {
+            out.extend_from_slice(&self.bytes[at..from as usize]);
+            at = to as usize;
+        }
+        out.extend_from_slice(&self.bytes[at..]);
+    }
+}
 
 /// A response's header lines as the backend wrote them, for an HTTP/1.x client: they
 /// are copied out as they are, less the lines sluice does not pass on (hop-by-hop,
 /// X-Request-Id). This spares building a header map for every response.
 #[derive(Debug)]
 pub struct RawHead {
-    /// The header lines, each ending in CRLF.
-    lines: Bytes,
-    /// Ranges of `lines` left out, in order.
-    cuts: [(u32, u32); MAX_CUTS],
-    ncuts: usize,
+    pub lines: Lines,
     /// A Content-Length line is among those passed on.
     pub has_length: bool,
     /// A Date line is among those passed on.
@@ -152,12 +204,7 @@ pub struct RawHead {
 impl RawHead {
     /// Appends the lines passed on to `out`.
     pub fn write_to(&self, out: &mut Vec<u8>) {
-        let mut at = 0;
-        for &(from, to) in &self.cuts[..self.ncuts] {
-            out.extend_from_slice(&self.lines[at..from as usize]);
-            at = to as usize;
-        }
-        out.extend_from_slice(&self.lines[at..]);
+        self.lines.write_to(out);
     }
 }
 
@@ -260,8 +307,7 @@ pub fn parse_response_head(
         let mut length: Option<u64> = None;
         let mut lengths = 0;
         let mut has_date = false;
-        let mut cuts = [(0u32, 0u32); MAX_CUTS];
-        let mut ncuts = 0;
+        let mut lines = Lines::default();
         let mut raw_ok = raw_ok && !switching && code != 429 && code != 503;
         // Header lines begin where the first name does and end before the blank line.
         let lines_end = len - 2;
@@ -310,15 +356,7 @@ pub fn parse_response_head(
             let next = spans[..n].get(i + 1).map_or(lines_end, |s| s.0 as usize);
             raw_ok &= raw[..next].ends_with(b"\r\n");
             if matches!(kind, Line::Hop(_) | Line::RequestId) {
-                if ncuts == MAX_CUTS {
-                    raw_ok = false;
-                } else {
-                    cuts[ncuts] = (
-                        (name_at as usize - lines_at) as u32,
-                        (next - lines_at) as u32,
-                    );
-                    ncuts += 1;
-                }
+                raw_ok &= lines.cut(name_at as usize - lines_at, next - lines_at);
             }
         }
         // Lines named by Connection, or a length beside Transfer-Encoding, are left out
@@ -336,10 +374,9 @@ pub fn parse_response_head(
         };
 
         let head_raw = if raw_ok {
+            lines.set(raw.slice(lines_at..lines_end));
             Some(RawHead {
-                lines: raw.slice(lines_at..lines_end),
-                cuts,
-                ncuts,
+                lines,
                 has_length: length.is_some(),
                 has_date,
             })
