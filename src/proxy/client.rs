@@ -31,7 +31,7 @@ use tokio::time::Instant;
 
 use super::body::{RequestBody, RequestBodyError};
 use super::h1::Outgoing;
-use super::wire::{self, Chunked, Framing, RawHead, RequestFraming, Step, WireError};
+use super::wire::{self, Framed, Framing, Piece, RawHead, RequestFraming, WireError};
 use crate::config::UpstreamConfig;
 use crate::upstream::Backend;
 
@@ -45,8 +45,6 @@ const SHED_AFTER: Duration = Duration::from_millis(100);
 const HEAD_GUESS: usize = 1024;
 /// Read buffer room for a response head, and the least read for a body.
 const HEAD_READ: usize = 8 * 1024;
-/// The most read at once for a large body.
-const BODY_READ_MAX: usize = 64 * 1024;
 
 /// One connection to a backend.
 pub struct Conn {
@@ -484,18 +482,11 @@ async fn finish_body<W: AsyncWrite + Unpin>(w: &mut W, framing: RequestFraming) 
 }
 
 /// Where a response body's reading stands.
-enum State {
-    Length(u64),
-    Chunked(Chunked),
-    UntilClose,
-    Done,
-}
-
 /// A backend's response body, read from its connection as it is polled. At its end
 /// the connection goes back to the pool, if it may be reused.
 pub struct BackendBody {
     src: Option<Source>,
-    state: State,
+    state: Framed,
     reuse: Option<(Arc<Pool>, usize)>,
     /// The task still sending the request body, if the response began before its end;
     /// held to be stopped when the response ends or is dropped.
@@ -533,15 +524,9 @@ impl BackendBody {
         reuse: Option<(Arc<Pool>, usize)>,
         upload: Option<Upload>,
     ) -> BackendBody {
-        let state = match framing {
-            Framing::Empty => State::Done,
-            Framing::Length(n) => State::Length(n),
-            Framing::Chunked => State::Chunked(Chunked::Size),
-            Framing::UntilClose => State::UntilClose,
-        };
         let mut body = BackendBody {
             src: Some(src),
-            state,
+            state: Framed::of(framing),
             reuse,
             _upload: upload,
             raw: None,
@@ -549,7 +534,7 @@ impl BackendBody {
         // An empty body is over at once: its connection can serve the next request
         // now. One that cannot be reused stays until dropped (a 101's goes on to
         // become a tunnel).
-        if matches!(body.state, State::Done) && body.reuse.is_some() {
+        if body.state.is_done() && body.reuse.is_some() {
             body.finish();
         }
         body
@@ -576,7 +561,7 @@ impl BackendBody {
     /// The body was read to its end: the connection goes back to the pool, unless the
     /// backend sent more than the response (then it cannot be trusted).
     fn finish(&mut self) {
-        self.state = State::Done;
+        self.state = Framed::Done;
         if let (Some(Source::Conn(conn)), Some((pool, max_idle))) =
             (self.src.take(), self.reuse.take())
         {
@@ -588,7 +573,7 @@ impl BackendBody {
 
     fn fail(&mut self, e: BodyError) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         self.src = None;
-        self.state = State::Done;
+        self.state = Framed::Done;
         Poll::Ready(Some(Err(e)))
     }
 }
@@ -606,45 +591,24 @@ impl Body for BackendBody {
             let Some(src) = this.src.as_mut() else {
                 return Poll::Ready(None);
             };
-            let buf = src.buf();
-            let room = match &mut this.state {
-                State::Done | State::Length(0) => {
+            let room = match this.state.next(src.buf()) {
+                Ok(Piece::Data(data)) => {
+                    if this.state.is_done() {
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(Piece::End) => {
                     this.finish();
                     return Poll::Ready(None);
                 }
-                State::Length(left) => {
-                    if !buf.is_empty() {
-                        let n = (buf.len() as u64).min(*left);
-                        let data = buf.split_to(n as usize).freeze();
-                        *left -= n;
-                        if *left == 0 {
-                            this.finish();
-                        }
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
-                    }
-                    (*left).clamp(HEAD_READ as u64, BODY_READ_MAX as u64) as usize
-                }
-                State::Chunked(c) => match c.step(buf) {
-                    Ok(Step::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
-                    Ok(Step::Done) => {
-                        this.finish();
-                        return Poll::Ready(None);
-                    }
-                    Ok(Step::NeedMore) => HEAD_READ * 2,
-                    Err(e) => return this.fail(BodyError::Wire(e)),
-                },
-                State::UntilClose => {
-                    if !buf.is_empty() {
-                        let data = buf.split().freeze();
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
-                    }
-                    BODY_READ_MAX / 4
-                }
+                Ok(Piece::More(room)) => room,
+                Err(e) => return this.fail(BodyError::Wire(e)),
             };
             match ready!(src.poll_read_more(cx, room)) {
-                Ok(0) if matches!(this.state, State::UntilClose) => {
+                Ok(0) if matches!(this.state, Framed::UntilClose) => {
                     this.src = None;
-                    this.state = State::Done;
+                    this.state = Framed::Done;
                     return Poll::Ready(None);
                 }
                 Ok(0) => return this.fail(BodyError::Closed),
@@ -655,15 +619,11 @@ impl Body for BackendBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.src.is_none() || matches!(self.state, State::Done | State::Length(0))
+        self.src.is_none() || self.state.is_done()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.state {
-            State::Length(n) => SizeHint::with_exact(n),
-            State::Done => SizeHint::with_exact(0),
-            _ => SizeHint::default(),
-        }
+        self.state.size_hint()
     }
 }
 

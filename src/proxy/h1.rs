@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
@@ -30,7 +30,7 @@ use super::body::{ClientBody, ResponseBody};
 use super::client::Upgraded;
 use super::error::ProxyError;
 use super::forward::{ConnInfo, handle};
-use super::wire::{self, Chunked, Lines, Step, WireError};
+use super::wire::{self, Chunked, Framed, Lines, Piece, WireError};
 
 /// A request with this many header lines or more gets 431 (HAProxy's default limit is
 /// 101, hyper's 100).
@@ -39,8 +39,6 @@ const MAX_HEADERS: usize = 99;
 const OUT_GUESS: usize = 1024;
 /// Room reserved for each read of a request head.
 const HEAD_READ: usize = 4096;
-/// The most read at once for a request body.
-const BODY_READ_MAX: usize = 64 * 1024;
 /// Response body pieces up to this size are copied behind the head or chunk header and
 /// written with it; larger ones are written from where they are.
 const COALESCE: usize = 16 * 1024;
@@ -1015,12 +1013,6 @@ pub enum ClientBodyError {
     Wire(#[source] WireError),
 }
 
-enum BodyState {
-    Length(u64),
-    Chunked(Chunked),
-    Done,
-}
-
 /// What a request body gives back to its connection.
 struct Returned {
     rd: OwnedReadHalf,
@@ -1045,7 +1037,7 @@ pub struct Link {
 pub struct H1Body {
     rd: Option<OwnedReadHalf>,
     buf: BytesMut,
-    state: BodyState,
+    state: Framed,
     /// `Expect: 100-continue` not answered yet.
     ask: bool,
     link: Arc<Link>,
@@ -1060,9 +1052,9 @@ impl H1Body {
         link: Arc<Link>,
     ) -> H1Body {
         let state = match framing {
-            BodyFraming::None | BodyFraming::Length(0) => BodyState::Done,
-            BodyFraming::Length(n) => BodyState::Length(n),
-            BodyFraming::Chunked => BodyState::Chunked(Chunked::Size),
+            BodyFraming::None | BodyFraming::Length(0) => Framed::Done,
+            BodyFraming::Length(n) => Framed::Length(n),
+            BodyFraming::Chunked => Framed::Chunked(Chunked::Size),
         };
         H1Body {
             rd: Some(rd),
@@ -1086,12 +1078,12 @@ impl H1Body {
     }
 
     fn finish(&mut self) {
-        self.state = BodyState::Done;
+        self.state = Framed::Done;
         self.give_back(true);
     }
 
     fn fail(&mut self, e: ClientBodyError) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
-        self.state = BodyState::Done;
+        self.state = Framed::Done;
         self.give_back(false);
         Poll::Ready(Some(Err(e)))
     }
@@ -1101,20 +1093,10 @@ impl H1Body {
     /// connection can go on.
     fn skip_buffered(&mut self) -> bool {
         loop {
-            match &mut self.state {
-                BodyState::Done => return true,
-                BodyState::Length(left) => {
-                    if (self.buf.len() as u64) < *left {
-                        return false;
-                    }
-                    self.buf.advance(*left as usize);
-                    self.state = BodyState::Done;
-                }
-                BodyState::Chunked(c) => match c.step(&mut self.buf) {
-                    Ok(Step::Data(_)) => {}
-                    Ok(Step::Done) => self.state = BodyState::Done,
-                    Ok(Step::NeedMore) | Err(_) => return false,
-                },
+            match self.state.next(&mut self.buf) {
+                Ok(Piece::Data(_)) => {}
+                Ok(Piece::End) => return true,
+                Ok(Piece::More(_)) | Err(_) => return false,
             }
         }
     }
@@ -1145,29 +1127,19 @@ impl Body for H1Body {
             return Poll::Pending;
         }
         loop {
-            let room = match &mut this.state {
-                BodyState::Done => return Poll::Ready(None),
-                BodyState::Length(left) => {
-                    if !this.buf.is_empty() {
-                        let n = (this.buf.len() as u64).min(*left);
-                        let data = this.buf.split_to(n as usize).freeze();
-                        *left -= n;
-                        if *left == 0 {
-                            this.finish();
-                        }
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
-                    }
-                    (*left).clamp(HEAD_READ as u64, BODY_READ_MAX as u64) as usize
-                }
-                BodyState::Chunked(c) => match c.step(&mut this.buf) {
-                    Ok(Step::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
-                    Ok(Step::Done) => {
+            let room = match this.state.next(&mut this.buf) {
+                Ok(Piece::Data(data)) => {
+                    if this.state.is_done() {
                         this.finish();
-                        return Poll::Ready(None);
                     }
-                    Ok(Step::NeedMore) => HEAD_READ * 4,
-                    Err(e) => return this.fail(ClientBodyError::Wire(e)),
-                },
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(Piece::End) => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(Piece::More(room)) => room,
+                Err(e) => return this.fail(ClientBodyError::Wire(e)),
             };
             let Some(rd) = this.rd.as_mut() else {
                 return this.fail(ClientBodyError::Closed);
@@ -1186,15 +1158,11 @@ impl Body for H1Body {
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self.state, BodyState::Done | BodyState::Length(0))
+        self.state.is_done()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.state {
-            BodyState::Length(n) => SizeHint::with_exact(n),
-            BodyState::Done => SizeHint::with_exact(0),
-            BodyState::Chunked(_) => SizeHint::default(),
-        }
+        self.state.size_hint()
     }
 }
 

@@ -575,6 +575,82 @@ impl Chunked {
     }
 }
 
+/// Where a body stands in its framing, on either side of the wire.
+#[derive(Debug)]
+pub enum Framed {
+    Length(u64),
+    Chunked(Chunked),
+    /// Until the peer closes (response bodies only).
+    UntilClose,
+    Done,
+}
+
+/// What a body's framing makes of the bytes read so far.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Piece {
+    Data(Bytes),
+    /// Read more, with at least this much room.
+    More(usize),
+    End,
+}
+
+/// The least read for a body, and the most.
+const BODY_READ_MIN: usize = 8 * 1024;
+const BODY_READ_MAX: usize = 64 * 1024;
+
+impl Framed {
+    pub fn of(framing: Framing) -> Framed {
+        match framing {
+            Framing::Empty | Framing::Length(0) => Framed::Done,
+            Framing::Length(n) => Framed::Length(n),
+            Framing::Chunked => Framed::Chunked(Chunked::Size),
+            Framing::UntilClose => Framed::UntilClose,
+        }
+    }
+
+    /// The next piece of the body from `buf`. After the last piece of a length-framed
+    /// body this already reports `is_done`, so the connection can be handed on before
+    /// the body is polled again.
+    pub fn next(&mut self, buf: &mut BytesMut) -> Result<Piece, WireError> {
+        match self {
+            Framed::Done | Framed::Length(0) => {
+                *self = Framed::Done;
+                Ok(Piece::End)
+            }
+            Framed::Length(left) if buf.is_empty() => Ok(Piece::More(
+                (*left).clamp(BODY_READ_MIN as u64, BODY_READ_MAX as u64) as usize,
+            )),
+            Framed::Length(left) => {
+                let n = (buf.len() as u64).min(*left);
+                *left -= n;
+                Ok(Piece::Data(buf.split_to(n as usize).freeze()))
+            }
+            Framed::Chunked(c) => match c.step(buf)? {
+                Step::Data(d) => Ok(Piece::Data(d)),
+                Step::NeedMore => Ok(Piece::More(BODY_READ_MIN * 2)),
+                Step::Done => {
+                    *self = Framed::Done;
+                    Ok(Piece::End)
+                }
+            },
+            Framed::UntilClose if buf.is_empty() => Ok(Piece::More(BODY_READ_MAX / 4)),
+            Framed::UntilClose => Ok(Piece::Data(buf.split().freeze())),
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        matches!(self, Framed::Done | Framed::Length(0))
+    }
+
+    pub fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            Framed::Length(n) => http_body::SizeHint::with_exact(*n),
+            Framed::Done => http_body::SizeHint::with_exact(0),
+            _ => http_body::SizeHint::default(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -820,6 +896,45 @@ mod tests {
             .unwrap();
         assert_eq!((h.status.as_u16(), h.framing), (201, Framing::Empty));
         assert!(b.is_empty());
+    }
+
+    #[test]
+    fn framed_bodies_give_pieces_then_end() {
+        let mut f = Framed::of(Framing::Length(5));
+        let mut b = BytesMut::new();
+        assert!(matches!(f.next(&mut b), Ok(Piece::More(n)) if n >= 8 * 1024));
+        b.extend_from_slice(b"abc");
+        assert_eq!(
+            f.next(&mut b).unwrap(),
+            Piece::Data(Bytes::from_static(b"abc"))
+        );
+        b.extend_from_slice(b"deNEXT");
+        assert_eq!(
+            f.next(&mut b).unwrap(),
+            Piece::Data(Bytes::from_static(b"de"))
+        );
+        assert!(
+            f.is_done(),
+            "done with its last piece, before being asked again"
+        );
+        assert_eq!(f.next(&mut b).unwrap(), Piece::End);
+        assert_eq!(&b[..], b"NEXT");
+        let mut f = Framed::of(Framing::Chunked);
+        let mut b = BytesMut::from("2\r\nhi\r\n0\r\n\r\n");
+        assert_eq!(
+            f.next(&mut b).unwrap(),
+            Piece::Data(Bytes::from_static(b"hi"))
+        );
+        assert_eq!(f.next(&mut b).unwrap(), Piece::End);
+        assert!(f.is_done());
+        let mut f = Framed::of(Framing::UntilClose);
+        let mut b = BytesMut::from("all of it");
+        assert_eq!(
+            f.next(&mut b).unwrap(),
+            Piece::Data(Bytes::from_static(b"all of it"))
+        );
+        assert!(matches!(f.next(&mut b), Ok(Piece::More(_))));
+        assert!(Framed::of(Framing::Empty).is_done());
     }
 
     #[test]
