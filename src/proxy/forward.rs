@@ -97,12 +97,11 @@ pub fn handle(
         r.request_id = Some(request_id.clone());
         done.record = Some(Box::new(r));
     }
-    let prepared = prepare(shared, conn, req, raw, &mut done, &request_id);
+    // Worked on where it lies in this future: moving it into one of its own would
+    // copy some hundreds of bytes.
+    let mut prepared = prepare(shared, conn, req, raw, &mut done, &request_id);
     let conn = Arc::clone(conn);
     async move {
-        // The prepared request is worked on where it lies: moving it into a future of
-        // its own would copy some hundreds of bytes.
-        let mut prepared = prepared;
         let result = match prepared {
             Ok(ref mut p) => attempts(&conn, p, &mut done).await,
             Err(e) => Err(e),

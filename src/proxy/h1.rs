@@ -318,7 +318,8 @@ pub async fn serve(sock: &mut Sock, shared: &Shared, info: &Arc<ConnInfo>, flags
         spare = Some(parts.headers);
         let keep = match written {
             Ok(keep) => keep,
-            Err(_) => return End::Reset,
+            Err(Cut::Backend) => return End::Reset,
+            Err(Cut::Client) => return End::Close,
         };
         if let Some(up) = upgraded {
             return End::Upgrade(up);
@@ -696,13 +697,13 @@ pub fn parse_head(
         None => HeaderMap::new(),
     };
     let (headers, raw_head) = if raw_ok {
+        rr.lines.set(raw.slice(lines_at..lines_end));
         if upgrade {
             // A protocol switch keeps its Connection and Upgrade lines.
-            rr.lines.uncut(&raw[lines_at..lines_end], |line| {
+            rr.lines.uncut(|line| {
                 starts_with_name(line, b"connection") || starts_with_name(line, b"upgrade")
             });
         }
-        rr.lines.set(raw.slice(lines_at..lines_end));
         rr.length = length;
         rr.upgrade = upgrade;
         (headers, Some(rr))
@@ -780,7 +781,7 @@ async fn write_response(
     body: &mut ResponseBody,
     o: Options,
     mut watch: Option<(&mut OwnedReadHalf, &mut BytesMut)>,
-) -> io::Result<bool> {
+) -> Result<bool, Cut> {
     let status = parts.status;
     let mut keep = o.keep;
     status_line(out, status);
@@ -859,11 +860,7 @@ async fn write_response(
                     }
                     if let Some((rd, buf)) = watch.as_mut() {
                         match tokio_util::io::poll_read_buf(Pin::new(&mut **rd), cx, *buf) {
-                            Poll::Ready(Ok(0) | Err(_)) => {
-                                return Poll::Ready(Err(io::Error::from(
-                                    io::ErrorKind::ConnectionAborted,
-                                )));
-                            }
+                            Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Err(Cut::Client)),
                             Poll::Ready(Ok(_)) => watch = None,
                             Poll::Pending => {}
                         }
@@ -883,9 +880,11 @@ async fn write_response(
                 return Ok(keep);
             }
             Some(Err(e)) => {
-                // The backend broke off: the client must see a cut, not an end.
+                // The backend broke off: what came is passed on, then the client must
+                // see a cut, not an end (End::Reset).
+                tracing::debug!(error = %e, "response body broke off");
                 let _ = wr.write_all(out).await;
-                return Err(io::Error::other(e));
+                return Err(Cut::Backend);
             }
             Some(Ok(frame)) => {
                 let Ok(data) = frame.into_data() else {
@@ -913,6 +912,20 @@ async fn write_response(
                 }
             }
         }
+    }
+}
+
+/// Why a response could not be written to its end.
+enum Cut {
+    /// The client left, or its socket failed.
+    Client,
+    /// The backend broke off mid-body.
+    Backend,
+}
+
+impl From<io::Error> for Cut {
+    fn from(_: io::Error) -> Cut {
+        Cut::Client
     }
 }
 

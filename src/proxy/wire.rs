@@ -156,12 +156,13 @@ impl Lines {
         true
     }
 
-    /// Takes the lines back in only where `keep` says so of the line a cut begins with.
-    pub fn uncut(&mut self, lines: &[u8], keep: impl Fn(&[u8]) -> bool) {
+    /// Takes lines back in where `keep` says so of the line a cut begins with (after
+    /// `set`).
+    pub fn uncut(&mut self, keep: impl Fn(&[u8]) -> bool) {
         let mut kept = 0;
         for k in 0..self.ncuts {
             let cut = self.cuts[k];
-            if !keep(&lines[cut.0 as usize..]) {
+            if !keep(&self.bytes[cut.0 as usize..]) {
                 self.cuts[kept] = cut;
                 kept += 1;
             }
@@ -194,7 +195,7 @@ impl Lines {
 /// X-Request-Id). This spares building a header map for every response.
 #[derive(Debug)]
 pub struct RawHead {
-    pub lines: Lines,
+    lines: Lines,
     /// A Content-Length line is among those passed on.
     pub has_length: bool,
     /// A Date line is among those passed on.

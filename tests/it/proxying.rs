@@ -542,6 +542,51 @@ async fn a_client_that_leaves_abandons_the_backend_request() {
 }
 
 #[tokio::test]
+async fn a_client_that_half_closes_mid_response_gets_an_orderly_end() {
+    // One piece of the body, then nothing until the response is dropped.
+    let be = TestBackend::start(|_req: http::Request<hyper::body::Incoming>| async move {
+        let stream = async_stream(move |tx| async move {
+            let _ = tx
+                .send(Ok(Frame::data(Bytes::from_static(b"tick\n"))))
+                .await;
+            tx.closed().await;
+        });
+        http::Response::new(BodyExt::boxed(StreamBody::new(stream)))
+    })
+    .await;
+    let lb = Sluice::over(&[be.url()], "").await;
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while !String::from_utf8_lossy(&got).contains("tick") {
+        let n = tokio::time::timeout(DEADLINE, s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed before the first piece");
+        got.extend_from_slice(&buf[..n]);
+    }
+    // The client stops sending; sluice gives up the request and closes in order (a
+    // reset is for a backend that breaks off).
+    s.shutdown().await.unwrap();
+    let end = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) => return "orderly end",
+                Ok(_) => {}
+                Err(_) => return "reset",
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(end, "orderly end");
+}
+
+#[tokio::test]
 async fn a_backend_that_never_accepts_is_502_after_connect_timeout() {
     // A listener with a one-slot accept queue that nobody accepts from: once the queue
     // is full, the kernel drops further SYNs and connects hang.
