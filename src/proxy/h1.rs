@@ -30,6 +30,7 @@ use super::body::{ClientBody, ResponseBody};
 use super::client::Upgraded;
 use super::error::ProxyError;
 use super::forward::{ConnInfo, handle};
+use super::headers::{self, HOP_CONNECTION, HOP_TE, HOP_TRANSFER_ENCODING, HOP_UPGRADE};
 use super::wire::{self, Chunked, Framed, Lines, Piece, WireError};
 
 /// A request with this many header lines or more gets 431 (HAProxy's default limit is
@@ -381,41 +382,30 @@ impl RawRequest {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum ReqLine {
     Other,
+    /// A hop-by-hop header, as its bit (headers.rs).
+    Hop(u8),
     ContentLength,
-    TransferEncoding,
-    Connection,
-    Upgrade,
-    Te,
     Expect,
     Host,
     ForwardedFor,
     RequestId,
-    /// Keep-Alive, Proxy-Connection.
-    Hop,
     /// X-Forwarded-Proto, X-Forwarded-Host (sluice writes its own).
     ForwardedOther,
 }
 
 fn request_line_kind(name: &[u8]) -> ReqLine {
+    let hop = headers::hop_bit(name);
+    if hop != 0 {
+        return ReqLine::Hop(hop);
+    }
     let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
     match name.len() {
-        2 if is(b"te") => ReqLine::Te,
         4 if is(b"host") => ReqLine::Host,
         6 if is(b"expect") => ReqLine::Expect,
-        7 if is(b"upgrade") => ReqLine::Upgrade,
-        10 if is(b"connection") => ReqLine::Connection,
-        10 if is(b"keep-alive") => ReqLine::Hop,
         12 if is(b"x-request-id") => ReqLine::RequestId,
         14 if is(b"content-length") => ReqLine::ContentLength,
         15 if is(b"x-forwarded-for") => ReqLine::ForwardedFor,
-        16 if is(b"proxy-connection") || is(b"x-forwarded-host") => {
-            if is(b"proxy-connection") {
-                ReqLine::Hop
-            } else {
-                ReqLine::ForwardedOther
-            }
-        }
-        17 if is(b"transfer-encoding") => ReqLine::TransferEncoding,
+        16 if is(b"x-forwarded-host") => ReqLine::ForwardedOther,
         17 if is(b"x-forwarded-proto") => ReqLine::ForwardedOther,
         _ => ReqLine::Other,
     }
@@ -610,7 +600,7 @@ pub fn parse_head(
             ReqLine::Host => 1,
             ReqLine::ForwardedFor => 2,
             ReqLine::RequestId => 4,
-            ReqLine::Connection => 8,
+            ReqLine::Hop(HOP_CONNECTION) => 8,
             _ => 0,
         };
         raw_ok &= seen & once == 0;
@@ -622,13 +612,13 @@ pub fn parse_head(
                 length = Some(length.map_or(v, |l: u64| l.max(v)));
                 false
             }
-            ReqLine::TransferEncoding => {
+            ReqLine::Hop(HOP_TRANSFER_ENCODING) => {
                 te = true;
                 chunked =
                     wire::last_token(value).is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
                 true
             }
-            ReqLine::Connection => {
+            ReqLine::Hop(HOP_CONNECTION) => {
                 for t in value.split(|&b| b == b',') {
                     let t = t.trim_ascii();
                     let (c, k, u) = (
@@ -643,11 +633,11 @@ pub fn parse_head(
                 }
                 true
             }
-            ReqLine::Upgrade => {
+            ReqLine::Hop(HOP_UPGRADE) => {
                 has_upgrade = true;
                 true
             }
-            ReqLine::Te => !value.trim_ascii().eq_ignore_ascii_case(b"trailers"),
+            ReqLine::Hop(HOP_TE) => !value.trim_ascii().eq_ignore_ascii_case(b"trailers"),
             ReqLine::Expect => {
                 expect_continue = value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
                 false
@@ -664,7 +654,7 @@ pub fn parse_head(
                 rr.request_id = Some(value_of(&raw, value_at, value_len)?);
                 true
             }
-            ReqLine::Hop | ReqLine::ForwardedOther => true,
+            ReqLine::Hop(_) | ReqLine::ForwardedOther => true,
             ReqLine::Other => false,
         };
         if !raw_ok {

@@ -24,23 +24,25 @@ pub const HOP_KEEP_ALIVE: u8 = 1 << 4;
 pub const HOP_PROXY_CONNECTION: u8 = 1 << 5;
 
 /// Which fixed hop-by-hop header `name` is, as its bit; 0 for any other header.
-/// Response heads are sorted by their bytes with the same list (`wire::line_kind`).
 #[inline]
 pub fn hop_by_hop_bit(name: &HeaderName) -> u8 {
-    if name == header::CONNECTION {
-        HOP_CONNECTION
-    } else if name == header::TRANSFER_ENCODING {
-        HOP_TRANSFER_ENCODING
-    } else if name == header::TE {
-        HOP_TE
-    } else if name == header::UPGRADE {
-        HOP_UPGRADE
-    } else if name == KEEP_ALIVE {
-        HOP_KEEP_ALIVE
-    } else if name == PROXY_CONNECTION {
-        HOP_PROXY_CONNECTION
-    } else {
-        0
+    hop_bit(name.as_str().as_bytes())
+}
+
+/// `hop_by_hop_bit` of a header name's bytes, in any case: the one list of fixed
+/// hop-by-hop headers, for header maps and for heads passed on as written (h1.rs,
+/// wire.rs).
+#[inline]
+pub fn hop_bit(name: &[u8]) -> u8 {
+    let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+    match name.len() {
+        2 if is(b"te") => HOP_TE,
+        7 if is(b"upgrade") => HOP_UPGRADE,
+        10 if is(b"connection") => HOP_CONNECTION,
+        10 if is(b"keep-alive") => HOP_KEEP_ALIVE,
+        16 if is(b"proxy-connection") => HOP_PROXY_CONNECTION,
+        17 if is(b"transfer-encoding") => HOP_TRANSFER_ENCODING,
+        _ => 0,
     }
 }
 

@@ -13,8 +13,7 @@ use http::{Method, Request, StatusCode, Version};
 
 use super::h1::Outgoing;
 use super::headers::{
-    HOP_CONNECTION, HOP_KEEP_ALIVE, HOP_PROXY_CONNECTION, HOP_TE, HOP_TRANSFER_ENCODING,
-    HOP_UPGRADE, remove_connection_named,
+    HOP_CONNECTION, HOP_TRANSFER_ENCODING, HOP_UPGRADE, hop_bit, remove_connection_named,
 };
 
 /// The most header lines a backend response may carry.
@@ -221,17 +220,15 @@ enum Line {
 }
 
 fn line_kind(name: &[u8]) -> Line {
+    let hop = hop_bit(name);
+    if hop != 0 {
+        return Line::Hop(hop);
+    }
     let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
     match name.len() {
-        2 if is(b"te") => Line::Hop(HOP_TE),
         4 if is(b"date") => Line::Date,
-        7 if is(b"upgrade") => Line::Hop(HOP_UPGRADE),
-        10 if is(b"connection") => Line::Hop(HOP_CONNECTION),
-        10 if is(b"keep-alive") => Line::Hop(HOP_KEEP_ALIVE),
         12 if is(b"x-request-id") => Line::RequestId,
         14 if is(b"content-length") => Line::ContentLength,
-        16 if is(b"proxy-connection") => Line::Hop(HOP_PROXY_CONNECTION),
-        17 if is(b"transfer-encoding") => Line::Hop(HOP_TRANSFER_ENCODING),
         _ => Line::Other,
     }
 }
