@@ -212,8 +212,11 @@ fn prepare(
     done: &mut Completion,
     request_id: &HeaderValue,
 ) -> Result<Prepared, ProxyError> {
-    // Raw heads were checked for framing as they were parsed (h1.rs).
-    check_framing(&req)?;
+    // Raw heads were checked for framing as they were parsed (h1.rs); their map is
+    // empty.
+    if raw.is_none() {
+        check_framing(&req)?;
+    }
     let (max_header_bytes, max_body_bytes) = {
         let l = shared.limits.load();
         (l.max_header_bytes, l.max_body_bytes)
