@@ -74,7 +74,7 @@ async fn expect_100_continue_is_answered_before_the_body_is_sent() {
     s.write_all(b"hello").await.unwrap();
     let rest = read_responses(&mut s, 1, DEADLINE).await;
     assert!(rest.starts_with("HTTP/1.1 200"), "{rest}");
-    let body = &rest[rest.find("\r\n\r\n").unwrap() + 4..];
+    let body = body_of(&rest);
     assert_eq!(echoed(body)["body"], "hello");
 }
 
@@ -268,7 +268,7 @@ async fn requests_pipelined_behind_a_body_are_served_in_order() {
     let bodies: Vec<serde_json::Value> = got
         .split("HTTP/1.1 200")
         .skip(1)
-        .map(|r| echoed(&r[r.find("\r\n\r\n").unwrap() + 4..]))
+        .map(|r| echoed(body_of(r)))
         .collect();
     assert_eq!(bodies.len(), 3, "{got}");
     assert_eq!(

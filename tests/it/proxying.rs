@@ -82,7 +82,7 @@ async fn te_trailers_is_the_one_te_that_passes() {
             "GET / HTTP/1.1\r\nHost: x\r\nTE: trailers\r\nTE: gzip\r\n{extra}Connection: close\r\n\r\n"
         );
         let got = raw_exchange(lb.addr, raw.as_bytes(), DEADLINE).await;
-        let body = &got[got.find("\r\n\r\n").unwrap() + 4..];
+        let body = body_of(&got);
         assert_eq!(echoed_header(&echoed(body), "te"), ["trailers"], "{extra}");
     }
 }
@@ -97,13 +97,13 @@ async fn an_absolute_form_target_names_the_host_and_a_request_without_one_gets_t
         DEADLINE,
     )
     .await;
-    let j = echoed(&got[got.find("\r\n\r\n").unwrap() + 4..]);
+    let j = echoed(body_of(&got));
     assert_eq!(j["uri"], "/x");
     assert_eq!(echoed_header(&j, "host"), ["a.example"]);
     assert_eq!(echoed_header(&j, "x-forwarded-host"), ["a.example"]);
     // HTTP/1.0 without Host: the backend's authority, not no Host at all.
     let got = raw_exchange(lb.addr, b"GET /y HTTP/1.0\r\n\r\n", DEADLINE).await;
-    let j = echoed(&got[got.find("\r\n\r\n").unwrap() + 4..]);
+    let j = echoed(body_of(&got));
     assert_eq!(
         echoed_header(&j, "host"),
         [be.url().trim_start_matches("http://")]
@@ -572,18 +572,7 @@ async fn a_client_that_half_closes_mid_response_gets_an_orderly_end() {
     // The client stops sending; sluice gives up the request and closes in order (a
     // reset is for a backend that breaks off).
     s.shutdown().await.unwrap();
-    let end = tokio::time::timeout(DEADLINE, async {
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) => return "orderly end",
-                Ok(_) => {}
-                Err(_) => return "reset",
-            }
-        }
-    })
-    .await
-    .unwrap();
-    assert_eq!(end, "orderly end");
+    assert_eq!(how_it_ends(&mut s, DEADLINE).await, "orderly end");
 }
 
 #[tokio::test]

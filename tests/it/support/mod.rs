@@ -368,6 +368,30 @@ pub async fn read_until_close(s: &mut TcpStream, wait: Duration) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The body of one raw HTTP/1 response: what follows its head.
+pub fn body_of(raw: &str) -> &str {
+    let end = raw
+        .find("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no complete head: {raw}"));
+    &raw[end + 4..]
+}
+
+/// Reads `s` to its end: "orderly end" (FIN) or "reset" (an error), within `wait`.
+pub async fn how_it_ends(s: &mut TcpStream, wait: Duration) -> &'static str {
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(wait, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) => return "orderly end",
+                Ok(_) => {}
+                Err(_) => return "reset",
+            }
+        }
+    })
+    .await
+    .expect("the connection ended")
+}
+
 /// Does the peer close `s` within `wait`? (Reads and discards whatever arrives.)
 pub async fn closes_within(s: &mut TcpStream, wait: Duration) -> bool {
     tokio::time::timeout(wait, async {
