@@ -66,6 +66,68 @@ async fn hop_by_hop_headers_are_dropped_both_ways() {
 }
 
 #[tokio::test]
+async fn header_rules_hold_when_lines_pass_as_written() {
+    // No header here is named by Connection, so both heads travel as written (h1.rs,
+    // wire.rs): the SPEC's rules must hold on that path too.
+    let be = TestBackend::start(|req: Request<hyper::body::Incoming>| async move {
+        let seen: Vec<String> = req
+            .headers()
+            .iter()
+            .map(|(k, v)| format!("{k}={}", String::from_utf8_lossy(v.as_bytes())))
+            .collect();
+        http::Response::builder()
+            .header("keep-alive", "timeout=5")
+            .header("proxy-connection", "keep-alive")
+            .header("x-request-id", "theirs")
+            .header("x-backend-kept", "1")
+            .body(full(seen.join("\n")))
+            .unwrap()
+    })
+    .await;
+    let lb = Sluice::over(&[be.url()], "").await;
+    let got = raw_exchange(
+        lb.addr,
+        b"GET / HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\nKeep-Alive: 5\r\n\
+          Proxy-Connection: keep-alive\r\nTE: gzip\r\nUpgrade: h2c\r\nX-Forwarded-For: 203.0.113.9\r\n\
+          X-Forwarded-Proto: https\r\nX-Forwarded-Host: evil.example\r\nX-Request-Id: mine\r\n\
+          X-End: kept\r\n\r\n",
+        DEADLINE,
+    )
+    .await;
+    let seen: Vec<&str> = body_of(&got).lines().collect();
+    for gone in [
+        "connection=",
+        "keep-alive=",
+        "proxy-connection=",
+        "te=",
+        "upgrade=",
+    ] {
+        assert!(
+            !seen.iter().any(|l| l.starts_with(gone)),
+            "{gone} reached the backend: {seen:?}"
+        );
+    }
+    for kept in [
+        "host=shop.example",
+        "x-forwarded-for=203.0.113.9, 127.0.0.1",
+        "x-forwarded-proto=http",
+        "x-forwarded-host=shop.example",
+        "x-request-id=mine",
+        "x-end=kept",
+    ] {
+        let name = &kept[..=kept.find('=').unwrap()];
+        let lines: Vec<&&str> = seen.iter().filter(|l| l.starts_with(name)).collect();
+        assert_eq!(lines, [&kept], "{seen:?}");
+    }
+    let head = got[..got.find("\r\n\r\n").unwrap()].to_ascii_lowercase();
+    assert!(!head.contains("\r\nkeep-alive:"), "{head}");
+    assert!(!head.contains("\r\nproxy-connection:"), "{head}");
+    assert!(head.contains("\r\nx-backend-kept: 1"), "{head}");
+    assert_eq!(head.matches("\r\nx-request-id:").count(), 1, "{head}");
+    assert!(head.contains("\r\nx-request-id: mine"), "{head}");
+}
+
+#[tokio::test]
 async fn te_trailers_is_the_one_te_that_passes() {
     let be = TestBackend::echo().await;
     let lb = Sluice::over(&[be.url()], "").await;
