@@ -13,6 +13,7 @@ pub mod config;
 pub mod demo;
 pub mod health;
 pub mod memory;
+pub mod metrics;
 pub mod proxy;
 pub mod reload;
 pub mod telemetry;

@@ -20,6 +20,7 @@ pub enum ReloadError {
 
 /// Reloads the config file into `shared`.
 pub fn reload(shared: &Shared) -> Result<(), ReloadError> {
+    let _edit = shared.edits.lock().unwrap_or_else(|p| p.into_inner());
     let path = shared.config_path.as_deref().ok_or(ReloadError::NoFile)?;
     let mut config = config::load(path)?;
     if let Some(overrides) = &shared.overrides {

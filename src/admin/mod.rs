@@ -16,8 +16,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::metrics::Text;
 use crate::proxy::Shared;
 use crate::reload;
+
+mod edit;
 
 const DASHBOARD: &str = include_str!("dashboard.html");
 
@@ -76,6 +79,11 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>>
         (&Method::GET, "/") => reply(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/status") => reply(StatusCode::OK, "application/json", status_json(shared)),
+        (&Method::GET, "/metrics") => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics_text(shared),
+        ),
         (&Method::POST, "/reload") => {
             if let Some(denied) = check_token(shared, &req) {
                 return denied;
@@ -85,25 +93,60 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>>
                 Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
             }
         }
-        (&Method::POST, path) if path.starts_with("/upstreams/") => {
+        (&Method::POST | &Method::DELETE, path) if path.starts_with("/upstreams/") => {
             if let Some(denied) = check_token(shared, &req) {
                 return denied;
             }
-            backend_action(shared, path)
+            let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+            match (req.method(), &parts[..]) {
+                (&Method::POST, ["upstreams", name, "backends"]) => {
+                    let name = (*name).to_owned();
+                    match read_small_body(req).await {
+                        Ok(body) => edit::add(shared, &name, &body),
+                        Err(e) => e,
+                    }
+                }
+                (&Method::DELETE, ["upstreams", name, "backends", id]) => {
+                    edit::remove(shared, name, id)
+                }
+                (&Method::POST, ["upstreams", name, "backends", id, action]) => {
+                    backend_action(shared, name, id, action)
+                }
+                _ => text(StatusCode::NOT_FOUND, "not found\n"),
+            }
         }
-        (_, "/" | "/healthz" | "/status" | "/reload") => {
+        (_, "/" | "/healthz" | "/status" | "/metrics" | "/reload") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
 
+/// The body of an admin call, up to `MAX_ADMIN_BODY`; an answer to give instead when
+/// it is larger or cannot be read.
+async fn read_small_body(req: Request<Incoming>) -> Result<Bytes, Response<Full<Bytes>>> {
+    use http_body_util::{BodyExt, Limited};
+    match Limited::new(req.into_body(), MAX_ADMIN_BODY)
+        .collect()
+        .await
+    {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body over {MAX_ADMIN_BODY} bytes\n"),
+        )),
+        Err(_) => Err(text(
+            StatusCode::BAD_REQUEST,
+            "request body could not be read\n",
+        )),
+    }
+}
+
+/// Admin calls carry a few bytes of JSON.
+const MAX_ADMIN_BODY: usize = 64 * 1024;
+
 /// `POST /upstreams/{name}/backends/{host:port}/{drain|enable}`.
-fn backend_action(shared: &Shared, path: &str) -> Response<Full<Bytes>> {
-    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let ["upstreams", name, "backends", id, action] = parts[..] else {
-        return text(StatusCode::NOT_FOUND, "not found\n");
-    };
+fn backend_action(shared: &Shared, name: &str, id: &str, action: &str) -> Response<Full<Bytes>> {
     let draining = match action {
         "drain" => true,
         "enable" => false,
@@ -205,4 +248,135 @@ pub fn status_json(shared: &Shared) -> String {
             .collect(),
     };
     serde_json::to_string(&status).unwrap_or_else(|_| "{}".to_owned())
+}
+
+/// Renders `/metrics` (Prometheus text format, SPEC §5) from the live snapshot and
+/// counters.
+pub fn metrics_text(shared: &Shared) -> String {
+    let snap = shared.snapshot.load();
+    let now = Instant::now();
+    let mut t = Text::default();
+
+    t.family(
+        "sluice_requests_total",
+        "counter",
+        "Client requests, by upstream, the backend that gave the final answer, and status code. \
+         Empty labels: answered before a backend (or an upstream) was chosen; 499: the client left first.",
+    );
+    shared.unrouted.each(|code, n| {
+        t.sample(
+            "sluice_requests_total",
+            &[
+                ("upstream", ""),
+                ("backend", ""),
+                ("code", &code.to_string()),
+            ],
+            n,
+        );
+    });
+    for u in snap.upstreams.iter() {
+        u.stats.unpicked.each(|code, n| {
+            t.sample(
+                "sluice_requests_total",
+                &[
+                    ("upstream", &u.name),
+                    ("backend", ""),
+                    ("code", &code.to_string()),
+                ],
+                n,
+            );
+        });
+        for b in u.all.iter() {
+            b.stats.codes.each(|code, n| {
+                t.sample(
+                    "sluice_requests_total",
+                    &[
+                        ("upstream", &u.name),
+                        ("backend", &b.id),
+                        ("code", &code.to_string()),
+                    ],
+                    n,
+                );
+            });
+        }
+    }
+
+    t.family(
+        "sluice_request_duration_seconds",
+        "histogram",
+        "Time from a request's arrival to the end of its response, by upstream.",
+    );
+    for u in snap.upstreams.iter() {
+        t.histogram(
+            "sluice_request_duration_seconds",
+            &[("upstream", &u.name)],
+            &u.stats.duration,
+        );
+    }
+
+    let backends = || {
+        snap.upstreams
+            .iter()
+            .flat_map(|u| u.all.iter().map(move |b| (&*u.name, b)))
+    };
+    t.family(
+        "sluice_backend_healthy",
+        "gauge",
+        "1 unless active checks found the backend unhealthy or passive checks ejected it.",
+    );
+    for (u, b) in backends() {
+        let healthy = !b.stats.is_unhealthy() && !b.stats.is_ejected(now);
+        t.sample(
+            "sluice_backend_healthy",
+            &[("upstream", u), ("backend", &b.id)],
+            u8::from(healthy),
+        );
+    }
+    t.family(
+        "sluice_backend_inflight",
+        "gauge",
+        "Requests in flight to the backend.",
+    );
+    for (u, b) in backends() {
+        let n = b.stats.inflight.load(Ordering::Relaxed);
+        t.sample(
+            "sluice_backend_inflight",
+            &[("upstream", u), ("backend", &b.id)],
+            n,
+        );
+    }
+    t.family(
+        "sluice_backend_failures_total",
+        "counter",
+        "Failed attempts on the backend: no connection, broken off, timed out, or a status counted as failure.",
+    );
+    for (u, b) in backends() {
+        let n = b.stats.failures.load(Ordering::Relaxed);
+        t.sample(
+            "sluice_backend_failures_total",
+            &[("upstream", u), ("backend", &b.id)],
+            n,
+        );
+    }
+
+    t.family(
+        "sluice_retries_total",
+        "counter",
+        "Retries the retry policy allowed, by upstream.",
+    );
+    for u in snap.upstreams.iter() {
+        let n = u.stats.retries.load(Ordering::Relaxed);
+        t.sample("sluice_retries_total", &[("upstream", &u.name)], n);
+    }
+
+    t.family(
+        "sluice_client_connections",
+        "gauge",
+        "Open client connections.",
+    );
+    let open = shared.connections.get().map_or(0, |(permits, max)| {
+        max.saturating_sub(permits.available_permits())
+    });
+    t.sample("sluice_client_connections", &[], open);
+    t.finish()
 }

@@ -18,6 +18,7 @@ use hyper::body::Incoming;
 use super::client::{BackendBody, BodyError};
 use super::conn::Activity;
 use super::h1::H1Body;
+use crate::metrics::{self, UpstreamStats};
 use crate::telemetry::{self, AccessRecord};
 use crate::upstream::Backend;
 
@@ -112,8 +113,12 @@ impl Body for RequestBody {
 /// Everything to settle when a request is over; see the module doc.
 pub struct Completion {
     pub activity: Arc<Activity>,
-    /// The upstream the request was routed to.
-    pub upstream: Option<Arc<str>>,
+    /// The upstream the request was routed to (its name and counters).
+    pub upstream: Option<Arc<UpstreamStats>>,
+    /// When the request arrived (its head was read).
+    pub started: tokio::time::Instant,
+    /// The status the client was answered with; 0 until one is chosen.
+    pub status: u16,
     /// The backend whose in-flight count this request holds.
     pub backend: Option<Arc<Backend>>,
     /// Present when the access log is on. Boxed: this struct travels inside every
@@ -127,6 +132,8 @@ impl Completion {
         Completion {
             activity,
             upstream: None,
+            started: tokio::time::Instant::now(),
+            status: 0,
             backend: None,
             record: None,
         }
@@ -144,11 +151,22 @@ impl Completion {
 
 impl Drop for Completion {
     fn drop(&mut self) {
+        if let Some(u) = &self.upstream {
+            let status = match self.status {
+                0 => metrics::CLIENT_CLOSED,
+                s => s,
+            };
+            u.duration.observe(self.started.elapsed());
+            match &self.backend {
+                Some(b) => b.stats.codes.add(status),
+                None => u.unpicked.add(status),
+            }
+        }
         if let Some(r) = self.record.as_mut() {
             r.finish();
             telemetry::access(
                 r,
-                self.upstream.as_deref().unwrap_or("-"),
+                self.upstream.as_ref().map_or("-", |u| &u.name),
                 self.backend.as_ref().map_or("-", |b| &b.id),
             );
         }

@@ -100,6 +100,10 @@ pub fn handle(
     // Worked on where it lies in this future: moving it into one of its own would
     // copy some hundreds of bytes.
     let mut prepared = prepare(shared, conn, req, raw, &mut done, &request_id);
+    if let (Err(e), None) = (&prepared, &done.upstream) {
+        // Refused before routing (no route, framing, limits): counted apart.
+        shared.unrouted.add(e.status().as_u16());
+    }
     let conn = Arc::clone(conn);
     async move {
         let result = match prepared {
@@ -121,8 +125,9 @@ fn respond(
             // Hop-by-hop headers were dropped as the head was parsed (wire.rs).
             let (mut parts, body) = resp.into_parts();
             parts.headers.insert(&X_REQUEST_ID, request_id);
+            done.status = parts.status.as_u16();
             if let Some(r) = done.record.as_mut() {
-                r.status = parts.status.as_u16();
+                r.status = done.status;
             }
             Response::from_parts(parts, ResponseBody::proxied(body, done))
         }
@@ -131,7 +136,7 @@ fn respond(
             if status.is_server_error() {
                 tracing::warn!(
                     status = status.as_u16(),
-                    upstream = done.upstream.as_deref(),
+                    upstream = done.upstream.as_ref().map(|u| &*u.name),
                     backend = done.backend.as_ref().map(|b| &*b.id),
                     error = %chain(&e),
                     "request failed"
@@ -139,8 +144,9 @@ fn respond(
             } else {
                 tracing::debug!(status = status.as_u16(), error = %e, "request refused");
             }
+            done.status = status.as_u16();
             if let Some(r) = done.record.as_mut() {
-                r.status = status.as_u16();
+                r.status = done.status;
             }
             let mut resp = Response::new(ResponseBody::local(e.body(), Some(done)));
             *resp.status_mut() = status;
@@ -251,9 +257,9 @@ fn prepare(
         });
         (Arc::clone(upstream), rewritten)
     };
-    done.upstream = Some(Arc::clone(&upstream.name));
+    done.upstream = Some(Arc::clone(&upstream.stats));
 
-    let now = Instant::now();
+    let now = done.started;
     upstream.budget.record_request(now);
     let hashing = upstream.config.strategy == StrategyKind::ConsistentHash;
     let sticky_cookie = upstream.config.sticky.as_ref().map(|s| s.cookie.as_str());
@@ -421,10 +427,14 @@ async fn attempts(
         fresh = false;
         let stats = &backend.stats;
         let may_retry = |on: RetryOn, resendable: bool, retries: u32| {
-            resendable
+            let go = resendable
                 && retries < retry.attempts
                 && retry.on.contains(&on)
-                && upstream.budget.try_retry(Instant::now())
+                && upstream.budget.try_retry(Instant::now());
+            if go {
+                upstream.stats.retries.fetch_add(1, Ordering::Relaxed);
+            }
+            go
         };
         match result {
             Ok(Ok(mut resp)) => {

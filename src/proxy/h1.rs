@@ -189,6 +189,10 @@ pub async fn serve(sock: &mut Sock, shared: &Shared, info: &Arc<ConnInfo>, flags
                     Ok(Some(head)) => break head,
                     Ok(None) => {}
                     Err(e) => {
+                        shared.unrouted.add(match e {
+                            HeadError::TooLarge => 431,
+                            HeadError::Bad(_) => 400,
+                        });
                         let _ = refuse(&mut sock.wr, &mut out, &e).await;
                         return End::Linger;
                     }

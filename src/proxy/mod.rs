@@ -33,6 +33,13 @@ pub struct Shared {
     /// The file to read again on reload; None when running from flags only.
     pub config_path: Option<PathBuf>,
     pub overrides: Option<Overrides>,
+    /// Requests answered before any upstream was chosen, by status (`/metrics`).
+    pub unrouted: crate::metrics::CodeCounts,
+    /// The `max_connections` permits and their number, once the listeners serve: open
+    /// client connections are the permits taken.
+    pub connections: std::sync::OnceLock<(Arc<tokio::sync::Semaphore>, usize)>,
+    /// Serializes configuration changes (reloads and admin edits).
+    pub edits: std::sync::Mutex<()>,
     /// Active health checkers of the current snapshot, replaced with it.
     checkers: std::sync::Mutex<Option<crate::health::Checkers>>,
 }
@@ -50,6 +57,9 @@ impl Shared {
             config: ArcSwap::from_pointee(config),
             config_path,
             overrides,
+            unrouted: Default::default(),
+            connections: std::sync::OnceLock::new(),
+            edits: std::sync::Mutex::new(()),
             checkers: std::sync::Mutex::new(None),
         })
     }
@@ -73,6 +83,17 @@ impl Shared {
     /// their tables; backend stats and pools carry over by URL.
     pub fn apply(&self, config: Config) {
         let snapshot = upstream::build(&config, Some(&self.snapshot.load()));
+        self.install(config, snapshot);
+    }
+
+    /// Makes `config`, edited through the admin API, the running configuration; unlike
+    /// `apply`, drains set through the API stay.
+    pub fn apply_edit(&self, config: Config) {
+        let snapshot = upstream::build_edited(&config, &self.snapshot.load());
+        self.install(config, snapshot);
+    }
+
+    fn install(&self, config: Config, snapshot: Snapshot) {
         self.limits.store(Arc::new(config.limits.clone()));
         self.snapshot.store(Arc::new(snapshot));
         self.config.store(Arc::new(config));

@@ -131,6 +131,10 @@ impl Server {
         // acquire_many takes a u32; no machine holds that many sockets anyway.
         let max = u32::try_from(limits.max_connections).unwrap_or(u32::MAX >> 3);
         let permits = Arc::new(Semaphore::new(max as usize));
+        let _ = self
+            .shared
+            .connections
+            .set((Arc::clone(&permits), max as usize));
         let protocols = Arc::new(Protocols::new(limits.max_header_bytes));
 
         let mut loops = Vec::new();

@@ -66,6 +66,8 @@ pub struct BackendStats {
     pub inflight: AtomicU32,
     pub requests: AtomicU64,
     pub failures: AtomicU64,
+    /// Client requests this backend gave the final answer to, by status (`/metrics`).
+    pub codes: crate::metrics::CodeCounts,
     state: AtomicU8,
     /// Nanoseconds since `epoch` until which the backend is ejected; 0 = never was.
     ejected_until: AtomicU64,
@@ -93,6 +95,7 @@ impl Default for BackendStats {
             inflight: AtomicU32::new(0),
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            codes: Default::default(),
             state: AtomicU8::new(0),
             ejected_until: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use super::{Backend, BackendStats, Route, Snapshot, Tier, Upstream};
 use crate::config::Config;
+use crate::metrics::UpstreamStats;
 use crate::proxy::client::Client;
 use crate::proxy::client::Pool;
 use crate::proxy::retry::Budget;
@@ -15,7 +16,18 @@ use crate::proxy::retry::Budget;
 type Carried<'a> = (&'a Arc<BackendStats>, &'a Arc<Pool>);
 
 /// Builds a snapshot of `config`, reusing state from `previous` where backends match.
+/// Admin changes (drains) are undone: this is for the config file's own contents.
 pub fn build(config: &Config, previous: Option<&Snapshot>) -> Snapshot {
+    build_with(config, previous, true)
+}
+
+/// Like `build`, for a config the admin API edited: drains stay, as the other admin
+/// changes do, until the next reload.
+pub fn build_edited(config: &Config, previous: &Snapshot) -> Snapshot {
+    build_with(config, Some(previous), false)
+}
+
+fn build_with(config: &Config, previous: Option<&Snapshot>, undo_admin: bool) -> Snapshot {
     let mut old_stats: HashMap<(&str, String), Carried<'_>> = HashMap::new();
     if let Some(prev) = previous {
         for u in prev.upstreams.iter() {
@@ -38,7 +50,9 @@ pub fn build(config: &Config, previous: Option<&Snapshot>) -> Snapshot {
                             // Health and counters carry over; admin changes (drain) last
                             // only until the next reload (SPEC §5). A health verdict is
                             // kept only while health checks run to revise it.
-                            s.set_draining(false);
+                            if undo_admin {
+                                s.set_draining(false);
+                            }
                             if cfg.health.is_none() {
                                 s.set_unhealthy(false);
                             }
@@ -72,8 +86,15 @@ pub fn build(config: &Config, previous: Option<&Snapshot>) -> Snapshot {
                     || Arc::new(Budget::new(cfg.retry.budget_percent)),
                     Arc::clone,
                 );
+            let stats = previous
+                .and_then(|p| p.upstreams.iter().find(|u| *u.name == *cfg.name))
+                .map_or_else(
+                    || Arc::new(UpstreamStats::new(&cfg.name)),
+                    |u| Arc::clone(&u.stats),
+                );
             Arc::new(Upstream {
-                name: cfg.name.as_str().into(),
+                name: Arc::clone(&stats.name),
+                stats,
                 config: cfg.clone(),
                 primaries: Tier::new(cfg, primaries),
                 backups: Tier::new(cfg, backups),

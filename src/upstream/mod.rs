@@ -14,7 +14,7 @@ use crate::config::UpstreamConfig;
 use crate::proxy::client::Client;
 
 pub use backend::{Backend, BackendStats, State};
-pub use build::build;
+pub use build::{build, build_edited};
 pub use route::{Route, host_of, request_host};
 
 /// Routes and upstreams as one unit; replaced, never mutated.
@@ -63,6 +63,8 @@ impl Tier {
 /// A pool of backends, its strategy and its client (connection pools).
 pub struct Upstream {
     pub name: Arc<str>,
+    /// Counters for `/metrics`, kept across snapshots by name (holds the name too).
+    pub stats: Arc<crate::metrics::UpstreamStats>,
     pub config: UpstreamConfig,
     /// Every backend in config order (for /status).
     pub all: Box<[Arc<Backend>]>,

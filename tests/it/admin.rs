@@ -1,6 +1,10 @@
 //! Admin API basics (SPEC §5): health, status JSON, drain/enable, reload errors.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use http::StatusCode;
+use tokio::sync::Notify;
 
 use crate::support::*;
 
@@ -145,4 +149,205 @@ async fn admin_changes_last_until_the_next_reload() {
         StatusCode::OK,
         "the reload undid the drain"
     );
+}
+
+fn web_with_admin(backends: &[String]) -> String {
+    let list: Vec<String> = backends
+        .iter()
+        .map(|b| format!("{{ url = \"{b}\" }}"))
+        .collect();
+    format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n[upstream.web]\nbackends = [{}]\n",
+        list.join(", ")
+    )
+}
+
+fn status_of(body: &str) -> Vec<(String, u64, String)> {
+    let j: serde_json::Value = serde_json::from_str(body).unwrap();
+    j["upstreams"][0]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["url"].as_str().unwrap().to_owned(),
+                b["weight"].as_u64().unwrap(),
+                b["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn backends_are_added_and_removed_through_the_api() {
+    let a = TestBackend::replying("a").await;
+    let b = TestBackend::replying("b").await;
+    let text = web_with_admin(&[a.url()]);
+    let lb = Sluice::start(&text).await;
+    let add = |body: String| {
+        let lb = &lb;
+        async move {
+            lb.admin_with("POST", "/upstreams/web/backends", &body)
+                .await
+        }
+    };
+
+    let (s, msg) = add(format!(r#"{{"url": "{}", "weight": 3}}"#, b.url())).await;
+    assert_eq!(
+        (s, msg.as_str()),
+        (StatusCode::CREATED, &*format!("added: {}\n", b.addr))
+    );
+    let (_, body) = lb.admin("GET", "/status").await;
+    assert_eq!(
+        status_of(&body),
+        vec![
+            (a.url(), 1, "healthy".into()),
+            (b.url(), 3, "healthy".into())
+        ]
+    );
+    let bodies = lb.get_many("/", 8).await;
+    assert_eq!(
+        (count(&bodies, "a"), count(&bodies, "b")),
+        (2, 6),
+        "the added backend takes its 3:1 share: {bodies:?}"
+    );
+
+    // Refusals: each a clear status, the running set unchanged.
+    let c = TestBackend::replying("c").await;
+    for (body, want) in [
+        (format!(r#"{{"url": "{}"}}"#, b.url()), StatusCode::CONFLICT),
+        ("{\"url\": ".to_owned(), StatusCode::BAD_REQUEST),
+        (r#"{"weight": 2}"#.to_owned(), StatusCode::BAD_REQUEST),
+        (
+            format!(r#"{{"url": "{}", "wieght": 2}}"#, c.url()),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            format!(r#"{{"url": "{}", "weight": 0}}"#, c.url()),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            r#"{"url": "ftp://127.0.0.1:21"}"#.to_owned(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            r#"{"url": "127.0.0.1"}"#.to_owned(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            r#"{"url": "https://127.0.0.1:8443"}"#.to_owned(),
+            StatusCode::BAD_REQUEST,
+        ),
+    ] {
+        assert_eq!(add(body.clone()).await.0, want, "{body}");
+    }
+    assert_eq!(
+        lb.admin_with(
+            "POST",
+            "/upstreams/nope/backends",
+            &format!(r#"{{"url": "{}"}}"#, c.url())
+        )
+        .await
+        .0,
+        StatusCode::NOT_FOUND
+    );
+    let (_, body) = lb.admin("GET", "/status").await;
+    assert_eq!(status_of(&body).len(), 2);
+
+    // Removal: out of rotation when the answer comes.
+    let (s, msg) = lb
+        .admin("DELETE", &format!("/upstreams/web/backends/{}", a.addr))
+        .await;
+    assert_eq!(
+        (s, msg.as_str()),
+        (StatusCode::OK, &*format!("removed: {}\n", a.addr))
+    );
+    let bodies = lb.get_many("/", 6).await;
+    assert_eq!(count(&bodies, "b"), 6, "{bodies:?}");
+    for (path, want) in [
+        (
+            format!("/upstreams/web/backends/{}", a.addr),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "/upstreams/nope/backends/1.2.3.4:5".to_owned(),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            format!("/upstreams/web/backends/{}", b.addr),
+            StatusCode::CONFLICT,
+        ),
+    ] {
+        assert_eq!(lb.admin("DELETE", &path).await.0, want, "{path}");
+    }
+
+    // Like the other admin changes, these last until the next reload.
+    lb.shared
+        .apply(sluice::config::parse_str(&text, std::path::Path::new("t.toml")).unwrap());
+    let bodies = lb.get_many("/", 3).await;
+    assert_eq!(count(&bodies, "a"), 3, "{bodies:?}");
+}
+
+#[tokio::test]
+async fn an_edit_keeps_drains_and_counters() {
+    let a = TestBackend::replying("a").await;
+    let b = TestBackend::replying("b").await;
+    let c = TestBackend::replying("c").await;
+    let lb = Sluice::start(&web_with_admin(&[a.url(), b.url()])).await;
+    lb.get_many("/", 4).await;
+    lb.admin("POST", &format!("/upstreams/web/backends/{}/drain", a.addr))
+        .await;
+    let (s, _) = lb
+        .admin_with(
+            "POST",
+            "/upstreams/web/backends",
+            &format!(r#"{{"url": "{}"}}"#, c.url()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (_, body) = lb.admin("GET", "/status").await;
+    let j: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let be = &j["upstreams"][0]["backends"];
+    assert_eq!(be[0]["state"], "draining", "the drain outlived the edit");
+    assert_eq!(be[0]["requests"], 2, "counters carry over");
+    let bodies = lb.get_many("/", 10).await;
+    assert_eq!(count(&bodies, "a"), 0, "{bodies:?}");
+}
+
+#[tokio::test]
+async fn a_removed_backend_finishes_its_requests() {
+    let gate = Arc::new(Notify::new());
+    let g = gate.clone();
+    let slow = TestBackend::start(move |_req| {
+        let g = g.clone();
+        async move {
+            g.notified().await;
+            http::Response::new(full("finished"))
+        }
+    })
+    .await;
+    let other = TestBackend::replying("other").await;
+    let text = web_with_admin(&[slow.url(), other.url()]) + "strategy = \"first\"\n";
+    let lb = Arc::new(Sluice::start(&text).await);
+    let pending = {
+        let lb = lb.clone();
+        tokio::spawn(async move { lb.get("/").await })
+    };
+    tokio::time::timeout(DEADLINE, async {
+        while slow.hits() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the first request reached the slow backend");
+    let (s, _) = lb
+        .admin("DELETE", &format!("/upstreams/web/backends/{}", slow.addr))
+        .await;
+    assert_eq!(s, StatusCode::OK, "answered while its request is in flight");
+    assert!(!pending.is_finished());
+    let bodies = lb.get_many("/", 4).await;
+    assert_eq!(count(&bodies, "other"), 4, "{bodies:?}");
+    gate.notify_waiters();
+    let (s, _, body) = pending.await.unwrap();
+    assert_eq!((s, body.as_str()), (StatusCode::OK, "finished"));
 }

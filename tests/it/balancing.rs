@@ -8,10 +8,6 @@ use tokio::sync::Notify;
 
 use crate::support::*;
 
-fn count(bodies: &[String], name: &str) -> usize {
-    bodies.iter().filter(|b| *b == name).count()
-}
-
 #[tokio::test]
 async fn round_robin_with_equal_weights_rotates_strictly() {
     let a = TestBackend::replying("a").await;

@@ -8,6 +8,7 @@ mod health;
 mod http1;
 mod lifecycle;
 mod limits;
+mod metrics;
 mod outlier;
 mod parking;
 mod proxying;

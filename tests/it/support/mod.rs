@@ -197,6 +197,11 @@ impl TestBackend {
     }
 }
 
+/// How many of `bodies` are exactly `name`.
+pub fn count(bodies: &[String], name: &str) -> usize {
+    bodies.iter().filter(|b| *b == name).count()
+}
+
 /// An address on 127.0.0.1 where nothing listens (bound, then released).
 pub async fn dead_addr() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -309,14 +314,28 @@ impl Sluice {
 
     /// A call to the admin API.
     pub async fn admin(&self, method: &str, path: &str) -> (StatusCode, String) {
+        self.admin_with(method, path, "").await
+    }
+
+    /// A call to the admin API with a body.
+    pub async fn admin_with(&self, method: &str, path: &str, body: &str) -> (StatusCode, String) {
         let addr = self.admin.expect("admin configured");
         let req = Request::builder()
             .method(method)
             .uri(format!("http://{addr}{path}"))
-            .body(Full::default())
+            .body(Full::new(Bytes::from(body.to_owned())))
             .unwrap();
         let (s, _, b) = send_with(&self.client, req).await;
         (s, b)
+    }
+
+    /// The value of the `/metrics` sample written exactly as `series` (name and
+    /// labels), or None when it is absent.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let (s, body) = self.admin("GET", "/metrics").await;
+        assert_eq!(s, StatusCode::OK);
+        body.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
     }
 }
 

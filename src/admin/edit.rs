@@ -1,0 +1,110 @@
+//! Adding and removing backends through the admin API (SPEC §5). An edit changes a copy
+//! of the running configuration and swaps in a snapshot built from it, the way a reload
+//! does; the next reload of the file undoes it. Backends that stay keep their counters,
+//! health, drains and idle connections; one added starts its slow start.
+
+use bytes::Bytes;
+use http::StatusCode;
+use http_body_util::Full;
+use hyper::Response;
+
+use super::text;
+use crate::config::{BackendConfig, BackendUrl, MAX_WEIGHT};
+use crate::proxy::Shared;
+
+/// The body of `POST /upstreams/{name}/backends`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewBackend {
+    url: String,
+    #[serde(default)]
+    weight: Option<i64>,
+    #[serde(default)]
+    backup: bool,
+}
+
+/// `POST /upstreams/{name}/backends`: 201 once the backend is in rotation.
+pub fn add(shared: &Shared, name: &str, body: &[u8]) -> Response<Full<Bytes>> {
+    let new: NewBackend = match serde_json::from_slice(body) {
+        Ok(n) => n,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}\n")),
+    };
+    let url = match BackendUrl::parse(&new.url) {
+        Ok(u) => u,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+    };
+    let weight = match new.weight {
+        None => 1,
+        Some(w) if (1..=i64::from(MAX_WEIGHT)).contains(&w) => w as u32,
+        Some(w) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("weight {w} is out of range; expected 1 to {MAX_WEIGHT}\n"),
+            );
+        }
+    };
+    let id = url.id();
+    let _edit = shared.edits.lock().unwrap_or_else(|p| p.into_inner());
+    let mut config = (**shared.config.load()).clone();
+    let Some(upstream) = config.upstreams.iter_mut().find(|u| u.name == name) else {
+        return no_upstream(name);
+    };
+    if upstream.backends.iter().any(|b| b.url.id() == id) {
+        return text(
+            StatusCode::CONFLICT,
+            format!("upstream \"{name}\" already has backend {id}\n"),
+        );
+    }
+    upstream.backends.push(BackendConfig {
+        url,
+        weight,
+        backup: new.backup,
+    });
+    if let Err(e) = crate::proxy::server::check_supported(&config) {
+        return text(StatusCode::BAD_REQUEST, format!("{e}\n"));
+    }
+    shared.apply_edit(config);
+    tracing::info!(
+        upstream = name,
+        backend = %id,
+        weight,
+        backup = new.backup,
+        "backend added by admin"
+    );
+    text(StatusCode::CREATED, format!("added: {id}\n"))
+}
+
+/// `DELETE /upstreams/{name}/backends/{host:port}`: 200 once the backend is out of
+/// rotation; requests already sent to it finish on their own.
+pub fn remove(shared: &Shared, name: &str, id: &str) -> Response<Full<Bytes>> {
+    let _edit = shared.edits.lock().unwrap_or_else(|p| p.into_inner());
+    let mut config = (**shared.config.load()).clone();
+    let Some(upstream) = config.upstreams.iter_mut().find(|u| u.name == name) else {
+        return no_upstream(name);
+    };
+    let Some(at) = upstream.backends.iter().position(|b| b.url.id() == id) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("upstream \"{name}\" has no backend {id}\n"),
+        );
+    };
+    if upstream.backends.len() == 1 {
+        return text(
+            StatusCode::CONFLICT,
+            format!(
+                "{id} is the last backend of upstream \"{name}\"; add another first, or drain it\n"
+            ),
+        );
+    }
+    upstream.backends.remove(at);
+    shared.apply_edit(config);
+    tracing::info!(upstream = name, backend = id, "backend removed by admin");
+    text(StatusCode::OK, format!("removed: {id}\n"))
+}
+
+fn no_upstream(name: &str) -> Response<Full<Bytes>> {
+    text(
+        StatusCode::NOT_FOUND,
+        format!("no upstream named \"{name}\"\n"),
+    )
+}
