@@ -39,7 +39,18 @@ fn finish(r: Result<(), String>) -> ExitCode {
 /// `sluice check -c FILE`
 fn check(path: &std::path::Path) -> ExitCode {
     match config::load(path) {
-        Ok(_) => {
+        Ok(c) => {
+            // Certificates are files of their own: read them as startup would.
+            let mut ok = true;
+            for l in &c.listeners {
+                if let Some(Err(e)) = l.tls.as_ref().map(sluice::proxy::tls::acceptor) {
+                    eprintln!("{}: listener {}: {e}", path.display(), l.address);
+                    ok = false;
+                }
+            }
+            if !ok {
+                return ExitCode::FAILURE;
+            }
             println!("{}: ok", path.display());
             ExitCode::SUCCESS
         }

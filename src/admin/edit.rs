@@ -75,7 +75,8 @@ pub fn add(shared: &Shared, name: &str, body: &[u8]) -> Response<Full<Bytes>> {
 }
 
 /// `DELETE /upstreams/{name}/backends/{host:port}`: 200 once the backend is out of
-/// rotation; requests already sent to it finish on their own.
+/// rotation; requests already sent to it finish on their own. The last backend may go
+/// too: the upstream then answers 503.
 pub fn remove(shared: &Shared, name: &str, id: &str) -> Response<Full<Bytes>> {
     let _edit = shared.edits.lock().unwrap_or_else(|p| p.into_inner());
     let mut config = (**shared.config.load()).clone();
@@ -88,15 +89,17 @@ pub fn remove(shared: &Shared, name: &str, id: &str) -> Response<Full<Bytes>> {
             format!("upstream \"{name}\" has no backend {id}\n"),
         );
     };
-    if upstream.backends.len() == 1 {
-        return text(
-            StatusCode::CONFLICT,
-            format!(
-                "{id} is the last backend of upstream \"{name}\"; add another first, or drain it\n"
-            ),
-        );
-    }
     upstream.backends.remove(at);
+    // Requests routed before the swap hold the old snapshot, where the backend is still
+    // listed; draining it keeps their retries off it too.
+    if let Some(b) = shared
+        .snapshot
+        .load()
+        .upstream(name)
+        .and_then(|u| u.all.iter().find(|b| &*b.id == id))
+    {
+        b.stats.set_draining(true);
+    }
     shared.apply_edit(config);
     tracing::info!(upstream = name, backend = id, "backend removed by admin");
     text(StatusCode::OK, format!("removed: {id}\n"))

@@ -376,6 +376,7 @@ pub fn metrics_text(shared: &Shared) -> String {
     );
     let open = shared.connections.get().map_or(0, |(permits, max)| {
         max.saturating_sub(permits.available_permits())
+            .saturating_sub(shared.accepting.load(Ordering::Relaxed))
     });
     t.sample("sluice_client_connections", &[], open);
     t.finish()

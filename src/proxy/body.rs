@@ -27,8 +27,8 @@ pub enum ClientBody {
     Empty,
     /// HTTP/1.1, read by sluice's own server (h1.rs).
     H1(H1Body),
-    /// HTTP/2, read by hyper.
-    H2(Incoming),
+    /// Read by hyper: HTTP/2, and HTTP/1.1 over TLS.
+    Hyper(Incoming),
 }
 
 /// The request body sent to a backend.
@@ -77,7 +77,7 @@ impl Body for RequestBody {
             ClientBody::Empty => return Poll::Ready(None),
             ClientBody::H1(b) => ready!(Pin::new(b).poll_frame(cx))
                 .map(|r| r.map_err(|e| RequestBodyError::Client(e.into()))),
-            ClientBody::H2(b) => ready!(Pin::new(b).poll_frame(cx))
+            ClientBody::Hyper(b) => ready!(Pin::new(b).poll_frame(cx))
                 .map(|r| r.map_err(|e| RequestBodyError::Client(e.into()))),
         };
         if let Some(Ok(frame)) = &polled {
@@ -97,7 +97,7 @@ impl Body for RequestBody {
         match &self.inner {
             ClientBody::Empty => true,
             ClientBody::H1(b) => b.is_end_stream(),
-            ClientBody::H2(b) => b.is_end_stream(),
+            ClientBody::Hyper(b) => b.is_end_stream(),
         }
     }
 
@@ -105,7 +105,7 @@ impl Body for RequestBody {
         match &self.inner {
             ClientBody::Empty => SizeHint::with_exact(0),
             ClientBody::H1(b) => b.size_hint(),
-            ClientBody::H2(b) => b.size_hint(),
+            ClientBody::Hyper(b) => b.size_hint(),
         }
     }
 }

@@ -33,8 +33,9 @@ pub struct ConnInfo {
     /// `client`'s IP as a header value, for X-Forwarded-For.
     pub client_ip: HeaderValue,
     pub https: bool,
-    /// HTTP/2 (hyper); else HTTP/1.1 (h1.rs, which checks head sizes as it parses).
-    pub http2: bool,
+    /// Served by hyper (HTTP/2, and HTTP/1.1 over TLS): requests come as header maps;
+    /// else by h1.rs, which passes header lines raw and checks head sizes as it parses.
+    pub via_hyper: bool,
     pub activity: Arc<Activity>,
     /// The backend side of an accepted upgrade (101), for the connection task to join
     /// to the client once the HTTP/1.1 loop hands the socket back.
@@ -42,12 +43,17 @@ pub struct ConnInfo {
 }
 
 impl ConnInfo {
-    pub fn new(client: SocketAddr, https: bool, http2: bool, activity: Arc<Activity>) -> ConnInfo {
+    pub fn new(
+        client: SocketAddr,
+        https: bool,
+        via_hyper: bool,
+        activity: Arc<Activity>,
+    ) -> ConnInfo {
         ConnInfo {
             client,
             client_ip: headers::ip_value(client.ip()),
             https,
-            http2,
+            via_hyper,
             activity,
             upgrade: Mutex::new(None),
         }
@@ -228,7 +234,9 @@ fn prepare(
         (l.max_header_bytes, l.max_body_bytes)
     };
     // HTTP/1 heads were measured as they were parsed (h1.rs).
-    if conn.http2 && headers::head_size(req.method(), req.uri(), req.headers()) > max_header_bytes {
+    if conn.via_hyper
+        && headers::head_size(req.method(), req.uri(), req.headers()) > max_header_bytes
+    {
         return Err(ProxyError::HeadTooLarge);
     }
     let length = match &raw {
@@ -386,6 +394,7 @@ async fn attempts(
     let recycle = !replayable || !retry.on.iter().any(|o| matches!(o, RetryOn::Status(_)));
     let mut tried = Tried::default();
     let (mut tries, mut retries, mut fresh, mut stale_retried) = (0u32, 0u32, false, false);
+    let mut counted = 0u32;
     loop {
         let started = if tries == 0 { now } else { Instant::now() };
         // A sticky client's backend (or the one a stale connection failed on) first,
@@ -395,6 +404,11 @@ async fn attempts(
             _ => pick(upstream, key, &tried, started)?,
         };
         tried.insert(&backend);
+        if retries > counted {
+            // A retry the policy allowed, now that it has a backend to go to.
+            counted = retries;
+            upstream.stats.retries.fetch_add(1, Ordering::Relaxed);
+        }
         done.hold(&backend);
         tries += 1;
         if let Some(r) = done.record.as_mut() {
@@ -419,7 +433,7 @@ async fn attempts(
                     upgrade,
                     fresh,
                     recycle,
-                    raw_ok: !conn.http2,
+                    raw_ok: !conn.via_hyper,
                 },
             ),
         )
@@ -427,14 +441,10 @@ async fn attempts(
         fresh = false;
         let stats = &backend.stats;
         let may_retry = |on: RetryOn, resendable: bool, retries: u32| {
-            let go = resendable
+            resendable
                 && retries < retry.attempts
                 && retry.on.contains(&on)
-                && upstream.budget.try_retry(Instant::now());
-            if go {
-                upstream.stats.retries.fetch_add(1, Ordering::Relaxed);
-            }
-            go
+                && upstream.budget.try_retry(Instant::now())
         };
         match result {
             Ok(Ok(mut resp)) => {

@@ -10,6 +10,7 @@ pub mod headers;
 pub mod park;
 pub mod retry;
 pub mod server;
+pub mod tls;
 pub mod upgrade;
 pub mod wire;
 
@@ -38,6 +39,8 @@ pub struct Shared {
     /// The `max_connections` permits and their number, once the listeners serve: open
     /// client connections are the permits taken.
     pub connections: std::sync::OnceLock<(Arc<tokio::sync::Semaphore>, usize)>,
+    /// Permits held by accept loops waiting for a client, not by connections.
+    pub accepting: std::sync::atomic::AtomicUsize,
     /// Serializes configuration changes (reloads and admin edits).
     pub edits: std::sync::Mutex<()>,
     /// Active health checkers of the current snapshot, replaced with it.
@@ -59,6 +62,7 @@ impl Shared {
             overrides,
             unrouted: Default::default(),
             connections: std::sync::OnceLock::new(),
+            accepting: Default::default(),
             edits: std::sync::Mutex::new(()),
             checkers: std::sync::Mutex::new(None),
         })

@@ -14,16 +14,18 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use hyper::body::Incoming;
-use hyper::server::conn::http2;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
 
 use super::Shared;
 use super::body::{ClientBody, ResponseBody};
@@ -48,8 +50,12 @@ pub enum BindError {
         #[source]
         source: io::Error,
     },
-    #[error("listener {0}: TLS listeners are not supported by this build yet")]
-    TlsUnsupported(SocketAddr),
+    #[error("listener {addr}: {source}")]
+    Tls {
+        addr: SocketAddr,
+        #[source]
+        source: super::tls::TlsError,
+    },
     #[error("upstream \"{0}\": {1} is not supported by this build yet")]
     Unsupported(String, &'static str),
 }
@@ -58,12 +64,6 @@ pub enum BindError {
 /// wrongly; warns about those it runs with a documented stand-in.
 pub(crate) fn check_supported(config: &crate::config::Config) -> Result<(), BindError> {
     use crate::config::{Protocol, Scheme};
-    for l in &config.listeners {
-        if l.tls.is_some() {
-            // TODO(#4): TLS listeners.
-            return Err(BindError::TlsUnsupported(l.address));
-        }
-    }
     for u in &config.upstreams {
         if u.protocol != Protocol::Http1 {
             return Err(BindError::Unsupported(
@@ -81,7 +81,8 @@ pub(crate) fn check_supported(config: &crate::config::Config) -> Result<(), Bind
 /// Bound listeners, ready to serve.
 pub struct Server {
     shared: Arc<Shared>,
-    listeners: Vec<TcpListener>,
+    /// Each with its TLS acceptor when it is a TLS listener.
+    listeners: Vec<(TcpListener, Option<TlsAcceptor>)>,
     admin: Option<TcpListener>,
 }
 
@@ -98,7 +99,15 @@ impl Server {
         check_supported(&config)?;
         let mut listeners = Vec::new();
         for l in &config.listeners {
-            listeners.push(bind_one(l.address).await?);
+            // Certificates first: a bad one should not leave a port bound.
+            let tls = match &l.tls {
+                Some(t) => Some(super::tls::acceptor(t).map_err(|source| BindError::Tls {
+                    addr: l.address,
+                    source,
+                })?),
+                None => None,
+            };
+            listeners.push((bind_one(l.address).await?, tls));
         }
         let admin = match &config.admin {
             Some(a) => Some(bind_one(a.address).await?),
@@ -115,7 +124,7 @@ impl Server {
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners
             .iter()
-            .filter_map(|l| l.local_addr().ok())
+            .filter_map(|(l, _)| l.local_addr().ok())
             .collect()
     }
 
@@ -166,9 +175,10 @@ impl Server {
                 (None, None)
             }
         };
-        for listener in self.listeners {
+        for (listener, tls) in self.listeners {
             loops.push(tokio::spawn(accept_loop(
                 listener,
+                tls,
                 Arc::clone(&self.shared),
                 Arc::clone(&permits),
                 Arc::clone(&protocols),
@@ -207,9 +217,11 @@ impl Server {
     }
 }
 
-/// hyper's HTTP/2 server settings, shared by all connections (HTTP/1.1 is h1.rs).
+/// hyper's server settings, shared by all connections: HTTP/2, and HTTP/1.1 over TLS
+/// (plain HTTP/1.1 is h1.rs).
 struct Protocols {
     h2: http2::Builder<TokioExecutor>,
+    h1: http1::Builder,
 }
 
 impl Protocols {
@@ -217,12 +229,16 @@ impl Protocols {
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
-        Protocols { h2 }
+        let mut h1 = http1::Builder::new();
+        // hyper's smallest buffer is 8 KiB; prepare() measures heads against the limit.
+        h1.max_buf_size(max_header_bytes.max(8192));
+        Protocols { h2, h1 }
     }
 }
 
 async fn accept_loop(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     shared: Arc<Shared>,
     permits: Arc<Semaphore>,
     protocols: Arc<Protocols>,
@@ -241,16 +257,21 @@ async fn accept_loop(
             },
             _ = stop.changed() => return,
         };
-        let (stream, client) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => return,
+        // A permit held here is no connection yet (for the connection gauge).
+        shared.accepting.fetch_add(1, Ordering::Relaxed);
+        let accepted = tokio::select! {
+            r = listener.accept() => Some(r),
+            _ = stop.changed() => None,
+        };
+        shared.accepting.fetch_sub(1, Ordering::Relaxed);
+        let (stream, client) = match accepted {
+            Some(Ok(s)) => s,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+            None => return,
         };
         let _ = stream.set_nodelay(true);
         let ctx = ConnCtx {
@@ -261,7 +282,10 @@ async fn accept_loop(
             permit,
             lot: lot.clone(),
         };
-        tokio::spawn(serve_connection(stream, ctx));
+        match &tls {
+            None => tokio::spawn(serve_connection(stream, ctx)),
+            Some(acceptor) => tokio::spawn(serve_tls(stream, acceptor.clone(), ctx)),
+        };
     }
 }
 
@@ -302,7 +326,47 @@ fn service(
     let shared = Arc::clone(shared);
     let info = Arc::clone(info);
     service_fn(move |req: http::Request<Incoming>| -> Answer {
-        handle_boxed(&shared, &info, req.map(ClientBody::H2))
+        handle_boxed(&shared, &info, req.map(ClientBody::Hyper))
+    })
+}
+
+/// `service` for HTTP/1.1 served by hyper (over TLS): an upgrade request's connection
+/// is joined to the backend's once both sides said 101.
+fn upgrading_service(
+    shared: &Arc<Shared>,
+    info: &Arc<ConnInfo>,
+) -> impl hyper::service::Service<
+    http::Request<Incoming>,
+    Response = http::Response<ResponseBody>,
+    Error = Infallible,
+    Future = Answer,
+> + Clone
++ Send
++ 'static {
+    let shared = Arc::clone(shared);
+    let info = Arc::clone(info);
+    service_fn(move |mut req: http::Request<Incoming>| -> Answer {
+        let client_side =
+            super::headers::is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+        let answer = handle_boxed(&shared, &info, req.map(ClientBody::Hyper));
+        let Some(client_side) = client_side else {
+            return answer;
+        };
+        let info = Arc::clone(&info);
+        Box::pin(async move {
+            let resp = answer.await?;
+            if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                if let Some(backend) = info.take_upgrade() {
+                    tokio::spawn(async move {
+                        match client_side.await {
+                            Ok(client) => upgrade::tunnel(TokioIo::new(client), backend).await,
+                            Err(e) => tracing::debug!(error = %e, "client upgrade failed"),
+                        }
+                    });
+                }
+            }
+            Ok(resp)
+        })
     })
 }
 
@@ -426,8 +490,7 @@ async fn serve_h1(stream: TcpStream, buf: BytesMut, ctx: ConnCtx) {
 }
 
 /// HTTP/2 (h2c): hyper multiplexes the streams; no parking.
-async fn serve_h2(stream: TcpStream, mut ctx: ConnCtx) {
-    let timers = ctx.timers();
+async fn serve_h2(stream: TcpStream, ctx: ConnCtx) {
     let activity = Arc::new(Activity::new());
     let info = Arc::new(ConnInfo::new(
         ctx.client,
@@ -440,6 +503,54 @@ async fn serve_h2(stream: TcpStream, mut ctx: ConnCtx) {
         .protocols
         .h2
         .serve_connection(io, service(&ctx.shared, &info));
+    drive(conn, |c| c.graceful_shutdown(), &activity, ctx).await;
+}
+
+/// A TLS connection: the handshake (bounded by `header_read_timeout`), then hyper with
+/// the protocol ALPN chose, HTTP/2 or HTTP/1.1 (with upgrades). No parking: the TLS
+/// session lives in user space.
+async fn serve_tls(stream: TcpStream, acceptor: TlsAcceptor, ctx: ConnCtx) {
+    let timers = ctx.timers();
+    let tls = match tokio::time::timeout(timers.header_read, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(client = %ctx.client, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => return,
+    };
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let activity = Arc::new(Activity::new());
+    let info = Arc::new(ConnInfo::new(ctx.client, true, true, Arc::clone(&activity)));
+    let io = TokioIo::new(Tracked::new(tls, Arc::clone(&activity), Bytes::new()));
+    if h2 {
+        let conn = ctx
+            .protocols
+            .h2
+            .serve_connection(io, service(&ctx.shared, &info));
+        Box::pin(drive(conn, |c| c.graceful_shutdown(), &activity, ctx)).await;
+    } else {
+        let conn = ctx
+            .protocols
+            .h1
+            .serve_connection(io, upgrading_service(&ctx.shared, &info))
+            .with_upgrades();
+        Box::pin(drive(conn, |c| c.graceful_shutdown(), &activity, ctx)).await;
+    }
+}
+
+/// Runs a hyper connection to its end under the watchdog (`idle_timeout`,
+/// `header_read_timeout`), shutting it down gracefully when sluice stops.
+async fn drive<C, E>(
+    conn: C,
+    shutdown: impl Fn(std::pin::Pin<&mut C>),
+    activity: &Activity,
+    mut ctx: ConnCtx,
+) where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let timers = ctx.timers();
     tokio::pin!(conn);
     let sleep = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(sleep);
@@ -448,7 +559,7 @@ async fn serve_h2(stream: TcpStream, mut ctx: ConnCtx) {
         tokio::select! {
             r = &mut conn => {
                 if let Err(e) = r {
-                    tracing::debug!(client = %ctx.client, error = %e, "h2 connection ended with an error");
+                    tracing::debug!(client = %ctx.client, error = %e, "connection ended with an error");
                 }
                 return;
             }
@@ -458,7 +569,7 @@ async fn serve_h2(stream: TcpStream, mut ctx: ConnCtx) {
             },
             _ = ctx.stop.changed(), if !closing => {
                 closing = true;
-                conn.as_mut().graceful_shutdown();
+                shutdown(conn.as_mut());
             }
         }
     }

@@ -273,13 +273,15 @@ async fn backends_are_added_and_removed_through_the_api() {
             "/upstreams/nope/backends/1.2.3.4:5".to_owned(),
             StatusCode::NOT_FOUND,
         ),
-        (
-            format!("/upstreams/web/backends/{}", b.addr),
-            StatusCode::CONFLICT,
-        ),
     ] {
         assert_eq!(lb.admin("DELETE", &path).await.0, want, "{path}");
     }
+    // The last one too: the upstream is then empty, and answers 503.
+    let last = format!("/upstreams/web/backends/{}", b.addr);
+    assert_eq!(lb.admin("DELETE", &last).await.0, StatusCode::OK);
+    assert_eq!(lb.get("/").await.0, StatusCode::SERVICE_UNAVAILABLE);
+    let (_, body) = lb.admin("GET", "/status").await;
+    assert_eq!(status_of(&body), vec![]);
 
     // Like the other admin changes, these last until the next reload.
     lb.shared
@@ -350,4 +352,50 @@ async fn a_removed_backend_finishes_its_requests() {
     gate.notify_waiters();
     let (s, _, body) = pending.await.unwrap();
     assert_eq!((s, body.as_str()), (StatusCode::OK, "finished"));
+}
+
+#[tokio::test]
+async fn a_request_in_flight_does_not_retry_onto_a_removed_backend() {
+    // `c` holds the first request until released, then answers 503 (retried; with
+    // `a` gone, on `c` again, which answers at once); `a` would answer 200 at once,
+    // but is removed while that first request is in flight.
+    let gate = Arc::new(Notify::new());
+    let g = gate.clone();
+    let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let c = TestBackend::start(move |_req| {
+        let (g, first) = (g.clone(), first.clone());
+        async move {
+            if first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                g.notified().await;
+            }
+            http::Response::builder()
+                .status(503)
+                .body(full("c"))
+                .unwrap()
+        }
+    })
+    .await;
+    let a = TestBackend::replying("a").await;
+    let text = web_with_admin(&[c.url(), a.url()])
+        + "strategy = \"first\"\n[upstream.web.retry]\non = [\"503\"]\n";
+    let lb = Arc::new(Sluice::start(&text).await);
+    let held = {
+        let lb = lb.clone();
+        tokio::spawn(async move { lb.get("/held").await })
+    };
+    tokio::time::timeout(DEADLINE, async {
+        while c.hits() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the request reached c");
+    let (s, _) = lb
+        .admin("DELETE", &format!("/upstreams/web/backends/{}", a.addr))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    gate.notify_waiters();
+    let (s, _, body) = held.await.unwrap();
+    assert_eq!((s, body.as_str()), (StatusCode::SERVICE_UNAVAILABLE, "c"));
+    assert_eq!(a.hits(), 0, "the retry went to the removed backend");
 }

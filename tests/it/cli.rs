@@ -1,20 +1,7 @@
 //! The binary itself (SPEC §1): flags, exit codes, stderr lines, `check`, logs, signals.
 
-use std::io::Write;
-
-use crate::support::process::{run, start_json};
+use crate::support::process::{run, start_json, temp_config};
 use crate::support::*;
-
-fn temp_config(name: &str, text: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("sluice-it-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    std::fs::File::create(&path)
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    path
-}
 
 #[test]
 fn bad_flags_exit_non_zero_with_the_problem_on_the_first_line() {

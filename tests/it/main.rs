@@ -14,4 +14,5 @@ mod parking;
 mod proxying;
 mod retries;
 mod support;
+mod tls;
 mod wire;

@@ -183,6 +183,7 @@ async fn a_client_that_leaves_before_its_answer_counts_as_499() {
     })
     .await;
     let lb = Sluice::start(&config(&[slow.url()], "")).await;
+    assert_eq!(lb.metric("sluice_client_connections").await, Some(0.0));
     let mut c = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
     c.write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
         .await
@@ -194,8 +195,11 @@ async fn a_client_that_leaves_before_its_answer_counts_as_499() {
     })
     .await
     .expect("the request reached the backend");
-    let open = lb.metric("sluice_client_connections").await.unwrap();
-    assert!(open >= 1.0, "the waiting client is open: {open}");
+    assert_eq!(
+        lb.metric("sluice_client_connections").await,
+        Some(1.0),
+        "the waiting client"
+    );
     drop(c);
     let series = format!(
         "sluice_requests_total{{upstream=\"web\",backend=\"{}\",code=\"499\"}}",
@@ -208,5 +212,6 @@ async fn a_client_that_leaves_before_its_answer_counts_as_499() {
     })
     .await
     .expect("the abandoned request is counted as 499");
+    assert_eq!(lb.metric("sluice_client_connections").await, Some(0.0));
     gate.notify_waiters();
 }

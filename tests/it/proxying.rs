@@ -432,46 +432,13 @@ async fn h2c_prior_knowledge_is_served_on_the_same_port() {
 
 #[tokio::test]
 async fn upgrade_becomes_a_two_way_tunnel() {
-    // A backend that accepts any Upgrade with 101 and then echoes bytes upper-cased.
-    let be = TestBackend::start(|mut req: Request<hyper::body::Incoming>| async move {
-        let on = hyper::upgrade::on(&mut req);
-        tokio::spawn(async move {
-            let Ok(up) = on.await else { return };
-            let mut io = hyper_util::rt::TokioIo::new(up);
-            let mut buf = [0u8; 64];
-            while let Ok(n) = io.read(&mut buf).await {
-                if n == 0 {
-                    break;
-                }
-                let upper = buf[..n].to_ascii_uppercase();
-                if io.write_all(&upper).await.is_err() {
-                    break;
-                }
-            }
-        });
-        http::Response::builder()
-            .status(101)
-            .header("connection", "upgrade")
-            .header("upgrade", "echo")
-            .body(full(""))
-            .unwrap()
-    })
-    .await;
+    let be = TestBackend::upgrade_echo().await;
     let lb = Sluice::over(&[be.url()], "").await;
     let mut s = TcpStream::connect(lb.addr).await.unwrap();
     s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
         .await
         .unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        tokio::time::timeout(DEADLINE, s.read_exact(&mut b))
-            .await
-            .unwrap()
-            .unwrap();
-        head.push(b[0]);
-    }
-    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let head = read_head(&mut s).await.to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: echo"), "{head}");
     assert!(head.contains("connection: upgrade"), "{head}");

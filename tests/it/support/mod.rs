@@ -182,6 +182,34 @@ impl TestBackend {
         .await
     }
 
+    /// Accepts any Upgrade with 101 (`Upgrade: echo`), then echoes bytes upper-cased.
+    pub async fn upgrade_echo() -> TestBackend {
+        Self::start(|mut req: Request<Incoming>| async move {
+            let on = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                let Ok(up) = on.await else { return };
+                let mut io = TokioIo::new(up);
+                let mut buf = [0u8; 64];
+                while let Ok(n) = io.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    let upper = buf[..n].to_ascii_uppercase();
+                    if io.write_all(&upper).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            Response::builder()
+                .status(101)
+                .header("connection", "upgrade")
+                .header("upgrade", "echo")
+                .body(full(""))
+                .unwrap()
+        })
+        .await
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
@@ -195,6 +223,20 @@ impl TestBackend {
     pub fn connections(&self) -> usize {
         self.conns.load(Ordering::SeqCst)
     }
+}
+
+/// Reads a response head, byte by byte, up to and including its blank line.
+pub async fn read_head<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> String {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tokio::time::timeout(DEADLINE, s.read_exact(&mut b))
+            .await
+            .expect("head in time")
+            .expect("head");
+        head.push(b[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
 }
 
 /// How many of `bodies` are exactly `name`.

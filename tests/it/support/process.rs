@@ -6,6 +6,19 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+/// Writes `text` to `name` in this test run's own temporary directory.
+pub fn temp_config(name: &str, text: &str) -> std::path::PathBuf {
+    use std::io::Write;
+    let dir = std::env::temp_dir().join(format!("sluice-it-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::File::create(&path)
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    path
+}
+
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_sluice")
 }

@@ -1,0 +1,112 @@
+//! TLS listeners (SPEC §2 `tls`): certificates and keys read from PEM files at startup,
+//! one chosen per handshake by the client's SNI, and ALPN offering h2 and http/1.1.
+//! A client without SNI, or naming a host no certificate covers, gets the first one.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::{CertificateConfig, TlsConfig};
+
+/// A certificate or key that could not be used; the message names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("certificate {path}: {reason}")]
+    Cert { path: String, reason: String },
+    #[error("key {path}: {reason}")]
+    Key { path: String, reason: String },
+    #[error("{0}")]
+    Config(String),
+}
+
+/// The acceptor for a listener's `tls` settings.
+pub fn acceptor(cfg: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certs = cfg
+        .certificates
+        .iter()
+        .map(|c| load(c, &provider))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(BySni { certs }));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Reads one certificate chain and its key, and checks that they belong together.
+fn load(c: &CertificateConfig, provider: &CryptoProvider) -> Result<Arc<CertifiedKey>, TlsError> {
+    let cert_err = |reason: String| TlsError::Cert {
+        path: c.cert.display().to_string(),
+        reason,
+    };
+    let key_err = |reason: String| TlsError::Key {
+        path: c.key.display().to_string(),
+        reason,
+    };
+    readable(&c.cert).map_err(cert_err)?;
+    readable(&c.key).map_err(key_err)?;
+    let chain = CertificateDer::pem_file_iter(&c.cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| cert_err(format!("not a PEM certificate file ({e})")))?;
+    if chain.is_empty() {
+        return Err(cert_err("holds no certificate (expected PEM)".into()));
+    }
+    let key = PrivateKeyDer::from_pem_file(&c.key)
+        .map_err(|e| key_err(format!("not a PEM private key file ({e})")))?;
+    let signing = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| key_err(format!("unusable private key ({e})")))?;
+    let certified = CertifiedKey::new(chain, signing);
+    certified
+        .keys_match()
+        .map_err(|_| cert_err(format!("does not match the key in {}", c.key.display())))?;
+    Ok(Arc::new(certified))
+}
+
+/// An unreadable file, said plainly (the PEM reader's errors name no cause).
+fn readable(path: &Path) -> Result<(), String> {
+    std::fs::metadata(path)
+        .map(|_| ())
+        .map_err(|e| format!("cannot read: {e}"))
+}
+
+/// Picks the first certificate valid for the client's SNI name, else the first one.
+#[derive(Debug)]
+struct BySni {
+    certs: Vec<Arc<CertifiedKey>>,
+}
+
+impl BySni {
+    fn covers(ck: &CertifiedKey, name: &ServerName<'_>) -> bool {
+        ck.end_entity_cert()
+            .ok()
+            .and_then(|der| webpki::EndEntityCert::try_from(der).ok())
+            .is_some_and(|ee| ee.verify_is_valid_for_subject_name(name).is_ok())
+    }
+}
+
+impl ResolvesServerCert for BySni {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if self.certs.len() > 1 {
+            if let Some(name) = hello
+                .server_name()
+                .and_then(|n| ServerName::try_from(n).ok())
+            {
+                if let Some(ck) = self.certs.iter().find(|ck| Self::covers(ck, &name)) {
+                    return Some(Arc::clone(ck));
+                }
+            }
+        }
+        self.certs.first().cloned()
+    }
+}

@@ -1,0 +1,233 @@
+//! TLS listeners (SPEC §2 `tls`, §4): the certificate chosen by SNI (the first one
+//! without SNI or for an unknown name), ALPN h2 and http/1.1, `X-Forwarded-Proto:
+//! https`, upgrades, and a clear refusal of unusable certificate files.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use http::StatusCode;
+use http_body_util::BodyExt;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+use crate::support::process::{run, temp_config};
+use crate::support::*;
+
+fn data(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/tls")
+        .join(name)
+}
+
+fn cert_der(name: &str) -> CertificateDer<'static> {
+    CertificateDer::from_pem_file(data(name)).unwrap()
+}
+
+/// One TLS listener with certificates a (a.test, *.a.test) then b (b.test, *.b.test).
+async fn tls_sluice(backend: &TestBackend) -> Sluice {
+    Sluice::start(&format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n\
+         tls = {{ certificates = [{{ cert = \"{}\", key = \"{}\" }}, {{ cert = \"{}\", key = \"{}\" }}] }}\n\
+         [upstream.web]\nbackends = [{{ url = \"{}\" }}]\n",
+        data("a.pem").display(),
+        data("a.key").display(),
+        data("b.pem").display(),
+        data("b.key").display(),
+        backend.url()
+    ))
+    .await
+}
+
+/// Accepts any certificate: the tests look at which one was sent.
+#[derive(Debug)]
+struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A TLS connection to `lb` sending `sni` (None: no SNI) and offering `alpn`.
+async fn connect(lb: &Sluice, sni: Option<&str>, alpn: &[&[u8]]) -> TlsStream<TcpStream> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config.enable_sni = sni.is_some();
+    let name = ServerName::try_from(sni.unwrap_or("unused.test").to_owned()).unwrap();
+    let tcp = TcpStream::connect(lb.addr).await.unwrap();
+    tokio::time::timeout(
+        DEADLINE,
+        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp),
+    )
+    .await
+    .expect("handshake in time")
+    .expect("handshake")
+}
+
+fn sent_cert(s: &TlsStream<TcpStream>) -> CertificateDer<'static> {
+    s.get_ref().1.peer_certificates().unwrap()[0]
+        .clone()
+        .into_owned()
+}
+
+#[tokio::test]
+async fn the_certificate_is_chosen_by_sni_and_the_first_serves_the_rest() {
+    let be = TestBackend::echo().await;
+    let lb = tls_sluice(&be).await;
+    let (a, b) = (cert_der("a.pem"), cert_der("b.pem"));
+    for (sni, want, which) in [
+        (Some("a.test"), &a, "a"),
+        (Some("b.test"), &b, "b"),
+        (Some("www.b.test"), &b, "b (wildcard)"),
+        (Some("B.TEST"), &b, "b (case)"),
+        (
+            Some("c.test"),
+            &a,
+            "the first, for a name no certificate has",
+        ),
+        (None, &a, "the first, without SNI"),
+    ] {
+        let mut s = connect(&lb, sni, &[b"http/1.1"]).await;
+        assert!(sent_cert(&s) == *want, "{sni:?}: expected {which}");
+        // And HTTP/1.1 through it, marked https for the backend.
+        s.write_all(b"GET /x HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(DEADLINE, s.read_to_end(&mut out))
+            .await
+            .expect("answer in time")
+            .ok();
+        let out = String::from_utf8_lossy(&out);
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        let j = echoed(body_of(&out));
+        assert_eq!(echoed_header(&j, "x-forwarded-proto"), ["https"], "{out}");
+        assert_eq!(echoed_header(&j, "x-forwarded-host"), ["app.test"], "{out}");
+    }
+}
+
+#[tokio::test]
+async fn alpn_h2_serves_http2_over_tls() {
+    let be = TestBackend::echo().await;
+    let lb = tls_sluice(&be).await;
+    let s = connect(&lb, Some("a.test"), &[b"h2", b"http/1.1"]).await;
+    assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(s),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("https://a.test/h2")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = tokio::time::timeout(DEADLINE, send.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let j = echoed(std::str::from_utf8(&body).unwrap());
+    assert_eq!(j["uri"], "/h2");
+    assert_eq!(echoed_header(&j, "x-forwarded-proto"), ["https"]);
+}
+
+#[tokio::test]
+async fn an_upgrade_over_tls_becomes_a_tunnel() {
+    let be = TestBackend::upgrade_echo().await;
+    let lb = tls_sluice(&be).await;
+    let mut s = connect(&lb, Some("a.test"), &[b"http/1.1"]).await;
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: a.test\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let head = read_head(&mut s).await.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo"), "{head}");
+    s.write_all(b"ping").await.unwrap();
+    let mut got = [0u8; 4];
+    tokio::time::timeout(DEADLINE, s.read_exact(&mut got))
+        .await
+        .expect("echo in time")
+        .unwrap();
+    assert_eq!(&got, b"PING");
+}
+
+#[test]
+fn unusable_certificate_files_stop_startup_and_fail_check() {
+    let (a_pem, a_key, b_key) = (data("a.pem"), data("a.key"), data("b.key"));
+    let missing = data("missing.pem");
+    for (cert, key, says) in [
+        (&missing, &a_key, "missing.pem: cannot read"),
+        (&a_key, &a_key, "a.key: holds no certificate"),
+        (&a_pem, &a_pem, "a.pem: not a PEM private key file"),
+        (&a_pem, &b_key, "does not match the key"),
+    ] {
+        let path = temp_config(
+            "tls.toml",
+            &format!(
+                "[[listener]]\naddress = \"127.0.0.1:0\"\n\
+                 tls = {{ certificates = [{{ cert = \"{}\", key = \"{}\" }}] }}\n\
+                 [upstream.web]\nbackends = [{{ url = \"127.0.0.1:1\" }}]\n",
+                cert.display(),
+                key.display()
+            ),
+        );
+        let (code, _, err) = run(&["-c", path.to_str().unwrap()]);
+        assert_eq!(code, 1, "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(says), "expected {says:?} in {err}");
+        let (code, _, err) = run(&["check", "-c", path.to_str().unwrap()]);
+        assert_eq!(code, 1, "check reads certificates too: {err}");
+        assert!(err.contains(says), "expected {says:?} in {err}");
+    }
+}
