@@ -30,10 +30,15 @@ fn cert_der(name: &str) -> CertificateDer<'static> {
 
 /// One TLS listener with certificates a (a.test, *.a.test) then b (b.test, *.b.test).
 async fn tls_sluice(backend: &TestBackend) -> Sluice {
+    tls_sluice_with(backend, "").await
+}
+
+/// `tls_sluice`, with `extra` lines (whole sections) at the end of the config.
+async fn tls_sluice_with(backend: &TestBackend, extra: &str) -> Sluice {
     Sluice::start(&format!(
         "[[listener]]\naddress = \"127.0.0.1:0\"\n\
          tls = {{ certificates = [{{ cert = \"{}\", key = \"{}\" }}, {{ cert = \"{}\", key = \"{}\" }}] }}\n\
-         [upstream.web]\nbackends = [{{ url = \"{}\" }}]\n",
+         [upstream.web]\nbackends = [{{ url = \"{}\" }}]\n{extra}\n",
         data("a.pem").display(),
         data("a.key").display(),
         data("b.pem").display(),
@@ -230,4 +235,29 @@ fn unusable_certificate_files_stop_startup_and_fail_check() {
         assert_eq!(code, 1, "check reads certificates too: {err}");
         assert!(err.contains(says), "expected {says:?} in {err}");
     }
+}
+
+#[tokio::test]
+async fn silent_clients_are_cut_off_at_header_read_timeout() {
+    let be = TestBackend::replying("a").await;
+    let lb = tls_sluice_with(&be, "[limits]\nheader_read_timeout = \"200ms\"").await;
+    // No handshake at all.
+    let mut tcp = TcpStream::connect(lb.addr).await.unwrap();
+    assert!(
+        closes_within(&mut tcp, DEADLINE).await,
+        "closed without a handshake"
+    );
+    // A handshake, then no request.
+    let mut s = connect(&lb, Some("a.test"), &[b"http/1.1"]).await;
+    let cut = tokio::time::timeout(DEADLINE, async {
+        let mut buf = [0u8; 64];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(cut.is_ok(), "closed without a request");
 }
