@@ -40,11 +40,21 @@ fn finish(r: Result<(), String>) -> ExitCode {
 fn check(path: &std::path::Path) -> ExitCode {
     match config::load(path) {
         Ok(c) => {
-            // Certificates are files of their own: read them as startup would.
+            // Certificates are files of their own: read them as startup would, and
+            // point at where the config names the file.
+            let text = std::fs::read_to_string(path).unwrap_or_default();
             let mut ok = true;
             for l in &c.listeners {
-                if let Some(Err(e)) = l.tls.as_ref().map(sluice::proxy::tls::acceptor) {
-                    eprintln!("{}: listener {}: {e}", path.display(), l.address);
+                for e in l.tls.iter().flat_map(sluice::proxy::tls::problems) {
+                    let (line, col) = e
+                        .path()
+                        .and_then(|p| position_of(&text, p))
+                        .unwrap_or((1, 1));
+                    eprintln!(
+                        "{}:{line}:{col}: listener {}: {e}",
+                        path.display(),
+                        l.address
+                    );
                     ok = false;
                 }
             }
@@ -65,6 +75,18 @@ fn check(path: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// 1-based line and column of the first quoted occurrence of `value` in `text`.
+fn position_of(text: &str, value: &str) -> Option<(usize, usize)> {
+    let at = [format!("\"{value}\""), format!("'{value}'")]
+        .iter()
+        .filter_map(|q| text.find(q.as_str()))
+        .min()?;
+    let before = &text[..at];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    Some((line, col))
 }
 
 /// One worker runs everything on the calling thread (no work stealing, no cross-thread

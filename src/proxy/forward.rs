@@ -40,6 +40,9 @@ pub struct ConnInfo {
     /// The backend side of an accepted upgrade (101), for the connection task to join
     /// to the client once the HTTP/1.1 loop hands the socket back.
     upgrade: Mutex<Option<Upgraded>>,
+    /// The client side of that upgrade when hyper serves the connection (HTTP/1.1 over
+    /// TLS): resolves once hyper has written the 101 and let go of the connection.
+    client_upgrade: Mutex<Option<hyper::upgrade::OnUpgrade>>,
 }
 
 impl ConnInfo {
@@ -56,6 +59,7 @@ impl ConnInfo {
             via_hyper,
             activity,
             upgrade: Mutex::new(None),
+            client_upgrade: Mutex::new(None),
         }
     }
 
@@ -65,6 +69,24 @@ impl ConnInfo {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take()
+    }
+
+    /// Keeps the client side of an accepted upgrade for the connection task.
+    pub fn set_client_upgrade(&self, on: hyper::upgrade::OnUpgrade) {
+        *self
+            .client_upgrade
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(on);
+    }
+
+    /// Both sides of an accepted upgrade of a connection hyper serves, if any.
+    pub fn take_upgrades(&self) -> Option<(hyper::upgrade::OnUpgrade, Upgraded)> {
+        let client = self
+            .client_upgrade
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()?;
+        Some((client, self.take_upgrade()?))
     }
 }
 

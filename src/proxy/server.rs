@@ -330,8 +330,9 @@ fn service(
     })
 }
 
-/// `service` for HTTP/1.1 served by hyper (over TLS): an upgrade request's connection
-/// is joined to the backend's once both sides said 101.
+/// `service` for HTTP/1.1 served by hyper (over TLS). For an upgrade request answered
+/// 101, the client side is kept for the connection task, which joins it to the
+/// backend's once hyper lets go of the connection (see `serve_tls`).
 fn upgrading_service(
     shared: &Arc<Shared>,
     info: &Arc<ConnInfo>,
@@ -356,14 +357,7 @@ fn upgrading_service(
         Box::pin(async move {
             let resp = answer.await?;
             if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-                if let Some(backend) = info.take_upgrade() {
-                    tokio::spawn(async move {
-                        match client_side.await {
-                            Ok(client) => upgrade::tunnel(TokioIo::new(client), backend).await,
-                            Err(e) => tracing::debug!(error = %e, "client upgrade failed"),
-                        }
-                    });
-                }
+                info.set_client_upgrade(client_side);
             }
             Ok(resp)
         })
@@ -490,7 +484,7 @@ async fn serve_h1(stream: TcpStream, buf: BytesMut, ctx: ConnCtx) {
 }
 
 /// HTTP/2 (h2c): hyper multiplexes the streams; no parking.
-async fn serve_h2(stream: TcpStream, ctx: ConnCtx) {
+async fn serve_h2(stream: TcpStream, mut ctx: ConnCtx) {
     let activity = Arc::new(Activity::new());
     let info = Arc::new(ConnInfo::new(
         ctx.client,
@@ -503,14 +497,16 @@ async fn serve_h2(stream: TcpStream, ctx: ConnCtx) {
         .protocols
         .h2
         .serve_connection(io, service(&ctx.shared, &info));
-    drive(conn, |c| c.graceful_shutdown(), &activity, ctx).await;
+    drive(conn, |c| c.graceful_shutdown(), &activity, &mut ctx).await;
 }
 
 /// A TLS connection: the handshake (bounded by `header_read_timeout`), then hyper with
 /// the protocol ALPN chose, HTTP/2 or HTTP/1.1 (with upgrades). No parking: the TLS
 /// session lives in user space.
-async fn serve_tls(stream: TcpStream, acceptor: TlsAcceptor, ctx: ConnCtx) {
+async fn serve_tls(stream: TcpStream, acceptor: TlsAcceptor, mut ctx: ConnCtx) {
     let timers = ctx.timers();
+    // From the accept: the handshake and the first head share `header_read_timeout`.
+    let activity = Arc::new(Activity::new());
     let tls = match tokio::time::timeout(timers.header_read, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
@@ -520,7 +516,6 @@ async fn serve_tls(stream: TcpStream, acceptor: TlsAcceptor, ctx: ConnCtx) {
         Err(_) => return,
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    let activity = Arc::new(Activity::new());
     let info = Arc::new(ConnInfo::new(ctx.client, true, true, Arc::clone(&activity)));
     let io = TokioIo::new(Tracked::new(tls, Arc::clone(&activity), Bytes::new()));
     if h2 {
@@ -528,14 +523,22 @@ async fn serve_tls(stream: TcpStream, acceptor: TlsAcceptor, ctx: ConnCtx) {
             .protocols
             .h2
             .serve_connection(io, service(&ctx.shared, &info));
-        Box::pin(drive(conn, |c| c.graceful_shutdown(), &activity, ctx)).await;
+        Box::pin(drive(conn, |c| c.graceful_shutdown(), &activity, &mut ctx)).await;
     } else {
         let conn = ctx
             .protocols
             .h1
             .serve_connection(io, upgrading_service(&ctx.shared, &info))
             .with_upgrades();
-        Box::pin(drive(conn, |c| c.graceful_shutdown(), &activity, ctx)).await;
+        Box::pin(drive(conn, |c| c.graceful_shutdown(), &activity, &mut ctx)).await;
+        // An upgrade: the tunnel runs here, so it keeps this connection's permit
+        // (max_connections, the drain at shutdown), as plain HTTP/1.1 tunnels do.
+        if let Some((client, backend)) = info.take_upgrades() {
+            match client.await {
+                Ok(client) => upgrade::tunnel(TokioIo::new(client), backend).await,
+                Err(e) => tracing::debug!(error = %e, "client upgrade failed"),
+            }
+        }
     }
 }
 
@@ -545,7 +548,7 @@ async fn drive<C, E>(
     conn: C,
     shutdown: impl Fn(std::pin::Pin<&mut C>),
     activity: &Activity,
-    mut ctx: ConnCtx,
+    ctx: &mut ConnCtx,
 ) where
     C: Future<Output = Result<(), E>>,
     E: std::fmt::Display,

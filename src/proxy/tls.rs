@@ -17,6 +17,7 @@ use crate::config::{CertificateConfig, TlsConfig};
 /// A certificate or key that could not be used; the message names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    // `path` is the file as the config names it.
     #[error("certificate {path}: {reason}")]
     Cert { path: String, reason: String },
     #[error("key {path}: {reason}")]
@@ -38,8 +39,20 @@ pub fn acceptor(cfg: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
         .map_err(|e| TlsError::Config(e.to_string()))?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(BySni { certs }));
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // A client offering none of these gets a TLS alert; http/1.0 is served as HTTP/1.1
+    // serves it.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), b"http/1.0".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Every problem with a listener's certificate files (`sluice check`), not only the
+/// first.
+pub fn problems(cfg: &TlsConfig) -> Vec<TlsError> {
+    let provider = rustls::crypto::ring::default_provider();
+    cfg.certificates
+        .iter()
+        .filter_map(|c| load(c, &provider).err())
+        .collect()
 }
 
 /// Reads one certificate chain and its key, and checks that they belong together.
@@ -53,31 +66,55 @@ fn load(c: &CertificateConfig, provider: &CryptoProvider) -> Result<Arc<Certifie
         reason,
     };
     readable(&c.cert).map_err(cert_err)?;
-    readable(&c.key).map_err(key_err)?;
+    let key_text = readable(&c.key).map_err(key_err)?;
+    if key_text.windows(9).any(|w| w == b"ENCRYPTED") {
+        return Err(key_err(
+            "is encrypted, which is not supported; store it decrypted (e.g. openssl pkey -in KEY -out PLAIN)"
+                .into(),
+        ));
+    }
     let chain = CertificateDer::pem_file_iter(&c.cert)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
         .map_err(|e| cert_err(format!("not a PEM certificate file ({e})")))?;
     if chain.is_empty() {
         return Err(cert_err("holds no certificate (expected PEM)".into()));
     }
-    let key = PrivateKeyDer::from_pem_file(&c.key)
+    let key = PrivateKeyDer::from_pem_slice(&key_text)
         .map_err(|e| key_err(format!("not a PEM private key file ({e})")))?;
     let signing = provider
         .key_provider
         .load_private_key(key)
         .map_err(|e| key_err(format!("unusable private key ({e})")))?;
     let certified = CertifiedKey::new(chain, signing);
-    certified
-        .keys_match()
-        .map_err(|_| cert_err(format!("does not match the key in {}", c.key.display())))?;
-    Ok(Arc::new(certified))
+    match certified.keys_match() {
+        Ok(()) => Ok(Arc::new(certified)),
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
+            Err(cert_err(format!(
+                "does not match the key in {} (the server's own certificate must come first in the file)",
+                c.key.display()
+            )))
+        }
+        Err(e) => Err(cert_err(format!(
+            "cannot be checked against the key in {}: {e}",
+            c.key.display()
+        ))),
+    }
 }
 
-/// An unreadable file, said plainly (the PEM reader's errors name no cause).
-fn readable(path: &Path) -> Result<(), String> {
-    std::fs::metadata(path)
-        .map(|_| ())
-        .map_err(|e| format!("cannot read: {e}"))
+/// The file's bytes, or a plain reason it cannot be read (the PEM reader's errors name
+/// no cause).
+fn readable(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read: {e}"))
+}
+
+impl TlsError {
+    /// The file the problem is in, as the config names it.
+    pub fn path(&self) -> Option<&str> {
+        match self {
+            TlsError::Cert { path, .. } | TlsError::Key { path, .. } => Some(path),
+            TlsError::Config(_) => None,
+        }
+    }
 }
 
 /// Picks the first certificate valid for the client's SNI name, else the first one.

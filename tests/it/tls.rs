@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::StatusCode;
 use http_body_util::BodyExt;
@@ -211,8 +212,13 @@ async fn an_upgrade_over_tls_becomes_a_tunnel() {
 fn unusable_certificate_files_stop_startup_and_fail_check() {
     let (a_pem, a_key, b_key) = (data("a.pem"), data("a.key"), data("b.key"));
     let missing = data("missing.pem");
+    let encrypted = temp_config(
+        "encrypted.key",
+        "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n",
+    );
     for (cert, key, says) in [
         (&missing, &a_key, "missing.pem: cannot read"),
+        (&a_pem, &encrypted, "encrypted.key: is encrypted"),
         (&a_key, &a_key, "a.key: holds no certificate"),
         (&a_pem, &a_pem, "a.pem: not a PEM private key file"),
         (&a_pem, &b_key, "does not match the key"),
@@ -234,6 +240,9 @@ fn unusable_certificate_files_stop_startup_and_fail_check() {
         let (code, _, err) = run(&["check", "-c", path.to_str().unwrap()]);
         assert_eq!(code, 1, "check reads certificates too: {err}");
         assert!(err.contains(says), "expected {says:?} in {err}");
+        // FILE:LINE:COL at the file named, on the config's third line.
+        let at = format!("{}:3:", path.display());
+        assert!(err.starts_with(&at), "expected {at:?} first in {err}");
     }
 }
 
@@ -244,12 +253,12 @@ async fn silent_clients_are_cut_off_at_header_read_timeout() {
     // No handshake at all.
     let mut tcp = TcpStream::connect(lb.addr).await.unwrap();
     assert!(
-        closes_within(&mut tcp, DEADLINE).await,
+        closes_within(&mut tcp, Duration::from_secs(2)).await,
         "closed without a handshake"
     );
     // A handshake, then no request.
     let mut s = connect(&lb, Some("a.test"), &[b"http/1.1"]).await;
-    let cut = tokio::time::timeout(DEADLINE, async {
+    let cut = tokio::time::timeout(Duration::from_secs(2), async {
         let mut buf = [0u8; 64];
         loop {
             match s.read(&mut buf).await {
@@ -260,4 +269,37 @@ async fn silent_clients_are_cut_off_at_header_read_timeout() {
     })
     .await;
     assert!(cut.is_ok(), "closed without a request");
+}
+
+#[tokio::test]
+async fn a_tunnel_over_tls_holds_its_connection_slot() {
+    let be = TestBackend::upgrade_echo().await;
+    let lb = tls_sluice_with(&be, "[limits]\nmax_connections = 1").await;
+    let mut s = connect(&lb, Some("a.test"), &[b"http/1.1"]).await;
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: a.test\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert!(read_head(&mut s).await.starts_with("HTTP/1.1 101"));
+    s.write_all(b"hi").await.unwrap();
+    let mut got = [0u8; 2];
+    tokio::time::timeout(DEADLINE, s.read_exact(&mut got))
+        .await
+        .expect("echo in time")
+        .unwrap();
+    assert_eq!(&got, b"HI");
+    // The tunnel is the one connection allowed: a second client waits in the backlog
+    // (its handshake gets no answer) until the tunnel closes.
+    let second = connect(&lb, Some("b.test"), &[b"http/1.1"]);
+    tokio::pin!(second);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut second)
+            .await
+            .is_err(),
+        "a second connection was served beside the tunnel"
+    );
+    drop(s);
+    let served = second.await;
+    assert!(sent_cert(&served) == cert_der("b.pem"));
 }
