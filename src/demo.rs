@@ -105,6 +105,13 @@ pub async fn run(backends: u16, listen: SocketAddr, admin: SocketAddr) -> Result
     println!("try:");
     println!("  for i in 1 2 3 4 5 6; do curl -s http://{lb}/; done   # the backend rotates");
     println!("  curl -s http://{dash}/status                        # live counters as JSON");
+    println!("  curl -s http://{dash}/metrics                       # the same, for Prometheus");
+    if let Some(first) = configs.first() {
+        println!(
+            "  curl -s -XDELETE http://{dash}/upstreams/default/backends/{}   # one backend out",
+            first.url.id()
+        );
+    }
     println!("  open http://{dash}/ in a browser                    # the dashboard");
     println!("Ctrl-C stops everything.");
     println!();
