@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use super::rise_fall::RiseFall;
 use crate::config::HealthConfig;
-use crate::proxy::client::connect_tcp;
+use crate::proxy::client::{Client, connect_tcp};
 use crate::upstream::{Backend, Snapshot, Upstream};
 
 /// The running checkers of one snapshot; dropping this stops them.
@@ -60,7 +60,8 @@ async fn run(upstream: Arc<Upstream>, cfg: HealthConfig) {
         let mut probes = JoinSet::new();
         for (i, b) in upstream.all.iter().enumerate() {
             let (b, cfg) = (Arc::clone(b), cfg.clone());
-            probes.spawn(async move { (i, probe(&b, &cfg).await) });
+            let client = upstream.client.clone();
+            probes.spawn(async move { (i, probe(&b, &client, &cfg).await) });
         }
         while let Some(joined) = probes.join_next().await {
             let Ok((i, result)) = joined else { continue };
@@ -84,13 +85,17 @@ async fn run(upstream: Arc<Upstream>, cfg: HealthConfig) {
 }
 
 /// One probe of `b`; Err says why it failed.
-async fn probe(b: &Backend, cfg: &HealthConfig) -> Result<(), String> {
+async fn probe(b: &Backend, client: &Client, cfg: &HealthConfig) -> Result<(), String> {
     let attempt = async {
-        let stream = connect_tcp(b).await.map_err(|e| format!("connect: {e}"))?;
         let Some(path) = &cfg.path else {
+            connect_tcp(b).await.map_err(|e| format!("connect: {e}"))?;
             return Ok(());
         };
-        let _ = stream.set_nodelay(true);
+        // TLS too for an https backend.
+        let stream = client
+            .connect_stream(b)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| format!("handshake: {e}"))?;

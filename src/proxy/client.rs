@@ -19,13 +19,13 @@ use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
+use super::stream::{ReadHalf, Stream, WriteHalf};
 use bytes::{Bytes, BytesMut};
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
@@ -48,7 +48,7 @@ const HEAD_READ: usize = 8 * 1024;
 
 /// One connection to a backend.
 pub struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     /// Bytes read and not consumed yet.
     buf: BytesMut,
     /// The request head being written.
@@ -56,7 +56,7 @@ pub struct Conn {
 }
 
 impl Conn {
-    fn new(stream: TcpStream) -> Conn {
+    fn new(stream: Stream) -> Conn {
         Conn {
             stream,
             buf: BytesMut::new(),
@@ -69,7 +69,7 @@ impl Conn {
 /// the rest of the request body is still being sent beside the response (see `send`).
 enum Source {
     Conn(Conn),
-    Half { read: OwnedReadHalf, buf: BytesMut },
+    Half { read: ReadHalf, buf: BytesMut },
 }
 
 impl Source {
@@ -102,7 +102,7 @@ impl Source {
 /// The backend side of an upgraded connection (101): its socket and any bytes the
 /// backend sent after the 101 head.
 pub struct Upgraded {
-    pub stream: TcpStream,
+    pub stream: Stream,
     pub read: Bytes,
 }
 
@@ -176,7 +176,7 @@ impl Pool {
     /// The most recently used idle connection that still looks open.
     fn take(&self) -> Option<Conn> {
         loop {
-            let Idle { conn, since } = self.lock().pop()?;
+            let Idle { mut conn, since } = self.lock().pop()?;
             if since.elapsed() > POOL_IDLE_TIMEOUT {
                 continue;
             }
@@ -184,9 +184,10 @@ impl Pool {
             // backend's FIN, most likely), ask the kernel what it is.
             let stirred = conn
                 .stream
+                .tcp()
                 .poll_read_ready(&mut Context::from_waker(Waker::noop()))
                 .is_ready();
-            if stirred && !still_open(&conn.stream) {
+            if stirred && !still_open(&mut conn.stream) {
                 continue;
             }
             return Some(conn);
@@ -251,13 +252,22 @@ pub struct How {
 pub struct Client {
     connect_timeout: Duration,
     max_idle: usize,
+    /// For `https://` backends (None when the upstream has none).
+    tls: Option<tokio_rustls::TlsConnector>,
 }
 
 impl Client {
+    /// The upstream's trust settings were checked before (`check_supported`); if they
+    /// fail now (a file changed since), its https backends fail to connect.
     pub fn new(cfg: &UpstreamConfig) -> Client {
+        let tls = super::stream::connector(cfg).unwrap_or_else(|e| {
+            tracing::warn!(upstream = %cfg.name, error = %e, "https backends will fail");
+            None
+        });
         Client {
             connect_timeout: cfg.connect_timeout,
             max_idle: cfg.max_idle_per_backend,
+            tls,
         }
     }
 
@@ -363,12 +373,29 @@ impl Client {
     }
 
     async fn connect(&self, backend: &Backend) -> Result<Conn, SendError> {
-        let stream = tokio::time::timeout(self.connect_timeout, connect_tcp(backend))
+        let stream = tokio::time::timeout(self.connect_timeout, self.connect_stream(backend))
             .await
             .map_err(|_| SendError::ConnectTimeout(self.connect_timeout))?
             .map_err(SendError::Connect)?;
-        let _ = stream.set_nodelay(true);
         Ok(Conn::new(stream))
+    }
+
+    /// A new connection to `backend`: TCP, and the TLS handshake for an `https://`
+    /// one (a failed handshake counts as a failed connect: nothing was sent).
+    pub async fn connect_stream(&self, backend: &Backend) -> io::Result<Stream> {
+        let tcp = connect_tcp(backend).await?;
+        let _ = tcp.set_nodelay(true);
+        if backend.url.scheme != crate::config::Scheme::Https {
+            return Ok(Stream::Plain(tcp));
+        }
+        let Some(tls) = &self.tls else {
+            return Err(io::Error::other(
+                "no TLS client for this upstream (see the startup log)",
+            ));
+        };
+        let name = super::stream::server_name(&backend.url.host)?;
+        let tls = tls.connect(name, tcp).await?;
+        Ok(Stream::Tls(Box::new(tls)))
     }
 }
 
@@ -384,18 +411,12 @@ async fn send_body(
         let frame = tokio::select! {
             biased;
             f = body.frame() => f,
-            r = stream.readable() => {
-                r.map_err(SendError::Read)?;
-                buf.reserve(HEAD_READ);
-                match stream.try_read_buf(buf) {
-                    // "100 Continue" and the like need no answer: send on.
-                    Ok(n) if n > 0 && wire::skip_informational(buf) => continue,
-                    // An early answer, or the backend's close: read it as the response.
-                    Ok(_) => return Ok(true),
-                    // Stale readiness, now cleared.
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(e) => return Err(SendError::Read(e)),
-                }
+            r = read_some(stream, buf) => match r {
+                // "100 Continue" and the like need no answer: send on.
+                Ok(n) if n > 0 && wire::skip_informational(buf) => continue,
+                // An early answer, or the backend's close: read it as the response.
+                Ok(_) => return Ok(true),
+                Err(e) => return Err(SendError::Read(e)),
             }
         };
         match frame {
@@ -418,10 +439,31 @@ async fn send_body(
     }
 }
 
+/// Reads what the backend sends while the request body is still going out. Waits for
+/// readiness before taking buffer room, so a quiet backend costs no buffer.
+async fn read_some(stream: &mut Stream, buf: &mut BytesMut) -> io::Result<usize> {
+    match stream {
+        Stream::Plain(s) => loop {
+            s.readable().await?;
+            buf.reserve(HEAD_READ);
+            match s.try_read_buf(buf) {
+                // Stale readiness, now cleared.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => return r,
+            }
+        },
+        Stream::Tls(s) => {
+            buf.reserve(HEAD_READ);
+            std::future::poll_fn(|cx| tokio_util::io::poll_read_buf(Pin::new(&mut **s), cx, buf))
+                .await
+        }
+    }
+}
+
 /// The rest of a request body, sent beside the response; aborted when the response
 /// ends or is dropped.
 async fn upload_rest(
-    mut w: OwnedWriteHalf,
+    mut w: WriteHalf,
     mut body: RequestBody,
     framing: RequestFraming,
     mut out: Vec<u8>,
@@ -627,14 +669,26 @@ impl Body for BackendBody {
     }
 }
 
-/// Is a pooled socket still open, with nothing unexpected waiting on it? Asks the
-/// kernel directly (a non-blocking peek).
-fn still_open(stream: &TcpStream) -> bool {
-    let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-    matches!(
-        socket2::SockRef::from(stream).peek(&mut byte),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock
-    )
+/// Is a pooled connection still open, with nothing unexpected waiting on it? Plain:
+/// asks the kernel directly (a non-blocking peek). TLS: reads without waiting, so
+/// records that carry no data (session tickets) are taken in; a close or any data means
+/// the connection is not to be reused.
+fn still_open(stream: &mut Stream) -> bool {
+    match stream {
+        Stream::Plain(s) => {
+            let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+            matches!(
+                socket2::SockRef::from(&*s).peek(&mut byte),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock
+            )
+        }
+        Stream::Tls(s) => {
+            let mut byte = [0u8; 1];
+            let mut rb = tokio::io::ReadBuf::new(&mut byte);
+            let mut cx = Context::from_waker(Waker::noop());
+            Pin::new(&mut **s).poll_read(&mut cx, &mut rb).is_pending()
+        }
+    }
 }
 
 /// Connects to the backend's address, resolving its name when it is not an IP literal.

@@ -10,6 +10,7 @@ pub mod headers;
 pub mod park;
 pub mod retry;
 pub mod server;
+pub mod stream;
 pub mod tls;
 pub mod upgrade;
 pub mod wire;

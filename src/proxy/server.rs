@@ -58,12 +58,14 @@ pub enum BindError {
     },
     #[error("upstream \"{0}\": {1} is not supported by this build yet")]
     Unsupported(String, &'static str),
+    #[error("upstream \"{0}\": {1}")]
+    Upstream(String, String),
 }
 
 /// Refuses settings this build parses but cannot honour yet, rather than running them
 /// wrongly; warns about those it runs with a documented stand-in.
 pub(crate) fn check_supported(config: &crate::config::Config) -> Result<(), BindError> {
-    use crate::config::{Protocol, Scheme};
+    use crate::config::Protocol;
     for u in &config.upstreams {
         if u.protocol != Protocol::Http1 {
             return Err(BindError::Unsupported(
@@ -71,9 +73,8 @@ pub(crate) fn check_supported(config: &crate::config::Config) -> Result<(), Bind
                 "protocol h2c/h2 to backends",
             ));
         }
-        if u.backends.iter().any(|b| b.url.scheme == Scheme::Https) {
-            return Err(BindError::Unsupported(u.name.clone(), "an https backend"));
-        }
+        // Trust for https backends: ca_file readable, or system roots present.
+        super::stream::connector(u).map_err(|e| BindError::Upstream(u.name.clone(), e))?;
     }
     Ok(())
 }

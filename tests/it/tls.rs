@@ -303,3 +303,101 @@ async fn a_tunnel_over_tls_holds_its_connection_slot() {
     let served = second.await;
     assert!(sent_cert(&served) == cert_der("b.pem"));
 }
+
+fn https_upstream(backend: &TestBackend, extra: &str) -> String {
+    format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
+         [upstream.web]\nbackends = [{{ url = \"{}\" }}]\n{extra}\n",
+        backend.https_url()
+    )
+}
+
+#[tokio::test]
+async fn https_backends_are_reached_over_tls_trusting_ca_file() {
+    let be = TestBackend::tls_replying("secure").await;
+    let ca = data("ca.pem");
+    let lb = Sluice::start(&https_upstream(
+        &be,
+        &format!("ca_file = \"{}\"", ca.display()),
+    ))
+    .await;
+    for _ in 0..3 {
+        let (s, _, body) = lb.get("/").await;
+        assert_eq!((s, body.as_str()), (StatusCode::OK, "secure"));
+    }
+    assert_eq!(
+        be.connections(),
+        1,
+        "the TLS connection is pooled and reused"
+    );
+    // A body sent while the answer may come early takes the split path.
+    let req = http::Request::post("/up")
+        .body(http_body_util::Full::new(bytes::Bytes::from(vec![
+            b'x';
+            200_000
+        ])))
+        .unwrap();
+    let (s, _, body) = lb.send(req).await;
+    assert_eq!((s, body.as_str()), (StatusCode::OK, "secure"));
+}
+
+#[tokio::test]
+async fn an_https_backend_with_an_untrusted_certificate_is_a_502() {
+    let be = TestBackend::tls_replying("secure").await;
+    let other = data("other-ca.pem");
+    let lb = Sluice::start(&https_upstream(
+        &be,
+        &format!("ca_file = \"{}\"", other.display()),
+    ))
+    .await;
+    let (s, _, body) = lb.get("/").await;
+    assert_eq!(s, StatusCode::BAD_GATEWAY);
+    assert!(
+        !body.contains("127.0.0.1"),
+        "no backend address in the body: {body}"
+    );
+    assert_eq!(be.hits(), 0, "nothing was sent over the refused handshake");
+    // A plain-HTTP client of the TLS backend gets nothing useful either: the scheme
+    // in the URL is what decides.
+    let plain = Sluice::start(&format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n[upstream.web]\nbackends = [{{ url = \"{}\" }}]\n",
+        be.url()
+    ))
+    .await;
+    assert_eq!(plain.get("/").await.0, StatusCode::BAD_GATEWAY);
+}
+
+#[tokio::test]
+async fn health_checks_reach_https_backends_over_tls() {
+    let be = TestBackend::tls_replying("secure").await;
+    let lb = Sluice::start(&https_upstream(
+        &be,
+        &format!(
+            "ca_file = \"{}\"\n[upstream.web.health]\npath = \"/healthz\"\ninterval = \"50ms\"\nrise = 1\nfall = 1\n",
+            data("ca.pem").display()
+        ),
+    ))
+    .await;
+    tokio::time::timeout(DEADLINE, async {
+        while be.hits() < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("probes reach the backend");
+    let (_, body) = lb.admin("GET", "/status").await;
+    let j: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(j["upstreams"][0]["backends"][0]["state"], "healthy");
+}
+
+#[test]
+fn an_unreadable_ca_file_stops_startup() {
+    let path = temp_config(
+        "ca.toml",
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n[upstream.web]\nca_file = \"/nonexistent/ca.pem\"\nbackends = [{ url = \"https://127.0.0.1:1\" }]\n",
+    );
+    let (code, _, err) = run(&["-c", path.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("ca_file /nonexistent/ca.pem"), "{err}");
+}

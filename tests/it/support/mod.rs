@@ -83,6 +83,42 @@ impl TestBackend {
     }
 
     fn serve(listener: TcpListener, handler: Handler) -> TestBackend {
+        Self::serve_with(listener, handler, None)
+    }
+
+    /// Answers 200 with `name` as the body over TLS, with the test certificate for
+    /// 127.0.0.1 and localhost (signed by tests/data/tls/ca.pem); see `https_url`.
+    pub async fn tls_replying(name: &'static str) -> TestBackend {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tls");
+        let acceptor = sluice::proxy::tls::acceptor(&sluice::config::TlsConfig {
+            certificates: vec![sluice::config::CertificateConfig {
+                cert: dir.join("backend.pem"),
+                key: dir.join("backend.key"),
+            }],
+        })
+        .unwrap();
+        let handler: Handler = Arc::new(move |_r| {
+            Box::pin(async move {
+                Response::builder()
+                    .header("x-backend", name)
+                    .body(full(name))
+                    .unwrap()
+            })
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve_with(listener, handler, Some(acceptor))
+    }
+
+    /// `https://127.0.0.1:PORT`, for a TLS backend.
+    pub fn https_url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    fn serve_with(
+        listener: TcpListener,
+        handler: Handler,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> TestBackend {
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
         let conns = Arc::new(AtomicUsize::new(0));
@@ -103,15 +139,28 @@ impl TestBackend {
                 let handler = served.clone();
                 let hits = h.clone();
                 let builder = builder.clone();
+                let tls = tls.clone();
                 let t = tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         hits.fetch_add(1, Ordering::SeqCst);
                         let f = handler(req);
                         async move { Ok::<_, Infallible>(f.await) }
                     });
-                    let _ = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                        .await;
+                    match tls {
+                        None => {
+                            let _ = builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                                .await;
+                        }
+                        Some(acceptor) => {
+                            let Ok(stream) = acceptor.accept(stream).await else {
+                                return;
+                            };
+                            let _ = builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                                .await;
+                        }
+                    }
                 });
                 tasks.lock().unwrap().push(t.abort_handle());
             }
