@@ -182,11 +182,14 @@ impl Pool {
             }
             // Nothing should arrive on an idle connection. If tokio saw something (the
             // backend's FIN, most likely), ask the kernel what it is.
-            let stirred = conn
-                .stream
-                .tcp()
-                .poll_read_ready(&mut Context::from_waker(Waker::noop()))
-                .is_ready();
+            // TLS: rustls may hold data already read from the socket, which the
+            // socket's readiness does not show; always look.
+            let stirred = conn.stream.is_tls()
+                || conn
+                    .stream
+                    .tcp()
+                    .poll_read_ready(&mut Context::from_waker(Waker::noop()))
+                    .is_ready();
             if stirred && !still_open(&mut conn.stream) {
                 continue;
             }
@@ -323,6 +326,14 @@ impl Client {
             Err(e) => return Err(fail(SendError::Write(e), true)),
         }
         .map_err(|e| fail(SendError::Write(e), false))?;
+        // TLS may hold written bytes back until flushed (a full socket); plain TCP
+        // holds none.
+        if framing == RequestFraming::None && conn.stream.is_tls() {
+            conn.stream
+                .flush()
+                .await
+                .map_err(|e| fail(SendError::Write(e), false))?;
+        }
         let mut upload = None;
         let early = match framing {
             RequestFraming::None => false,
@@ -424,6 +435,7 @@ async fn send_body(
                 finish_body(stream, framing)
                     .await
                     .map_err(SendError::Write)?;
+                stream.flush().await.map_err(SendError::Write)?;
                 return Ok(false);
             }
             Some(Err(e)) => return Err(SendError::Body(e)),
@@ -439,8 +451,9 @@ async fn send_body(
     }
 }
 
-/// Reads what the backend sends while the request body is still going out. Waits for
-/// readiness before taking buffer room, so a quiet backend costs no buffer.
+/// Reads what the backend sends while the request body is still going out. Plain TCP
+/// waits for readiness before taking buffer room, so a quiet backend costs no buffer;
+/// TLS reads through rustls, which needs the room first.
 async fn read_some(stream: &mut Stream, buf: &mut BytesMut) -> io::Result<usize> {
     match stream {
         Stream::Plain(s) => loop {
@@ -471,7 +484,7 @@ async fn upload_rest(
     loop {
         let r = match body.frame().await {
             None => {
-                if finish_body(&mut w, framing).await.is_ok() {
+                if finish_body(&mut w, framing).await.is_ok() && w.flush().await.is_ok() {
                     // Dropping the half would shut the socket's sending side, which
                     // some servers take as the client going away mid-response.
                     w.forget();

@@ -24,6 +24,10 @@ pub enum Stream {
 }
 
 impl Stream {
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Stream::Tls(_))
+    }
+
     /// The TCP connection underneath.
     pub fn tcp(&self) -> &TcpStream {
         match self {
@@ -166,16 +170,7 @@ pub fn connector(cfg: &UpstreamConfig) -> Result<Option<TlsConnector>, String> {
                 ));
             }
         }
-        None => {
-            let found = rustls_native_certs::load_native_certs();
-            roots.add_parsable_certificates(found.certs);
-            if roots.is_empty() {
-                return Err(
-                    "https backends need trust roots: the system has none readable; set ca_file"
-                        .into(),
-                );
-            }
-        }
+        None => roots = system_roots()?,
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
@@ -185,6 +180,23 @@ pub fn connector(cfg: &UpstreamConfig) -> Result<Option<TlsConnector>, String> {
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Some(TlsConnector::from(Arc::new(config))))
+}
+
+/// The system's trust roots, read once per process (reloads and admin edits reuse
+/// them; `ca_file` is read again each time, so a changed file takes effect).
+fn system_roots() -> Result<rustls::RootCertStore, String> {
+    static ROOTS: std::sync::OnceLock<rustls::RootCertStore> = std::sync::OnceLock::new();
+    let roots = ROOTS.get_or_init(|| {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        roots
+    });
+    if roots.is_empty() {
+        return Err(
+            "https backends need trust roots: the system has none readable; set ca_file".into(),
+        );
+    }
+    Ok(roots.clone())
 }
 
 /// The name a backend's certificate must carry: its host (a DNS name or an IP address).

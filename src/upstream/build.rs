@@ -6,14 +6,19 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{Backend, BackendStats, Route, Snapshot, Tier, Upstream};
-use crate::config::Config;
+use crate::config::{Config, Scheme};
 use crate::metrics::UpstreamStats;
 use crate::proxy::client::Client;
 use crate::proxy::client::Pool;
 use crate::proxy::retry::Budget;
 
-/// What a backend keeps across snapshots: its counters and its idle connections.
-type Carried<'a> = (&'a Arc<BackendStats>, &'a Arc<Pool>);
+/// What a backend keeps across snapshots: its counters and its idle connections, with
+/// what those connections were made for (scheme, and trust for https).
+type Carried<'a> = (
+    &'a Arc<BackendStats>,
+    &'a Arc<Pool>,
+    (Scheme, Option<&'a std::path::Path>),
+);
 
 /// Builds a snapshot of `config`, reusing state from `previous` where backends match.
 /// Admin changes (drains) are undone: this is for the config file's own contents.
@@ -32,7 +37,8 @@ fn build_with(config: &Config, previous: Option<&Snapshot>, undo_admin: bool) ->
     if let Some(prev) = previous {
         for u in prev.upstreams.iter() {
             for b in u.all.iter() {
-                old_stats.insert((&u.name, b.id.to_string()), (&b.stats, &b.pool));
+                let made_for = (b.url.scheme, u.config.ca_file.as_deref());
+                old_stats.insert((&u.name, b.id.to_string()), (&b.stats, &b.pool, made_for));
             }
         }
     }
@@ -46,7 +52,7 @@ fn build_with(config: &Config, previous: Option<&Snapshot>, undo_admin: bool) ->
                 .iter()
                 .map(|b| {
                     let (stats, pool) = match old_stats.get(&(cfg.name.as_str(), b.url.id())) {
-                        Some((s, p)) => {
+                        Some((s, p, made_for)) => {
                             // Health and counters carry over; admin changes (drain) last
                             // only until the next reload (SPEC §5). A health verdict is
                             // kept only while health checks run to revise it.
@@ -56,7 +62,12 @@ fn build_with(config: &Config, previous: Option<&Snapshot>, undo_admin: bool) ->
                             if cfg.health.is_none() {
                                 s.set_unhealthy(false);
                             }
-                            (Arc::clone(s), Arc::clone(p))
+                            // Connections made for another scheme or another trust are
+                            // not to be reused: a fresh pool.
+                            let same = *made_for == (b.url.scheme, cfg.ca_file.as_deref())
+                                || (b.url.scheme == Scheme::Http && made_for.0 == Scheme::Http);
+                            let pool = if same { Arc::clone(p) } else { Pool::new() };
+                            (Arc::clone(s), pool)
                         }
                         None => {
                             let fresh = (Arc::<BackendStats>::default(), Pool::new());
@@ -148,5 +159,51 @@ mod tests {
             &changed.upstreams[0].budget
         ));
         assert_eq!(changed.upstreams[0].budget.percent(), 30);
+    }
+
+    fn with_backend(url: &str, ca_file: &str) -> Config {
+        let text = format!(
+            "[[listener]]\naddress = \"127.0.0.1:0\"\n[upstream.web]\n{ca_file}\nbackends = [{{ url = \"{url}\" }}]\n"
+        );
+        crate::config::parse_str(&text, std::path::Path::new("t.toml")).unwrap()
+    }
+
+    #[test]
+    fn idle_connections_carry_over_only_to_the_same_scheme_and_trust() {
+        let b = |s: &Snapshot| Arc::clone(&s.upstreams[0].all[0]);
+        let plain = build(&with_backend("http://127.0.0.1:9", ""), None);
+        let again = build(
+            &with_backend("127.0.0.1:9", "ca_file = \"x.pem\""),
+            Some(&plain),
+        );
+        assert!(
+            Arc::ptr_eq(&b(&plain).pool, &b(&again).pool),
+            "plain stays plain"
+        );
+        let tls = build(
+            &with_backend("https://127.0.0.1:9", "ca_file = \"x.pem\""),
+            Some(&again),
+        );
+        assert!(
+            !Arc::ptr_eq(&b(&again).pool, &b(&tls).pool),
+            "plain connections are not TLS"
+        );
+        assert!(
+            Arc::ptr_eq(&b(&again).stats, &b(&tls).stats),
+            "counters carry over"
+        );
+        let same = build(
+            &with_backend("https://127.0.0.1:9", "ca_file = \"x.pem\""),
+            Some(&tls),
+        );
+        assert!(Arc::ptr_eq(&b(&tls).pool, &b(&same).pool));
+        let other_trust = build(
+            &with_backend("https://127.0.0.1:9", "ca_file = \"y.pem\""),
+            Some(&same),
+        );
+        assert!(
+            !Arc::ptr_eq(&b(&same).pool, &b(&other_trust).pool),
+            "trust changed"
+        );
     }
 }

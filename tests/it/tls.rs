@@ -330,14 +330,67 @@ async fn https_backends_are_reached_over_tls_trusting_ca_file() {
         1,
         "the TLS connection is pooled and reused"
     );
-    // A body sent while the answer may come early takes the split path.
+    // An answer before the whole body is sent: the rest goes beside the response, on
+    // the two halves of the connection, which is then not reused.
     let req = http::Request::post("/up")
         .body(http_body_util::Full::new(bytes::Bytes::from(vec![
             b'x';
-            200_000
+            4 << 20
         ])))
         .unwrap();
     let (s, _, body) = lb.send(req).await;
+    assert_eq!((s, body.as_str()), (StatusCode::OK, "secure"));
+    let (s, _, _) = lb.get("/").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(be.connections(), 2, "a new connection after the split one");
+}
+
+#[tokio::test]
+async fn a_large_upload_reaches_an_https_backend_whole() {
+    // The backend reads the whole body before answering, after a pause that lets the
+    // socket fill: every byte sluice wrote must leave rustls's buffers (sluice flushes
+    // at the end of a body), not wait there for more writes that never come.
+    let be = TestBackend::start_tls(
+        "backend",
+        |req: http::Request<hyper::body::Incoming>| async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let n = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes().len())
+                .unwrap_or(0);
+            http::Response::new(full(n.to_string()))
+        },
+    )
+    .await;
+    let lb = Sluice::start(&https_upstream(
+        &be,
+        &format!("ca_file = \"{}\"", data("ca.pem").display()),
+    ))
+    .await;
+    for size in [1usize, 100_000, 4 << 20] {
+        let req = http::Request::post("/count")
+            .body(http_body_util::Full::new(bytes::Bytes::from(vec![
+                b'y';
+                size
+            ])))
+            .unwrap();
+        let (s, _, body) = lb.send(req).await;
+        assert_eq!((s, body), (StatusCode::OK, size.to_string()));
+    }
+}
+
+#[tokio::test]
+async fn an_https_backend_named_by_dns_is_verified_for_that_name() {
+    let be = TestBackend::tls_replying("secure").await;
+    let lb = Sluice::start(&format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n[upstream.web]\nca_file = \"{}\"\nbackends = [{{ url = \"https://localhost:{}\" }}]\n",
+        data("ca.pem").display(),
+        be.addr.port()
+    ))
+    .await;
+    let (s, _, body) = lb.get("/").await;
     assert_eq!((s, body.as_str()), (StatusCode::OK, "secure"));
 }
 
@@ -357,14 +410,16 @@ async fn an_https_backend_with_an_untrusted_certificate_is_a_502() {
         "no backend address in the body: {body}"
     );
     assert_eq!(be.hits(), 0, "nothing was sent over the refused handshake");
-    // A plain-HTTP client of the TLS backend gets nothing useful either: the scheme
-    // in the URL is what decides.
-    let plain = Sluice::start(&format!(
-        "[[listener]]\naddress = \"127.0.0.1:0\"\n[upstream.web]\nbackends = [{{ url = \"{}\" }}]\n",
-        be.url()
+
+    // A trusted certificate for another name (a.test, served at 127.0.0.1): refused.
+    let wrong = TestBackend::start_tls("a", |_req| async { http::Response::new(full("a")) }).await;
+    let lb = Sluice::start(&https_upstream(
+        &wrong,
+        &format!("ca_file = \"{}\"", data("ca.pem").display()),
     ))
     .await;
-    assert_eq!(plain.get("/").await.0, StatusCode::BAD_GATEWAY);
+    assert_eq!(lb.get("/").await.0, StatusCode::BAD_GATEWAY);
+    assert_eq!(wrong.hits(), 0);
 }
 
 #[tokio::test]

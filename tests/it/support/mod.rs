@@ -89,22 +89,31 @@ impl TestBackend {
     /// Answers 200 with `name` as the body over TLS, with the test certificate for
     /// 127.0.0.1 and localhost (signed by tests/data/tls/ca.pem); see `https_url`.
     pub async fn tls_replying(name: &'static str) -> TestBackend {
+        Self::start_tls("backend", move |_req| async move {
+            Response::builder()
+                .header("x-backend", name)
+                .body(full(name))
+                .unwrap()
+        })
+        .await
+    }
+
+    /// Serves every request with `handler` over TLS, with the certificate
+    /// tests/data/tls/`cert`.pem (and its key).
+    pub async fn start_tls<F, Fut>(cert: &str, handler: F) -> TestBackend
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<BoxBody>> + Send + 'static,
+    {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tls");
         let acceptor = sluice::proxy::tls::acceptor(&sluice::config::TlsConfig {
             certificates: vec![sluice::config::CertificateConfig {
-                cert: dir.join("backend.pem"),
-                key: dir.join("backend.key"),
+                cert: dir.join(format!("{cert}.pem")),
+                key: dir.join(format!("{cert}.key")),
             }],
         })
         .unwrap();
-        let handler: Handler = Arc::new(move |_r| {
-            Box::pin(async move {
-                Response::builder()
-                    .header("x-backend", name)
-                    .body(full(name))
-                    .unwrap()
-            })
-        });
+        let handler: Handler = Arc::new(move |r| Box::pin(handler(r)));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         Self::serve_with(listener, handler, Some(acceptor))
     }
