@@ -96,22 +96,48 @@ async fn probe(b: &Backend, client: &Client, cfg: &HealthConfig) -> Result<(), S
             .connect_stream(b)
             .await
             .map_err(|e| format!("connect: {e}"))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
-        // Ends when `sender` is dropped, after this probe.
-        tokio::spawn(conn);
         let req = Request::get(path.as_str())
-            .header(header::HOST, b.host_value.clone())
             .header(header::USER_AGENT, "sluice-health-check")
             .body(Empty::<Bytes>::new())
             .map_err(|e| format!("request: {e}"))?;
-        let status = sender
-            .send_request(req)
+        let status = if client.is_h2() {
+            // The backend speaks HTTP/2 (gRPC servers often speak nothing else).
+            let (mut sender, conn) = hyper::client::conn::http2::handshake(
+                hyper_util::rt::TokioExecutor::new(),
+                TokioIo::new(stream),
+            )
             .await
-            .map_err(|e| format!("request: {e}"))?
-            .status()
-            .as_u16();
+            .map_err(|e| format!("handshake: {e}"))?;
+            tokio::spawn(conn);
+            let scheme = match b.url.scheme {
+                crate::config::Scheme::Https => "https",
+                crate::config::Scheme::Http => "http",
+            };
+            let (mut parts, body) = req.into_parts();
+            parts.uri = format!("{scheme}://{}{path}", b.authority)
+                .parse()
+                .map_err(|e| format!("request: {e}"))?;
+            sender
+                .send_request(Request::from_parts(parts, body))
+                .await
+                .map_err(|e| format!("request: {e}"))?
+                .status()
+                .as_u16()
+        } else {
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| format!("handshake: {e}"))?;
+            // Ends when `sender` is dropped, after this probe.
+            tokio::spawn(conn);
+            let (mut parts, body) = req.into_parts();
+            parts.headers.insert(header::HOST, b.host_value.clone());
+            sender
+                .send_request(Request::from_parts(parts, body))
+                .await
+                .map_err(|e| format!("request: {e}"))?
+                .status()
+                .as_u16()
+        };
         let (lo, hi) = cfg.expect_status;
         if (lo..=hi).contains(&status) {
             Ok(())

@@ -110,7 +110,12 @@ pub struct Upgraded {
 /// reloads keep warm connections.
 pub struct Pool {
     idle: Mutex<Vec<Idle>>,
+    /// The backend's HTTP/2 connection (`protocol = "h2c"`/`"h2"`), shared by every
+    /// request to it.
+    h2: Mutex<Option<H2Sender>>,
 }
+
+type H2Sender = hyper::client::conn::http2::SendRequest<RequestBody>;
 
 /// Every pool, so that idle connections' buffers can be shed (`shed_idle_buffers`).
 static POOLS: Mutex<Vec<Weak<Pool>>> = Mutex::new(Vec::new());
@@ -145,6 +150,7 @@ impl Pool {
     pub fn new() -> Arc<Pool> {
         let pool = Arc::new(Pool {
             idle: Mutex::new(Vec::new()),
+            h2: Mutex::new(None),
         });
         POOLS
             .lock()
@@ -160,6 +166,22 @@ impl Pool {
     /// Idle connections now held.
     pub fn idle_len(&self) -> usize {
         self.lock().len()
+    }
+
+    fn h2_slot(&self) -> std::sync::MutexGuard<'_, Option<H2Sender>> {
+        self.h2.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The backend's HTTP/2 connection, if it has one still open.
+    fn h2_sender(&self) -> Option<H2Sender> {
+        let mut slot = self.h2_slot();
+        match &*slot {
+            Some(s) if !s.is_closed() => Some(s.clone()),
+            _ => {
+                *slot = None;
+                None
+            }
+        }
     }
 
     fn put(&self, conn: Conn, max_idle: usize) {
@@ -227,6 +249,10 @@ pub enum SendError {
     Response(#[source] WireError),
     #[error("request body")]
     Body(#[source] RequestBodyError),
+    #[error("HTTP/2 to the backend")]
+    H2(#[source] hyper::Error),
+    #[error("a protocol switch (Upgrade) cannot go to an HTTP/2 backend")]
+    UpgradeToH2,
 }
 
 impl SendError {
@@ -255,6 +281,8 @@ pub struct How {
 pub struct Client {
     connect_timeout: Duration,
     max_idle: usize,
+    /// HTTP/2 (h2c or h2) rather than HTTP/1.1 to the backends.
+    h2: bool,
     /// For `https://` backends (None when the upstream has none).
     tls: Option<tokio_rustls::TlsConnector>,
 }
@@ -270,8 +298,14 @@ impl Client {
         Client {
             connect_timeout: cfg.connect_timeout,
             max_idle: cfg.max_idle_per_backend,
+            h2: cfg.protocol != crate::config::Protocol::Http1,
             tls,
         }
+    }
+
+    /// Does this upstream speak HTTP/2 to its backends?
+    pub fn is_h2(&self) -> bool {
+        self.h2
     }
 
     /// Sends `req` (origin-form URI; its head's lines in `outgoing` when they travel
@@ -288,6 +322,9 @@ impl Client {
         outgoing: Option<&Outgoing>,
         how: How,
     ) -> Result<Response<BackendBody>, Failure> {
+        if self.h2 {
+            return Box::pin(self.send_h2(backend, req, how)).await;
+        }
         let How {
             upgrade,
             fresh,
@@ -389,6 +426,113 @@ impl Client {
             .map_err(|_| SendError::ConnectTimeout(self.connect_timeout))?
             .map_err(SendError::Connect)?;
         Ok(Conn::new(stream))
+    }
+
+    /// `send` over HTTP/2: the backend's one connection is shared by all requests to it
+    /// (made when there is none, or when `how.fresh` asks). The request is sent with
+    /// the header map (prepare() keeps HTTP/2 upstreams on it), its `Host` as
+    /// `:authority`; response bodies and trailers stream back as hyper gives them.
+    async fn send_h2(
+        &self,
+        backend: &Backend,
+        req: &mut Request<RequestBody>,
+        how: How,
+    ) -> Result<Response<BackendBody>, Failure> {
+        if how.upgrade {
+            return Err(Failure {
+                error: SendError::UpgradeToH2,
+                unsent: true,
+                reused: false,
+            });
+        }
+        let pooled = if how.fresh {
+            None
+        } else {
+            backend.pool.h2_sender()
+        };
+        let reused = pooled.is_some();
+        let mut sender = match pooled {
+            Some(s) => s,
+            None => self.connect_h2(backend).await.map_err(|error| Failure {
+                error,
+                unsent: true,
+                reused: false,
+            })?,
+        };
+        if let Err(e) = sender.ready().await {
+            return Err(Failure {
+                error: SendError::H2(e),
+                unsent: true,
+                reused,
+            });
+        }
+        let scheme = match backend.url.scheme {
+            crate::config::Scheme::Https => http::uri::Scheme::HTTPS,
+            crate::config::Scheme::Http => http::uri::Scheme::HTTP,
+        };
+        // :authority is the Host the request would carry over HTTP/1.1.
+        let authority = req
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok())
+            .unwrap_or_else(|| backend.authority.clone());
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(scheme);
+        parts.authority = Some(authority);
+        parts.path_and_query = req.uri().path_and_query().cloned();
+        let uri = http::Uri::from_parts(parts).map_err(|_| Failure {
+            error: SendError::Closed,
+            unsent: true,
+            reused,
+        })?;
+        let body = std::mem::replace(req.body_mut(), RequestBody::empty());
+        let mut out = Request::new(body);
+        *out.method_mut() = req.method().clone();
+        *out.uri_mut() = uri;
+        *out.version_mut() = http::Version::HTTP_2;
+        let headers = out.headers_mut();
+        headers.clone_from(req.headers());
+        headers.remove(http::header::HOST);
+        match sender.send_request(out).await {
+            Ok(resp) => {
+                let (parts, body) = resp.into_parts();
+                Ok(Response::from_parts(parts, BackendBody::from_h2(body)))
+            }
+            Err(e) => Err(Failure {
+                error: SendError::H2(e),
+                unsent: false,
+                reused,
+            }),
+        }
+    }
+
+    /// A new HTTP/2 connection to `backend` (prior knowledge for h2c, ALPN h2 for h2),
+    /// whose sender goes into the backend's pool for the next requests.
+    async fn connect_h2(&self, backend: &Backend) -> Result<H2Sender, SendError> {
+        let handshake = async {
+            let stream = self
+                .connect_stream(backend)
+                .await
+                .map_err(SendError::Connect)?;
+            let mut builder =
+                hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+            builder.timer(hyper_util::rt::TokioTimer::new());
+            let (sender, conn) = builder
+                .handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| SendError::Connect(io::Error::other(e)))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "HTTP/2 backend connection ended");
+                }
+            });
+            Ok::<_, SendError>(sender)
+        };
+        let sender = tokio::time::timeout(self.connect_timeout, handshake)
+            .await
+            .map_err(|_| SendError::ConnectTimeout(self.connect_timeout))??;
+        *backend.pool.h2_slot() = Some(sender.clone());
+        Ok(sender)
     }
 
     /// A new connection to `backend`: TCP, and the TLS handshake for an `https://`
@@ -540,6 +684,8 @@ async fn finish_body<W: AsyncWrite + Unpin>(w: &mut W, framing: RequestFraming) 
 /// A backend's response body, read from its connection as it is polled. At its end
 /// the connection goes back to the pool, if it may be reused.
 pub struct BackendBody {
+    /// The body of an HTTP/2 backend's answer (then `src` is None).
+    h2: Option<hyper::body::Incoming>,
     src: Option<Source>,
     state: Framed,
     reuse: Option<(Arc<Pool>, usize)>,
@@ -570,6 +716,8 @@ pub enum BodyError {
     Closed,
     #[error("bad response body")]
     Wire(#[source] WireError),
+    #[error("reading the response body (HTTP/2)")]
+    H2(#[source] hyper::Error),
 }
 
 impl BackendBody {
@@ -580,6 +728,7 @@ impl BackendBody {
         upload: Option<Upload>,
     ) -> BackendBody {
         let mut body = BackendBody {
+            h2: None,
             src: Some(src),
             state: Framed::of(framing),
             reuse,
@@ -593,6 +742,18 @@ impl BackendBody {
             body.finish();
         }
         body
+    }
+
+    /// An HTTP/2 backend's response body.
+    fn from_h2(body: hyper::body::Incoming) -> BackendBody {
+        BackendBody {
+            h2: Some(body),
+            src: None,
+            state: Framed::Done,
+            reuse: None,
+            _upload: None,
+            raw: None,
+        }
     }
 
     /// The response's header lines to pass on as they are, if they travel so (the
@@ -642,6 +803,9 @@ impl Body for BackendBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
+        if let Some(h2) = this.h2.as_mut() {
+            return Pin::new(h2).poll_frame(cx).map_err(BodyError::H2);
+        }
         loop {
             let Some(src) = this.src.as_mut() else {
                 return Poll::Ready(None);
@@ -674,11 +838,17 @@ impl Body for BackendBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.src.is_none() || self.state.is_done()
+        match &self.h2 {
+            Some(b) => b.is_end_stream(),
+            None => self.src.is_none() || self.state.is_done(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.state.size_hint()
+        match &self.h2 {
+            Some(b) => b.size_hint(),
+            None => self.state.size_hint(),
+        }
     }
 }
 

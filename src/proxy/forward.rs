@@ -293,8 +293,10 @@ fn prepare(
     upstream.budget.record_request(now);
     let hashing = upstream.config.strategy == StrategyKind::ConsistentHash;
     let sticky_cookie = upstream.config.sticky.as_ref().map(|s| s.cookie.as_str());
-    // An upstream that reads the request's headers gets them in the map after all.
+    // An upstream that reads the request's headers gets them in the map after all;
+    // so does one spoken to over HTTP/2, whose heads hyper writes from the map.
     let reads_headers = sticky_cookie.is_some()
+        || upstream.client.is_h2()
         || (hashing
             && matches!(
                 upstream.config.hash_key,

@@ -56,22 +56,29 @@ pub enum BindError {
         #[source]
         source: super::tls::TlsError,
     },
-    #[error("upstream \"{0}\": {1} is not supported by this build yet")]
-    Unsupported(String, &'static str),
     #[error("upstream \"{0}\": {1}")]
     Upstream(String, String),
 }
 
-/// Refuses settings this build parses but cannot honour yet, rather than running them
-/// wrongly; warns about those it runs with a documented stand-in.
+/// Checks what the config file's validation cannot: trust for https backends (files
+/// and system roots), and, for admin edits, that backends match their upstream's
+/// protocol.
 pub(crate) fn check_supported(config: &crate::config::Config) -> Result<(), BindError> {
-    use crate::config::Protocol;
+    use crate::config::{Protocol, Scheme};
     for u in &config.upstreams {
-        if u.protocol != Protocol::Http1 {
-            return Err(BindError::Unsupported(
-                u.name.clone(),
-                "protocol h2c/h2 to backends",
-            ));
+        // The config file is checked for this; admin edits come here.
+        let wrong = match u.protocol {
+            Protocol::Http1 => None,
+            Protocol::H2 => Some((Scheme::Http, "protocol \"h2\" needs https backends")),
+            Protocol::H2c => Some((Scheme::Https, "protocol \"h2c\" needs plain http backends")),
+        };
+        if let Some((scheme, why)) = wrong {
+            if let Some(b) = u.backends.iter().find(|b| b.url.scheme == scheme) {
+                return Err(BindError::Upstream(
+                    u.name.clone(),
+                    format!("{why}, not {}", b.url),
+                ));
+            }
         }
         // Trust for https backends: ca_file readable, or system roots present.
         super::stream::connector(u).map_err(|e| BindError::Upstream(u.name.clone(), e))?;

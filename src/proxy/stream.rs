@@ -178,7 +178,10 @@ pub fn connector(cfg: &UpstreamConfig) -> Result<Option<TlsConnector>, String> {
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = match cfg.protocol {
+        crate::config::Protocol::H2 => vec![b"h2".to_vec()],
+        _ => vec![b"http/1.1".to_vec()],
+    };
     Ok(Some(TlsConnector::from(Arc::new(config))))
 }
 

@@ -140,21 +140,6 @@ async fn access_log_off_prints_no_request_lines_and_events_are_json() {
     assert_eq!(code, 0);
 }
 
-#[test]
-fn settings_this_build_cannot_honour_are_refused_at_startup_not_by_check() {
-    let path = temp_config(
-        "h2.toml",
-        "[[listener]]\naddress = \"127.0.0.1:0\"\n[upstream.web]\nprotocol = \"h2\"\nbackends = [{ url = \"https://127.0.0.1:1\" }]\n",
-    );
-    let p = path.to_str().unwrap();
-    let (code, _, err) = run(&["check", "-c", p]);
-    assert_eq!(code, 0, "valid per the SPEC: {err}");
-    let (code, _, err) = run(&["-c", p]);
-    assert_eq!(code, 1);
-    assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("not supported by this build yet"), "{err}");
-}
-
 #[tokio::test]
 async fn workers_sets_the_runtime_threads() {
     let be = TestBackend::replying("a").await;

@@ -73,7 +73,20 @@ impl TestBackend {
 
     /// A backend on `addr` again with `handler` (taken from a crashed one).
     pub async fn restart_at(addr: SocketAddr, handler: Handler) -> TestBackend {
-        let listener = TcpListener::bind(addr).await.unwrap();
+        // The old listener closes when its aborted task is next polled.
+        let listener = tokio::time::timeout(DEADLINE, async {
+            loop {
+                match TcpListener::bind(addr).await {
+                    Ok(l) => return l,
+                    Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                        tokio::time::sleep(Duration::from_millis(2)).await
+                    }
+                    Err(e) => panic!("rebinding {addr}: {e}"),
+                }
+            }
+        })
+        .await
+        .expect("the old listener closes");
         Self::serve(listener, handler)
     }
 

@@ -1,0 +1,245 @@
+//! HTTP/2 to backends (SPEC §2 `protocol = "h2c"` / `"h2"`): one multiplexed connection
+//! per backend, the client's Host as `:authority`, trailers (gRPC) passed to HTTP/2
+//! clients, health probes over HTTP/2, TLS with ALPN h2.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::StatusCode;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use tokio::sync::Notify;
+
+use crate::support::*;
+
+fn ca() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/tls/ca.pem")
+}
+
+/// Answers with the version it was asked in, the :authority/Host and the body length;
+/// `/slow` waits for `gate`; `/healthz` fails unless asked over HTTP/2.
+fn describe(
+    gate: Arc<Notify>,
+) -> impl Fn(
+    http::Request<Incoming>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = http::Response<BoxBody>> + Send>>
++ Send
++ Sync
++ 'static {
+    move |req: http::Request<Incoming>| {
+        let gate = gate.clone();
+        Box::pin(async move {
+            let version = req.version();
+            if req.uri().path() == "/healthz" {
+                let status = if version == http::Version::HTTP_2 {
+                    200
+                } else {
+                    500
+                };
+                return http::Response::builder()
+                    .status(status)
+                    .body(full(""))
+                    .unwrap();
+            }
+            if req.uri().path() == "/slow" {
+                gate.notified().await;
+            }
+            let authority = req
+                .uri()
+                .authority()
+                .map(|a| a.to_string())
+                .or_else(|| {
+                    req.headers()
+                        .get("host")
+                        .map(|h| h.to_str().unwrap_or("").to_owned())
+                })
+                .unwrap_or_default();
+            let xff = req
+                .headers()
+                .get("x-forwarded-for")
+                .map(|h| h.to_str().unwrap_or("").to_owned())
+                .unwrap_or_default();
+            let n = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes().len())
+                .unwrap_or(0);
+            http::Response::new(full(format!("{version:?} {authority} {n} {xff}")))
+        })
+    }
+}
+
+#[tokio::test]
+async fn h2c_backends_share_one_connection_and_see_the_clients_host() {
+    let gate = Arc::new(Notify::new());
+    let be = TestBackend::start(describe(gate.clone())).await;
+    let lb = Arc::new(Sluice::over(&[be.url()], "protocol = \"h2c\"").await);
+
+    let req = http::Request::get("/x")
+        .header("host", "app.test")
+        .body(Full::default())
+        .unwrap();
+    let (s, _, body) = lb.send(req).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(body.starts_with("HTTP/2.0 app.test 0 127.0.0.1"), "{body}");
+
+    // A body goes along; concurrent requests multiplex on the one connection.
+    let req = http::Request::post("/up")
+        .body(Full::new(Bytes::from(vec![b'z'; 300_000])))
+        .unwrap();
+    let (s, _, body) = lb.send(req).await;
+    assert_eq!(
+        (s, body.split(' ').nth(2)),
+        (StatusCode::OK, Some("300000"))
+    );
+    let slow: Vec<_> = (0..4)
+        .map(|_| {
+            let lb = lb.clone();
+            tokio::spawn(async move { lb.get("/slow").await })
+        })
+        .collect();
+    tokio::time::timeout(DEADLINE, async {
+        while be.hits() < 6 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("all four are at the backend at once");
+    gate.notify_waiters();
+    for t in slow {
+        assert_eq!(t.await.unwrap().0, StatusCode::OK);
+    }
+    assert_eq!(
+        be.connections(),
+        1,
+        "one HTTP/2 connection carried everything"
+    );
+}
+
+#[tokio::test]
+async fn trailers_reach_http2_clients() {
+    // A gRPC-like answer: data, then trailers.
+    let be = TestBackend::start(|_req| async {
+        let frames = frames_body(vec![
+            http_body::Frame::data(Bytes::from_static(b"payload")),
+            http_body::Frame::trailers({
+                let mut t = http::HeaderMap::new();
+                t.insert("grpc-status", "0".parse().unwrap());
+                t
+            }),
+        ]);
+        http::Response::builder()
+            .header("content-type", "application/grpc")
+            .body(frames)
+            .unwrap()
+    })
+    .await;
+    let lb = Sluice::over(&[be.url()], "protocol = \"h2c\"").await;
+    let tcp = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::post(format!("http://{}/svc/Method", lb.addr))
+        .header("te", "trailers")
+        .header("content-type", "application/grpc")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let resp = tokio::time::timeout(DEADLINE, send.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let collected = resp.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned();
+    assert_eq!(collected.to_bytes(), "payload");
+    assert_eq!(
+        trailers.and_then(|t| t.get("grpc-status").cloned()),
+        Some("0".parse().unwrap())
+    );
+}
+
+/// A body of the given frames, in order.
+fn frames_body(frames: Vec<http_body::Frame<Bytes>>) -> BoxBody {
+    struct Frames(std::collections::VecDeque<http_body::Frame<Bytes>>);
+    impl futures_core::Stream for Frames {
+        type Item = Result<http_body::Frame<Bytes>, std::convert::Infallible>;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
+            std::task::Poll::Ready(self.0.pop_front().map(Ok))
+        }
+    }
+    http_body_util::StreamBody::new(Frames(frames.into()))
+        .map_err(|e| match e {})
+        .boxed()
+}
+
+#[tokio::test]
+async fn h2_over_tls_and_health_probes_over_http2() {
+    let gate = Arc::new(Notify::new());
+    let be = TestBackend::start_tls("backend", describe(gate)).await;
+    let lb = Sluice::start(&format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
+         [upstream.web]\nprotocol = \"h2\"\nca_file = \"{}\"\nbackends = [{{ url = \"{}\" }}]\n\
+         [upstream.web.health]\npath = \"/healthz\"\ninterval = \"50ms\"\nrise = 1\nfall = 1\n",
+        ca().display(),
+        be.https_url()
+    ))
+    .await;
+    let (s, _, body) = lb.get("/tls").await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(body.starts_with("HTTP/2.0 "), "{body}");
+    // Probes answer 200 only over HTTP/2: a few rounds in, the backend is still healthy.
+    tokio::time::timeout(DEADLINE, async {
+        while be.hits() < 4 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("probes reach the backend");
+    let (_, status) = lb.admin("GET", "/status").await;
+    let j: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(j["upstreams"][0]["backends"][0]["state"], "healthy");
+}
+
+#[tokio::test]
+async fn a_protocol_switch_to_an_http2_backend_is_a_502() {
+    let be = TestBackend::upgrade_echo().await;
+    let lb = Sluice::over(&[be.url()], "protocol = \"h2c\"").await;
+    let mut s = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
+    use tokio::io::AsyncWriteExt;
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    assert_eq!(be.hits(), 0);
+}
+
+#[tokio::test]
+async fn a_dead_http2_connection_is_replaced() {
+    let gate = Arc::new(Notify::new());
+    let be = TestBackend::start(describe(gate)).await;
+    let addr = be.addr;
+    let handler = be.handler();
+    let lb = Sluice::over(&[be.url()], "protocol = \"h2c\"").await;
+    assert_eq!(lb.get("/").await.0, StatusCode::OK);
+    // The backend restarts: its connections die with it.
+    drop(be);
+    let be = TestBackend::restart_at(addr, handler).await;
+    let (s, _, body) = lb.get("/again").await;
+    assert_eq!(
+        (s, body.starts_with("HTTP/2.0")),
+        (StatusCode::OK, true),
+        "{body}"
+    );
+    assert_eq!(be.connections(), 1);
+}
