@@ -41,6 +41,10 @@ use crate::upstream::Backend;
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// An idle connection's buffers are shed after this long unused (`shed_idle_buffers`).
 const SHED_AFTER: Duration = Duration::from_millis(100);
+/// How often an HTTP/2 backend connection is pinged, and how long a ping may go
+/// unanswered before the connection is given up.
+const H2_PING_EVERY: Duration = Duration::from_secs(10);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
 /// Room reserved for writing a request head.
 const HEAD_GUESS: usize = 1024;
 /// Read buffer room for a response head, and the least read for a body.
@@ -113,6 +117,10 @@ pub struct Pool {
     /// The backend's HTTP/2 connection (`protocol = "h2c"`/`"h2"`), shared by every
     /// request to it.
     h2: Mutex<Option<H2Sender>>,
+    /// Held while an HTTP/2 connection is being opened, so that requests arriving
+    /// meanwhile wait for it instead of each opening their own (an async lock, on the
+    /// cold path only).
+    h2_opening: tokio::sync::Mutex<()>,
 }
 
 type H2Sender = hyper::client::conn::http2::SendRequest<RequestBody>;
@@ -151,6 +159,7 @@ impl Pool {
         let pool = Arc::new(Pool {
             idle: Mutex::new(Vec::new()),
             h2: Mutex::new(None),
+            h2_opening: tokio::sync::Mutex::new(()),
         });
         POOLS
             .lock()
@@ -445,21 +454,26 @@ impl Client {
                 reused: false,
             });
         }
-        let pooled = if how.fresh {
-            None
-        } else {
-            backend.pool.h2_sender()
-        };
+        let pool = &backend.pool;
+        let pooled = if how.fresh { None } else { pool.h2_sender() };
         let reused = pooled.is_some();
         let mut sender = match pooled {
             Some(s) => s,
-            None => self.connect_h2(backend).await.map_err(|error| Failure {
-                error,
-                unsent: true,
-                reused: false,
-            })?,
+            None => {
+                let _opening = pool.h2_opening.lock().await;
+                // Someone else may have opened one while this request waited.
+                match pool.h2_sender().filter(|_| !how.fresh) {
+                    Some(s) => s,
+                    None => self.connect_h2(backend).await.map_err(|error| Failure {
+                        error,
+                        unsent: true,
+                        reused: false,
+                    })?,
+                }
+            }
         };
         if let Err(e) = sender.ready().await {
+            pool.h2_slot().take();
             return Err(Failure {
                 error: SendError::H2(e),
                 unsent: true,
@@ -493,16 +507,30 @@ impl Client {
         let headers = out.headers_mut();
         headers.clone_from(req.headers());
         headers.remove(http::header::HOST);
-        match sender.send_request(out).await {
+        match sender.try_send_request(out).await {
             Ok(resp) => {
                 let (parts, body) = resp.into_parts();
                 Ok(Response::from_parts(parts, BackendBody::from_h2(body)))
             }
-            Err(e) => Err(Failure {
-                error: SendError::H2(e),
-                unsent: false,
-                reused,
-            }),
+            Err(mut e) => {
+                if sender.is_closed() {
+                    pool.h2_slot().take();
+                }
+                // hyper hands back a request it never sent (the connection was
+                // closing): its body goes back with it, and it may go elsewhere.
+                let unsent = match e.take_message() {
+                    Some(back) => {
+                        *req.body_mut() = back.into_body();
+                        true
+                    }
+                    None => false,
+                };
+                Err(Failure {
+                    error: SendError::H2(e.into_error()),
+                    unsent,
+                    reused,
+                })
+            }
         }
     }
 
@@ -514,9 +542,22 @@ impl Client {
                 .connect_stream(backend)
                 .await
                 .map_err(SendError::Connect)?;
+            if let Stream::Tls(tls) = &stream {
+                if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+                    return Err(SendError::Connect(io::Error::other(
+                        "the backend did not agree to HTTP/2 (ALPN h2)",
+                    )));
+                }
+            }
             let mut builder =
                 hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
-            builder.timer(hyper_util::rt::TokioTimer::new());
+            // Pings find a connection that died silently (the backend's host gone):
+            // it closes, and the next request opens a new one.
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .keep_alive_interval(H2_PING_EVERY)
+                .keep_alive_timeout(H2_PING_TIMEOUT)
+                .keep_alive_while_idle(true);
             let (sender, conn) = builder
                 .handshake(hyper_util::rt::TokioIo::new(stream))
                 .await

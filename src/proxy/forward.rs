@@ -416,6 +416,10 @@ async fn attempts(
         && http_body::Body::is_end_stream(breq.body());
     // Only a status retry sends a request again after a response head came back.
     let recycle = !replayable || !retry.on.iter().any(|o| matches!(o, RetryOn::Status(_)));
+    if upgrade && upstream.client.is_h2() {
+        // Not a backend's failure: no pick, no retry, nothing counted against one.
+        return Err(ProxyError::BrokeOff(SendError::UpgradeToH2));
+    }
     let mut tried = Tried::default();
     let (mut tries, mut retries, mut fresh, mut stale_retried) = (0u32, 0u32, false, false);
     let mut counted = 0u32;

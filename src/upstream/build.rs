@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{Backend, BackendStats, Route, Snapshot, Tier, Upstream};
-use crate::config::{Config, Scheme};
+use crate::config::{Config, Protocol, Scheme};
 use crate::metrics::UpstreamStats;
 use crate::proxy::client::Client;
 use crate::proxy::client::Pool;
@@ -17,7 +17,7 @@ use crate::proxy::retry::Budget;
 type Carried<'a> = (
     &'a Arc<BackendStats>,
     &'a Arc<Pool>,
-    (Scheme, Option<&'a std::path::Path>),
+    (Scheme, Option<&'a std::path::Path>, Protocol),
 );
 
 /// Builds a snapshot of `config`, reusing state from `previous` where backends match.
@@ -37,7 +37,7 @@ fn build_with(config: &Config, previous: Option<&Snapshot>, undo_admin: bool) ->
     if let Some(prev) = previous {
         for u in prev.upstreams.iter() {
             for b in u.all.iter() {
-                let made_for = (b.url.scheme, u.config.ca_file.as_deref());
+                let made_for = (b.url.scheme, u.config.ca_file.as_deref(), u.config.protocol);
                 old_stats.insert((&u.name, b.id.to_string()), (&b.stats, &b.pool, made_for));
             }
         }
@@ -64,8 +64,10 @@ fn build_with(config: &Config, previous: Option<&Snapshot>, undo_admin: bool) ->
                             }
                             // Connections made for another scheme or another trust are
                             // not to be reused: a fresh pool.
-                            let same = *made_for == (b.url.scheme, cfg.ca_file.as_deref())
-                                || (b.url.scheme == Scheme::Http && made_for.0 == Scheme::Http);
+                            let (scheme, ca_file, protocol) = *made_for;
+                            let same = protocol == cfg.protocol
+                                && scheme == b.url.scheme
+                                && (scheme == Scheme::Http || ca_file == cfg.ca_file.as_deref());
                             let pool = if same { Arc::clone(p) } else { Pool::new() };
                             (Arc::clone(s), pool)
                         }
@@ -204,6 +206,14 @@ mod tests {
         assert!(
             !Arc::ptr_eq(&b(&same).pool, &b(&other_trust).pool),
             "trust changed"
+        );
+        let h2c = build(
+            &with_backend("http://127.0.0.1:9", "protocol = \"h2c\""),
+            Some(&plain),
+        );
+        assert!(
+            !Arc::ptr_eq(&b(&plain).pool, &b(&h2c).pool),
+            "HTTP/1.1 connections are not HTTP/2 ones"
         );
     }
 }
