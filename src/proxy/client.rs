@@ -73,14 +73,23 @@ impl Conn {
 /// the rest of the request body is still being sent beside the response (see `send`).
 enum Source {
     Conn(Conn),
-    Half { read: ReadHalf, buf: BytesMut },
+    Half {
+        read: ReadHalf,
+        buf: BytesMut,
+    },
+    /// An HTTP/2 backend's body, read by hyper (`buf` stays empty; it is here so
+    /// every variant has one, and costs no allocation).
+    H2 {
+        body: hyper::body::Incoming,
+        buf: BytesMut,
+    },
 }
 
 impl Source {
     fn buf(&mut self) -> &mut BytesMut {
         match self {
             Source::Conn(c) => &mut c.buf,
-            Source::Half { buf, .. } => buf,
+            Source::Half { buf, .. } | Source::H2 { buf, .. } => buf,
         }
     }
 
@@ -95,6 +104,8 @@ impl Source {
                 buf.reserve(room);
                 tokio_util::io::poll_read_buf(Pin::new(read), cx, buf)
             }
+            // Not read this way (see `BackendBody::poll_frame`).
+            Source::H2 { .. } => Poll::Ready(Ok(0)),
         }
     }
 
@@ -725,8 +736,6 @@ async fn finish_body<W: AsyncWrite + Unpin>(w: &mut W, framing: RequestFraming) 
 /// A backend's response body, read from its connection as it is polled. At its end
 /// the connection goes back to the pool, if it may be reused.
 pub struct BackendBody {
-    /// The body of an HTTP/2 backend's answer (then `src` is None).
-    h2: Option<hyper::body::Incoming>,
     src: Option<Source>,
     state: Framed,
     reuse: Option<(Arc<Pool>, usize)>,
@@ -769,7 +778,6 @@ impl BackendBody {
         upload: Option<Upload>,
     ) -> BackendBody {
         let mut body = BackendBody {
-            h2: None,
             src: Some(src),
             state: Framed::of(framing),
             reuse,
@@ -788,8 +796,10 @@ impl BackendBody {
     /// An HTTP/2 backend's response body.
     fn from_h2(body: hyper::body::Incoming) -> BackendBody {
         BackendBody {
-            h2: Some(body),
-            src: None,
+            src: Some(Source::H2 {
+                body,
+                buf: BytesMut::new(),
+            }),
             state: Framed::Done,
             reuse: None,
             _upload: None,
@@ -811,7 +821,7 @@ impl BackendBody {
                 stream: conn.stream,
                 read: conn.buf.freeze(),
             }),
-            Source::Half { .. } => None,
+            Source::Half { .. } | Source::H2 { .. } => None,
         }
     }
 
@@ -844,8 +854,8 @@ impl Body for BackendBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
-        if let Some(h2) = this.h2.as_mut() {
-            return Pin::new(h2).poll_frame(cx).map_err(BodyError::H2);
+        if let Some(Source::H2 { body, .. }) = this.src.as_mut() {
+            return Pin::new(body).poll_frame(cx).map_err(BodyError::H2);
         }
         loop {
             let Some(src) = this.src.as_mut() else {
@@ -879,16 +889,16 @@ impl Body for BackendBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.h2 {
-            Some(b) => b.is_end_stream(),
-            None => self.src.is_none() || self.state.is_done(),
+        match &self.src {
+            Some(Source::H2 { body, .. }) => body.is_end_stream(),
+            _ => self.src.is_none() || self.state.is_done(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.h2 {
-            Some(b) => b.size_hint(),
-            None => self.state.size_hint(),
+        match &self.src {
+            Some(Source::H2 { body, .. }) => body.size_hint(),
+            _ => self.state.size_hint(),
         }
     }
 }
