@@ -44,6 +44,21 @@ fn check(path: &std::path::Path) -> ExitCode {
             // point at where the config names the file.
             let text = std::fs::read_to_string(path).unwrap_or_default();
             let mut ok = true;
+            for u in &c.upstreams {
+                if let Err(e) = sluice::proxy::stream::connector(u) {
+                    let at = u
+                        .ca_file
+                        .as_ref()
+                        .and_then(|p| position_of(&text, &p.display().to_string()));
+                    let (line, col) = at.unwrap_or((1, 1));
+                    eprintln!(
+                        "{}:{line}:{col}: upstream \"{}\": {e}",
+                        path.display(),
+                        u.name
+                    );
+                    ok = false;
+                }
+            }
             for l in &c.listeners {
                 for e in l.tls.iter().flat_map(sluice::proxy::tls::problems) {
                     let (line, col) = e

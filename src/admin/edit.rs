@@ -60,7 +60,8 @@ pub fn add(shared: &Shared, name: &str, body: &[u8]) -> Response<Full<Bytes>> {
         weight,
         backup: new.backup,
     });
-    if let Err(e) = crate::proxy::server::check_supported(&config) {
+    // Only the edited upstream: a problem elsewhere is not this call's.
+    if let Err(e) = crate::proxy::server::check_upstream(upstream) {
         return text(StatusCode::BAD_REQUEST, format!("{e}\n"));
     }
     shared.apply_edit(config);

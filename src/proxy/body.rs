@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
@@ -36,7 +36,14 @@ pub struct RequestBody {
     inner: ClientBody,
     /// Bytes still allowed; u64::MAX = unlimited.
     remaining: u64,
+    /// Where to note why the body stopped, when whoever polls it cannot say (hyper,
+    /// sending to an HTTP/2 backend): see `watch_stop`.
+    stop: Option<Arc<AtomicU8>>,
 }
+
+/// What `RequestBody::watch_stop` notes.
+pub const STOPPED_TOO_LARGE: u8 = 1;
+pub const STOPPED_BY_CLIENT: u8 = 2;
 
 /// Why a request body stopped.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +60,7 @@ impl RequestBody {
         RequestBody {
             inner,
             remaining: if limit == 0 { u64::MAX } else { limit },
+            stop: None,
         }
     }
 
@@ -60,6 +68,20 @@ impl RequestBody {
         RequestBody {
             inner: ClientBody::Empty,
             remaining: u64::MAX,
+            stop: None,
+        }
+    }
+
+    /// From now on, a stop of this body (`STOPPED_TOO_LARGE`, `STOPPED_BY_CLIENT`) is
+    /// noted in the returned cell, for a caller that hands the body to hyper, which
+    /// only reports that the stream failed.
+    pub fn watch_stop(&mut self) -> Arc<AtomicU8> {
+        Arc::clone(self.stop.get_or_insert_with(Default::default))
+    }
+
+    fn note_stop(&self, why: u8) {
+        if let Some(s) = &self.stop {
+            s.store(why, Ordering::Relaxed);
         }
     }
 }
@@ -80,15 +102,20 @@ impl Body for RequestBody {
             ClientBody::Hyper(b) => ready!(Pin::new(b).poll_frame(cx))
                 .map(|r| r.map_err(|e| RequestBodyError::Client(e.into()))),
         };
-        if let Some(Ok(frame)) = &polled {
-            if let Some(data) = frame.data_ref() {
-                let n = data.len() as u64;
-                if n > this.remaining {
-                    this.inner = ClientBody::Empty;
-                    return Poll::Ready(Some(Err(RequestBodyError::TooLarge)));
+        match &polled {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    let n = data.len() as u64;
+                    if n > this.remaining {
+                        this.inner = ClientBody::Empty;
+                        this.note_stop(STOPPED_TOO_LARGE);
+                        return Poll::Ready(Some(Err(RequestBodyError::TooLarge)));
+                    }
+                    this.remaining -= n;
                 }
-                this.remaining -= n;
             }
+            Some(Err(_)) => this.note_stop(STOPPED_BY_CLIENT),
+            None => {}
         }
         Poll::Ready(polled)
     }

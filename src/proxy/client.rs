@@ -128,10 +128,22 @@ pub struct Pool {
     /// The backend's HTTP/2 connection (`protocol = "h2c"`/`"h2"`), shared by every
     /// request to it.
     h2: Mutex<Option<H2Sender>>,
-    /// Held while an HTTP/2 connection is being opened, so that requests arriving
-    /// meanwhile wait for it instead of each opening their own (an async lock, on the
-    /// cold path only).
-    h2_opening: tokio::sync::Mutex<()>,
+    /// While an HTTP/2 connection is being opened: where its outcome will be told, so
+    /// that requests arriving meanwhile wait for that one attempt (and share its
+    /// failure) instead of each opening their own in turn.
+    h2_opening: Mutex<Option<H2Opening>>,
+}
+
+/// The outcome of opening an HTTP/2 connection, once known.
+type H2Opening = tokio::sync::watch::Receiver<Option<Result<H2Sender, Arc<str>>>>;
+
+/// Clears a pool's `h2_opening` when its opener is done, or dropped midway.
+struct OpeningGuard<'a>(&'a Pool);
+
+impl Drop for OpeningGuard<'_> {
+    fn drop(&mut self) {
+        *self.0.h2_opening.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
 }
 
 type H2Sender = hyper::client::conn::http2::SendRequest<RequestBody>;
@@ -170,7 +182,7 @@ impl Pool {
         let pool = Arc::new(Pool {
             idle: Mutex::new(Vec::new()),
             h2: Mutex::new(None),
-            h2_opening: tokio::sync::Mutex::new(()),
+            h2_opening: Mutex::new(None),
         });
         POOLS
             .lock()
@@ -201,6 +213,14 @@ impl Pool {
                 *slot = None;
                 None
             }
+        }
+    }
+
+    /// Forgets the HTTP/2 connection if it is closed (not one opened since).
+    fn drop_closed_h2(&self) {
+        let mut slot = self.h2_slot();
+        if slot.as_ref().is_some_and(|s| s.is_closed()) {
+            *slot = None;
         }
     }
 
@@ -449,7 +469,8 @@ impl Client {
     }
 
     /// `send` over HTTP/2: the backend's one connection is shared by all requests to it
-    /// (made when there is none, or when `how.fresh` asks). The request is sent with
+    /// (opened when there is none open; `how.fresh` has no say, as a connection that
+    /// failed is closed and so not used again). The request is sent with
     /// the header map (prepare() keeps HTTP/2 upstreams on it), its `Host` as
     /// `:authority`; response bodies and trailers stream back as hyper gives them.
     async fn send_h2(
@@ -466,25 +487,21 @@ impl Client {
             });
         }
         let pool = &backend.pool;
-        let pooled = if how.fresh { None } else { pool.h2_sender() };
+        let pooled = pool.h2_sender();
         let reused = pooled.is_some();
         let mut sender = match pooled {
             Some(s) => s,
-            None => {
-                let _opening = pool.h2_opening.lock().await;
-                // Someone else may have opened one while this request waited.
-                match pool.h2_sender().filter(|_| !how.fresh) {
-                    Some(s) => s,
-                    None => self.connect_h2(backend).await.map_err(|error| Failure {
-                        error,
-                        unsent: true,
-                        reused: false,
-                    })?,
-                }
-            }
+            None => self
+                .join_or_open_h2(backend)
+                .await
+                .map_err(|error| Failure {
+                    error,
+                    unsent: true,
+                    reused: false,
+                })?,
         };
         if let Err(e) = sender.ready().await {
-            pool.h2_slot().take();
+            pool.drop_closed_h2();
             return Err(Failure {
                 error: SendError::H2(e),
                 unsent: true,
@@ -510,7 +527,10 @@ impl Client {
             unsent: true,
             reused,
         })?;
-        let body = std::mem::replace(req.body_mut(), RequestBody::empty());
+        let mut body = std::mem::replace(req.body_mut(), RequestBody::empty());
+        // hyper sends the body in its own task and reports only that the stream
+        // failed; the body notes whether the client was the cause.
+        let stopped = body.watch_stop();
         let mut out = Request::new(body);
         *out.method_mut() = req.method().clone();
         *out.uri_mut() = uri;
@@ -524,9 +544,7 @@ impl Client {
                 Ok(Response::from_parts(parts, BackendBody::from_h2(body)))
             }
             Err(mut e) => {
-                if sender.is_closed() {
-                    pool.h2_slot().take();
-                }
+                pool.drop_closed_h2();
                 // hyper hands back a request it never sent (the connection was
                 // closing): its body goes back with it, and it may go elsewhere.
                 let unsent = match e.take_message() {
@@ -536,11 +554,64 @@ impl Client {
                     }
                     None => false,
                 };
+                let error = match stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                    super::body::STOPPED_TOO_LARGE => SendError::Body(RequestBodyError::TooLarge),
+                    super::body::STOPPED_BY_CLIENT => SendError::Body(RequestBodyError::Client(
+                        "the client's body broke off".into(),
+                    )),
+                    _ => SendError::H2(e.into_error()),
+                };
                 Err(Failure {
-                    error: SendError::H2(e.into_error()),
+                    error,
                     unsent,
                     reused,
                 })
+            }
+        }
+    }
+
+    /// The connection being opened to `backend`, once it is (or its failure), or a new
+    /// one opened here if none is underway.
+    async fn join_or_open_h2(&self, backend: &Backend) -> Result<H2Sender, SendError> {
+        let pool = &backend.pool;
+        let tx = {
+            let mut opening = pool.h2_opening.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(s) = pool.h2_sender() {
+                return Ok(s);
+            }
+            match &*opening {
+                Some(rx) => Err(rx.clone()),
+                None => {
+                    let (tx, rx) = tokio::sync::watch::channel(None);
+                    *opening = Some(rx);
+                    Ok(tx)
+                }
+            }
+        };
+        match tx {
+            Ok(tx) => {
+                let _done = OpeningGuard(pool);
+                let opened = self.connect_h2(backend).await;
+                let told = match &opened {
+                    Ok(s) => Ok(s.clone()),
+                    Err(e) => Err(Arc::from(crate::proxy::error::chain(e).as_str())),
+                };
+                tx.send_replace(Some(told));
+                opened
+            }
+            Err(mut rx) => {
+                let outcome = rx
+                    .wait_for(Option::is_some)
+                    .await
+                    .ok()
+                    .and_then(|v| v.clone());
+                match outcome {
+                    Some(Ok(s)) => Ok(s),
+                    Some(Err(why)) => Err(SendError::Connect(io::Error::other(why.to_string()))),
+                    None => Err(SendError::Connect(io::Error::other(
+                        "the HTTP/2 connection being opened was abandoned",
+                    ))),
+                }
             }
         }
     }

@@ -64,8 +64,13 @@ pub enum BindError {
 /// and system roots), and, for admin edits, that backends match their upstream's
 /// protocol.
 pub(crate) fn check_supported(config: &crate::config::Config) -> Result<(), BindError> {
+    config.upstreams.iter().try_for_each(check_upstream)
+}
+
+/// `check_supported` for one upstream (an admin edit checks only the one it changes).
+pub fn check_upstream(u: &crate::config::UpstreamConfig) -> Result<(), BindError> {
     use crate::config::{Protocol, Scheme};
-    for u in &config.upstreams {
+    {
         // The config file is checked for this; admin edits come here.
         let wrong = match u.protocol {
             Protocol::Http1 => None,

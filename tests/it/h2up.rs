@@ -256,3 +256,35 @@ async fn a_dead_http2_connection_is_replaced() {
     );
     assert_eq!(be.connections(), 1);
 }
+
+#[tokio::test]
+async fn a_client_body_over_the_limit_is_a_413_not_a_backend_failure() {
+    let gate = Arc::new(Notify::new());
+    let be = TestBackend::start(describe(gate)).await;
+    let lb = Sluice::start(&format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n[limits]\nmax_body_bytes = 1000\n\
+         [upstream.web]\nprotocol = \"h2c\"\nbackends = [{{ url = \"{}\" }}]\n",
+        be.url()
+    ))
+    .await;
+    // Chunked, so the limit is found while the body streams to the backend.
+    let mut s = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
+    use tokio::io::AsyncWriteExt;
+    s.write_all(b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
+    for _ in 0..4 {
+        s.write_all(b"200\r\n").await.unwrap();
+        s.write_all(&[b'q'; 0x200]).await.unwrap();
+        s.write_all(b"\r\n").await.unwrap();
+    }
+    s.write_all(b"0\r\n\r\n").await.unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    let b = &lb.shared.snapshot.load().upstreams[0].all[0];
+    assert_eq!(
+        b.stats.failures.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "the client's body, not the backend, was at fault"
+    );
+}

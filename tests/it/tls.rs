@@ -455,4 +455,8 @@ fn an_unreadable_ca_file_stops_startup() {
     assert_eq!(code, 1, "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("ca_file /nonexistent/ca.pem"), "{err}");
+    let (code, _, err) = run(&["check", "-c", path.to_str().unwrap()]);
+    assert_eq!(code, 1, "check reads ca_file too: {err}");
+    let at = format!("{}:4:", path.display());
+    assert!(err.starts_with(&at) && err.contains("ca_file"), "{err}");
 }
