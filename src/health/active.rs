@@ -22,28 +22,47 @@ use crate::upstream::{Backend, Snapshot, Upstream};
 /// The running checkers of one snapshot; dropping this stops them.
 #[derive(Default)]
 pub struct Checkers {
-    tasks: Vec<AbortHandle>,
+    /// Each with the upstream it checks.
+    tasks: Vec<(Arc<Upstream>, AbortHandle)>,
 }
 
 impl Drop for Checkers {
     fn drop(&mut self) {
-        for t in &self.tasks {
+        for (_, t) in &self.tasks {
             t.abort();
         }
     }
 }
 
-/// Starts a checker for every upstream of `snapshot` that has health checks. Must run
-/// inside the runtime.
-pub fn start(snapshot: &Snapshot) -> Checkers {
+/// Starts a checker for every upstream of `snapshot` that has health checks, keeping
+/// from `previous` those whose upstream is configured exactly as before (same
+/// backends, same checks): a reload or an admin edit elsewhere does not interrupt
+/// their rounds or their rise/fall counts. Must run inside the runtime.
+pub fn start(snapshot: &Snapshot, previous: Option<Checkers>) -> Checkers {
+    let mut old = previous
+        .map(|mut c| std::mem::take(&mut c.tasks))
+        .unwrap_or_default();
     let tasks = snapshot
         .upstreams
         .iter()
         .filter_map(|u| {
             let cfg = u.config.health.clone()?;
-            Some(tokio::spawn(run(Arc::clone(u), cfg)).abort_handle())
+            let same = old.iter().position(|(was, t)| {
+                was.name == u.name && was.config == u.config && !t.is_finished()
+            });
+            Some(match same {
+                Some(i) => old.swap_remove(i),
+                None => (
+                    Arc::clone(u),
+                    tokio::spawn(run(Arc::clone(u), cfg)).abort_handle(),
+                ),
+            })
         })
         .collect();
+    // The rest stop.
+    for (_, t) in old {
+        t.abort();
+    }
     Checkers { tasks }
 }
 
@@ -148,4 +167,48 @@ async fn probe(b: &Backend, client: &Client, cfg: &HealthConfig) -> Result<(), S
     tokio::time::timeout(cfg.timeout, attempt)
         .await
         .unwrap_or_else(|_| Err(format!("no answer within {:?}", cfg.timeout)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(a_weight: u32) -> Snapshot {
+        let text = format!(
+            "[[listener]]\naddress = \"127.0.0.1:0\"\n\
+             [[route]]\npath_prefix = \"/a\"\nupstream = \"a\"\n\
+             [[route]]\npath_prefix = \"/b\"\nupstream = \"b\"\n\
+             [upstream.a]\nbackends = [{{ url = \"127.0.0.1:1\", weight = {a_weight} }}]\n\
+             [upstream.a.health]\ninterval = \"1h\"\n\
+             [upstream.b]\nbackends = [{{ url = \"127.0.0.1:2\" }}]\n\
+             [upstream.b.health]\ninterval = \"1h\"\n"
+        );
+        let config = crate::config::parse_str(&text, std::path::Path::new("t.toml")).unwrap();
+        crate::upstream::build(&config, None)
+    }
+
+    fn task_of(c: &Checkers, name: &str) -> tokio::task::Id {
+        c.tasks
+            .iter()
+            .find(|(u, _)| &*u.name == name)
+            .map(|(_, t)| t.id())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn only_the_checkers_of_changed_upstreams_restart() {
+        let first = start(&snapshot(1), None);
+        let (a, b) = (task_of(&first, "a"), task_of(&first, "b"));
+        let second = start(&snapshot(2), Some(first));
+        assert_ne!(
+            task_of(&second, "a"),
+            a,
+            "upstream a changed: a new checker"
+        );
+        assert_eq!(
+            task_of(&second, "b"),
+            b,
+            "upstream b did not: its checker goes on"
+        );
+    }
 }

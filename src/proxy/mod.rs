@@ -69,11 +69,16 @@ impl Shared {
         })
     }
 
-    /// (Re)starts the active health checkers for the current snapshot; the previous
-    /// ones stop. Must run inside the runtime.
+    /// (Re)starts the active health checkers for the current snapshot: those of
+    /// upstreams configured as before go on, the others stop or start anew. Must run
+    /// inside the runtime.
     pub fn restart_health_checks(&self) {
-        let checkers = crate::health::active::start(&self.snapshot.load());
-        *self.checkers.lock().unwrap_or_else(|p| p.into_inner()) = Some(checkers);
+        let mut slot = self.checkers.lock().unwrap_or_else(|p| p.into_inner());
+        let previous = slot.take();
+        *slot = Some(crate::health::active::start(
+            &self.snapshot.load(),
+            previous,
+        ));
     }
 
     /// Stops the active health checkers (shutdown).
