@@ -288,3 +288,46 @@ async fn a_client_body_over_the_limit_is_a_413_not_a_backend_failure() {
         "the client's body, not the backend, was at fault"
     );
 }
+
+#[tokio::test]
+async fn requests_waiting_for_an_http2_connection_share_its_failure() {
+    // A backend that accepts and then says nothing: the TLS handshake stalls until
+    // connect_timeout.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let held = {
+        let accepted = accepted.clone();
+        tokio::spawn(async move {
+            let mut keep = Vec::new();
+            while let Ok((s, _)) = silent.accept().await {
+                accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                keep.push(s);
+            }
+        })
+    };
+    let lb = Arc::new(
+        Sluice::start(&format!(
+            "[[listener]]\naddress = \"127.0.0.1:0\"\n[upstream.web]\nprotocol = \"h2\"\n\
+             ca_file = \"{}\"\nconnect_timeout = \"300ms\"\nbackends = [{{ url = \"https://{addr}\" }}]\n\
+             [upstream.web.retry]\nattempts = 0\n",
+            ca().display()
+        ))
+        .await,
+    );
+    let waiting: Vec<_> = (0..4)
+        .map(|_| {
+            let lb = lb.clone();
+            tokio::spawn(async move { lb.get("/").await.0 })
+        })
+        .collect();
+    for t in waiting {
+        assert_eq!(t.await.unwrap(), StatusCode::BAD_GATEWAY);
+    }
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one attempt to open, its failure shared, not one attempt after another"
+    );
+    held.abort();
+}
