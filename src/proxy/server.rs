@@ -324,7 +324,10 @@ impl ConnCtx {
     }
 }
 
-/// The service hyper calls for each request of an HTTP/2 connection.
+/// The service hyper calls for each request it serves: HTTP/2, and HTTP/1.1 over TLS.
+/// For an HTTP/1.1 upgrade request answered 101, the client side is kept for the
+/// connection task, which joins it to the backend's once hyper lets go of the
+/// connection (see `serve_tls`).
 fn service(
     shared: &Arc<Shared>,
     info: &Arc<ConnInfo>,
@@ -338,30 +341,10 @@ fn service(
 + 'static {
     let shared = Arc::clone(shared);
     let info = Arc::clone(info);
-    service_fn(move |req: http::Request<Incoming>| -> Answer {
-        handle_boxed(&shared, &info, req.map(ClientBody::Hyper))
-    })
-}
-
-/// `service` for HTTP/1.1 served by hyper (over TLS). For an upgrade request answered
-/// 101, the client side is kept for the connection task, which joins it to the
-/// backend's once hyper lets go of the connection (see `serve_tls`).
-fn upgrading_service(
-    shared: &Arc<Shared>,
-    info: &Arc<ConnInfo>,
-) -> impl hyper::service::Service<
-    http::Request<Incoming>,
-    Response = http::Response<ResponseBody>,
-    Error = Infallible,
-    Future = Answer,
-> + Clone
-+ Send
-+ 'static {
-    let shared = Arc::clone(shared);
-    let info = Arc::clone(info);
     service_fn(move |mut req: http::Request<Incoming>| -> Answer {
-        let client_side =
-            super::headers::is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+        let client_side = (req.version() == http::Version::HTTP_11
+            && super::headers::is_upgrade(req.headers()))
+        .then(|| hyper::upgrade::on(&mut req));
         let answer = handle_boxed(&shared, &info, req.map(ClientBody::Hyper));
         let Some(client_side) = client_side else {
             return answer;
@@ -541,7 +524,7 @@ async fn serve_tls(stream: TcpStream, acceptor: TlsAcceptor, mut ctx: ConnCtx) {
         let conn = ctx
             .protocols
             .h1
-            .serve_connection(io, upgrading_service(&ctx.shared, &info))
+            .serve_connection(io, service(&ctx.shared, &info))
             .with_upgrades();
         Box::pin(drive(conn, |c| c.graceful_shutdown(), &activity, &mut ctx)).await;
         // An upgrade: the tunnel runs here, so it keeps this connection's permit
