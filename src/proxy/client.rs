@@ -295,6 +295,17 @@ pub enum SendError {
     UpgradeToH2,
 }
 
+impl Failure {
+    /// A failure before any of the request reached the backend.
+    fn not_sent(error: SendError) -> Failure {
+        Failure {
+            error,
+            unsent: true,
+            reused: false,
+        }
+    }
+}
+
 impl SendError {
     /// Nothing reached the backend: always safe to try another one.
     pub fn is_connect(&self) -> bool {
@@ -363,7 +374,8 @@ impl Client {
         how: How,
     ) -> Result<Response<BackendBody>, Failure> {
         if self.h2 {
-            return Box::pin(self.send_h2(backend, req, how)).await;
+            // forward.rs refuses upgrades to HTTP/2 upstreams before they come here.
+            return Box::pin(self.send_h2(backend, req)).await;
         }
         let How {
             upgrade,
@@ -378,11 +390,7 @@ impl Client {
             // Boxed: the common path (a pooled connection) keeps this future small.
             None => Box::pin(self.connect(backend))
                 .await
-                .map_err(|error| Failure {
-                    error,
-                    unsent: true,
-                    reused: false,
-                })?,
+                .map_err(Failure::not_sent)?,
         };
         let fail = |error, unsent| Failure {
             error,
@@ -477,15 +485,7 @@ impl Client {
         &self,
         backend: &Backend,
         req: &mut Request<RequestBody>,
-        how: How,
     ) -> Result<Response<BackendBody>, Failure> {
-        if how.upgrade {
-            return Err(Failure {
-                error: SendError::UpgradeToH2,
-                unsent: true,
-                reused: false,
-            });
-        }
         let pool = &backend.pool;
         let pooled = pool.h2_sender();
         let reused = pooled.is_some();
@@ -494,11 +494,7 @@ impl Client {
             None => self
                 .join_or_open_h2(backend)
                 .await
-                .map_err(|error| Failure {
-                    error,
-                    unsent: true,
-                    reused: false,
-                })?,
+                .map_err(Failure::not_sent)?,
         };
         if let Err(e) = sender.ready().await {
             pool.drop_closed_h2();

@@ -51,6 +51,8 @@ impl Stream {
     }
 }
 
+/// `AsyncRead` (and with `write`, `AsyncWrite`) for an enum whose variants `Plain`
+/// and `Tls` both have it.
 macro_rules! delegate_io {
     ($t:ident) => {
         impl AsyncRead for $t {
@@ -66,35 +68,38 @@ macro_rules! delegate_io {
             }
         }
     };
+    ($t:ident, write) => {
+        impl AsyncWrite for $t {
+            fn poll_write(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                match self.get_mut() {
+                    $t::Plain(s) => Pin::new(s).poll_write(cx, buf),
+                    $t::Tls(s) => Pin::new(s).poll_write(cx, buf),
+                }
+            }
+            fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                match self.get_mut() {
+                    $t::Plain(s) => Pin::new(s).poll_flush(cx),
+                    $t::Tls(s) => Pin::new(s).poll_flush(cx),
+                }
+            }
+            fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                match self.get_mut() {
+                    $t::Plain(s) => Pin::new(s).poll_shutdown(cx),
+                    $t::Tls(s) => Pin::new(s).poll_shutdown(cx),
+                }
+            }
+        }
+    };
 }
 
 delegate_io!(Stream);
+delegate_io!(Stream, write);
 delegate_io!(ReadHalf);
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
-}
+delegate_io!(WriteHalf, write);
 
 /// The reading direction of a `Stream`.
 pub enum ReadHalf {
@@ -120,33 +125,9 @@ impl WriteHalf {
     }
 }
 
-impl AsyncWrite for WriteHalf {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            WriteHalf::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            WriteHalf::Tls(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            WriteHalf::Plain(s) => Pin::new(s).poll_flush(cx),
-            WriteHalf::Tls(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            WriteHalf::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            WriteHalf::Tls(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
-}
-
 /// The TLS client for an upstream's `https://` backends: trust from `ca_file`, or the
-/// system's roots; ALPN http/1.1. None when the upstream has no https backend.
+/// system's roots; ALPN h2 for `protocol = "h2"`, else http/1.1. None when the upstream
+/// has no https backend.
 pub fn connector(cfg: &UpstreamConfig) -> Result<Option<TlsConnector>, String> {
     if !cfg.backends.iter().any(|b| b.url.scheme == Scheme::Https) {
         return Ok(None);
