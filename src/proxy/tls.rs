@@ -65,7 +65,7 @@ fn load(c: &CertificateConfig, provider: &CryptoProvider) -> Result<Arc<Certifie
         path: c.key.display().to_string(),
         reason,
     };
-    readable(&c.cert).map_err(cert_err)?;
+    let cert_text = readable(&c.cert).map_err(cert_err)?;
     let key_text = readable(&c.key).map_err(key_err)?;
     if key_text.windows(9).any(|w| w == b"ENCRYPTED") {
         return Err(key_err(
@@ -73,8 +73,8 @@ fn load(c: &CertificateConfig, provider: &CryptoProvider) -> Result<Arc<Certifie
                 .into(),
         ));
     }
-    let chain = CertificateDer::pem_file_iter(&c.cert)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+    let chain = CertificateDer::pem_slice_iter(&cert_text)
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|e| cert_err(format!("not a PEM certificate file ({e})")))?;
     if chain.is_empty() {
         return Err(cert_err("holds no certificate (expected PEM)".into()));
