@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use tracing::field::{Field, Visit};
 use tracing_subscriber::fmt::format::Writer;
@@ -56,7 +56,6 @@ pub fn access_log_enabled() -> bool {
 /// One request's access-log fields.
 #[derive(Debug)]
 pub struct AccessRecord {
-    pub start: Instant,
     pub client: SocketAddr,
     pub method: http::Method,
     pub uri: http::Uri,

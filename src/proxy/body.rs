@@ -9,7 +9,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll, ready};
-use std::time::Instant;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -178,19 +177,25 @@ impl Completion {
 
 impl Drop for Completion {
     fn drop(&mut self) {
+        // One clock read serves the histogram and the access log.
+        let elapsed = if self.upstream.is_some() || self.record.is_some() {
+            self.started.elapsed()
+        } else {
+            std::time::Duration::ZERO
+        };
         if let Some(u) = &self.upstream {
             let status = match self.status {
                 0 => metrics::CLIENT_CLOSED,
                 s => s,
             };
-            u.duration.observe(self.started.elapsed());
+            u.duration.observe(elapsed);
             match &self.backend {
                 Some(b) => b.stats.codes.add(status),
                 None => u.unpicked.add(status),
             }
         }
         if let Some(r) = self.record.as_mut() {
-            r.finish();
+            r.duration_ms = elapsed.as_secs_f64() * 1000.0;
             telemetry::access(
                 r,
                 self.upstream.as_ref().map_or("-", |u| &u.name),
@@ -303,7 +308,6 @@ impl Body for ResponseBody {
 impl AccessRecord {
     pub fn start(client: SocketAddr, method: &http::Method, uri: &http::Uri) -> AccessRecord {
         AccessRecord {
-            start: Instant::now(),
             client,
             method: method.clone(),
             uri: uri.clone(),
@@ -313,9 +317,5 @@ impl AccessRecord {
             attempts: 0,
             duration_ms: 0.0,
         }
-    }
-
-    fn finish(&mut self) {
-        self.duration_ms = self.start.elapsed().as_secs_f64() * 1000.0;
     }
 }
