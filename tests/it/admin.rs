@@ -1,7 +1,6 @@
 //! Admin API basics (SPEC §5): health, status JSON, drain/enable, reload errors.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::StatusCode;
 use tokio::sync::Notify;
@@ -303,11 +302,14 @@ async fn an_edit_keeps_drains_and_counters() {
         )
         .await;
     assert_eq!(s, StatusCode::CREATED);
-    let (_, body) = lb.admin("GET", "/status").await;
-    let j: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let j = lb.status().await;
     let be = &j["upstreams"][0]["backends"];
     assert_eq!(be[0]["state"], "draining", "the drain outlived the edit");
     assert_eq!(be[0]["requests"], 2, "counters carry over");
+    assert_eq!(
+        be[2]["weight"], 1,
+        "weight is optional when adding (SPEC §5)"
+    );
     let bodies = lb.get_many("/", 10).await;
     assert_eq!(count(&bodies, "a"), 0, "{bodies:?}");
 }
@@ -315,15 +317,7 @@ async fn an_edit_keeps_drains_and_counters() {
 #[tokio::test]
 async fn a_removed_backend_finishes_its_requests() {
     let gate = Arc::new(Notify::new());
-    let g = gate.clone();
-    let slow = TestBackend::start(move |_req| {
-        let g = g.clone();
-        async move {
-            g.notified().await;
-            http::Response::new(full("finished"))
-        }
-    })
-    .await;
+    let slow = TestBackend::held(gate.clone(), "finished").await;
     let other = TestBackend::replying("other").await;
     let text = web_with_admin(&[slow.url(), other.url()]) + "strategy = \"first\"\n";
     let lb = Arc::new(Sluice::start(&text).await);
@@ -331,13 +325,8 @@ async fn a_removed_backend_finishes_its_requests() {
         let lb = lb.clone();
         tokio::spawn(async move { lb.get("/").await })
     };
-    tokio::time::timeout(DEADLINE, async {
-        while slow.hits() == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("the first request reached the slow backend");
+    slow.wait_hits(1, "the first request reached the slow backend")
+        .await;
     let (s, _) = lb
         .admin("DELETE", &format!("/upstreams/web/backends/{}", slow.addr))
         .await;
@@ -379,13 +368,7 @@ async fn a_request_in_flight_does_not_retry_onto_a_removed_backend() {
         let lb = lb.clone();
         tokio::spawn(async move { lb.get("/held").await })
     };
-    tokio::time::timeout(DEADLINE, async {
-        while c.hits() == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("the request reached c");
+    c.wait_hits(1, "the request reached c").await;
     let (s, _) = lb
         .admin("DELETE", &format!("/upstreams/web/backends/{}", a.addr))
         .await;

@@ -4,7 +4,6 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::StatusCode;
@@ -86,13 +85,7 @@ async fn h2c_backends_share_one_connection_and_see_the_clients_host() {
             tokio::spawn(async move { lb.get("/slow").await })
         })
         .collect();
-    tokio::time::timeout(DEADLINE, async {
-        while be.hits() < 4 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("all four are at the backend at once");
+    be.wait_hits(4, "all four are at the backend at once").await;
     gate.notify_waiters();
     for t in slow {
         assert_eq!(t.await.unwrap().0, StatusCode::OK);
@@ -201,15 +194,8 @@ async fn h2_over_tls_and_health_probes_over_http2() {
     assert_eq!(s, StatusCode::OK);
     assert!(body.starts_with("HTTP/2.0 "), "{body}");
     // Probes answer 200 only over HTTP/2: a few rounds in, the backend is still healthy.
-    tokio::time::timeout(DEADLINE, async {
-        while be.hits() < 4 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("probes reach the backend");
-    let (_, status) = lb.admin("GET", "/status").await;
-    let j: serde_json::Value = serde_json::from_str(&status).unwrap();
+    be.wait_hits(4, "probes reach the backend").await;
+    let j = lb.status().await;
     assert_eq!(j["upstreams"][0]["backends"][0]["state"], "healthy");
 }
 

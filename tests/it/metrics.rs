@@ -173,28 +173,14 @@ async fn failed_requests_retries_and_no_backend_answers_are_counted() {
 #[tokio::test]
 async fn a_client_that_leaves_before_its_answer_counts_as_499() {
     let gate = Arc::new(Notify::new());
-    let g = gate.clone();
-    let slow = TestBackend::start(move |_req| {
-        let g = g.clone();
-        async move {
-            g.notified().await;
-            http::Response::new(full("late"))
-        }
-    })
-    .await;
+    let slow = TestBackend::held(gate.clone(), "late").await;
     let lb = Sluice::start(&config(&[slow.url()], "")).await;
     assert_eq!(lb.metric("sluice_client_connections").await, Some(0.0));
     let mut c = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
     c.write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
         .await
         .unwrap();
-    tokio::time::timeout(DEADLINE, async {
-        while slow.hits() == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("the request reached the backend");
+    slow.wait_hits(1, "the request reached the backend").await;
     assert_eq!(
         lb.metric("sluice_client_connections").await,
         Some(1.0),

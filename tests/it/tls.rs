@@ -433,15 +433,8 @@ async fn health_checks_reach_https_backends_over_tls() {
         ),
     ))
     .await;
-    tokio::time::timeout(DEADLINE, async {
-        while be.hits() < 2 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("probes reach the backend");
-    let (_, body) = lb.admin("GET", "/status").await;
-    let j: serde_json::Value = serde_json::from_str(&body).unwrap();
+    be.wait_hits(2, "probes reach the backend").await;
+    let j = lb.status().await;
     assert_eq!(j["upstreams"][0]["backends"][0]["state"], "healthy");
 }
 

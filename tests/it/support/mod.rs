@@ -290,6 +290,30 @@ impl TestBackend {
         self.hits.load(Ordering::SeqCst)
     }
 
+    /// Waits (up to `DEADLINE`) until `n` requests have reached this backend; panics
+    /// with `what` otherwise.
+    pub async fn wait_hits(&self, n: usize, what: &str) {
+        tokio::time::timeout(DEADLINE, async {
+            while self.hits() < n {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect(what);
+    }
+
+    /// Answers `body` to each request once `gate` is notified.
+    pub async fn held(gate: Arc<tokio::sync::Notify>, body: &'static str) -> TestBackend {
+        Self::start(move |_req| {
+            let gate = gate.clone();
+            async move {
+                gate.notified().await;
+                Response::new(full(body))
+            }
+        })
+        .await
+    }
+
     /// Connections accepted so far.
     pub fn connections(&self) -> usize {
         self.conns.load(Ordering::SeqCst)
@@ -423,6 +447,13 @@ impl Sluice {
                 .expect("shutdown in time")
                 .unwrap();
         }
+    }
+
+    /// `GET /status`, parsed.
+    pub async fn status(&self) -> serde_json::Value {
+        let (s, body) = self.admin("GET", "/status").await;
+        assert_eq!(s, StatusCode::OK);
+        serde_json::from_str(&body).unwrap()
     }
 
     /// A call to the admin API.
