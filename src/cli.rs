@@ -70,7 +70,7 @@ pub struct RunArgs {
     #[arg(short, long, value_name = "URL[,weight=N]", value_parser = parse_backend)]
     pub backend: Vec<BackendConfig>,
     /// Balancing strategy of the default upstream
-    #[arg(short, long, value_name = "NAME", value_parser = parse_strategy)]
+    #[arg(short, long, value_name = "NAME", value_parser = strategy_parser())]
     pub strategy: Option<StrategyKind>,
     /// Key for consistent_hash: client_ip, header:NAME, cookie:NAME, path, query:NAME
     #[arg(long, value_name = "KEY", value_parser = HashKey::parse)]
@@ -95,11 +95,12 @@ pub struct RunArgs {
     pub access_log: OnOff,
 }
 
-fn parse_strategy(s: &str) -> Result<StrategyKind, String> {
-    StrategyKind::parse(s).ok_or_else(|| {
-        let names: Vec<_> = StrategyKind::ALL.iter().map(|k| k.as_str()).collect();
-        format!("expected one of {}", names.join(", "))
-    })
+/// The strategy names as clap's possible values, so `--help` and errors list them.
+fn strategy_parser() -> impl clap::builder::TypedValueParser<Value = StrategyKind> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(StrategyKind::ALL.map(|k| k.as_str())).try_map(
+        |s: String| StrategyKind::parse(&s).ok_or_else(|| format!("unknown strategy \"{s}\"")),
+    )
 }
 
 fn parse_health_path(s: &str) -> Result<String, String> {
@@ -217,6 +218,15 @@ impl RunArgs {
             }
         };
         let up = &mut config.upstreams[i];
+        // The admin API refuses a backend it already has (409); so do the flags.
+        for (i, b) in self.backend.iter().enumerate() {
+            let id = b.url.id();
+            if self.backend[..i].iter().any(|a| a.url.id() == id) {
+                return Err(format!(
+                    "--backend {id} is given twice; each backend may be named once (use weight=N for a larger share)"
+                ));
+            }
+        }
         if !self.backend.is_empty() {
             up.backends = self.backend.clone();
         }
@@ -242,6 +252,25 @@ impl RunArgs {
             }
         }
         Ok(())
+    }
+}
+
+impl RunArgs {
+    /// Flags given that have no effect on `config` (the result of `to_config`): worth
+    /// a warning, since the user meant something by them.
+    pub fn warnings(&self, config: &Config) -> Vec<String> {
+        let mut out = Vec::new();
+        let hashing = config
+            .upstreams
+            .iter()
+            .any(|u| u.strategy == StrategyKind::ConsistentHash);
+        if self.hash_key.is_some() && !hashing {
+            out.push(
+                "--hash-key has no effect: the upstream's strategy is not consistent_hash (add --strategy consistent_hash)"
+                    .to_owned(),
+            );
+        }
+        out
     }
 }
 
@@ -292,6 +321,51 @@ mod tests {
         assert_eq!(c.upstreams[0].name, DEFAULT_UPSTREAM);
         assert_eq!(c.upstreams[0].strategy, StrategyKind::LeastConn);
         assert_eq!(c.upstreams[0].backends[1].weight, 2);
+    }
+
+    #[test]
+    fn the_same_backend_twice_is_refused() {
+        let cli = Cli::try_parse_from([
+            "sluice",
+            "-b",
+            "127.0.0.1:9001",
+            "-b",
+            "http://127.0.0.1:9001",
+        ])
+        .unwrap();
+        let e = cli.run.to_config().unwrap_err();
+        assert!(e.contains("127.0.0.1:9001 is given twice"), "{e}");
+    }
+
+    #[test]
+    fn a_hash_key_without_consistent_hash_is_a_warning() {
+        let cli =
+            Cli::try_parse_from(["sluice", "-b", "127.0.0.1:9001", "--hash-key", "path"]).unwrap();
+        let c = cli.run.to_config().unwrap();
+        assert_eq!(cli.run.warnings(&c).len(), 1);
+        let cli = Cli::try_parse_from([
+            "sluice",
+            "-b",
+            "127.0.0.1:9001",
+            "--hash-key",
+            "path",
+            "-s",
+            "consistent_hash",
+        ])
+        .unwrap();
+        let c = cli.run.to_config().unwrap();
+        assert!(cli.run.warnings(&c).is_empty());
+    }
+
+    #[test]
+    fn help_lists_the_strategies() {
+        use clap::CommandFactory;
+        let help = Cli::command().render_long_help().to_string();
+        for k in StrategyKind::ALL {
+            assert!(help.contains(k.as_str()), "{}: {help}", k.as_str());
+        }
+        let e = Cli::try_parse_from(["sluice", "-s", "fastest"]).unwrap_err();
+        assert!(e.to_string().contains("least_conn"), "{e}");
     }
 
     #[test]

@@ -76,6 +76,9 @@ fn check(path: &std::path::Path) -> ExitCode {
             if !ok {
                 return ExitCode::FAILURE;
             }
+            for w in c.warnings() {
+                eprintln!("{}: warning: {w}", path.display());
+            }
             println!("{}: ok", path.display());
             ExitCode::SUCCESS
         }
@@ -126,6 +129,9 @@ fn runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime, String> {
 fn run(args: RunArgs) -> Result<(), String> {
     let config = args.to_config()?;
     telemetry::init(args.log_format, args.access_log == OnOff::On);
+    for w in args.warnings(&config).into_iter().chain(config.warnings()) {
+        tracing::warn!("{w}");
+    }
     let rt = runtime(config.server.workers)?;
     let path = args.config.clone();
     let overrides: Overrides = {

@@ -85,10 +85,8 @@ pub fn remove(shared: &Shared, name: &str, id: &str) -> Response<Full<Bytes>> {
         return no_upstream(name);
     };
     let Some(at) = upstream.backends.iter().position(|b| b.url.id() == id) else {
-        return text(
-            StatusCode::NOT_FOUND,
-            format!("upstream \"{name}\" has no backend {id}\n"),
-        );
+        let ids: Vec<String> = upstream.backends.iter().map(|b| b.url.id()).collect();
+        return super::no_backend(name, id, ids.iter().map(String::as_str));
     };
     upstream.backends.remove(at);
     // Requests routed before the swap hold the old snapshot, where the backend is still

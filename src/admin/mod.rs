@@ -97,22 +97,16 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>>
             if let Some(denied) = check_token(shared, &req) {
                 return denied;
             }
-            let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-            match (req.method(), &parts[..]) {
-                (&Method::POST, ["upstreams", name, "backends"]) => {
-                    let name = (*name).to_owned();
-                    match read_small_body(req).await {
-                        Ok(body) => edit::add(shared, &name, &body),
-                        Err(e) => e,
-                    }
+            match BackendCall::parse(req.method(), path) {
+                Some(BackendCall::Add(name)) => match read_small_body(req).await {
+                    Ok(body) => edit::add(shared, &name, &body),
+                    Err(e) => e,
+                },
+                Some(BackendCall::Remove(name, id)) => edit::remove(shared, &name, &id),
+                Some(BackendCall::Drain(name, id, draining)) => {
+                    backend_action(shared, &name, &id, draining)
                 }
-                (&Method::DELETE, ["upstreams", name, "backends", id]) => {
-                    edit::remove(shared, name, id)
-                }
-                (&Method::POST, ["upstreams", name, "backends", id, action]) => {
-                    backend_action(shared, name, id, action)
-                }
-                _ => text(StatusCode::NOT_FOUND, "not found\n"),
+                None => text(StatusCode::NOT_FOUND, "not found\n"),
             }
         }
         (_, "/" | "/healthz" | "/status" | "/metrics" | "/reload") => {
@@ -145,13 +139,77 @@ async fn read_small_body(req: Request<Incoming>) -> Result<Bytes, Response<Full<
 /// Admin calls carry a few bytes of JSON.
 const MAX_ADMIN_BODY: usize = 64 * 1024;
 
-/// `POST /upstreams/{name}/backends/{host:port}/{drain|enable}`.
-fn backend_action(shared: &Shared, name: &str, id: &str, action: &str) -> Response<Full<Bytes>> {
-    let draining = match action {
-        "drain" => true,
-        "enable" => false,
-        _ => return text(StatusCode::NOT_FOUND, "not found\n"),
+/// An admin call on an upstream's backends, with the backend named by its id.
+#[derive(Debug, PartialEq, Eq)]
+enum BackendCall {
+    /// `POST /upstreams/{name}/backends`
+    Add(String),
+    /// `DELETE /upstreams/{name}/backends/{id}`
+    Remove(String, String),
+    /// `POST /upstreams/{name}/backends/{id}/drain` (true) or `/enable` (false)
+    Drain(String, String, bool),
+}
+
+impl BackendCall {
+    /// Reads the call from a path. The backend may be named by its id (`host:port`, as
+    /// in metrics) or by its URL as `/status` shows it (`http://host:port`, also
+    /// percent-encoded): both become the id.
+    fn parse(method: &Method, path: &str) -> Option<BackendCall> {
+        let rest = path.strip_prefix("/upstreams/")?;
+        let (name, rest) = rest.split_once('/')?;
+        let name = decode(name);
+        if rest == "backends" || rest == "backends/" {
+            return (method == Method::POST).then_some(BackendCall::Add(name));
+        }
+        let rest = rest.strip_prefix("backends/")?;
+        if method == Method::DELETE {
+            return Some(BackendCall::Remove(name, backend_id(rest)));
+        }
+        let (backend, action) = rest.rsplit_once('/')?;
+        let draining = match action {
+            "drain" => true,
+            "enable" => false,
+            _ => return None,
+        };
+        Some(BackendCall::Drain(name, backend_id(backend), draining))
+    }
+}
+
+fn decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+/// The id a path segment names: `host:port` as given, or the id of a backend URL.
+fn backend_id(given: &str) -> String {
+    let given = decode(given);
+    match crate::config::BackendUrl::parse(&given) {
+        Ok(url) => url.id(),
+        Err(_) => given,
+    }
+}
+
+/// The 404 for a backend `upstream` does not have, naming the ones it has.
+pub(crate) fn no_backend<'a>(
+    upstream: &str,
+    id: &str,
+    ids: impl Iterator<Item = &'a str>,
+) -> Response<Full<Bytes>> {
+    let ids: Vec<&str> = ids.collect();
+    let known = if ids.is_empty() {
+        "it has none".to_owned()
+    } else {
+        format!("its backends are {}", ids.join(", "))
     };
+    text(
+        StatusCode::NOT_FOUND,
+        format!("upstream \"{upstream}\" has no backend {id}; {known}\n"),
+    )
+}
+
+/// `POST /upstreams/{name}/backends/{id}/{drain|enable}`.
+fn backend_action(shared: &Shared, name: &str, id: &str, draining: bool) -> Response<Full<Bytes>> {
     let snap = shared.snapshot.load();
     let Some(upstream) = snap.upstream(name) else {
         return text(
@@ -160,11 +218,9 @@ fn backend_action(shared: &Shared, name: &str, id: &str, action: &str) -> Respon
         );
     };
     let Some(backend) = upstream.all.iter().find(|b| &*b.id == id) else {
-        return text(
-            StatusCode::NOT_FOUND,
-            format!("upstream \"{name}\" has no backend {id}\n"),
-        );
+        return no_backend(name, id, upstream.all.iter().map(|b| &*b.id));
     };
+    let action = if draining { "drain" } else { "enable" };
     if backend.stats.set_draining(draining) {
         tracing::info!(
             upstream = name,
@@ -185,7 +241,13 @@ fn check_token(shared: &Shared, req: &Request<Incoming>) -> Option<Response<Full
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| t == token);
+        // Constant time: how long a wrong guess takes must not tell how much was right.
+        .is_some_and(|t| {
+            bool::from(subtle::ConstantTimeEq::ct_eq(
+                t.as_bytes(),
+                token.as_bytes(),
+            ))
+        });
     (!ok).then(|| text(StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n"))
 }
 
@@ -206,9 +268,13 @@ pub struct UpstreamStatus<'a> {
 #[derive(serde::Serialize)]
 pub struct BackendStatus {
     pub url: String,
+    /// `host:port`: the form admin paths and metric labels use.
+    pub id: String,
     pub weight: u32,
     pub backup: bool,
     pub state: &'static str,
+    /// Past its failure threshold but kept in rotation by `max_ejected_percent`.
+    pub failing: bool,
     pub inflight: u32,
     pub requests: u64,
     pub failures: u64,
@@ -234,9 +300,12 @@ pub fn status_json(shared: &Shared) -> String {
                         let s = &b.stats;
                         BackendStatus {
                             url: b.url.to_string(),
+                            id: b.id.to_string(),
                             weight: b.weight,
                             backup: b.backup,
                             state: s.state(now).as_str(),
+                            failing: s.is_failing()
+                                && s.state(now) == crate::upstream::State::Healthy,
                             inflight: s.inflight.load(Ordering::Relaxed),
                             requests: s.requests.load(Ordering::Relaxed),
                             failures: s.failures.load(Ordering::Relaxed),
@@ -380,4 +449,52 @@ pub fn metrics_text(shared: &Shared) -> String {
     });
     t.sample("sluice_client_connections", &[], open);
     t.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backends_are_named_by_id_or_by_url() {
+        let call = |m: &Method, p: &str| BackendCall::parse(m, p);
+        let drain = |id: &str| Some(BackendCall::Drain("web".into(), id.into(), true));
+        assert_eq!(
+            call(
+                &Method::POST,
+                "/upstreams/web/backends/127.0.0.1:9001/drain"
+            ),
+            drain("127.0.0.1:9001")
+        );
+        assert_eq!(
+            call(
+                &Method::POST,
+                "/upstreams/web/backends/http://127.0.0.1:9001/drain"
+            ),
+            drain("127.0.0.1:9001")
+        );
+        assert_eq!(
+            call(
+                &Method::POST,
+                "/upstreams/web/backends/https%3A%2F%2F127.0.0.1%3A9001%2F/drain"
+            ),
+            drain("127.0.0.1:9001")
+        );
+        assert_eq!(
+            call(&Method::DELETE, "/upstreams/web/backends/http://[::1]:80"),
+            Some(BackendCall::Remove("web".into(), "[::1]:80".into()))
+        );
+        assert_eq!(
+            call(&Method::POST, "/upstreams/web/backends"),
+            Some(BackendCall::Add("web".into()))
+        );
+        assert_eq!(
+            call(
+                &Method::POST,
+                "/upstreams/web/backends/127.0.0.1:9001/pause"
+            ),
+            None
+        );
+        assert_eq!(call(&Method::DELETE, "/upstreams/web/backends"), None);
+    }
 }

@@ -28,10 +28,12 @@ pub fn chosen<'a>(
     all.iter().find(|b| &*b.sticky_id == value)
 }
 
-/// The `Set-Cookie` value pinning a client to `backend`.
-pub fn set_cookie(name: &str, backend: &Backend) -> Option<HeaderValue> {
+/// The `Set-Cookie` value pinning a client to `backend`. `secure`: the request came
+/// over TLS, so the cookie is marked `Secure` and never sent back in clear text.
+pub fn set_cookie(name: &str, backend: &Backend, secure: bool) -> Option<HeaderValue> {
+    let secure = if secure { "; Secure" } else { "" };
     HeaderValue::from_str(&format!(
-        "{name}={}; Path=/; HttpOnly; SameSite=Lax",
+        "{name}={}; Path=/; HttpOnly; SameSite=Lax{secure}",
         backend.sticky_id
     ))
     .ok()

@@ -44,6 +44,23 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
 }
 
+impl Config {
+    /// Settings that are valid but probably not what the user wants; logged at startup
+    /// and printed by `sluice check`.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(a) = &self.admin {
+            if a.token.is_none() && !a.address.ip().is_loopback() {
+                out.push(format!(
+                    "the admin API on {} has no token: anyone who can reach it can drain backends and reload; set [admin] token or listen on 127.0.0.1",
+                    a.address
+                ));
+            }
+        }
+        out
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
     /// None: one worker per CPU core.

@@ -4,6 +4,14 @@
 //! repeats, never more than `max_ejected_percent` of its pool at once. An ejected
 //! backend gets traffic again when its time is up, on probation: its first failure
 //! ejects it again. Plain functions over the backend's atomics, so tests need no sockets.
+//!
+//! The cap protects a pool from a wave of bad answers that may be the requests' fault,
+//! not the backends' (Envoy's reason for it). A backend that cannot be reached at all
+//! (connection refused or timed out, TLS handshake failed) is another matter: keeping
+//! it in rotation only adds a failed connect to some requests. Such a backend is
+//! ejected past the cap, as long as another backend of its upstream stays in rotation.
+//! One the cap keeps in rotation past its threshold is marked `failing` (shown in
+//! `/status`) and logged once.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -21,7 +29,22 @@ pub const MAX_EJECTION: Duration = Duration::from_secs(300);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Success,
+    /// A bad answer, a reset or a timeout after the request was sent.
     Failure,
+    /// No connection: refused, timed out, or the TLS handshake failed.
+    Unreachable,
+}
+
+/// What recording a failure did to the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing changed that is worth a log line.
+    Nothing,
+    /// Ejected for this long.
+    Ejected(Duration),
+    /// Past its threshold, but `max_ejected_percent` keeps it in rotation; returned
+    /// once per run of failures (the backend is now marked `failing`).
+    Kept,
 }
 
 impl Outcome {
@@ -41,38 +64,53 @@ pub fn success(b: &Backend) {
     let s = &b.stats;
     if s.consecutive_failures.load(Ordering::Relaxed) != 0 {
         s.consecutive_failures.store(0, Ordering::Relaxed);
+        s.set_failing(false);
     }
 }
 
-/// Records `outcome` for `b`, one of `pool`, at `now`. Returns how long `b` was
-/// ejected for when this outcome ejected it.
+/// Records `outcome` for `b`, one of `pool`, at `now`, and says what it did.
 pub fn record(
     b: &Backend,
     pool: &[Arc<Backend>],
     cfg: &OutlierConfig,
     now: Instant,
     outcome: Outcome,
-) -> Option<Duration> {
+) -> Verdict {
     if outcome == Outcome::Success {
         success(b);
-        return None;
+        return Verdict::Nothing;
     }
     let s = &b.stats;
     let failures = s.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
     if failures < cfg.consecutive_failures || s.is_ejected(now) {
-        return None;
+        return Verdict::Nothing;
     }
-    // The cap: with it reached the counter stays high, so the next failure asks again.
-    if !room_to_eject(pool, cfg, now) {
-        return None;
+    let room = match outcome {
+        Outcome::Unreachable => another_in_rotation(b, pool, now),
+        _ => room_to_eject(pool, cfg, now),
+    };
+    if !room {
+        // The counter stays high, so the next failure asks again.
+        return if s.set_failing(true) {
+            Verdict::Kept
+        } else {
+            Verdict::Nothing
+        };
     }
+    s.set_failing(false);
     let d = s.eject_growing(now, cfg.ejection, MAX_EJECTION);
     // Probation: one more failure once the ejection ends ejects it again.
     s.consecutive_failures.store(
         cfg.consecutive_failures.saturating_sub(1),
         Ordering::Relaxed,
     );
-    Some(d)
+    Verdict::Ejected(d)
+}
+
+/// Is a backend of `pool` other than `b` in rotation at `now`?
+fn another_in_rotation(b: &Backend, pool: &[Arc<Backend>], now: Instant) -> bool {
+    pool.iter()
+        .any(|p| !std::ptr::eq(&**p, b) && p.available(now))
 }
 
 /// May one more backend of `pool` be out of rotation at `now`, under
@@ -148,7 +186,14 @@ mod tests {
     }
 
     fn fail(p: &[Arc<Backend>], i: usize, c: &OutlierConfig, now: Instant) -> Option<Duration> {
-        record(&p[i], p, c, now, Outcome::Failure)
+        match record(&p[i], p, c, now, Outcome::Failure) {
+            Verdict::Ejected(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    fn refuse(p: &[Arc<Backend>], i: usize, c: &OutlierConfig, now: Instant) -> Verdict {
+        record(&p[i], p, c, now, Outcome::Unreachable)
     }
 
     #[test]
@@ -158,7 +203,10 @@ mod tests {
         let now = Instant::now();
         assert_eq!(fail(&p, 0, &c, now), None);
         assert_eq!(fail(&p, 0, &c, now), None);
-        assert_eq!(record(&p[0], &p, &c, now, Outcome::Success), None);
+        assert_eq!(
+            record(&p[0], &p, &c, now, Outcome::Success),
+            Verdict::Nothing
+        );
         assert_eq!(fail(&p, 0, &c, now), None);
         assert_eq!(fail(&p, 0, &c, now), None);
         assert_eq!(fail(&p, 0, &c, now), Some(Duration::from_secs(10)));
@@ -203,6 +251,53 @@ mod tests {
         // Once one returns, the next failure of the capped backend ejects it.
         let later = now + Duration::from_secs(10);
         assert!(fail(&p, 2, &c, later).is_some());
+    }
+
+    #[test]
+    fn a_backend_the_cap_keeps_is_failing_once_until_it_succeeds() {
+        let p = pool(2);
+        let c = cfg(2, 10, 40);
+        let now = Instant::now();
+        assert!(fail(&p, 0, &c, now).is_none());
+        assert!(fail(&p, 0, &c, now).is_none(), "1 of 2 is over 40%");
+        assert!(p[0].stats.is_failing());
+        assert_eq!(
+            record(&p[0], &p, &c, now, Outcome::Failure),
+            Verdict::Nothing
+        );
+        assert!(p[0].stats.is_failing(), "still failing, said once");
+        record(&p[0], &p, &c, now, Outcome::Success);
+        assert!(!p[0].stats.is_failing());
+        assert!(fail(&p, 0, &c, now).is_none());
+        assert_eq!(
+            record(&p[0], &p, &c, now, Outcome::Failure),
+            Verdict::Kept,
+            "a new run is said again"
+        );
+    }
+
+    #[test]
+    fn unreachable_backends_are_ejected_past_the_cap_but_not_the_last() {
+        let p = pool(3);
+        let c = cfg(2, 10, 50);
+        let now = Instant::now();
+        let ejected = |v: Verdict| matches!(v, Verdict::Ejected(_));
+        refuse(&p, 0, &c, now);
+        assert!(ejected(refuse(&p, 0, &c, now)));
+        refuse(&p, 1, &c, now);
+        assert!(
+            ejected(refuse(&p, 1, &c, now)),
+            "2 of 3 out: past 50%, but 2 is in rotation"
+        );
+        refuse(&p, 2, &c, now);
+        assert_eq!(refuse(&p, 2, &c, now), Verdict::Kept, "the last one stays");
+        assert!(p[2].available(now) && p[2].stats.is_failing());
+        // Bad answers keep to the cap.
+        let q = pool(3);
+        fail(&q, 0, &c, now);
+        assert!(fail(&q, 0, &c, now).is_some());
+        fail(&q, 1, &c, now);
+        assert!(fail(&q, 1, &c, now).is_none());
     }
 
     #[test]

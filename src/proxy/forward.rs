@@ -468,11 +468,16 @@ async fn attempts(
         .await;
         fresh = false;
         let stats = &backend.stats;
-        let may_retry = |on: RetryOn, resendable: bool, retries: u32| {
+        // A request none of whose bytes reached a backend cost none of them anything:
+        // its retries are bounded by `attempts` and the backends not tried yet, not by
+        // the budget (SPEC §2), so a refusing backend never costs a client a 502 while
+        // another accepts.
+        let may_retry = |on: RetryOn, resendable: bool, unsent: bool, retries: u32| {
             resendable
                 && retries < retry.attempts
                 && retry.on.contains(&on)
-                && upstream.budget.try_retry(Instant::now())
+                && (unsent && upstream.any_untried(&tried, Instant::now())
+                    || upstream.budget.try_retry(Instant::now()))
         };
         match result {
             Ok(Ok(mut resp)) => {
@@ -501,9 +506,9 @@ async fn attempts(
                 }
                 match Outcome::of_status(status) {
                     Outcome::Success => outlier::success(&backend),
-                    Outcome::Failure => {
-                        note_failure(upstream, &backend);
-                        if may_retry(RetryOn::Status(status), replayable, retries) {
+                    outcome => {
+                        note_failure(upstream, &backend, outcome);
+                        if may_retry(RetryOn::Status(status), replayable, false, retries) {
                             retries += 1;
                             continue; // dropping `resp` closes that connection
                         }
@@ -511,7 +516,7 @@ async fn attempts(
                 }
                 if let Some(name) = sticky_cookie {
                     if !carried.as_ref().is_some_and(|b| Arc::ptr_eq(b, &backend)) {
-                        if let Some(v) = sticky::set_cookie(name, &backend) {
+                        if let Some(v) = sticky::set_cookie(name, &backend, conn.https) {
                             resp.headers_mut().append(header::SET_COOKIE, v);
                         }
                     }
@@ -552,13 +557,13 @@ async fn attempts(
                     fresh = true;
                     continue;
                 }
-                note_failure(upstream, &backend);
-                let on = if error.is_connect() {
-                    RetryOn::ConnectFailure
+                let (on, outcome) = if error.is_connect() {
+                    (RetryOn::ConnectFailure, Outcome::Unreachable)
                 } else {
-                    RetryOn::Reset
+                    (RetryOn::Reset, Outcome::Failure)
                 };
-                if may_retry(on, resendable, retries) {
+                note_failure(upstream, &backend, outcome);
+                if may_retry(on, resendable, unsent, retries) {
                     retries += 1;
                     continue;
                 }
@@ -569,8 +574,8 @@ async fn attempts(
                 });
             }
             Err(_) => {
-                note_failure(upstream, &backend);
-                if may_retry(RetryOn::Timeout, replayable, retries) {
+                note_failure(upstream, &backend, Outcome::Failure);
+                if may_retry(RetryOn::Timeout, replayable, false, retries) {
                     retries += 1;
                     continue;
                 }
@@ -608,22 +613,25 @@ fn pick(
 }
 
 /// Counts a failed attempt on `backend` (its `failures`, and outlier detection),
-/// logging an ejection.
-fn note_failure(upstream: &Upstream, backend: &Backend) {
+/// logging an ejection, or a backend the ejection cap keeps in rotation.
+fn note_failure(upstream: &Upstream, backend: &Backend, outcome: Outcome) {
     backend.stats.failures.fetch_add(1, Ordering::Relaxed);
     let cfg = &upstream.config.outlier;
-    if let Some(d) = outlier::record(
-        backend,
-        &upstream.all,
-        cfg,
-        Instant::now(),
-        Outcome::Failure,
-    ) {
-        tracing::info!(
+    match outlier::record(backend, &upstream.all, cfg, Instant::now(), outcome) {
+        outlier::Verdict::Ejected(d) => tracing::info!(
             upstream = %upstream.name,
             backend = %backend.id,
             ejection_ms = d.as_millis() as u64,
+            unreachable = outcome == Outcome::Unreachable,
             "backend ejected"
-        );
+        ),
+        outlier::Verdict::Kept => tracing::warn!(
+            upstream = %upstream.name,
+            backend = %backend.id,
+            failures = backend.stats.consecutive_failures.load(Ordering::Relaxed),
+            max_ejected_percent = cfg.max_ejected_percent,
+            "backend failing but kept in rotation by max_ejected_percent"
+        ),
+        outlier::Verdict::Nothing => {}
     }
 }

@@ -5,7 +5,7 @@
 //! state bits here; strategies only read them through `available` and `effective_weight`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -73,6 +73,8 @@ pub struct BackendStats {
     ejected_until: AtomicU64,
     /// Failures in a row (outlier detection); a success resets it.
     pub consecutive_failures: AtomicU32,
+    /// Past its failure threshold, kept in rotation by `max_ejected_percent`.
+    failing: AtomicBool,
     /// How many ejections the next one counts as (grows on repeats, decays when quiet).
     ejections: AtomicU32,
     /// Peak-EWMA latency estimate in nanoseconds (f64 bits) and when it was last updated
@@ -99,6 +101,7 @@ impl Default for BackendStats {
             state: AtomicU8::new(0),
             ejected_until: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
+            failing: AtomicBool::new(false),
             ejections: AtomicU32::new(0),
             peak_ns_bits: AtomicU64::new(0f64.to_bits()),
             peak_stamp: AtomicU64::new(0),
@@ -163,6 +166,16 @@ impl BackendStats {
             warm
         };
         (start != 0).then_some(start)
+    }
+
+    /// Past its failure threshold but kept in rotation (`/status` `failing`).
+    pub fn is_failing(&self) -> bool {
+        self.failing.load(Ordering::Relaxed)
+    }
+
+    /// Marks the backend failing or not; returns true when this changed it.
+    pub fn set_failing(&self, on: bool) -> bool {
+        self.failing.swap(on, Ordering::Relaxed) != on
     }
 
     /// Starts or ends draining; returns true when this changed the state.

@@ -82,6 +82,14 @@ impl Upstream {
         self.primaries.pick(ctx).or_else(|| self.backups.pick(ctx))
     }
 
+    /// Is a backend this request has not tried yet available now? Bounds the retries
+    /// of requests that never reached a backend (SPEC §2).
+    pub fn any_untried(&self, tried: &crate::balance::Tried, now: tokio::time::Instant) -> bool {
+        self.all
+            .iter()
+            .any(|b| !tried.contains(b) && b.available(now))
+    }
+
     /// May `b` take a request now, outside the strategy (a sticky client's backend)?
     /// It must be available, and a backup only while no primary is (SPEC §3).
     pub fn may_serve(&self, b: &Backend, now: tokio::time::Instant) -> bool {

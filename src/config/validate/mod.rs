@@ -2,9 +2,11 @@
 //! first.
 //!
 //! Two stages: the `toml` deserializer checks syntax, unknown keys and value types against
-//! `raw.rs` (it stops at its first error, which becomes the only problem); then every
-//! semantic check runs on the raw values and each failure is recorded with the span of
-//! the offending value or key. The `Config` is only returned when no problem was found.
+//! `raw.rs`; then every semantic check runs on the raw values and each failure is recorded
+//! with the span of the offending value or key. The deserializer stops at its first error,
+//! so the first stage (`recover.rs`) takes the offending key out of the parsed document and
+//! tries again, until the rest deserializes: one misspelt key no longer hides the problems
+//! after it. The `Config` is only returned when no problem was found.
 
 use std::collections::HashMap;
 use std::net::{Ipv6Addr, SocketAddr};
@@ -14,7 +16,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::diag::{Problem, from_toml_error, line_col};
+use super::diag::{Problem, line_col};
 use super::raw::{
     DurationValue, RawAdmin, RawConfig, RawLimits, RawListener, RawRoute, RawServer, SizeValue,
     StrOrInt,
@@ -35,17 +37,11 @@ const DEFAULT_STICKY_COOKIE: &str = "sluice_sticky";
 /// Parses and checks `text`; `path` only names the file in messages. Returns every
 /// semantic problem found, or the deserializer's single first error.
 pub(super) fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
-    let raw: RawConfig = match toml::from_str(text) {
-        Ok(raw) => raw,
-        Err(err) => {
-            let problem = from_toml_error(&err, text);
-            return Err(ConfigErrors::new(path, text, vec![problem]));
-        }
+    let (raw, problems) = recover::deserialize(text);
+    let Some(raw) = raw else {
+        return Err(ConfigErrors::new(path, text, problems));
     };
-    let mut check = Check {
-        text,
-        problems: Vec::new(),
-    };
+    let mut check = Check { text, problems };
     let config = check.config(raw);
     if check.problems.is_empty() {
         Ok(config)
@@ -54,6 +50,7 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
     }
 }
 
+mod recover;
 mod upstream;
 
 // ---------------------------------------------------------------------------------------

@@ -407,17 +407,67 @@ backends = [{ url = "127.0.0.1:9000" }]
 #[test]
 fn golden_unknown_key_at_top_level_and_in_inline_table() {
     golden(
-        "[limit]\nidle_timeout = \"60s\"\n",
+        "[limit]\nidle_timeout = \"60s\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n[upstream.web]\nbackends = []\n",
         &[
             "1:2: unknown key \"limit\" at the top level; expected one of server, listener, admin, limits, route, upstream",
         ],
     );
     golden(
-        r#"[upstream.web]
+        r#"[[listener]]
+address = "127.0.0.1:0"
+[upstream.web]
 backends = [{ url = "127.0.0.1:9000", wieght = 2 }]
 "#,
         &[
-            "2:39: unknown key \"wieght\" in upstream.web.backends; expected one of url, weight, backup",
+            "4:39: unknown key \"wieght\" in upstream.web.backends; expected one of url, weight, backup",
+        ],
+    );
+}
+
+/// One misspelt key does not hide the problems after it, and all come sorted by line.
+#[test]
+fn golden_every_problem_after_unknown_keys() {
+    golden(
+        r#"[[listener]]
+adress = "127.0.0.1:8080"
+address = "127.0.0.1:99999"
+
+[limits]
+idle_timeout = "forever"
+max_conection = 10
+
+[upstream.web]
+strategy = "fastest"
+backends = [{ url = "127.0.0.1:9001", wieght = 2 }, { url = "ftp://x:1" }]
+"#,
+        &[
+            "2:1: unknown key \"adress\" in [[listener]]; expected address or tls",
+            "3:11: listener.address: \"127.0.0.1:99999\" is not a socket address; expected IP:PORT such as \"127.0.0.1:8080\" or \"[::1]:8080\"",
+            "6:16: limits.idle_timeout: \"forever\" is not a duration; expected e.g. \"250ms\", \"5s\", \"2m\"",
+            "7:1: unknown key \"max_conection\" in [limits]; expected one of max_header_bytes, max_body_bytes, header_read_timeout, idle_timeout, max_connections",
+            "10:12: upstream \"web\": strategy \"fastest\" is not one of round_robin, random, least_conn, p2c, peak_ewma, consistent_hash, first",
+            "11:39: unknown key \"wieght\" in upstream.web.backends; expected one of url, weight, backup",
+            "11:61: upstream \"web\": backend url \"ftp://x:1\" has scheme \"ftp\"; expected http or https",
+        ],
+    );
+}
+
+/// A value of the wrong type is taken out and the search goes on; the semantic checks
+/// then do not run (the value they would read is gone).
+#[test]
+fn golden_several_wrong_types() {
+    golden(
+        r#"[server]
+workers = "four"
+[[listener]]
+address = 8080
+[upstream.web]
+backends = [{ url = 5 }]
+"#,
+        &[
+            "2:11: server.workers has the wrong type: found string \"four\", expected an integer",
+            "4:11: listener.address has the wrong type: found integer 8080, expected a string",
+            "6:21: upstream.web.backends.url has the wrong type: found integer 5, expected a string",
         ],
     );
 }
