@@ -16,6 +16,11 @@ fn states(lb: &Sluice) -> Vec<&'static str> {
         .collect()
 }
 
+/// `/status` as the admin API renders it.
+fn status_of(lb: &Sluice) -> serde_json::Value {
+    serde_json::from_str(&sluice::admin::status_json(&lb.shared)).unwrap()
+}
+
 async fn wait_until(lb: &Sluice, what: &str, f: impl Fn(&[&str]) -> bool) {
     tokio::time::timeout(DEADLINE, async {
         while !f(&states(lb)) {
@@ -162,4 +167,118 @@ async fn pauses_asked_by_retry_after_respect_max_ejected_percent() {
     }
     let s = states(&lb);
     assert_eq!(s.iter().filter(|x| **x == "ejected").count(), 1, "{s:?}");
+}
+
+/// Issue #9: two backends refusing connections and one live, default settings, no
+/// active checks. Unsent requests retry past the budget (SPEC §2), and unreachable
+/// backends are ejected past `max_ejected_percent` while the live one serves.
+#[tokio::test]
+async fn refusing_backends_never_cost_a_client_a_502() {
+    let live = TestBackend::replying("live").await;
+    let (dead1, dead2) = (dead_addr().await, dead_addr().await);
+    let lb = Sluice::over(
+        &[format!("http://{dead1}"), format!("http://{dead2}"), live.url()],
+        "",
+    )
+    .await;
+    for i in 0..200 {
+        let (status, _, body) = lb.get("/").await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "live"), "request {i}");
+    }
+    assert_eq!(states(&lb), ["ejected", "ejected", "healthy"]);
+    let status = status_of(&lb);
+    let backends = &status["upstreams"][0]["backends"];
+    assert_eq!(backends[0]["id"], format!("{dead1}"));
+    assert_eq!(backends[2]["failing"], false);
+
+    // A fresh pool, hit with 1,000 requests at once before anything is ejected.
+    let lb = Sluice::over(
+        &[format!("http://{dead1}"), format!("http://{dead2}"), live.url()],
+        "",
+    )
+    .await;
+    let lb = std::sync::Arc::new(lb);
+    let tasks: Vec<_> = (0..1000)
+        .map(|_| {
+            let lb = lb.clone();
+            tokio::spawn(async move { lb.get("/").await.0 })
+        })
+        .collect();
+    let mut failed = 0;
+    for t in tasks {
+        if t.await.unwrap() != StatusCode::OK {
+            failed += 1;
+        }
+    }
+    assert_eq!(failed, 0, "of 1,000 concurrent GETs");
+}
+
+/// The wrk scenario of issue #9: steady concurrent load while one refusing backend is
+/// already ejected and another starts refusing: not one failed request, and `/status`
+/// does not call the dead backend healthy.
+#[tokio::test]
+async fn steady_load_through_a_dying_pool_loses_nothing() {
+    let live = TestBackend::replying("live").await;
+    let dead = dead_addr().await;
+    let dying = TestBackend::replying("dying").await;
+    let lb = Sluice::over(&[format!("http://{dead}"), dying.url(), live.url()], "").await;
+    for _ in 0..20 {
+        assert_eq!(lb.get("/").await.0, StatusCode::OK);
+    }
+    assert_eq!(states(&lb), ["ejected", "healthy", "healthy"]);
+    let lb = std::sync::Arc::new(lb);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = (0..16)
+        .map(|_| {
+            let (lb, stop) = (lb.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0u32, 0u32);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match lb.get("/").await.0 {
+                        StatusCode::OK => ok += 1,
+                        _ => failed += 1,
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    // Under load, the second backend dies: it refuses from now on.
+    lb.get("/").await;
+    drop(dying);
+    wait_until(&lb, "the dying backend is ejected", |s| s[1] == "ejected").await;
+    for _ in 0..200 {
+        lb.get("/").await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, 0);
+    for w in workers {
+        let (o, f) = w.await.unwrap();
+        ok += o;
+        failed += f;
+    }
+    assert!(ok > 200, "{ok} requests served");
+    assert_eq!(failed, 0, "of {} requests", ok + failed);
+    assert_eq!(states(&lb), ["ejected", "ejected", "healthy"]);
+}
+
+/// A backend past its failure threshold that the cap keeps in rotation is shown as
+/// failing beside its state, until it answers well again.
+#[tokio::test]
+async fn a_backend_the_cap_keeps_is_shown_failing() {
+    let bad = TestBackend::status(503).await;
+    let good = TestBackend::replying("good").await;
+    let lb = Sluice::over(
+        &[bad.url(), good.url()],
+        "[upstream.web.outlier]\nconsecutive_failures = 2\nmax_ejected_percent = 40\n[upstream.web.retry]\nattempts = 0",
+    )
+    .await;
+    for _ in 0..8 {
+        lb.get("/").await;
+    }
+    let status = status_of(&lb);
+    let b = &status["upstreams"][0]["backends"];
+    assert_eq!(b[0]["state"], "healthy");
+    assert_eq!(b[0]["failing"], true, "{status}");
+    assert_eq!(b[1]["failing"], false);
 }
