@@ -25,6 +25,100 @@ pub enum LogFormat {
     Json,
 }
 
+/// Why sluice refused a request or a connection itself (issue #9: every refusal is
+/// logged and counted). The label is what `sluice_refused_total{reason}` counts under;
+/// the log line shows the label and, for a malformed request, what was wrong with it
+/// (`bad_request: duplicate Host`), so the two always agree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// 400: a request sluice must not pass on; the detail says why.
+    BadRequest(&'static str),
+    /// 431: the head is over `max_header_bytes` (or has too many lines).
+    HeaderTooLarge,
+    /// 413: the body is over `max_body_bytes`.
+    BodyTooLarge,
+    /// 404: no route matches.
+    NoRoute,
+    /// A request head (or a new connection's first bytes) slower than
+    /// `header_read_timeout`: closed without an answer.
+    HeaderTimeout,
+    /// The TLS handshake failed or timed out.
+    TlsHandshake,
+    /// 400: plain HTTP sent to a TLS listener.
+    PlainHttpOnTls,
+}
+
+impl Refusal {
+    /// Every label, in `index` order.
+    pub const LABELS: [&'static str; 7] = [
+        "bad_request",
+        "header_too_large",
+        "body_too_large",
+        "no_route",
+        "header_timeout",
+        "tls_handshake",
+        "plain_http_on_tls",
+    ];
+
+    pub fn index(self) -> usize {
+        match self {
+            Refusal::BadRequest(_) => 0,
+            Refusal::HeaderTooLarge => 1,
+            Refusal::BodyTooLarge => 2,
+            Refusal::NoRoute => 3,
+            Refusal::HeaderTimeout => 4,
+            Refusal::TlsHandshake => 5,
+            Refusal::PlainHttpOnTls => 6,
+        }
+    }
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        Self::LABELS[self.index()]
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::BadRequest(why) => write!(f, "bad_request: {why}"),
+            other => f.write_str(other.label()),
+        }
+    }
+}
+
+/// Refusals counted by reason (`sluice_refused_total`).
+#[derive(Debug, Default)]
+pub struct Refusals([std::sync::atomic::AtomicU64; Refusal::LABELS.len()]);
+
+impl Refusals {
+    pub fn add(&self, r: Refusal) {
+        self.0[r.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Each label with its count.
+    pub fn each(&self, mut f: impl FnMut(&'static str, u64)) {
+        for (label, n) in Refusal::LABELS.iter().zip(&self.0) {
+            f(label, n.load(Ordering::Relaxed));
+        }
+    }
+}
+
+/// Counts and logs a refusal of a connection on which no request was read (an event
+/// line; refused requests get an access line with their reason instead).
+pub fn refused_connection(
+    counts: &Refusals,
+    client: SocketAddr,
+    r: Refusal,
+    error: Option<&dyn std::fmt::Display>,
+) {
+    counts.add(r);
+    match error {
+        Some(e) => tracing::info!(client = %client.ip(), reason = %r, error = %e, "refused"),
+        None => tracing::info!(client = %client.ip(), reason = %r, "refused"),
+    }
+}
+
 static ACCESS_ON: AtomicBool = AtomicBool::new(false);
 static FORMAT: AtomicU8 = AtomicU8::new(0);
 
@@ -64,12 +158,32 @@ pub struct AccessRecord {
     pub request_id: Option<http::HeaderValue>,
     pub attempts: u32,
     pub duration_ms: f64,
+    /// Set when sluice refused the request itself.
+    pub reason: Option<Refusal>,
 }
 
+impl AccessRecord {
+    pub fn start(client: SocketAddr, method: &http::Method, uri: &http::Uri) -> AccessRecord {
+        AccessRecord {
+            client,
+            method: method.clone(),
+            uri: uri.clone(),
+            status: 0,
+            bytes: 0,
+            request_id: None,
+            attempts: 0,
+            duration_ms: 0.0,
+            reason: None,
+        }
+    }
+}
+
+/// One access line's fields, as JSON writes them.
 #[derive(serde::Serialize)]
-struct AccessJson<'a> {
+struct Line<'a> {
     ts: &'a str,
-    client: String,
+    #[serde(serialize_with = "ip_of")]
+    client: SocketAddr,
     method: &'a str,
     path: &'a str,
     status: u16,
@@ -79,6 +193,19 @@ struct AccessJson<'a> {
     bytes: u64,
     request_id: &'a str,
     attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "shown")]
+    reason: Option<Refusal>,
+}
+
+fn ip_of<S: serde::Serializer>(a: &SocketAddr, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&a.ip())
+}
+
+fn shown<S: serde::Serializer>(r: &Option<Refusal>, s: S) -> Result<S::Ok, S::Error> {
+    match r {
+        Some(r) => s.collect_str(r),
+        None => s.serialize_none(),
+    }
 }
 
 thread_local! {
@@ -89,44 +216,77 @@ thread_local! {
 /// request never got that far.
 pub fn access(r: &AccessRecord, upstream: &str, backend: &str) {
     let ts = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
-    let path = r.uri.path_and_query().map_or("/", |p| p.as_str());
-    let request_id = r
-        .request_id
-        .as_ref()
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-");
-    let duration_ms = (r.duration_ms * 1000.0).round() / 1000.0;
+    write_line(&Line {
+        ts: &ts,
+        client: r.client,
+        method: r.method.as_str(),
+        path: r.uri.path_and_query().map_or("/", |p| p.as_str()),
+        status: r.status,
+        upstream,
+        backend,
+        duration_ms: (r.duration_ms * 1000.0).round() / 1000.0,
+        bytes: r.bytes,
+        request_id: r
+            .request_id
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-"),
+        attempts: r.attempts,
+        reason: r.reason,
+    });
+}
+
+/// Counts a request refused before its head could be read as a request (too large,
+/// malformed) and, when the access log is on, writes its line: method and path "-".
+pub fn refused_request(counts: &Refusals, client: SocketAddr, status: u16, r: Refusal) {
+    counts.add(r);
+    if !access_log_enabled() {
+        return;
+    }
+    let ts = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+    write_line(&Line {
+        ts: &ts,
+        client,
+        method: "-",
+        path: "-",
+        status,
+        upstream: "-",
+        backend: "-",
+        duration_ms: 0.0,
+        bytes: 0,
+        request_id: "-",
+        attempts: 0,
+        reason: Some(r),
+    });
+}
+
+fn write_line(l: &Line<'_>) {
     LINE.with(|line| {
         let mut line = line.borrow_mut();
         line.clear();
         if FORMAT.load(Ordering::Relaxed) == LogFormat::Json as u8 {
-            let j = AccessJson {
-                ts: &ts,
-                client: r.client.ip().to_string(),
-                method: r.method.as_str(),
-                path,
-                status: r.status,
-                upstream,
-                backend,
-                duration_ms,
-                bytes: r.bytes,
-                request_id,
-                attempts: r.attempts,
-            };
-            if let Ok(s) = serde_json::to_string(&j) {
+            if let Ok(s) = serde_json::to_string(l) {
                 line.push_str(&s);
             }
         } else {
             let _ = write!(
                 line,
-                "{ts} {} \"{} {}\" {} upstream={upstream} backend={backend} duration_ms={duration_ms} bytes={} request_id={request_id} attempts={}",
-                r.client.ip(),
-                r.method,
-                path.escape_debug(),
-                r.status,
-                r.bytes,
-                r.attempts
+                "{} {} \"{} {}\" {} upstream={} backend={} duration_ms={} bytes={} request_id={} attempts={}",
+                l.ts,
+                l.client.ip(),
+                l.method,
+                l.path.escape_debug(),
+                l.status,
+                l.upstream,
+                l.backend,
+                l.duration_ms,
+                l.bytes,
+                l.request_id,
+                l.attempts
             );
+            if let Some(reason) = l.reason {
+                let _ = write!(line, " reason=\"{reason}\"");
+            }
         }
         line.push('\n');
         let _ = std::io::stdout().lock().write_all(line.as_bytes());

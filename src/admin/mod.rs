@@ -439,6 +439,15 @@ pub fn metrics_text(shared: &Shared) -> String {
     }
 
     t.family(
+        "sluice_refused_total",
+        "counter",
+        "Requests and connections sluice refused itself, by reason; the access or event log line of each carries the same reason.",
+    );
+    shared.refused.each(|reason, n| {
+        t.sample("sluice_refused_total", &[("reason", reason)], n);
+    });
+
+    t.family(
         "sluice_client_connections",
         "gauge",
         "Open client connections.",

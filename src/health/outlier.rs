@@ -85,10 +85,8 @@ pub fn record(
     if failures < cfg.consecutive_failures || s.is_ejected(now) {
         return Verdict::Nothing;
     }
-    let room = match outcome {
-        Outcome::Unreachable => another_in_rotation(b, pool, now),
-        _ => room_to_eject(pool, cfg, now),
-    };
+    let room = room_to_eject(pool, cfg, now)
+        || outcome == Outcome::Unreachable && another_in_rotation(b, pool, now);
     if !room {
         // The counter stays high, so the next failure asks again.
         return if s.set_failing(true) {

@@ -4,7 +4,6 @@
 //! the backend's in-flight count, marks the connection idle and writes the access log,
 //! whether the body ended, failed or the client went away.
 
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -304,18 +303,3 @@ impl Body for ResponseBody {
     }
 }
 
-/// Fields of an access-log line gathered while a request runs.
-impl AccessRecord {
-    pub fn start(client: SocketAddr, method: &http::Method, uri: &http::Uri) -> AccessRecord {
-        AccessRecord {
-            client,
-            method: method.clone(),
-            uri: uri.clone(),
-            status: 0,
-            bytes: 0,
-            request_id: None,
-            attempts: 0,
-            duration_ms: 0.0,
-        }
-    }
-}

@@ -37,6 +37,19 @@ impl ProxyError {
         }
     }
 
+    /// Why sluice refused the request itself, for the log and `sluice_refused_total`;
+    /// None for failures of the backend side (502, 503, 504).
+    pub fn refusal(&self) -> Option<crate::telemetry::Refusal> {
+        use crate::telemetry::Refusal;
+        match self {
+            ProxyError::BadRequest(why) => Some(Refusal::BadRequest(why)),
+            ProxyError::NoRoute => Some(Refusal::NoRoute),
+            ProxyError::BodyTooLarge => Some(Refusal::BodyTooLarge),
+            ProxyError::HeadTooLarge => Some(Refusal::HeaderTooLarge),
+            _ => None,
+        }
+    }
+
     /// The client-facing body: fixed text per status.
     pub fn body(&self) -> &'static str {
         match self {

@@ -37,6 +37,8 @@ pub struct ConnInfo {
     /// else by h1.rs, which passes header lines raw and checks head sizes as it parses.
     pub via_hyper: bool,
     pub activity: Arc<Activity>,
+    /// Where refusals are counted (`Shared::refused`).
+    pub refused: Arc<crate::telemetry::Refusals>,
     /// The backend side of an accepted upgrade (101), for the connection task to join
     /// to the client once the HTTP/1.1 loop hands the socket back.
     upgrade: Mutex<Option<Upgraded>>,
@@ -51,6 +53,7 @@ impl ConnInfo {
         https: bool,
         via_hyper: bool,
         activity: Arc<Activity>,
+        refused: Arc<crate::telemetry::Refusals>,
     ) -> ConnInfo {
         ConnInfo {
             client,
@@ -58,6 +61,7 @@ impl ConnInfo {
             https,
             via_hyper,
             activity,
+            refused,
             upgrade: Mutex::new(None),
             client_upgrade: Mutex::new(None),
         }
@@ -138,7 +142,7 @@ pub fn handle(
             Ok(ref mut p) => attempts(&conn, p, &mut done).await,
             Err(e) => Err(e),
         };
-        Ok(respond(result, done, request_id))
+        Ok(respond(result, done, request_id, &conn.refused))
     }
 }
 
@@ -147,6 +151,7 @@ fn respond(
     result: Result<Response<BackendBody>, ProxyError>,
     mut done: Completion,
     request_id: HeaderValue,
+    refused: &crate::telemetry::Refusals,
 ) -> Response<ResponseBody> {
     match result {
         Ok(resp) => {
@@ -172,9 +177,14 @@ fn respond(
             } else {
                 tracing::debug!(status = status.as_u16(), error = %e, "request refused");
             }
+            let refusal = e.refusal();
+            if let Some(r) = refusal {
+                refused.add(r);
+            }
             done.status = status.as_u16();
             if let Some(r) = done.record.as_mut() {
                 r.status = done.status;
+                r.reason = refusal;
             }
             let mut resp = Response::new(ResponseBody::local(e.body(), Some(done)));
             *resp.status_mut() = status;

@@ -27,6 +27,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use super::Shared;
 use super::body::{ClientBody, ResponseBody};
+use crate::telemetry::{self, Refusal};
 use super::client::Upgraded;
 use super::error::ProxyError;
 use super::forward::{ConnInfo, handle};
@@ -189,10 +190,12 @@ pub async fn serve(sock: &mut Sock, shared: &Shared, info: &Arc<ConnInfo>, flags
                     Ok(Some(head)) => break head,
                     Ok(None) => {}
                     Err(e) => {
-                        shared.unrouted.add(match e {
-                            HeadError::TooLarge => 431,
-                            HeadError::Bad(_) => 400,
-                        });
+                        let (status, reason) = match e {
+                            HeadError::TooLarge => (431, Refusal::HeaderTooLarge),
+                            HeadError::Bad(why) => (400, Refusal::BadRequest(why)),
+                        };
+                        shared.unrouted.add(status);
+                        telemetry::refused_request(&shared.refused, info.client, status, reason);
                         let _ = refuse(&mut sock.wr, &mut out, &e).await;
                         return End::Linger;
                     }

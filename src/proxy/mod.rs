@@ -37,6 +37,8 @@ pub struct Shared {
     pub overrides: Option<Overrides>,
     /// Requests answered before any upstream was chosen, by status (`/metrics`).
     pub unrouted: crate::metrics::CodeCounts,
+    /// Requests and connections sluice refused itself, by reason (`/metrics`).
+    pub refused: Arc<crate::telemetry::Refusals>,
     /// The `max_connections` permits and their number, once the listeners serve: open
     /// client connections are the permits taken.
     pub connections: std::sync::OnceLock<(Arc<tokio::sync::Semaphore>, usize)>,
@@ -62,6 +64,7 @@ impl Shared {
             config_path,
             overrides,
             unrouted: Default::default(),
+            refused: Default::default(),
             connections: std::sync::OnceLock::new(),
             accepting: Default::default(),
             edits: std::sync::Mutex::new(()),

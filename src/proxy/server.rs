@@ -25,7 +25,10 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::TlsAcceptor;
+
+use crate::telemetry::{self, Refusal};
 
 use super::Shared;
 use super::body::{ClientBody, ResponseBody};
@@ -368,7 +371,13 @@ async fn serve_connection(stream: TcpStream, ctx: ConnCtx) {
         // otherwise reserve room for it, HTTP/1 ones included.
         Ok(Ok(Some(true))) => Box::pin(serve_h2(stream, ctx)).await,
         Ok(Ok(Some(false))) => serve_h1(stream, BytesMut::new(), ctx).await,
-        _ => {} // closed, failed, or silent past header_read_timeout
+        Err(_) => telemetry::refused_connection(
+            &ctx.shared.refused,
+            ctx.client,
+            Refusal::HeaderTimeout,
+            None,
+        ),
+        Ok(_) => {} // closed or failed before sending anything
     }
 }
 
@@ -403,6 +412,7 @@ async fn serve_h1(stream: TcpStream, buf: BytesMut, ctx: ConnCtx) {
         false,
         false,
         Arc::clone(&activity),
+        Arc::clone(&ctx.shared.refused),
     ));
     let mut sock = h1::Sock::new(stream, buf);
     let flags = h1::Flags::default();
@@ -446,7 +456,7 @@ async fn serve_h1(stream: TcpStream, buf: BytesMut, ctx: ConnCtx) {
                         .as_mut()
                         .reset(tokio::time::Instant::now() + super::conn::PARK_AFTER),
                     Verdict::Close(why) => {
-                        tracing::debug!(client = %ctx.client, reason = why, "closing client connection");
+                        closed_by_watchdog(&ctx, why);
                         return Poll::Ready(None);
                     }
                 }
@@ -487,6 +497,7 @@ async fn serve_h2(stream: TcpStream, mut ctx: ConnCtx) {
         false,
         true,
         Arc::clone(&activity),
+        Arc::clone(&ctx.shared.refused),
     ));
     let io = TokioIo::new(Tracked::new(stream, Arc::clone(&activity), Bytes::new()));
     let conn = ctx
@@ -499,20 +510,40 @@ async fn serve_h2(stream: TcpStream, mut ctx: ConnCtx) {
 /// A TLS connection: the handshake (bounded by `header_read_timeout`), then hyper with
 /// the protocol ALPN chose, HTTP/2 or HTTP/1.1 (with upgrades). No parking: the TLS
 /// session lives in user space.
-async fn serve_tls(stream: TcpStream, acceptor: TlsAcceptor, mut ctx: ConnCtx) {
+async fn serve_tls(mut stream: TcpStream, acceptor: TlsAcceptor, mut ctx: ConnCtx) {
     let timers = ctx.timers();
     // From the accept: the handshake and the first head share `header_read_timeout`.
     let activity = Arc::new(Activity::new());
-    let tls = match tokio::time::timeout(timers.header_read, acceptor.accept(stream)).await {
+    let handshake = async {
+        if answered_plain_http(&mut stream).await {
+            let counts = &ctx.shared.refused;
+            telemetry::refused_request(counts, ctx.client, 400, Refusal::PlainHttpOnTls);
+            return Err(Refusal::PlainHttpOnTls);
+        }
+        acceptor.accept(stream).await.map_err(|e| {
+            let counts = &ctx.shared.refused;
+            telemetry::refused_connection(counts, ctx.client, Refusal::TlsHandshake, Some(&e));
+            Refusal::TlsHandshake
+        })
+    };
+    let tls = match tokio::time::timeout(timers.header_read, handshake).await {
         Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            tracing::debug!(client = %ctx.client, error = %e, "TLS handshake failed");
+        Ok(Err(_)) => return,
+        Err(_) => {
+            let counts = &ctx.shared.refused;
+            let e = "timed out (header_read_timeout)";
+            telemetry::refused_connection(counts, ctx.client, Refusal::TlsHandshake, Some(&e));
             return;
         }
-        Err(_) => return,
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    let info = Arc::new(ConnInfo::new(ctx.client, true, true, Arc::clone(&activity)));
+    let info = Arc::new(ConnInfo::new(
+        ctx.client,
+        true,
+        true,
+        Arc::clone(&activity),
+        Arc::clone(&ctx.shared.refused),
+    ));
     let io = TokioIo::new(Tracked::new(tls, Arc::clone(&activity), Bytes::new()));
     if h2 {
         let conn = ctx
@@ -538,6 +569,72 @@ async fn serve_tls(stream: TcpStream, acceptor: TlsAcceptor, mut ctx: ConnCtx) {
     }
 }
 
+/// Answers a client of a TLS listener that speaks plain HTTP, if it does: a TLS client
+/// opens with a handshake record (0x16), a request line with a method's upper-case
+/// letter. Such a client gets a 400 that says why (as nginx does) instead of a
+/// handshake error it cannot read. A TLS client's bytes are only peeked at.
+async fn answered_plain_http(stream: &mut TcpStream) -> bool {
+    let mut first = [0u8; 1];
+    match stream.peek(&mut first).await {
+        Ok(1) if first[0].is_ascii_uppercase() => {}
+        _ => return false,
+    }
+    const BODY: &str = "400 this port speaks TLS: use https:// instead\n";
+    let answer = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    if stream.write_all(answer.as_bytes()).await.is_ok() {
+        // Read what the client sent before closing: closing with unread bytes would
+        // reset the connection and could destroy the answer.
+        let _ = stream.shutdown().await;
+        let mut scratch = [0u8; 4096];
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            let mut total = 0;
+            while total < 64 * 1024 {
+                match stream.read(&mut scratch).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => total += n,
+                }
+            }
+        })
+        .await;
+    }
+    true
+}
+
+/// Logs and counts a connection the watchdog closes: a request head slower than
+/// `header_read_timeout` is a refusal; an idle keep-alive connection closing is not.
+fn closed_by_watchdog(ctx: &ConnCtx, why: &'static str) {
+    if why == "header_read_timeout" {
+        let counts = &ctx.shared.refused;
+        telemetry::refused_connection(counts, ctx.client, Refusal::HeaderTimeout, None);
+    } else {
+        tracing::debug!(client = %ctx.client, reason = why, "closing client connection");
+    }
+}
+
+/// What a hyper connection's error says the client did wrong, if anything: hyper
+/// answers a head over `max_header_bytes` with 431 and a malformed one with 400 itself.
+fn refusal_of(e: &(dyn std::error::Error + 'static)) -> Option<Refusal> {
+    let mut cur = Some(e);
+    while let Some(e) = cur {
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            if h.is_parse_too_large() {
+                return Some(Refusal::HeaderTooLarge);
+            }
+            if h.is_parse() {
+                return Some(Refusal::BadRequest("malformed request head"));
+            }
+            if h.is_timeout() {
+                return Some(Refusal::HeaderTimeout);
+            }
+        }
+        cur = e.source();
+    }
+    None
+}
+
 /// Runs a hyper connection to its end under the watchdog (`idle_timeout`,
 /// `header_read_timeout`), shutting it down gracefully when sluice stops.
 async fn drive<C, E>(
@@ -547,7 +644,7 @@ async fn drive<C, E>(
     ctx: &mut ConnCtx,
 ) where
     C: Future<Output = Result<(), E>>,
-    E: std::fmt::Display,
+    E: std::error::Error + 'static,
 {
     let timers = ctx.timers();
     tokio::pin!(conn);
@@ -558,13 +655,26 @@ async fn drive<C, E>(
         tokio::select! {
             r = &mut conn => {
                 if let Err(e) = r {
-                    tracing::debug!(client = %ctx.client, error = %e, "connection ended with an error");
+                    match refusal_of(&e) {
+                        Some(reason) => {
+                            let status = match reason {
+                                Refusal::HeaderTooLarge => 431,
+                                _ => 400,
+                            };
+                            telemetry::refused_request(&ctx.shared.refused, ctx.client, status, reason);
+                        }
+                        None => tracing::debug!(client = %ctx.client, error = %e, "connection ended with an error"),
+                    }
                 }
                 return;
             }
             _ = &mut sleep, if !closing => match activity.check(timers, false) {
                 Verdict::WaitUntil(t) => sleep.as_mut().reset(t),
-                Verdict::Park | Verdict::Close(_) => return,
+                Verdict::Close(why) => {
+                    closed_by_watchdog(ctx, why);
+                    return;
+                }
+                Verdict::Park => return,
             },
             _ = ctx.stop.changed(), if !closing => {
                 closing = true;

@@ -13,6 +13,7 @@ mod metrics;
 mod outlier;
 mod parking;
 mod proxying;
+mod refusals;
 mod retries;
 mod support;
 mod tls;

@@ -453,3 +453,95 @@ fn an_unreadable_ca_file_stops_startup() {
     let at = format!("{}:4:", path.display());
     assert!(err.starts_with(&at) && err.contains("ca_file"), "{err}");
 }
+
+/// Refused counts by label, read from the running sluice.
+fn refused(lb: &Sluice, label: &str) -> u64 {
+    let mut n = 0;
+    lb.shared.refused.each(|l, v| {
+        if l == label {
+            n = v;
+        }
+    });
+    n
+}
+
+/// Waits until `label` was counted `n` times: the count may follow the close the
+/// client saw by a moment.
+async fn wait_refused(lb: &Sluice, label: &str, n: u64) {
+    tokio::time::timeout(DEADLINE, async {
+        while refused(lb, label) < n {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{label} counted {} times, not {n}", refused(lb, label)));
+    assert_eq!(refused(lb, label), n, "{label}");
+}
+
+/// Issue #9: plain HTTP sent to a TLS port gets a 400 saying so (as nginx does), not a
+/// silent close; it and a broken handshake are counted as refusals.
+#[tokio::test]
+async fn plain_http_to_a_tls_port_gets_400_and_bad_handshakes_are_counted() {
+    let be = TestBackend::replying("tls").await;
+    let lb = tls_sluice(&be).await;
+    let answer = raw_exchange(
+        lb.addr,
+        b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert!(body_of(&answer).contains("speaks TLS"), "{answer}");
+    wait_refused(&lb, "plain_http_on_tls", 1).await;
+
+    // A handshake record that is not a ClientHello.
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    s.write_all(&[0x16, 0x03, 0x01, 0x00, 0x04, 0xff, 0xff, 0xff, 0xff])
+        .await
+        .unwrap();
+    assert!(closes_within(&mut s, Duration::from_secs(5)).await);
+    wait_refused(&lb, "tls_handshake", 1).await;
+    assert_eq!(be.hits(), 0);
+}
+
+/// A head over max_header_bytes on a TLS connection is answered 431 by hyper; it is
+/// counted as a refusal like the same head over plain HTTP.
+#[tokio::test]
+async fn an_oversized_head_over_tls_is_counted() {
+    let be = TestBackend::replying("tls").await;
+    let lb = tls_sluice_with(&be, "[limits]\nmax_header_bytes = \"8KiB\"").await;
+    let mut s = connect(&lb, Some("a.test"), &[b"http/1.1"]).await;
+    let big = "x".repeat(20_000);
+    s.write_all(format!("GET / HTTP/1.1\r\nHost: a.test\r\nX-Big: {big}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, s.read_to_end(&mut got)).await;
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 431"), "{got}");
+    wait_refused(&lb, "header_too_large", 1).await;
+}
+
+/// The sticky cookie is `Secure` when the request came over TLS (and only then).
+#[tokio::test]
+async fn the_sticky_cookie_is_secure_over_tls() {
+    let be = TestBackend::replying("tls").await;
+    let lb = tls_sluice_with(&be, "[upstream.web.sticky]\ncookie = \"s\"").await;
+    let mut s = connect(&lb, Some("a.test"), &[b"http/1.1"]).await;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, s.read_to_end(&mut got)).await;
+    let got = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    let cookie = got
+        .lines()
+        .find(|l| l.starts_with("set-cookie:"))
+        .unwrap_or_else(|| panic!("{got}"));
+    assert!(cookie.contains("; secure"), "{cookie}");
+
+    let plain = Sluice::over(&[be.url()], "sticky = { cookie = \"s\" }").await;
+    let (_, h, _) = plain.get("/").await;
+    let cookie = h["set-cookie"].to_str().unwrap();
+    assert!(!cookie.to_ascii_lowercase().contains("secure"), "{cookie}");
+}
