@@ -73,33 +73,60 @@ async fn run(upstream: Arc<Upstream>, cfg: HealthConfig) {
         .iter()
         .map(|b| RiseFall::new(cfg.rise, cfg.fall, !b.stats.is_unhealthy()))
         .collect();
+    // Backends added at run time wait out of rotation for their first probe: at once.
+    if upstream.all.iter().any(|b| b.stats.is_pending()) {
+        round(&upstream, &cfg, &mut verdicts, true).await;
+    }
     tokio::time::sleep(cfg.interval.mul_f64(fastrand::f64())).await;
     loop {
-        let round = Instant::now();
-        let mut probes = JoinSet::new();
-        for (i, b) in upstream.all.iter().enumerate() {
-            let (b, cfg) = (Arc::clone(b), cfg.clone());
-            let client = upstream.client.clone();
-            probes.spawn(async move { (i, probe(&b, &client, &cfg).await) });
-        }
-        while let Some(joined) = probes.join_next().await {
-            let Ok((i, result)) = joined else { continue };
-            let b = &upstream.all[i];
-            if let Err(why) = &result {
-                tracing::debug!(upstream = %upstream.name, backend = %b.id, error = %why, "health probe failed");
-            }
-            if let Some(healthy) = verdicts[i].record(result.is_ok()) {
-                b.stats.set_unhealthy(!healthy);
-                if healthy {
-                    tracing::info!(upstream = %upstream.name, backend = %b.id, "backend healthy");
-                } else {
-                    let reason = result.err().unwrap_or_default();
-                    tracing::info!(upstream = %upstream.name, backend = %b.id, reason = %reason, "backend unhealthy");
-                }
-            }
-        }
-        let next = round + cfg.interval.mul_f64(0.9 + 0.2 * fastrand::f64());
+        let start = Instant::now();
+        round(&upstream, &cfg, &mut verdicts, false).await;
+        let next = start + cfg.interval.mul_f64(0.9 + 0.2 * fastrand::f64());
         tokio::time::sleep_until(next).await;
+    }
+}
+
+/// Probes every backend of `upstream` (only those waiting for a first probe, with
+/// `pending_only`) in parallel, and publishes the verdicts that change.
+async fn round(
+    upstream: &Upstream,
+    cfg: &HealthConfig,
+    verdicts: &mut [RiseFall],
+    pending_only: bool,
+) {
+    let mut probes = JoinSet::new();
+    for (i, b) in upstream.all.iter().enumerate() {
+        if pending_only && !b.stats.is_pending() {
+            continue;
+        }
+        let (b, cfg) = (Arc::clone(b), cfg.clone());
+        let client = upstream.client.clone();
+        probes.spawn(async move { (i, probe(&b, &client, &cfg).await) });
+    }
+    while let Some(joined) = probes.join_next().await {
+        let Ok((i, result)) = joined else { continue };
+        let b = &upstream.all[i];
+        if let Err(why) = &result {
+            tracing::debug!(upstream = %upstream.name, backend = %b.id, error = %why, "health probe failed");
+        }
+        let verdict = if b.stats.is_pending() {
+            // A first probe decides alone: passed, the backend takes requests now;
+            // failed, it is unhealthy and must rise like any other.
+            b.stats.set_pending(false);
+            verdicts[i] = RiseFall::new(cfg.rise, cfg.fall, result.is_ok());
+            Some(result.is_ok())
+        } else {
+            verdicts[i].record(result.is_ok())
+        };
+        if let Some(healthy) = verdict {
+            b.stats.set_unhealthy(!healthy);
+            if healthy {
+                tracing::info!(upstream = %upstream.name, backend = %b.id, "backend healthy");
+            } else {
+                let reason = result.err().unwrap_or_default();
+                tracing::info!(upstream = %upstream.name, backend = %b.id, reason = %reason, "backend unhealthy");
+            }
+        }
     }
 }
 

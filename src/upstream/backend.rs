@@ -16,6 +16,9 @@ use crate::proxy::client::{Pool, literal_addr};
 /// State bits; several may be set at once.
 const UNHEALTHY: u8 = 1 << 0;
 const DRAINING: u8 = 1 << 1;
+/// Added while sluice runs to an upstream with active checks: out of rotation until
+/// its first probe passes (SPEC §3). Shown as unhealthy.
+const PENDING: u8 = 1 << 2;
 
 /// A backend as the balancer sees it in one snapshot.
 pub struct Backend {
@@ -127,8 +130,20 @@ impl BackendStats {
         now.saturating_duration_since(self.epoch).as_nanos() as u64
     }
 
+    /// Found unhealthy by active checks, or not yet probed (see `set_pending`).
     pub fn is_unhealthy(&self) -> bool {
-        self.state.load(Ordering::Relaxed) & UNHEALTHY != 0
+        self.state.load(Ordering::Relaxed) & (UNHEALTHY | PENDING) != 0
+    }
+
+    /// Waiting for its first probe?
+    pub fn is_pending(&self) -> bool {
+        self.state.load(Ordering::Relaxed) & PENDING != 0
+    }
+
+    /// Holds a backend added at run time out of rotation until the health checker
+    /// has probed it (`true`), or ends that wait (`false`).
+    pub fn set_pending(&self, on: bool) -> bool {
+        self.set_bit(PENDING, on)
     }
 
     pub fn is_draining(&self) -> bool {

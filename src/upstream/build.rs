@@ -61,6 +61,7 @@ fn build_with(config: &Config, previous: Option<&Snapshot>, undo_admin: bool) ->
                             }
                             if cfg.health.is_none() {
                                 s.set_unhealthy(false);
+                                s.set_pending(false);
                             }
                             // Connections made for another scheme or another trust are
                             // not to be reused: a fresh pool.
@@ -73,9 +74,14 @@ fn build_with(config: &Config, previous: Option<&Snapshot>, undo_admin: bool) ->
                         }
                         None => {
                             let fresh = (Arc::<BackendStats>::default(), Pool::new());
-                            // Added by a reload (not present at start): slow start.
+                            // Added by a reload or the admin API (not present at start):
+                            // slow start, and with active checks no request before its
+                            // first probe passes (SPEC §3), as in Envoy.
                             if previous.is_some() {
                                 fresh.0.start_warming(tokio::time::Instant::now());
+                                if cfg.health.is_some() {
+                                    fresh.0.set_pending(true);
+                                }
                             }
                             fresh
                         }

@@ -378,3 +378,99 @@ async fn a_request_in_flight_does_not_retry_onto_a_removed_backend() {
     assert_eq!((s, body.as_str()), (StatusCode::SERVICE_UNAVAILABLE, "c"));
     assert_eq!(a.hits(), 0, "the retry went to the removed backend");
 }
+
+/// Issue #9: `/status` shows each backend's id (the form admin paths take) beside its
+/// URL; admin paths take the URL form too; a wrong id gets a 404 naming the right ones.
+#[tokio::test]
+async fn backends_are_named_by_id_or_url_and_a_wrong_one_is_told_the_choices() {
+    let a = TestBackend::replying("a").await;
+    let b = TestBackend::replying("b").await;
+    let lb = Sluice::start(&format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
+         [upstream.web]\nbackends = [{{ url = \"{}\" }}, {{ url = \"{}\" }}]\n",
+        a.url(),
+        b.url()
+    ))
+    .await;
+    let j = lb.status().await;
+    let first = &j["upstreams"][0]["backends"][0];
+    assert_eq!(first["id"], a.addr.to_string());
+    assert_eq!(first["url"], a.url());
+    // The URL exactly as /status shows it, and percent-encoded.
+    let (s, _) = lb
+        .admin("POST", &format!("/upstreams/web/backends/{}/drain", a.url()))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(lb.status().await["upstreams"][0]["backends"][0]["state"], "draining");
+    let encoded = a.url().replace(':', "%3A").replace('/', "%2F");
+    let (s, _) = lb
+        .admin("POST", &format!("/upstreams/web/backends/{encoded}/enable"))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(lb.status().await["upstreams"][0]["backends"][0]["state"], "healthy");
+    let (s, body) = lb
+        .admin("POST", "/upstreams/web/backends/127.0.0.1:1/drain")
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert!(
+        body.contains(&a.addr.to_string()) && body.contains(&b.addr.to_string()),
+        "{body}"
+    );
+    let (s, body) = lb
+        .admin("DELETE", &format!("/upstreams/web/backends/{}", b.url()))
+        .await;
+    assert_eq!((s, body), (StatusCode::OK, format!("removed: {}\n", b.addr)));
+}
+
+/// SPEC §3 (issue #9): a backend added while active checks run is probed at once and
+/// takes requests only after that first probe passes.
+#[tokio::test]
+async fn a_backend_added_under_active_checks_waits_for_its_first_probe() {
+    let old = TestBackend::replying("old").await;
+    let gate = Arc::new(Notify::new());
+    let new = {
+        let gate = gate.clone();
+        TestBackend::start(move |req| {
+            let gate = gate.clone();
+            async move {
+                if req.uri().path() == "/health" {
+                    gate.notified().await;
+                }
+                http::Response::new(full("new"))
+            }
+        })
+        .await
+    };
+    let lb = Sluice::start(&format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
+         [upstream.web]\nbackends = [{{ url = \"{}\" }}]\n\
+         [upstream.web.health]\npath = \"/health\"\ninterval = \"1h\"\ntimeout = \"30s\"\n",
+        old.url()
+    ))
+    .await;
+    let (s, _) = lb
+        .admin_with(
+            "POST",
+            "/upstreams/web/backends",
+            &format!("{{\"url\": \"{}\"}}", new.url()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    // The probe was sent at once (it waits on the gate); meanwhile no request goes there.
+    new.wait_hits(1, "the first probe").await;
+    assert_eq!(lb.status().await["upstreams"][0]["backends"][1]["state"], "unhealthy");
+    for body in lb.get_many("/", 10).await {
+        assert_eq!(body, "old");
+    }
+    assert_eq!(new.hits(), 1, "only the probe");
+    gate.notify_one();
+    tokio::time::timeout(DEADLINE, async {
+        while lb.status().await["upstreams"][0]["backends"][1]["state"] != "healthy" {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("healthy after its first probe passed");
+    let bodies = lb.get_many("/", 10).await;
+    assert!(bodies.iter().any(|b| b == "new"), "{bodies:?}");
+}
