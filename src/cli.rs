@@ -48,6 +48,9 @@ pub enum Command {
         /// Admin API and dashboard address
         #[arg(long, default_value = "127.0.0.1:9901", value_name = "ADDR")]
         admin: SocketAddr,
+        /// One log line per request; off: one summary line per second of traffic
+        #[arg(long, value_enum, default_value_t = OnOff::Off)]
+        access_log: OnOff,
     },
 }
 

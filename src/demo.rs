@@ -20,10 +20,23 @@ use crate::config::{
 use crate::proxy::Shared;
 use crate::proxy::server::Server;
 
-/// Starts one demo backend on a free port of 127.0.0.1; it answers every request with
-/// its name and port.
+/// Demo backend N listens on this port plus N when it is free, so that the README's
+/// first config (127.0.0.1:9001, 9002, 9003) runs against the demo as it is.
+const PREFERRED_PORT_BASE: u16 = 9000;
+
+/// Starts one demo backend on 127.0.0.1, on port 9000 + `index` when that is free and
+/// on any free port otherwise; it answers every request with its name and port.
 pub async fn start_backend(index: usize) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let preferred = u16::try_from(index)
+        .ok()
+        .and_then(|i| PREFERRED_PORT_BASE.checked_add(i));
+    let listener = match preferred {
+        Some(port) => match TcpListener::bind(("127.0.0.1", port)).await {
+            Ok(l) => l,
+            Err(_) => TcpListener::bind("127.0.0.1:0").await?,
+        },
+        None => TcpListener::bind("127.0.0.1:0").await?,
+    };
     let addr = listener.local_addr()?;
     let name: Arc<str> = format!("backend-{index}").into();
     tokio::spawn(async move {
@@ -56,8 +69,14 @@ pub async fn start_backend(index: usize) -> std::io::Result<SocketAddr> {
     Ok(addr)
 }
 
-/// Runs the demo until Ctrl-C.
-pub async fn run(backends: u16, listen: SocketAddr, admin: SocketAddr) -> Result<(), String> {
+/// Runs the demo until Ctrl-C. `summary`: instead of an access line per request, one
+/// line per second of traffic, so a load test does not flood the terminal.
+pub async fn run(
+    backends: u16,
+    listen: SocketAddr,
+    admin: SocketAddr,
+    summary: bool,
+) -> Result<(), String> {
     let mut configs = Vec::new();
     for i in 1..=usize::from(backends) {
         let addr = start_backend(i)
@@ -90,7 +109,8 @@ pub async fn run(backends: u16, listen: SocketAddr, admin: SocketAddr) -> Result
             configs.clone(),
         )],
     };
-    let server = Server::bind(Shared::new(config, None, None))
+    let shared = Shared::new(config, None, None);
+    let server = Server::bind(Arc::clone(&shared))
         .await
         .map_err(|e| e.to_string())?;
     let lb = server.local_addrs()[0];
@@ -114,6 +134,10 @@ pub async fn run(backends: u16, listen: SocketAddr, admin: SocketAddr) -> Result
     }
     println!("  open http://{dash}/ in a browser                    # the dashboard");
     println!("Ctrl-C stops everything.");
+    if summary {
+        println!("(one line per second of traffic; --access-log on shows every request)");
+        tokio::spawn(summarize(shared));
+    }
     println!();
     server
         .serve(async {
@@ -121,4 +145,44 @@ pub async fn run(backends: u16, listen: SocketAddr, admin: SocketAddr) -> Result
         })
         .await;
     Ok(())
+}
+
+/// Prints, for every second in which requests were answered, how many and by which
+/// backend.
+async fn summarize(shared: Arc<Shared>) {
+    let mut last: Vec<u64> = Vec::new();
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        let snap = shared.snapshot.load();
+        let Some(upstream) = snap.upstreams.first() else {
+            continue;
+        };
+        let now: Vec<u64> = upstream
+            .all
+            .iter()
+            .map(|b| b.stats.requests.load(std::sync::atomic::Ordering::Relaxed))
+            .collect();
+        if last.len() != now.len() {
+            last = vec![0; now.len()];
+        }
+        let deltas: Vec<u64> = now.iter().zip(&last).map(|(n, l)| n - l.min(n)).collect();
+        last = now;
+        let total: u64 = deltas.iter().sum();
+        if total == 0 {
+            continue;
+        }
+        let each: Vec<String> = upstream
+            .all
+            .iter()
+            .zip(&deltas)
+            .map(|(b, d)| format!("{} {d}", b.id))
+            .collect();
+        println!(
+            "{} {total} requests in the last second: {}",
+            humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
+            each.join(", ")
+        );
+    }
 }

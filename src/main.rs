@@ -18,9 +18,14 @@ fn main() -> ExitCode {
             backends,
             listen,
             admin,
+            access_log,
         }) => {
-            telemetry::init(telemetry::LogFormat::Text, true);
-            finish(runtime(None).and_then(|rt| rt.block_on(demo::run(backends, listen, admin))))
+            let access_log = access_log == OnOff::On;
+            telemetry::init(telemetry::LogFormat::Text, access_log);
+            finish(
+                runtime(None)
+                    .and_then(|rt| rt.block_on(demo::run(backends, listen, admin, !access_log))),
+            )
         }
         None => finish(run(cli.run)),
     }

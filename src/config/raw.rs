@@ -19,7 +19,7 @@ pub(super) struct RawConfig {
     pub server: Option<RawServer>,
     #[serde(default)]
     pub listener: Vec<Spanned<RawListener>>,
-    pub admin: Option<RawAdmin>,
+    pub admin: Option<Spanned<RawAdmin>>,
     pub limits: Option<RawLimits>,
     #[serde(default)]
     pub route: Vec<Spanned<RawRoute>>,
@@ -37,7 +37,9 @@ pub(super) struct RawServer {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawListener {
-    pub address: Spanned<String>,
+    /// Required; optional here so that a missing one is an ordinary problem and the
+    /// checks after it still run (as for the other required keys below).
+    pub address: Option<Spanned<String>>,
     pub tls: Option<Spanned<RawTls>>,
 }
 
@@ -57,7 +59,7 @@ pub(super) struct RawCertificate {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAdmin {
-    pub address: Spanned<String>,
+    pub address: Option<Spanned<String>>,
     pub token: Option<Spanned<String>>,
 }
 
@@ -77,7 +79,7 @@ pub(super) struct RawRoute {
     pub host: Option<Spanned<String>>,
     pub path_prefix: Option<Spanned<String>>,
     pub strip_prefix: Option<bool>,
-    pub upstream: Spanned<String>,
+    pub upstream: Option<Spanned<String>>,
 }
 
 /// `[upstream.NAME]` tables in file order, with the span of each name.
@@ -89,7 +91,7 @@ pub(super) struct RawUpstreams(pub Vec<(Spanned<String>, Spanned<RawUpstream>)>)
 pub(super) struct RawUpstream {
     pub strategy: Option<Spanned<String>>,
     pub hash_key: Option<Spanned<String>>,
-    pub backends: Vec<Spanned<RawBackend>>,
+    pub backends: Option<Vec<Spanned<RawBackend>>>,
     pub host_header: Option<Spanned<String>>,
     pub protocol: Option<Spanned<String>>,
     pub ca_file: Option<Spanned<String>>,
@@ -106,7 +108,7 @@ pub(super) struct RawUpstream {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawBackend {
-    pub url: Spanned<String>,
+    pub url: Option<Spanned<String>>,
     pub weight: Option<Spanned<i64>>,
     pub backup: Option<bool>,
 }

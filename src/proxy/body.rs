@@ -302,4 +302,3 @@ impl Body for ResponseBody {
         }
     }
 }
-

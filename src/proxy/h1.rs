@@ -27,12 +27,12 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use super::Shared;
 use super::body::{ClientBody, ResponseBody};
-use crate::telemetry::{self, Refusal};
 use super::client::Upgraded;
 use super::error::ProxyError;
 use super::forward::{ConnInfo, handle};
 use super::headers::{self, HOP_CONNECTION, HOP_TE, HOP_TRANSFER_ENCODING, HOP_UPGRADE};
 use super::wire::{self, Chunked, Framed, Lines, Piece, WireError};
+use crate::telemetry::{self, Refusal};
 
 /// A request with this many header lines or more gets 431 (HAProxy's default limit is
 /// 101, hyper's 100).

@@ -398,16 +398,25 @@ async fn backends_are_named_by_id_or_url_and_a_wrong_one_is_told_the_choices() {
     assert_eq!(first["url"], a.url());
     // The URL exactly as /status shows it, and percent-encoded.
     let (s, _) = lb
-        .admin("POST", &format!("/upstreams/web/backends/{}/drain", a.url()))
+        .admin(
+            "POST",
+            &format!("/upstreams/web/backends/{}/drain", a.url()),
+        )
         .await;
     assert_eq!(s, StatusCode::OK);
-    assert_eq!(lb.status().await["upstreams"][0]["backends"][0]["state"], "draining");
+    assert_eq!(
+        lb.status().await["upstreams"][0]["backends"][0]["state"],
+        "draining"
+    );
     let encoded = a.url().replace(':', "%3A").replace('/', "%2F");
     let (s, _) = lb
         .admin("POST", &format!("/upstreams/web/backends/{encoded}/enable"))
         .await;
     assert_eq!(s, StatusCode::OK);
-    assert_eq!(lb.status().await["upstreams"][0]["backends"][0]["state"], "healthy");
+    assert_eq!(
+        lb.status().await["upstreams"][0]["backends"][0]["state"],
+        "healthy"
+    );
     let (s, body) = lb
         .admin("POST", "/upstreams/web/backends/127.0.0.1:1/drain")
         .await;
@@ -419,7 +428,10 @@ async fn backends_are_named_by_id_or_url_and_a_wrong_one_is_told_the_choices() {
     let (s, body) = lb
         .admin("DELETE", &format!("/upstreams/web/backends/{}", b.url()))
         .await;
-    assert_eq!((s, body), (StatusCode::OK, format!("removed: {}\n", b.addr)));
+    assert_eq!(
+        (s, body),
+        (StatusCode::OK, format!("removed: {}\n", b.addr))
+    );
 }
 
 /// SPEC §3 (issue #9): a backend added while active checks run is probed at once and
@@ -458,7 +470,10 @@ async fn a_backend_added_under_active_checks_waits_for_its_first_probe() {
     assert_eq!(s, StatusCode::CREATED);
     // The probe was sent at once (it waits on the gate); meanwhile no request goes there.
     new.wait_hits(1, "the first probe").await;
-    assert_eq!(lb.status().await["upstreams"][0]["backends"][1]["state"], "unhealthy");
+    assert_eq!(
+        lb.status().await["upstreams"][0]["backends"][1]["state"],
+        "unhealthy"
+    );
     for body in lb.get_many("/", 10).await {
         assert_eq!(body, "old");
     }

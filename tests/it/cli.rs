@@ -191,3 +191,101 @@ async fn a_failed_request_is_logged_with_its_upstream_and_backend() {
     assert_eq!(j["backend"], dead.as_str(), "{line}");
     assert_eq!(j["status"], 502, "{line}");
 }
+
+/// Issue #9: `sluice check` does not stop at an unknown key; every problem, in order.
+#[test]
+fn check_lists_the_problems_after_a_misspelt_key() {
+    let path = temp_config(
+        "misspelt.toml",
+        "[[listener]]\nadress = \"127.0.0.1:8080\"\n[limits]\nidle_timeout = \"5 parsecs\"\n[upstream.web]\nbackends = [{ url = \"htp://10.0.0.1:80\" }]\n",
+    );
+    let p = path.to_str().unwrap();
+    let (code, _, err) = run(&["check", "-c", p]);
+    assert_eq!(code, 1, "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 4, "{err}");
+    assert!(lines[0].starts_with(&format!("{p}:1:1: ")), "{err}");
+    assert!(
+        lines[1].starts_with(&format!("{p}:2:1: unknown key \"adress\"")),
+        "{err}"
+    );
+    assert!(lines[2].starts_with(&format!("{p}:4:16: ")), "{err}");
+    assert!(lines[3].starts_with(&format!("{p}:6:21: ")), "{err}");
+}
+
+/// Issue #9: the same backend twice on the command line is refused, as the admin API
+/// refuses it (409); a flag with no effect and an open admin API are warned about.
+#[test]
+fn duplicate_backends_are_refused_and_idle_flags_warned_about() {
+    let (code, _, err) = run(&["-b", "127.0.0.1:9", "-b", "http://127.0.0.1:9"]);
+    assert_eq!(code, 1);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("127.0.0.1:9 is given twice"), "{err}");
+
+    let p = crate::support::process::Proc::spawn(&[
+        "-l",
+        "127.0.0.1:0",
+        "-b",
+        "127.0.0.1:9",
+        "--hash-key",
+        "path",
+        "--admin",
+        "0.0.0.0:0",
+    ]);
+    let lines = p.lines_before("listening");
+    let all = lines.join("\n");
+    assert!(all.contains("--hash-key has no effect"), "{all}");
+    assert!(all.contains("has no token"), "{all}");
+}
+
+#[test]
+fn help_lists_strategies_and_log_formats() {
+    let (code, out, _) = run(&["--help"]);
+    assert_eq!(code, 0);
+    for name in [
+        "round_robin",
+        "random",
+        "least_conn",
+        "p2c",
+        "peak_ewma",
+        "consistent_hash",
+        "first",
+        "json",
+    ] {
+        assert!(out.contains(name), "{name} in\n{out}");
+    }
+}
+
+/// Issue #9: the demo summarizes its traffic, one line per second, instead of a line
+/// per request.
+#[tokio::test]
+async fn the_demo_summarizes_traffic_unless_asked_for_access_lines() {
+    let p = crate::support::process::Proc::spawn(&[
+        "demo",
+        "--backends",
+        "2",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+    ]);
+    let (p, lb) = tokio::task::spawn_blocking(move || {
+        let line = p.line_with("balancer");
+        let url = line.split_whitespace().last().unwrap().to_owned();
+        (p, url)
+    })
+    .await
+    .unwrap();
+    let c = client();
+    for _ in 0..20 {
+        let req = http::Request::get(&lb).body(Default::default()).unwrap();
+        assert_eq!(send_with(&c, req).await.0, 200);
+    }
+    let before = tokio::task::spawn_blocking(move || p.lines_before("requests in the last second"))
+        .await
+        .unwrap();
+    assert!(
+        !before.iter().any(|l| l.contains("\"GET /")),
+        "no access lines: {before:?}"
+    );
+}

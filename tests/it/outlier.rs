@@ -177,13 +177,21 @@ async fn refusing_backends_never_cost_a_client_a_502() {
     let live = TestBackend::replying("live").await;
     let (dead1, dead2) = (dead_addr().await, dead_addr().await);
     let lb = Sluice::over(
-        &[format!("http://{dead1}"), format!("http://{dead2}"), live.url()],
+        &[
+            format!("http://{dead1}"),
+            format!("http://{dead2}"),
+            live.url(),
+        ],
         "",
     )
     .await;
     for i in 0..200 {
         let (status, _, body) = lb.get("/").await;
-        assert_eq!((status, body.as_str()), (StatusCode::OK, "live"), "request {i}");
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::OK, "live"),
+            "request {i}"
+        );
     }
     assert_eq!(states(&lb), ["ejected", "ejected", "healthy"]);
     let status = status_of(&lb);
@@ -193,7 +201,11 @@ async fn refusing_backends_never_cost_a_client_a_502() {
 
     // A fresh pool, hit with 1,000 requests at once before anything is ejected.
     let lb = Sluice::over(
-        &[format!("http://{dead1}"), format!("http://{dead2}"), live.url()],
+        &[
+            format!("http://{dead1}"),
+            format!("http://{dead2}"),
+            live.url(),
+        ],
         "",
     )
     .await;

@@ -87,7 +87,9 @@ backends = [{{ url = "{}" }}]
     assert!(unrouted.starts_with("HTTP/1.1 404"), "{unrouted}");
     // A head that never ends.
     let mut slow = TcpStream::connect(plain).await.unwrap();
-    slow.write_all(b"GET / HTTP/1.1\r\nHost: app").await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: app")
+        .await
+        .unwrap();
     assert!(closes_within(&mut slow, wait).await);
     // Plain HTTP to the TLS port, and a broken handshake.
     let to_tls = raw_exchange(tls, b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n", wait).await;

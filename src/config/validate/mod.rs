@@ -66,6 +66,21 @@ impl Check<'_> {
         self.problems.push(Problem::new(span, message));
     }
 
+    /// A required key's value, or None after reporting it missing from `table` (written
+    /// as the user sees it, e.g. `[[listener]]`), whose span is `at`.
+    fn required<'v, T>(
+        &mut self,
+        v: &'v Option<Spanned<T>>,
+        key: &str,
+        table: &str,
+        at: Range<usize>,
+    ) -> Option<&'v Spanned<T>> {
+        if v.is_none() {
+            self.report(at, format!("missing key \"{key}\" in {table}"));
+        }
+        v.as_ref()
+    }
+
     fn line_of(&self, offset: usize) -> usize {
         line_col(self.text, offset).0
     }
@@ -107,7 +122,7 @@ impl Check<'_> {
         let routes = raw
             .route
             .into_iter()
-            .map(|r| self.route(r.into_inner(), &names))
+            .map(|r| self.route(r, &names))
             .collect();
         let upstreams = raw
             .upstream
@@ -145,20 +160,21 @@ impl Check<'_> {
     fn listeners(&mut self, raw: &[Spanned<RawListener>]) -> Vec<ListenerConfig> {
         let mut seen: HashMap<SocketAddr, usize> = HashMap::new();
         let mut out = Vec::new();
-        for listener in raw {
-            let listener = listener.get_ref();
-            let address = self.socket_addr("listener.address", &listener.address);
-            if let Some(addr) = address {
+        for spanned in raw {
+            let listener = spanned.get_ref();
+            let given = self.required(&listener.address, "address", "[[listener]]", spanned.span());
+            let address = given.and_then(|a| self.socket_addr("listener.address", a));
+            if let (Some(addr), Some(given)) = (address, given) {
                 // Port 0 asks for a fresh ephemeral port each time, so it never collides.
                 if addr.port() != 0 {
-                    let start = listener.address.span().start;
+                    let start = given.span().start;
                     if let Some(&first) = seen.get(&addr) {
                         let line = self.line_of(first);
                         self.report(
-                            listener.address.span(),
+                            given.span(),
                             format!(
                                 "listener.address: duplicate listener address \"{}\" (also at line {line})",
-                                listener.address.get_ref()
+                                given.get_ref()
                             ),
                         );
                     } else {
@@ -199,19 +215,27 @@ impl Check<'_> {
         Some(TlsConfig { certificates: out })
     }
 
-    fn admin(&mut self, raw: RawAdmin, listeners: &[Spanned<RawListener>]) -> Option<AdminConfig> {
-        let address = self.socket_addr("admin.address", &raw.address);
+    fn admin(
+        &mut self,
+        raw: Spanned<RawAdmin>,
+        listeners: &[Spanned<RawListener>],
+    ) -> Option<AdminConfig> {
+        let at = raw.span();
+        let raw = raw.into_inner();
+        let given = self.required(&raw.address, "address", "[admin]", at)?;
+        let address = self.socket_addr("admin.address", given);
         if let Some(addr) = address.filter(|a| a.port() != 0) {
-            let clash = listeners
-                .iter()
-                .find(|l| l.get_ref().address.get_ref().parse::<SocketAddr>().ok() == Some(addr));
+            let clash = listeners.iter().find_map(|l| {
+                let a = l.get_ref().address.as_ref()?;
+                (a.get_ref().parse::<SocketAddr>().ok() == Some(addr)).then_some(a)
+            });
             if let Some(l) = clash {
-                let line = self.line_of(l.get_ref().address.span().start);
+                let line = self.line_of(l.span().start);
                 self.report(
-                    raw.address.span(),
+                    given.span(),
                     format!(
                         "admin.address: \"{}\" is also a listener address (line {line}); the admin API needs its own address",
-                        raw.address.get_ref()
+                        given.get_ref()
                     ),
                 );
             }
@@ -275,7 +299,9 @@ impl Check<'_> {
         }
     }
 
-    fn route(&mut self, raw: RawRoute, upstreams: &[&str]) -> RouteConfig {
+    fn route(&mut self, raw: Spanned<RawRoute>, upstreams: &[&str]) -> RouteConfig {
+        let at = raw.span();
+        let raw = raw.into_inner();
         let host = raw.host.and_then(|h| match host_pattern(h.get_ref()) {
             Ok(p) => Some(p),
             Err(e) => {
@@ -292,23 +318,26 @@ impl Check<'_> {
                     None
                 }
             });
-        let upstream = raw.upstream.get_ref();
-        if !upstreams.contains(&upstream.as_str()) {
-            let defined = if upstreams.is_empty() {
-                "no upstreams are defined".to_owned()
-            } else {
-                format!("defined upstreams: {}", upstreams.join(", "))
-            };
-            self.report(
-                raw.upstream.span(),
-                format!("route: unknown upstream \"{upstream}\"; {defined}"),
-            );
+        let given = self.required(&raw.upstream, "upstream", "[[route]]", at);
+        if let Some(given) = given {
+            let upstream = given.get_ref();
+            if !upstreams.contains(&upstream.as_str()) {
+                let defined = if upstreams.is_empty() {
+                    "no upstreams are defined".to_owned()
+                } else {
+                    format!("defined upstreams: {}", upstreams.join(", "))
+                };
+                self.report(
+                    given.span(),
+                    format!("route: unknown upstream \"{upstream}\"; {defined}"),
+                );
+            }
         }
         RouteConfig {
             host,
             path_prefix,
             strip_prefix: raw.strip_prefix.unwrap_or(false),
-            upstream: raw.upstream.into_inner(),
+            upstream: given.map(|g| g.get_ref().clone()).unwrap_or_default(),
         }
     }
 

@@ -30,8 +30,13 @@ impl Check<'_> {
                 ),
             );
         }
+        let at = raw.span();
         let raw = raw.into_inner();
         let ctx = format!("upstream \"{name}\":");
+        if raw.backends.is_none() {
+            self.report(at, format!("missing key \"backends\" in [upstream.{name}]"));
+        }
+        let raw_backends = raw.backends.as_deref().unwrap_or_default();
         let mut u = UpstreamConfig::with_defaults(&name, Vec::new());
 
         if let Some(s) = &raw.strategy {
@@ -56,7 +61,7 @@ impl Check<'_> {
                 Err(e) => self.report(h.span(), format!("{ctx} {e}")),
             }
         }
-        u.backends = self.backends(&ctx, &raw.backends);
+        u.backends = self.backends(&ctx, raw_backends);
         if let Some(h) = &raw.host_header {
             match h.get_ref().as_str() {
                 "preserve" => u.host_header = HostHeader::Preserve,
@@ -77,7 +82,7 @@ impl Check<'_> {
                     format!("{ctx} protocol \"{other}\" is not one of http1, h2c, h2"),
                 ),
             }
-            self.protocol_matches_backends(&ctx, p, u.protocol, &raw.backends, &u.backends);
+            self.protocol_matches_backends(&ctx, p, u.protocol, raw_backends, &u.backends);
         }
         u.ca_file = raw
             .ca_file
@@ -136,8 +141,12 @@ impl Check<'_> {
     fn backends(&mut self, ctx: &str, raw: &[Spanned<RawBackend>]) -> Vec<BackendConfig> {
         let mut seen: HashMap<String, usize> = HashMap::new();
         let mut out = Vec::new();
-        for b in raw {
-            let b: &RawBackend = b.get_ref();
+        for spanned in raw {
+            let b: &RawBackend = spanned.get_ref();
+            let table = "upstream backend ({ url = \"host:port\" })";
+            let Some(given) = self.required(&b.url, "url", table, spanned.span()) else {
+                continue;
+            };
             let weight = self.int_in(
                 &format!("{ctx} backend weight"),
                 b.weight.as_ref(),
@@ -145,10 +154,10 @@ impl Check<'_> {
                 i64::from(MAX_WEIGHT),
                 1,
             );
-            let url = match BackendUrl::parse(b.url.get_ref()) {
+            let url = match BackendUrl::parse(given.get_ref()) {
                 Ok(url) => url,
                 Err(e) => {
-                    self.report(b.url.span(), format!("{ctx} {e}"));
+                    self.report(given.span(), format!("{ctx} {e}"));
                     continue;
                 }
             };
@@ -156,11 +165,11 @@ impl Check<'_> {
             if let Some(&first) = seen.get(&id) {
                 let line = self.line_of(first);
                 self.report(
-                    b.url.span(),
+                    given.span(),
                     format!("{ctx} duplicate backend \"{id}\" (also at line {line})"),
                 );
             } else {
-                seen.insert(id, b.url.span().start);
+                seen.insert(id, given.span().start);
             }
             out.push(BackendConfig {
                 url,
@@ -191,7 +200,7 @@ impl Check<'_> {
         // Show the backend as written.
         let written = raw
             .iter()
-            .map(|r| r.get_ref().url.get_ref())
+            .filter_map(|r| r.get_ref().url.as_ref().map(|u| u.get_ref()))
             .find(|w| BackendUrl::parse(w).as_ref() == Ok(&b.url))
             .cloned()
             .unwrap_or_else(|| b.url.to_string());
