@@ -661,6 +661,7 @@ async fn drive<C, E>(
                                 Refusal::HeaderTooLarge => 431,
                                 _ => 400,
                             };
+                            ctx.shared.unrouted.add(status);
                             telemetry::refused_request(&ctx.shared.refused, ctx.client, status, reason);
                         }
                         None => tracing::debug!(client = %ctx.client, error = %e, "connection ended with an error"),
