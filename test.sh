@@ -18,6 +18,5 @@ need() { # need COMMAND DEBIAN-PACKAGE
     fi
 }
 
-need cargo cargo
 
 cargo test --locked "$@"

@@ -26,10 +26,12 @@ const PREFERRED_PORT_BASE: u16 = 9000;
 
 /// Starts one demo backend on 127.0.0.1, on port 9000 + `index` when that is free and
 /// on any free port otherwise; it answers every request with its name and port.
-pub async fn start_backend(index: usize) -> std::io::Result<SocketAddr> {
+/// `taken`: ports the demo's balancer and dashboard will bind, never preferred.
+pub async fn start_backend(index: usize, taken: &[u16]) -> std::io::Result<SocketAddr> {
     let preferred = u16::try_from(index)
         .ok()
-        .and_then(|i| PREFERRED_PORT_BASE.checked_add(i));
+        .and_then(|i| PREFERRED_PORT_BASE.checked_add(i))
+        .filter(|p| !taken.contains(p));
     let listener = match preferred {
         Some(port) => match TcpListener::bind(("127.0.0.1", port)).await {
             Ok(l) => l,
@@ -79,7 +81,7 @@ pub async fn run(
 ) -> Result<(), String> {
     let mut configs = Vec::new();
     for i in 1..=usize::from(backends) {
-        let addr = start_backend(i)
+        let addr = start_backend(i, &[listen.port(), admin.port()])
             .await
             .map_err(|e| format!("cannot start demo backend: {e}"))?;
         configs.push(BackendConfig {
@@ -150,7 +152,8 @@ pub async fn run(
 /// Prints, for every second in which requests were answered, how many and by which
 /// backend.
 async fn summarize(shared: Arc<Shared>) {
-    let mut last: Vec<u64> = Vec::new();
+    // By backend id: an admin edit may add, remove or reorder backends.
+    let mut last: std::collections::HashMap<Box<str>, u64> = Default::default();
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
@@ -159,16 +162,15 @@ async fn summarize(shared: Arc<Shared>) {
         let Some(upstream) = snap.upstreams.first() else {
             continue;
         };
-        let now: Vec<u64> = upstream
-            .all
-            .iter()
-            .map(|b| b.stats.requests.load(std::sync::atomic::Ordering::Relaxed))
-            .collect();
-        if last.len() != now.len() {
-            last = vec![0; now.len()];
+        let mut deltas = Vec::with_capacity(upstream.all.len());
+        let mut seen = std::collections::HashMap::with_capacity(upstream.all.len());
+        for b in upstream.all.iter() {
+            let n = b.stats.requests.load(std::sync::atomic::Ordering::Relaxed);
+            let before = last.get(&b.id).copied().unwrap_or(0);
+            deltas.push(n.saturating_sub(before));
+            seen.insert(b.id.clone(), n);
         }
-        let deltas: Vec<u64> = now.iter().zip(&last).map(|(n, l)| n - l.min(n)).collect();
-        last = now;
+        last = seen;
         let total: u64 = deltas.iter().sum();
         if total == 0 {
             continue;

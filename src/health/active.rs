@@ -113,6 +113,10 @@ async fn round(
             // A first probe decides alone: passed, the backend takes requests now;
             // failed, it is unhealthy and must rise like any other.
             b.stats.set_pending(false);
+            if result.is_ok() {
+                // Its slow start begins now that it takes requests, not when added.
+                b.stats.start_warming(Instant::now());
+            }
             verdicts[i] = RiseFall::new(cfg.rise, cfg.fall, result.is_ok());
             Some(result.is_ok())
         } else {

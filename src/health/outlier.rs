@@ -85,8 +85,9 @@ pub fn record(
     if failures < cfg.consecutive_failures || s.is_ejected(now) {
         return Verdict::Nothing;
     }
-    let room = room_to_eject(pool, cfg, now)
-        || outcome == Outcome::Unreachable && another_in_rotation(b, pool, now);
+    let by_cap = room_to_eject(pool, cfg, now);
+    let past_cap = !by_cap && outcome == Outcome::Unreachable && another_in_rotation(b, pool, now);
+    let room = by_cap || past_cap;
     if !room {
         // The counter stays high, so the next failure asks again.
         return if s.set_failing(true) {
@@ -95,8 +96,19 @@ pub fn record(
             Verdict::Nothing
         };
     }
-    s.set_failing(false);
+    let before = s.ejection_state();
     let d = s.eject_growing(now, cfg.ejection, MAX_EJECTION);
+    if past_cap && !another_in_rotation(b, pool, now) {
+        // Another backend was ejected at the same moment (another thread): undo this
+        // one, so the pool never empties on this path. Both may undo; then both stay.
+        s.restore_ejection(before);
+        return if s.set_failing(true) {
+            Verdict::Kept
+        } else {
+            Verdict::Nothing
+        };
+    }
+    s.set_failing(false);
     // Probation: one more failure once the ejection ends ejects it again.
     s.consecutive_failures.store(
         cfg.consecutive_failures.saturating_sub(1),

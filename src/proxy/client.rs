@@ -311,6 +311,35 @@ impl SendError {
     pub fn is_connect(&self) -> bool {
         matches!(self, SendError::Connect(_) | SendError::ConnectTimeout(_))
     }
+
+    /// The backend's side turned the connection down: refused, no route to its host,
+    /// or a failed TLS handshake. A timeout is not this: an overloaded backend whose
+    /// backlog is full times out too, and must stay under the ejection cap.
+    pub fn is_unreachable(&self) -> bool {
+        let SendError::Connect(e) = self else {
+            return false;
+        };
+        matches!(
+            e.kind(),
+            io::ErrorKind::ConnectionRefused
+                | io::ErrorKind::HostUnreachable
+                | io::ErrorKind::NetworkUnreachable
+                // How tokio-rustls reports a failed handshake.
+                | io::ErrorKind::InvalidData
+        )
+    }
+
+    /// This machine failed, not the backend: out of file descriptors, local ports or
+    /// buffers. Not held against the backend.
+    pub fn is_local(&self) -> bool {
+        let SendError::Connect(e) = self else {
+            return false;
+        };
+        matches!(
+            e.raw_os_error(),
+            Some(libc::EMFILE | libc::ENFILE | libc::EADDRNOTAVAIL | libc::ENOBUFS | libc::ENOMEM)
+        )
+    }
 }
 
 /// How `Client::send` goes about one exchange.
@@ -1012,4 +1041,28 @@ pub fn literal_addr(host: &str, port: u16) -> Option<SocketAddr> {
     host.parse::<std::net::IpAddr>()
         .ok()
         .map(|ip| SocketAddr::new(ip, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connect_error(kind: io::ErrorKind) -> SendError {
+        SendError::Connect(io::Error::from(kind))
+    }
+
+    #[test]
+    fn only_a_backend_turning_the_connection_down_is_unreachable() {
+        assert!(connect_error(io::ErrorKind::ConnectionRefused).is_unreachable());
+        assert!(connect_error(io::ErrorKind::HostUnreachable).is_unreachable());
+        assert!(
+            connect_error(io::ErrorKind::InvalidData).is_unreachable(),
+            "TLS"
+        );
+        assert!(!SendError::ConnectTimeout(Duration::from_secs(3)).is_unreachable());
+        assert!(!SendError::Closed.is_unreachable());
+        let emfile = SendError::Connect(io::Error::from_raw_os_error(libc::EMFILE));
+        assert!(emfile.is_local() && !emfile.is_unreachable());
+        assert!(!connect_error(io::ErrorKind::ConnectionRefused).is_local());
+    }
 }

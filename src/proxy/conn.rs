@@ -77,6 +77,9 @@ pub struct Activity {
     head_since: AtomicU64,
     /// Watchdog checks in a row that found a request active.
     busy_checks: AtomicU32,
+    /// HTTP/2: bytes between requests are frames (WINDOW_UPDATE, PING), not the start
+    /// of a request head, so they do not start `header_read_timeout`.
+    multiplexed: std::sync::atomic::AtomicBool,
 }
 
 /// What the watchdog should do now.
@@ -100,7 +103,13 @@ impl Activity {
             idle_since: AtomicU64::new(now),
             head_since: AtomicU64::new(now),
             busy_checks: AtomicU32::new(0),
+            multiplexed: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// The connection speaks HTTP/2 (see `multiplexed`).
+    pub fn set_multiplexed(&self) {
+        self.multiplexed.store(true, Ordering::Relaxed);
     }
 
     pub fn begin_request(&self) {
@@ -115,7 +124,9 @@ impl Activity {
 
     /// Bytes arrived. While no request is active they belong to a new request head.
     pub fn on_read(&self) {
-        if self.active.load(Ordering::Relaxed) == 0 && self.head_since.load(Ordering::Relaxed) == 0
+        if self.active.load(Ordering::Relaxed) == 0
+            && self.head_since.load(Ordering::Relaxed) == 0
+            && !self.multiplexed.load(Ordering::Relaxed)
         {
             self.head_since.store(now_ms(), Ordering::Relaxed);
         }
@@ -247,6 +258,20 @@ mod tests {
         header_read: Duration::ZERO,
         idle: Duration::ZERO,
     };
+
+    #[test]
+    fn http2_frames_between_requests_do_not_start_a_head_timeout() {
+        let t = Timers {
+            header_read: Duration::ZERO,
+            idle: Duration::from_secs(60),
+        };
+        let a = Activity::new();
+        a.set_multiplexed();
+        a.begin_request();
+        a.end_request();
+        a.on_read(); // a WINDOW_UPDATE after the response
+        assert!(matches!(a.check(t, false), Verdict::WaitUntil(_)));
+    }
 
     #[test]
     fn an_active_request_is_never_cut() {

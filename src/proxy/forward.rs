@@ -567,12 +567,19 @@ async fn attempts(
                     fresh = true;
                     continue;
                 }
-                let (on, outcome) = if error.is_connect() {
-                    (RetryOn::ConnectFailure, Outcome::Unreachable)
+                let on = if error.is_connect() {
+                    RetryOn::ConnectFailure
                 } else {
-                    (RetryOn::Reset, Outcome::Failure)
+                    RetryOn::Reset
                 };
-                note_failure(upstream, &backend, outcome);
+                if error.is_local() {
+                    // Out of descriptors or ports here: not the backend's doing.
+                    tracing::warn!(upstream = %upstream.name, backend = %backend.id, error = %chain(&error), "cannot connect: out of local resources");
+                } else if error.is_unreachable() {
+                    note_failure(upstream, &backend, Outcome::Unreachable);
+                } else {
+                    note_failure(upstream, &backend, Outcome::Failure);
+                }
                 if may_retry(on, resendable, unsent, retries) {
                     retries += 1;
                     continue;

@@ -492,6 +492,7 @@ async fn serve_h1(stream: TcpStream, buf: BytesMut, ctx: ConnCtx) {
 /// HTTP/2 (h2c): hyper multiplexes the streams; no parking.
 async fn serve_h2(stream: TcpStream, mut ctx: ConnCtx) {
     let activity = Arc::new(Activity::new());
+    activity.set_multiplexed();
     let info = Arc::new(ConnInfo::new(
         ctx.client,
         false,
@@ -510,33 +511,35 @@ async fn serve_h2(stream: TcpStream, mut ctx: ConnCtx) {
 /// A TLS connection: the handshake (bounded by `header_read_timeout`), then hyper with
 /// the protocol ALPN chose, HTTP/2 or HTTP/1.1 (with upgrades). No parking: the TLS
 /// session lives in user space.
-async fn serve_tls(mut stream: TcpStream, acceptor: TlsAcceptor, mut ctx: ConnCtx) {
+async fn serve_tls(stream: TcpStream, acceptor: TlsAcceptor, mut ctx: ConnCtx) {
     let timers = ctx.timers();
     // From the accept: the handshake and the first head share `header_read_timeout`.
     let activity = Arc::new(Activity::new());
-    let handshake = async {
-        if answered_plain_http(&mut stream).await {
-            let counts = &ctx.shared.refused;
-            telemetry::refused_request(counts, ctx.client, 400, Refusal::PlainHttpOnTls);
-            return Err(Refusal::PlainHttpOnTls);
-        }
-        acceptor.accept(stream).await.map_err(|e| {
-            let counts = &ctx.shared.refused;
-            telemetry::refused_connection(counts, ctx.client, Refusal::TlsHandshake, Some(&e));
-            Refusal::TlsHandshake
-        })
+    let deadline = tokio::time::Instant::now() + timers.header_read;
+    let timed_out = |ctx: &ConnCtx| {
+        let e = "timed out (header_read_timeout)";
+        let counts = &ctx.shared.refused;
+        telemetry::refused_connection(counts, ctx.client, Refusal::TlsHandshake, Some(&e));
     };
-    let tls = match tokio::time::timeout(timers.header_read, handshake).await {
+    match tokio::time::timeout_at(deadline, opening(&stream)).await {
+        Ok(Opening::Tls) => {}
+        Ok(Opening::PlainHttp) => return refuse_plain_http(stream, &ctx).await,
+        Ok(Opening::Nothing) => return,
+        Err(_) => return timed_out(&ctx),
+    }
+    let tls = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => tls,
-        Ok(Err(_)) => return,
-        Err(_) => {
+        Ok(Err(e)) => {
             let counts = &ctx.shared.refused;
-            let e = "timed out (header_read_timeout)";
             telemetry::refused_connection(counts, ctx.client, Refusal::TlsHandshake, Some(&e));
             return;
         }
+        Err(_) => return timed_out(&ctx),
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    if h2 {
+        activity.set_multiplexed();
+    }
     let info = Arc::new(ConnInfo::new(
         ctx.client,
         true,
@@ -569,38 +572,54 @@ async fn serve_tls(mut stream: TcpStream, acceptor: TlsAcceptor, mut ctx: ConnCt
     }
 }
 
-/// Answers a client of a TLS listener that speaks plain HTTP, if it does: a TLS client
-/// opens with a handshake record (0x16), a request line with a method's upper-case
-/// letter. Such a client gets a 400 that says why (as nginx does) instead of a
-/// handshake error it cannot read. A TLS client's bytes are only peeked at.
-async fn answered_plain_http(stream: &mut TcpStream) -> bool {
+/// What the first byte of a TLS listener's connection says.
+enum Opening {
+    /// A handshake record (0x16), or anything else that is not plain HTTP: rustls
+    /// decides.
+    Tls,
+    /// A request line (a method's upper-case letter): plain HTTP on a TLS port.
+    PlainHttp,
+    /// Closed (or failed) before sending anything: a TCP check, nothing to refuse.
+    Nothing,
+}
+
+async fn opening(stream: &TcpStream) -> Opening {
     let mut first = [0u8; 1];
     match stream.peek(&mut first).await {
-        Ok(1) if first[0].is_ascii_uppercase() => {}
-        _ => return false,
+        Ok(1) if first[0].is_ascii_uppercase() => Opening::PlainHttp,
+        Ok(1) => Opening::Tls,
+        _ => Opening::Nothing,
     }
+}
+
+/// Answers plain HTTP sent to a TLS listener with a 400 that says why (as nginx does)
+/// instead of a handshake error the client cannot read, then closes.
+async fn refuse_plain_http(mut stream: TcpStream, ctx: &ConnCtx) {
     const BODY: &str = "400 this port speaks TLS: use https:// instead\n";
     let answer = format!(
         "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{BODY}",
         BODY.len()
     );
-    if stream.write_all(answer.as_bytes()).await.is_ok() {
-        // Read what the client sent before closing: closing with unread bytes would
-        // reset the connection and could destroy the answer.
-        let _ = stream.shutdown().await;
-        let mut scratch = [0u8; 4096];
-        let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            let mut total = 0;
-            while total < 64 * 1024 {
-                match stream.read(&mut scratch).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => total += n,
-                }
-            }
-        })
-        .await;
+    ctx.shared.unrouted.add(400);
+    let counts = &ctx.shared.refused;
+    telemetry::refused_request(counts, ctx.client, 400, Refusal::PlainHttpOnTls);
+    if stream.write_all(answer.as_bytes()).await.is_err() {
+        return;
     }
-    true
+    // Read what the client sent before closing: closing with unread bytes would reset
+    // the connection and could destroy the answer.
+    let _ = stream.shutdown().await;
+    let mut scratch = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let mut total = 0;
+        while total < 64 * 1024 {
+            match stream.read(&mut scratch).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => total += n,
+            }
+        }
+    })
+    .await;
 }
 
 /// Logs and counts a connection the watchdog closes: a request head slower than
@@ -614,21 +633,26 @@ fn closed_by_watchdog(ctx: &ConnCtx, why: &'static str) {
     }
 }
 
-/// What a hyper connection's error says the client did wrong, if anything: hyper
-/// answers a head over `max_header_bytes` with 431 and a malformed one with 400 itself.
-fn refusal_of(e: &(dyn std::error::Error + 'static)) -> Option<Refusal> {
+/// What a hyper connection's error says the client did wrong, and the status hyper
+/// answered it with (as hyper's own `on_error` decides): 431 for a head over
+/// `max_header_bytes`, 414 for a long URI, 400 for a malformed head. None for errors
+/// hyper answers with nothing.
+fn refusal_of(e: &(dyn std::error::Error + 'static)) -> Option<(u16, Refusal)> {
     let mut cur = Some(e);
     while let Some(e) = cur {
         if let Some(h) = e.downcast_ref::<hyper::Error>() {
             if h.is_parse_too_large() {
-                return Some(Refusal::HeaderTooLarge);
+                let status = if h.to_string().contains("URI") {
+                    414
+                } else {
+                    431
+                };
+                return Some((status, Refusal::HeaderTooLarge));
             }
-            if h.is_parse() {
-                return Some(Refusal::BadRequest("malformed request head"));
+            if h.is_parse() && !h.is_parse_version_h2() && !h.is_parse_status() {
+                return Some((400, Refusal::BadRequest("malformed request head")));
             }
-            if h.is_timeout() {
-                return Some(Refusal::HeaderTimeout);
-            }
+            return None;
         }
         cur = e.source();
     }
@@ -656,11 +680,7 @@ async fn drive<C, E>(
             r = &mut conn => {
                 if let Err(e) = r {
                     match refusal_of(&e) {
-                        Some(reason) => {
-                            let status = match reason {
-                                Refusal::HeaderTooLarge => 431,
-                                _ => 400,
-                            };
+                        Some((status, reason)) => {
                             ctx.shared.unrouted.add(status);
                             telemetry::refused_request(&ctx.shared.refused, ctx.client, status, reason);
                         }

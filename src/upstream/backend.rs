@@ -207,6 +207,20 @@ impl BackendStats {
         (old & bit != 0) != on
     }
 
+    /// The ejection fields, to undo an ejection with `restore_ejection`.
+    pub fn ejection_state(&self) -> (u64, u32) {
+        (
+            self.ejected_until.load(Ordering::Relaxed),
+            self.ejections.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Puts back what `ejection_state` read.
+    pub fn restore_ejection(&self, (until, ejections): (u64, u32)) {
+        self.ejected_until.store(until, Ordering::Relaxed);
+        self.ejections.store(ejections, Ordering::Relaxed);
+    }
+
     /// Ejects the backend until `now + for_`.
     pub fn eject(&self, now: Instant, for_: Duration) {
         let until = self.nanos_since_epoch(now + for_).max(1);

@@ -233,7 +233,12 @@ async fn steady_load_through_a_dying_pool_loses_nothing() {
     let live = TestBackend::replying("live").await;
     let dead = dead_addr().await;
     let dying = TestBackend::replying("dying").await;
-    let lb = Sluice::over(&[format!("http://{dead}"), dying.url(), live.url()], "").await;
+    // Ejections long enough to outlast the test on a busy machine.
+    let lb = Sluice::over(
+        &[format!("http://{dead}"), dying.url(), live.url()],
+        "[upstream.web.outlier]\nejection = \"5m\"",
+    )
+    .await;
     for _ in 0..20 {
         assert_eq!(lb.get("/").await.0, StatusCode::OK);
     }

@@ -50,7 +50,7 @@ address = "127.0.0.1:0"
 [limits]
 max_header_bytes = "2KiB"
 max_body_bytes = 10
-header_read_timeout = "300ms"
+header_read_timeout = "2s"
 [[route]]
 host = "app.test"
 upstream = "web"
@@ -65,7 +65,7 @@ backends = [{{ url = "{}" }}]
     let (p, plain) = start_json(&["-c", config.to_str().unwrap()]).await;
     let (p, tls, admin) = other_addresses(p).await;
     let (plain, tls) = (plain.parse().unwrap(), tls.parse().unwrap());
-    let wait = Duration::from_secs(5);
+    let wait = Duration::from_secs(8);
     let ask = |raw: &'static str| raw_exchange(plain, raw.as_bytes(), wait);
 
     let malformed = ask("GET / HTTP/1.1\r\nHost: app.test\r\nno colon here\r\n\r\n").await;

@@ -494,6 +494,8 @@ async fn plain_http_to_a_tls_port_gets_400_and_bad_handshakes_are_counted() {
     assert!(body_of(&answer).contains("speaks TLS"), "{answer}");
     wait_refused(&lb, "plain_http_on_tls", 1).await;
 
+    // A TCP check (connect, then close) is nothing to refuse.
+    drop(TcpStream::connect(lb.addr).await.unwrap());
     // A handshake record that is not a ClientHello.
     let mut s = TcpStream::connect(lb.addr).await.unwrap();
     s.write_all(&[0x16, 0x03, 0x01, 0x00, 0x04, 0xff, 0xff, 0xff, 0xff])

@@ -37,11 +37,15 @@ const DEFAULT_STICKY_COOKIE: &str = "sluice_sticky";
 /// Parses and checks `text`; `path` only names the file in messages. Returns every
 /// semantic problem found, or the deserializer's single first error.
 pub(super) fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
-    let (raw, problems) = recover::deserialize(text);
-    let Some(raw) = raw else {
-        return Err(ConfigErrors::new(path, text, problems));
+    let recovered = recover::deserialize(text);
+    let Some(raw) = recovered.raw else {
+        return Err(ConfigErrors::new(path, text, recovered.problems));
     };
-    let mut check = Check { text, problems };
+    let mut check = Check {
+        text,
+        problems: recovered.problems,
+        misspelt_in: recovered.misspelt_in,
+    };
     let config = check.config(raw);
     if check.problems.is_empty() {
         Ok(config)
@@ -59,6 +63,8 @@ mod upstream;
 struct Check<'t> {
     text: &'t str,
     problems: Vec<Problem>,
+    /// Tables an unknown key was taken out of (see `recover::Recovered`).
+    misspelt_in: Vec<Range<usize>>,
 }
 
 impl Check<'_> {
@@ -75,7 +81,8 @@ impl Check<'_> {
         table: &str,
         at: Range<usize>,
     ) -> Option<&'v Spanned<T>> {
-        if v.is_none() {
+        // A misspelt key was reported already; "missing" would say it twice.
+        if v.is_none() && !self.misspelt_in.contains(&at) {
             self.report(at, format!("missing key \"{key}\" in {table}"));
         }
         v.as_ref()

@@ -21,15 +21,28 @@ use super::super::raw::RawConfig;
 /// Enough for any file a person wrote; a bound so a pathological one cannot loop long.
 const MAX_PROBLEMS: usize = 100;
 
-/// The raw configuration when the semantic checks may run on it, and the problems found
-/// so far.
-pub(super) fn deserialize(text: &str) -> (Option<RawConfig>, Vec<Problem>) {
+/// What the first stage found.
+pub(super) struct Recovered {
+    /// The raw configuration, when the semantic checks may run on it.
+    pub raw: Option<RawConfig>,
+    pub problems: Vec<Problem>,
+    /// Spans of the tables an unknown key was taken out of: a required key missing
+    /// there is most likely that key misspelt, already reported.
+    pub misspelt_in: Vec<Range<usize>>,
+}
+
+pub(super) fn deserialize(text: &str) -> Recovered {
     let (mut doc, syntax) = DeTable::parse_recoverable(text);
     if !syntax.is_empty() {
         // Recovery from a syntax error may misread the rest: report the syntax alone.
         let problems = syntax.iter().map(|e| from_toml_error(e, text)).collect();
-        return (None, dedup(problems));
+        return Recovered {
+            raw: None,
+            problems: dedup(problems),
+            misspelt_in: Vec::new(),
+        };
     }
+    let mut misspelt_in = Vec::new();
     let mut problems = Vec::new();
     let mut only_unknown_keys = true;
     // Keys taken out, with the span of their table: a "missing key" error for one of
@@ -37,7 +50,13 @@ pub(super) fn deserialize(text: &str) -> (Option<RawConfig>, Vec<Problem>) {
     let mut removed: Vec<(String, Range<usize>)> = Vec::new();
     while problems.len() < MAX_PROBLEMS {
         let err = match RawConfig::deserialize(toml::de::Deserializer::from(doc.clone())) {
-            Ok(raw) => return (only_unknown_keys.then_some(raw), problems),
+            Ok(raw) => {
+                return Recovered {
+                    raw: only_unknown_keys.then_some(raw),
+                    problems,
+                    misspelt_in,
+                };
+            }
             Err(err) => err,
         };
         let Some(span) = err.span() else {
@@ -56,12 +75,17 @@ pub(super) fn deserialize(text: &str) -> (Option<RawConfig>, Vec<Problem>) {
         only_unknown_keys &= unknown;
         let root = doc.span();
         match take_out(doc.get_mut(), root, &span) {
+            Some(Taken::Key(_, table)) if unknown => misspelt_in.push(table),
             Some(Taken::Key(key, table)) => removed.push((key, table)),
             Some(Taken::Element) => {}
             None => break,
         }
     }
-    (None, problems)
+    Recovered {
+        raw: None,
+        problems,
+        misspelt_in,
+    }
 }
 
 /// What `take_out` removed.

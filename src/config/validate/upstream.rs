@@ -33,7 +33,7 @@ impl Check<'_> {
         let at = raw.span();
         let raw = raw.into_inner();
         let ctx = format!("upstream \"{name}\":");
-        if raw.backends.is_none() {
+        if raw.backends.is_none() && !self.misspelt_in.contains(&at) {
             self.report(at, format!("missing key \"backends\" in [upstream.{name}]"));
         }
         let raw_backends = raw.backends.as_deref().unwrap_or_default();
