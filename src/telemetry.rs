@@ -46,11 +46,13 @@ pub enum Refusal {
     TlsHandshake,
     /// 400: plain HTTP sent to a TLS listener.
     PlainHttpOnTls,
+    /// 405: `CONNECT`, which a reverse proxy does not tunnel.
+    MethodNotAllowed,
 }
 
 impl Refusal {
     /// Every label, in `index` order.
-    pub const LABELS: [&'static str; 7] = [
+    pub const LABELS: [&'static str; 8] = [
         "bad_request",
         "header_too_large",
         "body_too_large",
@@ -58,6 +60,7 @@ impl Refusal {
         "header_timeout",
         "tls_handshake",
         "plain_http_on_tls",
+        "method_not_allowed",
     ];
 
     pub fn index(self) -> usize {
@@ -69,6 +72,7 @@ impl Refusal {
             Refusal::HeaderTimeout => 4,
             Refusal::TlsHandshake => 5,
             Refusal::PlainHttpOnTls => 6,
+            Refusal::MethodNotAllowed => 7,
         }
     }
 

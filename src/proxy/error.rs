@@ -9,6 +9,8 @@ pub enum ProxyError {
     BadRequest(&'static str),
     #[error("no route matches")]
     NoRoute,
+    #[error("CONNECT: sluice is a reverse proxy, not a tunnel")]
+    Connect405,
     #[error("request body larger than max_body_bytes")]
     BodyTooLarge,
     #[error("request head larger than max_header_bytes")]
@@ -29,6 +31,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::Connect405 => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::NoHealthyBackend => StatusCode::SERVICE_UNAVAILABLE,
@@ -44,6 +47,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(why) => Some(Refusal::BadRequest(why)),
             ProxyError::NoRoute => Some(Refusal::NoRoute),
+            ProxyError::Connect405 => Some(Refusal::MethodNotAllowed),
             ProxyError::BodyTooLarge => Some(Refusal::BodyTooLarge),
             ProxyError::HeadTooLarge => Some(Refusal::HeaderTooLarge),
             _ => None,
@@ -55,6 +59,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => "400 bad request\n",
             ProxyError::NoRoute => "404 no route matches this request\n",
+            ProxyError::Connect405 => "405 CONNECT is not allowed: this is a reverse proxy\n",
             ProxyError::BodyTooLarge => "413 request body too large\n",
             ProxyError::HeadTooLarge => "431 request header fields too large\n",
             ProxyError::NoHealthyBackend => "503 no healthy backend available\n",

@@ -21,6 +21,7 @@ use super::error::{ProxyError, chain};
 use super::h1::{Outgoing, RawRequest};
 use super::headers::{self, X_REQUEST_ID};
 use super::retry::idempotent;
+use super::wire::WireError;
 use crate::balance::{PickCtx, Tried, hash_key, sticky};
 use crate::config::{HashKey, HostHeader, RetryOn, StrategyKind};
 use crate::health::outlier::{self, Outcome};
@@ -194,9 +195,17 @@ fn respond(
                 HeaderValue::from_static("text/plain; charset=utf-8"),
             );
             h.insert(&X_REQUEST_ID, request_id);
-            if matches!(e, ProxyError::BadRequest(_)) {
-                // Framing we refused may leave unread bytes behind: do not reuse.
+            if matches!(e, ProxyError::BadRequest(_) | ProxyError::Connect405) {
+                // Framing we refused (or a tunnel's first bytes) may leave unread bytes
+                // behind: do not reuse.
                 h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            if matches!(e, ProxyError::Connect405) {
+                // RFC 9110 §15.5.6: a 405 lists the methods that are allowed.
+                h.insert(
+                    header::ALLOW,
+                    HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH, TRACE"),
+                );
             }
             resp
         }
@@ -217,6 +226,22 @@ fn check_framing<B>(req: &Request<B>) -> Result<(), ProxyError> {
         if cls.any(|v| v != first) {
             return Err(ProxyError::BadRequest("differing Content-Length values"));
         }
+    }
+    Ok(())
+}
+
+/// RFC 9112 §3.2 for an HTTP/1.1 request hyper parsed: exactly one valid Host, and
+/// no userinfo in an absolute-form target (h1.rs checks its own heads as it parses).
+fn check_hosts<B>(req: &Request<B>) -> Result<(), ProxyError> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next().ok_or(ProxyError::BadRequest("missing Host"))?;
+    if hosts.next().is_some() {
+        return Err(ProxyError::BadRequest("duplicate Host"));
+    }
+    headers::check_host(host.as_bytes()).map_err(ProxyError::BadRequest)?;
+    if let Some(a) = req.uri().authority() {
+        headers::check_host(a.as_str().as_bytes())
+            .map_err(|_| ProxyError::BadRequest("invalid authority in the request target"))?;
     }
     Ok(())
 }
@@ -256,10 +281,17 @@ fn prepare(
     done: &mut Completion,
     request_id: &HeaderValue,
 ) -> Result<Prepared, ProxyError> {
-    // Raw heads were checked for framing as they were parsed (h1.rs); their map is
-    // empty.
+    // SPEC §4: a reverse proxy does not tunnel; never forwarded.
+    if req.method() == http::Method::CONNECT {
+        return Err(ProxyError::Connect405);
+    }
+    // Raw heads were checked for framing and Host as they were parsed (h1.rs); their
+    // map is empty.
     if raw.is_none() {
         check_framing(&req)?;
+        if conn.via_hyper && req.version() == Version::HTTP_11 {
+            check_hosts(&req)?;
+        }
     }
     let (max_header_bytes, max_body_bytes) = {
         let l = shared.limits.load();
@@ -548,9 +580,14 @@ async fn attempts(
                     SendError::Body(RequestBodyError::TooLarge) => {
                         return Err(ProxyError::BodyTooLarge);
                     }
-                    SendError::Body(RequestBodyError::Client(_)) => {
-                        // The client broke off its own upload; not the backend's fault.
-                        return Err(ProxyError::BadRequest("client request body ended early"));
+                    SendError::Body(RequestBodyError::Client(e)) => {
+                        // The client's own upload broke off or was malformed; not the
+                        // backend's fault. A malformed chunked body says why.
+                        let why = match e.downcast_ref::<super::h1::ClientBodyError>() {
+                            Some(super::h1::ClientBodyError::Wire(WireError::Chunked(why))) => why,
+                            _ => "client request body ended early",
+                        };
+                        return Err(ProxyError::BadRequest(why));
                     }
                     _ => {}
                 }

@@ -251,15 +251,20 @@ pub async fn serve(sock: &mut Sock, shared: &Shared, info: &Arc<ConnInfo>, flags
         // sends meanwhile (pipelined requests) wait in the buffer.
         let mut watch = true;
         let mut body_done = (!has_body).then_some(true);
+        let mut may_ask = has_body && expect_continue;
         let resp = std::future::poll_fn(|cx| {
+            if let Some(link) = sock.lent.as_ref().filter(|_| may_ask) {
+                link.wake_on_ask(cx.waker());
+            }
             if let Poll::Ready(r) = answer.as_mut().poll(cx) {
                 return Poll::Ready(Some(r));
             }
             if let Some(link) = &sock.lent {
-                if link.want_continue.swap(false, Ordering::Relaxed)
-                    && sock.wr.try_write(CONTINUE).ok() != Some(CONTINUE.len())
-                {
-                    return Poll::Ready(None);
+                if link.want_continue.swap(false, Ordering::Relaxed) {
+                    may_ask = false;
+                    if sock.wr.try_write(CONTINUE).ok() != Some(CONTINUE.len()) {
+                        return Poll::Ready(None);
+                    }
                 }
                 if body_done.is_none() {
                     body_done = sock.reclaim();
@@ -650,6 +655,11 @@ pub fn parse_head(
                 false
             }
             ReqLine::Host => {
+                // RFC 9112 §3.2: one Host, and a valid one, or 400.
+                if rr.host.is_some() {
+                    return Err(HeadError::Bad("duplicate Host"));
+                }
+                headers::check_host(value).map_err(HeadError::Bad)?;
                 rr.host = Some(value_of(&raw, value_at, value_len)?);
                 true
             }
@@ -673,6 +683,14 @@ pub fn parse_head(
         if cut {
             raw_ok &= rr.lines.cut(name_at as usize - lines_at, next - lines_at);
         }
+    }
+    if rr.host.is_none() && version == Version::HTTP_11 {
+        return Err(HeadError::Bad("missing Host"));
+    }
+    if let Some(a) = uri.authority() {
+        // Absolute- or authority-form: the same rules as a Host value.
+        headers::check_host(a.as_str().as_bytes())
+            .map_err(|_| HeadError::Bad("invalid authority in the request target"))?;
     }
     if te && version == Version::HTTP_10 {
         // RFC 9112 §6.1: framing an HTTP/1.0 message cannot have.
@@ -1039,6 +1057,33 @@ pub struct Link {
     back: tokio::sync::Notify,
     /// The body is wanted and the client waits to be told to send it.
     want_continue: AtomicBool,
+    /// The connection loop's waker, while the body may still ask for `100 Continue`:
+    /// the body may be read on another task (hyper's, for an HTTP/2 backend), whose
+    /// wakeups the loop would not see.
+    loop_waker: Mutex<Option<std::task::Waker>>,
+}
+
+impl Link {
+    /// Asks the loop to send `100 Continue` and wakes it.
+    fn ask_continue(&self) {
+        self.want_continue.store(true, Ordering::Relaxed);
+        if let Some(w) = self
+            .loop_waker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            w.wake();
+        }
+    }
+
+    /// Keeps the loop's waker for `ask_continue`.
+    fn wake_on_ask(&self, waker: &std::task::Waker) {
+        let mut slot = self.loop_waker.lock().unwrap_or_else(|p| p.into_inner());
+        if !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            *slot = Some(waker.clone());
+        }
+    }
 }
 
 /// A client's request body, read from its connection as the backend side consumes it.
@@ -1132,7 +1177,7 @@ impl Body for H1Body {
             // The loop sends `100 Continue` (it holds the writing half), then polls
             // this again.
             this.ask = false;
-            this.link.want_continue.store(true, Ordering::Relaxed);
+            this.link.ask_continue();
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
@@ -1181,8 +1226,19 @@ mod tests {
     use super::*;
 
     fn parse(raw: &str) -> Result<Option<Head>, HeadError> {
-        let mut b = BytesMut::from(raw);
+        let mut b = BytesMut::from(with_host(raw).as_str());
         parse_head(&mut b, 8192, &mut None)
+    }
+
+    /// `raw` with a `Host: x` line after its request line when it is HTTP/1.1 and has
+    /// none (RFC 9112 §3.2 requires one; most tests are about other lines).
+    fn with_host(raw: &str) -> String {
+        let first = raw.find("\r\n").map_or(raw.len(), |i| i + 2);
+        if raw[..first].contains("HTTP/1.1") && !raw.to_ascii_lowercase().contains("\nhost:") {
+            format!("{}Host: x\r\n{}", &raw[..first], &raw[first..])
+        } else {
+            raw.to_owned()
+        }
     }
 
     #[test]
@@ -1299,7 +1355,6 @@ mod tests {
     fn odd_request_heads_take_the_map() {
         for text in [
             "GET / HTTP/1.1\r\nConnection: x-named\r\nX-Named: 1\r\n\r\n",
-            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
             "GET / HTTP/1.1\r\nX-Forwarded-For: a\r\nX-Forwarded-For: b\r\n\r\n",
             "GET / HTTP/1.1\r\nX-A: 1\nX-B: 2\r\n\r\n",
             "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
@@ -1343,10 +1398,54 @@ mod tests {
 
     #[test]
     fn pipelined_bytes_stay_in_the_buffer() {
-        let mut b = BytesMut::from("GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\n");
+        let mut b = BytesMut::from("GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\n\r\n");
         let h = parse_head(&mut b, 8192, &mut None).unwrap().unwrap();
         assert_eq!(h.parts.uri, "/1");
         assert_eq!(&b[..], b"GET /2 HTTP/1.1\r\n\r\n");
+    }
+
+    /// The body of a request to an HTTP/2 backend is read on hyper's task: asking for
+    /// `100 Continue` must wake the connection loop, not only the task reading.
+    #[test]
+    fn asking_for_continue_wakes_the_connection_loop() {
+        struct Flag(std::sync::atomic::AtomicBool);
+        impl std::task::Wake for Flag {
+            fn wake(self: Arc<Self>) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let loop_flag = Arc::new(Flag(AtomicBool::new(false)));
+        let link = Link::default();
+        link.wake_on_ask(&std::task::Waker::from(loop_flag.clone()));
+        link.ask_continue();
+        assert!(loop_flag.0.load(Ordering::SeqCst), "the loop was woken");
+        assert!(link.want_continue.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn host_is_required_once_and_valid() {
+        let bad = |raw: &str| {
+            let mut b = BytesMut::from(raw);
+            match parse_head(&mut b, 8192, &mut None) {
+                Err(HeadError::Bad(why)) => why,
+                other => panic!("{raw:?}: {other:?}"),
+            }
+        };
+        assert_eq!(bad("GET / HTTP/1.1\r\n\r\n"), "missing Host");
+        assert_eq!(
+            bad("GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n"),
+            "duplicate Host"
+        );
+        assert!(bad("GET / HTTP/1.1\r\nHost: exa mple\r\n\r\n").starts_with("invalid Host"));
+        assert!(bad("GET / HTTP/1.1\r\nHost: a/../x\r\n\r\n").starts_with("invalid Host"));
+        assert!(bad("GET / HTTP/1.1\r\nHost: u@a\r\n\r\n").starts_with("invalid Host"));
+        assert_eq!(
+            bad("GET http://u:p@a/ HTTP/1.1\r\nHost: a\r\n\r\n"),
+            "invalid authority in the request target"
+        );
+        // HTTP/1.0 may go without.
+        let mut b = BytesMut::from("GET / HTTP/1.0\r\n\r\n");
+        assert!(parse_head(&mut b, 8192, &mut None).unwrap().is_some());
     }
 
     #[test]

@@ -221,6 +221,53 @@ fn hex(mut v: u64, out: &mut [u8]) {
     }
 }
 
+/// Checks a `Host` value or a request target's authority (RFC 9110 §7.2, RFC 3986
+/// §3.2): a host (a registered name, an IPv4 address, or an IP literal in brackets)
+/// with an optional port of digits. No userinfo, path, query, spaces or control bytes:
+/// sluice routes by this value and passes it on, and a backend or a proxy behind it
+/// may read a value like `a.com@b.com` or `a.com/../x` differently (SPEC §4: 400).
+pub fn check_host(v: &[u8]) -> Result<(), &'static str> {
+    if v.is_empty() {
+        return Err("empty Host");
+    }
+    let (host, port) = if v[0] == b'[' {
+        let end = v
+            .iter()
+            .position(|&b| b == b']')
+            .ok_or("invalid Host: unclosed IP literal")?;
+        let literal = &v[1..end];
+        if literal.is_empty()
+            || !literal
+                .iter()
+                .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        {
+            return Err("invalid Host: bad IP literal");
+        }
+        (&v[..=end], &v[end + 1..])
+    } else {
+        match v.iter().position(|&b| b == b':') {
+            Some(c) => (&v[..c], &v[c..]),
+            None => (v, &v[v.len()..]),
+        }
+    };
+    if host.is_empty() {
+        return Err("invalid Host: no host");
+    }
+    if host[0] != b'[' {
+        let reg_name = |b: &u8| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(b);
+        if !host.iter().all(reg_name) {
+            return Err("invalid Host");
+        }
+    }
+    match port.split_first() {
+        None => Ok(()),
+        Some((b':', digits)) if digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit) => {
+            Ok(())
+        }
+        Some(_) => Err("invalid Host: bad port"),
+    }
+}
+
 /// Is this an HTTP/1.1 upgrade handshake (Connection: upgrade + Upgrade)?
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
@@ -290,5 +337,43 @@ mod tests {
         );
         let distinct: std::collections::HashSet<&[u8]> = ids.iter().map(|v| v.as_bytes()).collect();
         assert_eq!(distinct.len(), ids.len());
+    }
+}
+
+#[cfg(test)]
+mod host_tests {
+    use super::check_host;
+
+    #[test]
+    fn hosts_are_names_or_addresses_with_a_port() {
+        for ok in [
+            "example.com",
+            "example.com:8080",
+            "EXAMPLE.com",
+            "127.0.0.1",
+            "[::1]:443",
+            "[2001:db8::1]",
+            "xn--bcher-kva.example",
+            "a_b.local:",
+        ] {
+            assert!(check_host(ok.as_bytes()).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "exa mple.com",
+            "example.com/../x",
+            "user@example.com",
+            "example.com:80:80",
+            "example.com:http",
+            "example.com?x",
+            "example.com#x",
+            "[::1",
+            "[zz]:80",
+            ":80",
+            "a\tb",
+            "example.com:123456",
+        ] {
+            assert!(check_host(bad.as_bytes()).is_err(), "{bad:?}");
+        }
     }
 }

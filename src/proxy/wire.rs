@@ -99,8 +99,8 @@ pub enum WireError {
     Header,
     #[error("invalid Content-Length")]
     ContentLength,
-    #[error("invalid chunked body")]
-    Chunked,
+    #[error("invalid chunked body: {0}")]
+    Chunked(&'static str),
     #[error("unexpected 101 Switching Protocols")]
     UnexpectedSwitch,
 }
@@ -488,14 +488,20 @@ pub(crate) fn parse_length(v: &[u8]) -> Option<u64> {
     std::str::from_utf8(v).ok()?.parse().ok()
 }
 
-/// Where a chunked body's decoder stands.
+/// Where a chunked body's decoder stands (RFC 9112 §7.1). One decoder serves request
+/// bodies from clients and response bodies from backends, and it is strict: every line
+/// ends in CRLF (a bare LF or CR is an error, not a line end), a chunk size is hex
+/// digits that fit in 64 bits, and extensions are `;name[=value]` with a token name and
+/// a token or quoted-string value. A lenient decoder here is a request-smuggling hole
+/// when sluice sits behind a proxy that reads the same bytes strictly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Chunked {
     Size,
     Data(u64),
     /// The CRLF after a chunk's data.
     DataEnd,
-    Trailers,
+    /// Trailer lines, with the bytes of them seen so far.
+    Trailers(usize),
     Done,
 }
 
@@ -513,21 +519,18 @@ impl Chunked {
     pub fn step(&mut self, buf: &mut BytesMut) -> Result<Step, WireError> {
         loop {
             match *self {
-                Chunked::Size => match httparse::parse_chunk_size(buf) {
-                    Ok(httparse::Status::Complete((used, size))) => {
-                        buf.advance(used);
-                        *self = if size == 0 {
-                            Chunked::Trailers
-                        } else {
-                            Chunked::Data(size)
-                        };
-                    }
-                    Ok(httparse::Status::Partial) if buf.len() > MAX_CHUNK_LINE => {
-                        return Err(WireError::Chunked);
-                    }
-                    Ok(httparse::Status::Partial) => return Ok(Step::NeedMore),
-                    Err(_) => return Err(WireError::Chunked),
-                },
+                Chunked::Size => {
+                    let Some(line) = crlf_line(buf, MAX_CHUNK_LINE)? else {
+                        return Ok(Step::NeedMore);
+                    };
+                    let size = chunk_size(&buf[..line])?;
+                    buf.advance(line + 2);
+                    *self = if size == 0 {
+                        Chunked::Trailers(0)
+                    } else {
+                        Chunked::Data(size)
+                    };
+                }
                 Chunked::Data(left) => {
                     if buf.is_empty() {
                         return Ok(Step::NeedMore);
@@ -542,35 +545,155 @@ impl Chunked {
                     return Ok(Step::Data(data));
                 }
                 Chunked::DataEnd => {
-                    if buf.starts_with(b"\r\n") {
-                        buf.advance(2);
-                    } else if buf.starts_with(b"\n") {
-                        buf.advance(1);
-                    } else if buf.is_empty() || buf[..] == b"\r"[..] {
-                        return Ok(Step::NeedMore);
-                    } else {
-                        return Err(WireError::Chunked);
+                    match &buf[..buf.len().min(2)] {
+                        b"\r\n" => buf.advance(2),
+                        b"" | b"\r" => return Ok(Step::NeedMore),
+                        _ => return Err(WireError::Chunked("no CRLF after chunk data")),
                     }
                     *self = Chunked::Size;
                 }
-                Chunked::Trailers => {
-                    // Trailer lines are read and dropped, up to the empty line.
-                    let Some(end) = buf.iter().position(|&b| b == b'\n') else {
-                        if buf.len() > MAX_TRAILERS {
-                            return Err(WireError::Chunked);
-                        }
+                Chunked::Trailers(seen) => {
+                    // Trailer lines are checked and dropped, up to the empty line.
+                    let room = MAX_TRAILERS.saturating_sub(seen);
+                    let Some(line) = crlf_line(buf, room)? else {
                         return Ok(Step::NeedMore);
                     };
-                    let empty = buf[..end].iter().all(|&b| b == b'\r');
-                    buf.advance(end + 1);
-                    if empty {
+                    if line == 0 {
+                        buf.advance(2);
                         *self = Chunked::Done;
+                    } else {
+                        trailer_line(&buf[..line])?;
+                        buf.advance(line + 2);
+                        *self = Chunked::Trailers(seen + line + 2);
                     }
                 }
                 Chunked::Done => return Ok(Step::Done),
             }
         }
     }
+}
+
+/// The length of the line at the start of `buf`, which must end in CRLF; None when no
+/// line end has arrived yet (and at most `max` bytes are waiting). A LF without its CR
+/// is an error, never a line end.
+fn crlf_line(buf: &[u8], max: usize) -> Result<Option<usize>, WireError> {
+    match buf.iter().position(|&b| b == b'\n') {
+        Some(0) => Err(WireError::Chunked("bare LF in chunked body")),
+        Some(lf) if buf[lf - 1] == b'\r' => Ok(Some(lf - 1)),
+        Some(_) => Err(WireError::Chunked("bare LF in chunked body")),
+        None if buf.len() > max => Err(WireError::Chunked("chunked body line too long")),
+        None => Ok(None),
+    }
+}
+
+/// A chunk-size line without its CRLF: `1*HEXDIG *( BWS ";" BWS name [ BWS "=" BWS
+/// value ] )`, trailing spaces or tabs tolerated (unambiguous).
+fn chunk_size(line: &[u8]) -> Result<u64, WireError> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 {
+        return Err(WireError::Chunked("chunk size is not hex"));
+    }
+    let mut size: u64 = 0;
+    for &d in &line[..digits] {
+        let v = (d as char).to_digit(16).unwrap_or(0);
+        size = size
+            .checked_mul(16)
+            .and_then(|s| s.checked_add(u64::from(v)))
+            .ok_or(WireError::Chunked("chunk size overflows"))?;
+    }
+    extensions(&line[digits..])?;
+    Ok(size)
+}
+
+fn is_ows(b: u8) -> bool {
+    b == b' ' || b == b'\t'
+}
+
+/// RFC 9110 §5.6.2 tchar.
+pub(crate) fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// What follows a chunk size: extensions, or nothing (but spaces).
+fn extensions(mut rest: &[u8]) -> Result<(), WireError> {
+    let bad = WireError::Chunked("malformed chunk extension");
+    loop {
+        rest = trim_ows(rest);
+        match rest.split_first() {
+            None => return Ok(()),
+            Some((b';', after)) => rest = trim_ows(after),
+            Some(_) => return Err(WireError::Chunked("junk after chunk size")),
+        }
+        let name = rest.iter().take_while(|&&b| is_tchar(b)).count();
+        if name == 0 {
+            return Err(bad);
+        }
+        rest = trim_ows(&rest[name..]);
+        let Some((b'=', after)) = rest.split_first() else {
+            continue;
+        };
+        rest = trim_ows(after);
+        rest = match rest.first() {
+            Some(b'"') => {
+                skip_quoted(rest).ok_or(WireError::Chunked("malformed chunk extension"))?
+            }
+            _ => {
+                let value = rest.iter().take_while(|&&b| is_tchar(b)).count();
+                if value == 0 {
+                    return Err(bad);
+                }
+                &rest[value..]
+            }
+        };
+    }
+}
+
+fn trim_ows(mut s: &[u8]) -> &[u8] {
+    while let Some((&b, rest)) = s.split_first() {
+        if !is_ows(b) {
+            break;
+        }
+        s = rest;
+    }
+    s
+}
+
+/// Skips a quoted-string at the start of `s` (which begins with its DQUOTE): what
+/// follows it, or None when it does not end or holds a byte it may not.
+fn skip_quoted(s: &[u8]) -> Option<&[u8]> {
+    let mut i = 1;
+    while i < s.len() {
+        match s[i] {
+            b'"' => return Some(&s[i + 1..]),
+            b'\\' => {
+                let next = *s.get(i + 1)?;
+                if !(next == b'\t' || next == b' ' || (0x21..=0x7e).contains(&next) || next >= 0x80)
+                {
+                    return None;
+                }
+                i += 2;
+            }
+            b'\t' | b' ' | 0x21 | 0x23..=0x5b | 0x5d..=0x7e | 0x80..=0xff => i += 1,
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// A trailer field line: a token name, a colon, a value without control bytes but tab.
+fn trailer_line(line: &[u8]) -> Result<(), WireError> {
+    let bad = WireError::Chunked("malformed trailer line");
+    let name = line.iter().take_while(|&&b| is_tchar(b)).count();
+    if name == 0 || line.get(name) != Some(&b':') {
+        return Err(bad);
+    }
+    if line[name + 1..]
+        .iter()
+        .any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
+    {
+        return Err(bad);
+    }
+    Ok(())
 }
 
 /// Where a body stands in its framing, on either side of the wire.
@@ -969,5 +1092,52 @@ mod tests {
         let mut st = Chunked::Size;
         assert!(st.step(&mut BytesMut::from("2\r\nabXY")).is_ok());
         assert!(st.step(&mut BytesMut::from("XY")).is_err());
+    }
+
+    /// Decodes `wire` whole: the data, or the error.
+    fn decode(wire: &str) -> Result<Vec<u8>, WireError> {
+        let mut st = Chunked::Size;
+        let mut buf = BytesMut::from(wire);
+        let mut out = Vec::new();
+        loop {
+            match st.step(&mut buf)? {
+                Step::Data(d) => out.extend_from_slice(&d),
+                Step::Done => return Ok(out),
+                Step::NeedMore => return Err(WireError::Chunked("incomplete")),
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_is_strict_about_line_ends_sizes_and_extensions() {
+        assert_eq!(decode("5\r\nAAAAA\r\n0\r\n\r\n").unwrap(), b"AAAAA");
+        assert_eq!(
+            decode("05;a=b;c=\"x\\\"y\" ;d\r\nAAAAA\r\n0\r\nX-T: 1\r\n\r\n").unwrap(),
+            b"AAAAA"
+        );
+        assert_eq!(decode("5 \r\nAAAAA\r\n0\r\n\r\n").unwrap(), b"AAAAA");
+        for bad in [
+            // The "funky chunks" smuggling case: a bare LF after the data.
+            "5\r\nAAAAA\n0\r\n\r\n",
+            "5\nAAAAA\r\n0\r\n\r\n",
+            "5\r\nAAAAA\r\n0\r\n\n",
+            "5\r\nAAAAA\r\n0\r\nX-T: 1\n\r\n",
+            "5\r\nAAAAA\rX0\r\n\r\n",
+            "5\r\r\nAAAAA\r\n0\r\n\r\n",
+            "10000000000000000\r\n",
+            "ffffffffffffffffff\r\n",
+            "-5\r\nAAAAA\r\n0\r\n\r\n",
+            "0x5\r\nAAAAA\r\n0\r\n\r\n",
+            "5 5\r\nAAAAA\r\n0\r\n\r\n",
+            "5;\r\nAAAAA\r\n0\r\n\r\n",
+            "5;a=\r\nAAAAA\r\n0\r\n\r\n",
+            "5;a=\"open\r\nAAAAA\r\n0\r\n\r\n",
+            "5;a=b\x01\r\nAAAAA\r\n0\r\n\r\n",
+            "5;a=\"\x00\"\r\nAAAAA\r\n0\r\n\r\n",
+            "5\r\nAAAAA\r\n0\r\nno colon\r\n\r\n",
+            "5\r\nAAAAA\r\n0\r\nX-T: a\x00b\r\n\r\n",
+        ] {
+            assert!(decode(bad).is_err(), "{bad:?} must be refused");
+        }
     }
 }

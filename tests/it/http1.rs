@@ -57,8 +57,19 @@ fn complete_responses(raw: &[u8]) -> usize {
 
 #[tokio::test]
 async fn expect_100_continue_is_answered_before_the_body_is_sent() {
+    expect_continue_through("").await;
+}
+
+/// Issue #10: the body of a request to an HTTP/2 backend is read on hyper's task, which
+/// must still get the loop to send `100 Continue`.
+#[tokio::test]
+async fn expect_100_continue_works_towards_http2_backends() {
+    expect_continue_through("protocol = \"h2c\"").await;
+}
+
+async fn expect_continue_through(upstream: &str) {
     let be = TestBackend::echo().await;
-    let lb = Sluice::over(&[be.url()], "").await;
+    let lb = Sluice::over(&[be.url()], upstream).await;
     let mut s = TcpStream::connect(lb.addr).await.unwrap();
     s.write_all(
         b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
