@@ -216,6 +216,21 @@ fn respond(
 /// Content-Length and Transfer-Encoding, or several differing Content-Length values.
 fn check_framing<B>(req: &Request<B>) -> Result<(), ProxyError> {
     let h = req.headers();
+    // HTTP/1.1 over TLS, parsed by hyper: the same Transfer-Encoding rule as h1.rs
+    // (HTTP/2 has none but `trailers`, which h2 checks).
+    if req.version() <= Version::HTTP_11 {
+        let mut te = h.get_all(header::TRANSFER_ENCODING).iter();
+        if let Some(first) = te.next() {
+            if te.next().is_some() {
+                return Err(ProxyError::BadRequest("Transfer-Encoding given twice"));
+            }
+            if !super::wire::only_chunked(first.as_bytes()) {
+                return Err(ProxyError::BadRequest(
+                    "Transfer-Encoding other than chunked",
+                ));
+            }
+        }
+    }
     let mut cls = h.get_all(header::CONTENT_LENGTH).iter();
     if let Some(first) = cls.next() {
         if h.contains_key(header::TRANSFER_ENCODING) {

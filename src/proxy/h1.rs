@@ -625,9 +625,11 @@ pub fn parse_head(
                 false
             }
             ReqLine::Hop(HOP_TRANSFER_ENCODING) => {
+                if te {
+                    return Err(HeadError::Bad("Transfer-Encoding given twice"));
+                }
                 te = true;
-                chunked =
-                    wire::last_token(value).is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
+                chunked = wire::only_chunked(value);
                 true
             }
             ReqLine::Hop(HOP_CONNECTION) => {
@@ -698,7 +700,7 @@ pub fn parse_head(
     }
     if te && !chunked {
         // RFC 9112 §6.3: a request body whose length cannot be known.
-        return Err(HeadError::Bad("Transfer-Encoding without chunked last"));
+        return Err(HeadError::Bad("Transfer-Encoding other than chunked"));
     }
     let upgrade = version == Version::HTTP_11 && has_upgrade && upgrade_token;
     // Framing forward.rs must refuse (both framings, several lengths) and headers a
@@ -1255,11 +1257,10 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!((h.framing, h.keep_alive), (BodyFraming::Length(5), false));
-        let h = parse(
-            "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\nExpect: 100-continue\r\n\r\n",
-        )
-        .unwrap()
-        .unwrap();
+        let h =
+            parse("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n")
+                .unwrap()
+                .unwrap();
         assert_eq!(h.framing, BodyFraming::Chunked);
         assert!(h.expect_continue);
         let h = parse("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();

@@ -103,6 +103,8 @@ pub enum WireError {
     Chunked(&'static str),
     #[error("unexpected 101 Switching Protocols")]
     UnexpectedSwitch,
+    #[error("Transfer-Encoding other than chunked, given twice, or beside Content-Length")]
+    TransferEncoding,
 }
 
 /// How the response body is delimited.
@@ -330,9 +332,12 @@ pub fn parse_response_head(
                 }
                 Line::Date => has_date = true,
                 Line::Hop(HOP_TRANSFER_ENCODING) => {
+                    // The same rule as for requests: chunked, once, alone.
+                    if te || !only_chunked(value) {
+                        return Err(WireError::TransferEncoding);
+                    }
                     te = true;
-                    // Chunked must be the final coding.
-                    chunked = last_token(value).is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
+                    chunked = true;
                 }
                 Line::Hop(HOP_CONNECTION) => {
                     for t in value.split(|&b| b == b',') {
@@ -357,10 +362,12 @@ pub fn parse_response_head(
                 raw_ok &= lines.cut(name_at as usize - lines_at, next - lines_at);
             }
         }
-        // Lines named by Connection, or a length beside Transfer-Encoding, are left out
-        // by the map path.
-        let conflicting = te && length.is_some();
-        raw_ok &= !named && !conflicting && lengths <= 1;
+        if te && length.is_some() {
+            // Refused in requests (SPEC §4); a response gets the same rule.
+            return Err(WireError::TransferEncoding);
+        }
+        // Lines named by Connection are left out by the map path.
+        raw_ok &= !named && lengths <= 1;
         // Nothing below fails: the request's header map, lent as `spare`, is taken only
         // now, so a response refused above leaves the request whole for a retry.
         let mut headers = match spare.take().and_then(|f| f()) {
@@ -413,10 +420,6 @@ pub fn parse_response_head(
                     }
                 }
             }
-            if te && length.is_some() {
-                // Transfer-Encoding wins (RFC 9112 §6.3); the length must not be passed on.
-                headers.remove(header::CONTENT_LENGTH);
-            }
             None
         };
         let bodyless = *method == Method::HEAD
@@ -441,7 +444,6 @@ pub fn parse_response_head(
         let keep_alive = !close
             && status != StatusCode::SWITCHING_PROTOCOLS
             && framing != Framing::UntilClose
-            && !(te && length.is_some())
             && (version == Version::HTTP_11 || keep_alive_token);
         return Ok(Some(Head {
             status,
@@ -476,8 +478,14 @@ pub fn skip_informational(buf: &mut BytesMut) -> bool {
     }
 }
 
-pub(crate) fn last_token(v: &[u8]) -> Option<&[u8]> {
-    v.rsplit(|&b| b == b',').next().map(<[u8]>::trim_ascii)
+/// Is a Transfer-Encoding value exactly `chunked`? sluice decodes chunked and nothing
+/// else: a message with another coding (`gzip, chunked`), or chunked twice, cannot be
+/// re-framed without losing what the coding says, and is refused (RFC 9112 §6.1 lets
+/// a server refuse codings it does not understand; a proxy that guessed would be a
+/// smuggling hole). Called once per Transfer-Encoding line; a second line is refused by
+/// the caller.
+pub(crate) fn only_chunked(v: &[u8]) -> bool {
+    v.trim_ascii().eq_ignore_ascii_case(b"chunked")
 }
 
 pub(crate) fn parse_length(v: &[u8]) -> Option<u64> {
@@ -829,20 +837,22 @@ mod tests {
         assert_eq!((h.framing, h.keep_alive), (Framing::Length(5), true));
         assert_eq!(h.headers["x-a"], "b");
         let h = head(
-            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
             Method::GET,
         )
         .unwrap()
         .unwrap();
         assert_eq!(h.framing, Framing::Chunked);
-        let h = head(
+        // The rules requests are held to (issue #10): chunked alone, once, without a
+        // length.
+        for bad in [
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n",
-            Method::GET,
-        )
-        .unwrap()
-        .unwrap();
-        assert_eq!((h.framing, h.keep_alive), (Framing::Chunked, false));
-        assert!(!h.headers.contains_key("content-length"), "never passed on");
+            "HTTP/1.1 200 OK\r\nContent-Length: 9\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            assert!(head(bad, Method::GET).is_err(), "{bad:?}");
+        }
         let h = head("HTTP/1.1 200 OK\r\n\r\n", Method::GET)
             .unwrap()
             .unwrap();
@@ -937,11 +947,10 @@ mod tests {
     #[test]
     fn heads_that_need_a_closer_look_take_the_map() {
         for text in [
-            // Retry-After may matter; a header Connection names; both framings; a bare LF.
+            // Retry-After may matter; a header Connection names; a bare LF.
             "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Length: 0\r\n\r\n",
             "HTTP/1.1 429 Too Many Requests\r\nContent-Length: 0\r\n\r\n",
             "HTTP/1.1 200 OK\r\nConnection: x-named\r\nX-Named: 1\r\nContent-Length: 0\r\n\r\n",
-            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
             "HTTP/1.1 200 OK\r\nX-A: 1\nContent-Length: 0\r\n\r\n",
             "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\n",
         ] {

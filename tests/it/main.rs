@@ -4,6 +4,7 @@
 mod admin;
 mod balancing;
 mod cli;
+mod framing;
 mod h2up;
 mod health;
 mod http1;
