@@ -5,6 +5,7 @@ mod admin;
 mod balancing;
 mod cli;
 mod framing;
+mod fuzz_corpus;
 mod h2up;
 mod health;
 mod http1;
