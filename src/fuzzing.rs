@@ -117,7 +117,10 @@ pub fn chunked(data: &[u8]) {
     let whole = decode(data, data.len().max(1));
     let step = data.first().map_or(1, |&b| usize::from(b % 16) + 1);
     let pieces = decode(data, step);
-    assert_eq!(whole, pieces, "the outcome depends on how the bytes arrived");
+    assert_eq!(
+        whole, pieces,
+        "the outcome depends on how the bytes arrived"
+    );
 }
 
 /// (data decoded, finished, refused) for `data` fed `step` bytes at a time.

@@ -31,7 +31,8 @@ use tokio::time::Instant;
 
 use super::body::{RequestBody, RequestBodyError};
 use super::h1::Outgoing;
-use super::wire::{self, Framed, Framing, Piece, RawHead, RequestFraming, WireError};
+use super::head::{Framing, HEAD_READ};
+use super::wire::{self, Framed, Piece, RawHead, WireError};
 use crate::config::UpstreamConfig;
 use crate::upstream::Backend;
 
@@ -47,8 +48,6 @@ const H2_PING_EVERY: Duration = Duration::from_secs(10);
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
 /// Room reserved for writing a request head.
 const HEAD_GUESS: usize = 1024;
-/// Read buffer room for a response head, and the least read for a body.
-const HEAD_READ: usize = 8 * 1024;
 
 /// One connection to a backend.
 pub struct Conn {
@@ -442,7 +441,7 @@ impl Client {
         .map_err(|e| fail(SendError::Write(e), false))?;
         // TLS may hold written bytes back until flushed (a full socket); plain TCP
         // holds none.
-        if framing == RequestFraming::None && conn.stream.is_tls() {
+        if framing == Framing::None && conn.stream.is_tls() {
             conn.stream
                 .flush()
                 .await
@@ -450,7 +449,7 @@ impl Client {
         }
         let mut upload = None;
         let early = match framing {
-            RequestFraming::None => false,
+            Framing::None => false,
             // Boxed: requests without a body keep this future small.
             _ => Box::pin(send_body(&mut conn, req.body_mut(), framing))
                 .await
@@ -707,7 +706,7 @@ impl Client {
 async fn send_body(
     conn: &mut Conn,
     body: &mut RequestBody,
-    framing: RequestFraming,
+    framing: Framing,
 ) -> Result<bool, SendError> {
     let Conn { stream, buf, out } = conn;
     loop {
@@ -767,12 +766,7 @@ async fn read_some(stream: &mut Stream, buf: &mut BytesMut) -> io::Result<usize>
 
 /// The rest of a request body, sent beside the response; aborted when the response
 /// ends or is dropped.
-async fn upload_rest(
-    mut w: WriteHalf,
-    mut body: RequestBody,
-    framing: RequestFraming,
-    mut out: Vec<u8>,
-) {
+async fn upload_rest(mut w: WriteHalf, mut body: RequestBody, framing: Framing, mut out: Vec<u8>) {
     loop {
         let r = match body.frame().await {
             None => {
@@ -805,12 +799,12 @@ async fn write_data<W: AsyncWrite + Unpin>(
     w: &mut W,
     out: &mut Vec<u8>,
     data: &[u8],
-    framing: RequestFraming,
+    framing: Framing,
 ) -> io::Result<()> {
     if data.is_empty() {
         return Ok(());
     }
-    if framing != RequestFraming::Chunked {
+    if framing != Framing::Chunked {
         return w.write_all(data).await;
     }
     out.clear();
@@ -821,9 +815,9 @@ async fn write_data<W: AsyncWrite + Unpin>(
 }
 
 /// Ends a request body in its framing.
-async fn finish_body<W: AsyncWrite + Unpin>(w: &mut W, framing: RequestFraming) -> io::Result<()> {
+async fn finish_body<W: AsyncWrite + Unpin>(w: &mut W, framing: Framing) -> io::Result<()> {
     match framing {
-        RequestFraming::Chunked => w.write_all(wire::LAST_CHUNK).await,
+        Framing::Chunked => w.write_all(wire::LAST_CHUNK).await,
         _ => Ok(()),
     }
 }

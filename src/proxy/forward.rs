@@ -212,8 +212,9 @@ fn respond(
     }
 }
 
-/// Refuses request framing a proxy must not pass on (request smuggling): both
-/// Content-Length and Transfer-Encoding, or several differing Content-Length values.
+/// Refuses request framing a proxy must not pass on (request smuggling) in a head hyper
+/// parsed: both Content-Length and Transfer-Encoding, several differing Content-Length
+/// values, or a Transfer-Encoding other than chunked (head.rs's rules, on a map).
 fn check_framing<B>(req: &Request<B>) -> Result<(), ProxyError> {
     let h = req.headers();
     // HTTP/1.1 over TLS, parsed by hyper: the same Transfer-Encoding rule as h1.rs
@@ -224,7 +225,11 @@ fn check_framing<B>(req: &Request<B>) -> Result<(), ProxyError> {
             if te.next().is_some() {
                 return Err(ProxyError::BadRequest("Transfer-Encoding given twice"));
             }
-            if !super::wire::only_chunked(first.as_bytes()) {
+            if !first
+                .as_bytes()
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"chunked")
+            {
                 return Err(ProxyError::BadRequest(
                     "Transfer-Encoding other than chunked",
                 ));
@@ -300,11 +305,11 @@ fn prepare(
     if req.method() == http::Method::CONNECT {
         return Err(ProxyError::Connect405);
     }
-    // Raw heads were checked for framing and Host as they were parsed (h1.rs); their
-    // map is empty.
-    if raw.is_none() {
+    // Heads sluice parsed itself were checked for framing and Host as they were parsed
+    // (head.rs, h1.rs); hyper's (HTTP/2, and HTTP/1.1 over TLS) get the same rules here.
+    if conn.via_hyper {
         check_framing(&req)?;
-        if conn.via_hyper && req.version() == Version::HTTP_11 {
+        if req.version() == Version::HTTP_11 {
             check_hosts(&req)?;
         }
     }

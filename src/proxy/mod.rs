@@ -6,6 +6,7 @@ pub mod conn;
 pub mod error;
 pub mod forward;
 pub mod h1;
+pub mod head;
 pub mod headers;
 pub mod park;
 pub mod retry;

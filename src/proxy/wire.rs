@@ -12,12 +12,9 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Version};
 
 use super::h1::Outgoing;
-use super::headers::{
-    HOP_CONNECTION, HOP_TRANSFER_ENCODING, HOP_UPGRADE, hop_bit, remove_connection_named,
-};
+use super::head::{self, Framing, Kind, Lines, MAX_HEADERS, Side, Span};
+use super::headers::remove_connection_named;
 
-/// The most header lines a backend response may carry.
-const MAX_HEADERS: usize = 100;
 /// Headers sluice adds to a message on its way, room reserved up front.
 pub(crate) const EXTRA_HEADERS: usize = 6;
 /// The largest response head accepted from a backend.
@@ -26,19 +23,9 @@ pub const MAX_HEAD: usize = 64 * 1024;
 const MAX_CHUNK_LINE: usize = 4 * 1024;
 const MAX_TRAILERS: usize = 64 * 1024;
 
-/// How a request body goes on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RequestFraming {
-    /// No body (nothing written after the head).
-    None,
-    /// The client's Content-Length, which the body was read by (h1.rs, or hyper for
-    /// HTTP/2).
-    Length,
-    /// Length unknown: chunked transfer coding.
-    Chunked,
-}
-
-/// Writes `req`'s head in origin-form to `out`, adding the framing header it needs.
+/// Writes `req`'s head in origin-form to `out`, adding the framing header it needs, and
+/// says how its body goes on the wire: none, by the client's Content-Length (the value
+/// the body was read by), or chunked when its length is unknown.
 /// `has_body`: the body is not known to be empty.
 /// `outgoing`: the head's lines in raw form, written after the map's (which then holds
 /// only what sluice added per attempt, if anything).
@@ -47,7 +34,7 @@ pub fn encode_request_head<B>(
     req: &Request<B>,
     outgoing: Option<&Outgoing>,
     has_body: bool,
-) -> RequestFraming {
+) -> Framing {
     out.extend_from_slice(req.method().as_str().as_bytes());
     out.push(b' ');
     let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
@@ -62,18 +49,24 @@ pub fn encode_request_head<B>(
     if let Some(o) = outgoing {
         o.write_to(out);
     }
-    let length = outgoing.is_some_and(|o| o.raw.length.is_some());
-    let framing = if length || req.headers().contains_key(header::CONTENT_LENGTH) {
-        RequestFraming::Length
+    let length = match outgoing {
+        Some(o) => o.raw.length,
+        None => req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| head::parse_length(v.as_bytes())),
+    };
+    let framing = if let Some(n) = length {
+        Framing::Length(n)
     } else if has_body {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-        RequestFraming::Chunked
+        Framing::Chunked
     } else {
         // Methods whose requests are expected to carry a body get an explicit empty one.
         if matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH) {
             out.extend_from_slice(b"content-length: 0\r\n");
         }
-        RequestFraming::None
+        Framing::None
     };
     out.extend_from_slice(b"\r\n");
     framing
@@ -103,18 +96,8 @@ pub enum WireError {
     Chunked(&'static str),
     #[error("unexpected 101 Switching Protocols")]
     UnexpectedSwitch,
-    #[error("Transfer-Encoding other than chunked, given twice, or beside Content-Length")]
-    TransferEncoding,
-}
-
-/// How the response body is delimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Framing {
-    Empty,
-    Length(u64),
-    Chunked,
-    /// Until the backend closes the connection.
-    UntilClose,
+    #[error("response head refused: {}", .0.reason())]
+    Head(super::head::Refused),
 }
 
 /// A parsed response head.
@@ -129,66 +112,6 @@ pub struct Head {
     pub framing: Framing,
     /// The connection may carry another request once this response has been read.
     pub keep_alive: bool,
-}
-
-/// The most header lines the raw form of a head leaves out.
-pub const MAX_CUTS: usize = 8;
-
-/// A head's header lines as they were written, less some: what sluice passes on of
-/// them without building a header map (`RawHead` here, `h1::RawRequest` for requests).
-#[derive(Debug, Default)]
-pub struct Lines {
-    /// The header lines, each ending in CRLF.
-    bytes: Bytes,
-    /// Ranges of `bytes` left out, in order.
-    cuts: [(u32, u32); MAX_CUTS],
-    ncuts: usize,
-}
-
-impl Lines {
-    /// Leaves out `from..to` (offsets within the lines, after any earlier cut); false
-    /// when no room is left.
-    pub fn cut(&mut self, from: usize, to: usize) -> bool {
-        let Some(slot) = self.cuts.get_mut(self.ncuts) else {
-            return false;
-        };
-        *slot = (from as u32, to as u32);
-        self.ncuts += 1;
-        true
-    }
-
-    /// Takes lines back in where `keep` says so of the line a cut begins with (after
-    /// `set`).
-    pub fn uncut(&mut self, keep: impl Fn(&[u8]) -> bool) {
-        let mut kept = 0;
-        for k in 0..self.ncuts {
-            let cut = self.cuts[k];
-            if !keep(&self.bytes[cut.0 as usize..]) {
-                self.cuts[kept] = cut;
-                kept += 1;
-            }
-        }
-        self.ncuts = kept;
-    }
-
-    pub fn set(&mut self, bytes: Bytes) {
-        self.bytes = bytes;
-    }
-
-    /// Every line, the ones left out included.
-    pub fn all(&self) -> &Bytes {
-        &self.bytes
-    }
-
-    /// Appends the lines passed on to `out`.
-    pub fn write_to(&self, out: &mut Vec<u8>) {
-        let mut at = 0;
-        for &(from, to) in &self.cuts[..self.ncuts] {
-            out.extend_from_slice(&self.bytes[at..from as usize]);
-            at = to as usize;
-        }
-        out.extend_from_slice(&self.bytes[at..]);
-    }
 }
 
 /// A response's header lines as the backend wrote them, for an HTTP/1.x client: they
@@ -210,31 +133,6 @@ impl RawHead {
     }
 }
 
-/// What a response header line is to sluice, told from its name's bytes.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Line {
-    Other,
-    ContentLength,
-    Date,
-    RequestId,
-    /// A hop-by-hop header, as its bit (headers.rs).
-    Hop(u8),
-}
-
-fn line_kind(name: &[u8]) -> Line {
-    let hop = hop_bit(name);
-    if hop != 0 {
-        return Line::Hop(hop);
-    }
-    let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
-    match name.len() {
-        4 if is(b"date") => Line::Date,
-        12 if is(b"x-request-id") => Line::RequestId,
-        14 if is(b"content-length") => Line::ContentLength,
-        _ => Line::Other,
-    }
-}
-
 /// Parses a response head from the start of `buf`, consuming it. None: incomplete
 /// (read more). Informational responses (1xx but 101) are skipped; a 101 is accepted
 /// only when `upgrade` (the request asked for one).
@@ -252,9 +150,7 @@ pub fn parse_response_head(
 ) -> Result<Option<Head>, WireError> {
     let mut spare = Some(spare);
     loop {
-        // Where each header's name and value lie in `buf`, so that the values can share
-        // the head's bytes once it is split off (offsets: the parse borrows `buf`).
-        let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+        let mut spans = [Span::default(); MAX_HEADERS];
         let (len, code, minor, n) = {
             let mut lines = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
             let mut resp = httparse::Response::new(&mut []);
@@ -267,16 +163,7 @@ pub fn parse_response_head(
                 }
                 httparse::Status::Partial => return Ok(None),
             };
-            let base = buf.as_ptr() as usize;
-            for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
-                let at = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
-                *span = (
-                    at(h.name.as_bytes()),
-                    h.name.len() as u32,
-                    at(h.value),
-                    h.value.len() as u32,
-                );
-            }
+            head::locate(resp.headers, buf.as_ptr(), &mut spans);
             (
                 len,
                 resp.code.unwrap_or(0),
@@ -299,75 +186,10 @@ pub fn parse_response_head(
             Version::HTTP_11
         };
         let raw = buf.split_to(len).freeze();
-
-        // First pass, over the bytes: framing, and what a raw head would leave out.
-        let (mut chunked, mut te, mut close, mut keep_alive_token) = (false, false, false, false);
-        // Connection names headers of its own to drop (beyond keep-alive, close, upgrade).
-        let mut named = false;
-        let mut length: Option<u64> = None;
-        let mut lengths = 0;
-        let mut has_date = false;
-        let mut lines = Lines::default();
-        let mut raw_ok = raw_ok && !switching && code != 429 && code != 503;
-        // Header lines begin where the first name does and end before the blank line.
-        let lines_end = len - 2;
-        let lines_at = if n > 0 {
-            spans[0].0 as usize
-        } else {
-            lines_end
-        };
-        raw_ok &= raw.ends_with(b"\r\n\r\n");
-        for (i, &(name_at, name_len, value_at, value_len)) in spans[..n].iter().enumerate() {
-            let name = &raw[name_at as usize..(name_at + name_len) as usize];
-            let value = &raw[value_at as usize..(value_at + value_len) as usize];
-            let kind = line_kind(name);
-            match kind {
-                Line::ContentLength => {
-                    let v = parse_length(value).ok_or(WireError::ContentLength)?;
-                    if length.is_some_and(|l| l != v) {
-                        return Err(WireError::ContentLength);
-                    }
-                    length = Some(v);
-                    lengths += 1;
-                }
-                Line::Date => has_date = true,
-                Line::Hop(HOP_TRANSFER_ENCODING) => {
-                    // The same rule as for requests: chunked, once, alone.
-                    if te || !only_chunked(value) {
-                        return Err(WireError::TransferEncoding);
-                    }
-                    te = true;
-                    chunked = true;
-                }
-                Line::Hop(HOP_CONNECTION) => {
-                    for t in value.split(|&b| b == b',') {
-                        let t = t.trim_ascii();
-                        close |= t.eq_ignore_ascii_case(b"close");
-                        keep_alive_token |= t.eq_ignore_ascii_case(b"keep-alive");
-                        named |= !t.is_empty()
-                            && !t.eq_ignore_ascii_case(b"close")
-                            && !t.eq_ignore_ascii_case(b"keep-alive")
-                            && !t.eq_ignore_ascii_case(b"upgrade");
-                    }
-                }
-                _ => {}
-            }
-            if !raw_ok {
-                continue;
-            }
-            // This line runs to the next one's name, or to the blank line.
-            let next = spans[..n].get(i + 1).map_or(lines_end, |s| s.0 as usize);
-            raw_ok &= raw[..next].ends_with(b"\r\n");
-            if matches!(kind, Line::Hop(_) | Line::RequestId) {
-                raw_ok &= lines.cut(name_at as usize - lines_at, next - lines_at);
-            }
-        }
-        if te && length.is_some() {
-            // Refused in requests (SPEC §4); a response gets the same rule.
-            return Err(WireError::TransferEncoding);
-        }
-        // Lines named by Connection are left out by the map path.
-        raw_ok &= !named && lengths <= 1;
+        let spans = &spans[..n];
+        // A protocol switch, or a status that may carry Retry-After, needs the map.
+        let raw_ok = raw_ok && !switching && code != 429 && code != 503;
+        let scan = head::scan(&raw, spans, Side::Response, raw_ok).map_err(WireError::Head)?;
         // Nothing below fails: the request's header map, lent as `spare`, is taken only
         // now, so a response refused above leaves the request whole for a retry.
         let mut headers = match spare.take().and_then(|f| f()) {
@@ -377,13 +199,11 @@ pub fn parse_response_head(
             }
             None => HeaderMap::new(),
         };
-
-        let head_raw = if raw_ok {
-            lines.set(raw.slice(lines_at..lines_end));
+        let head_raw = if scan.raw_ok {
             Some(RawHead {
-                lines,
-                has_length: length.is_some(),
-                has_date,
+                lines: scan.lines,
+                has_length: scan.length.is_some(),
+                has_date: scan.has_date,
             })
         } else {
             // Room for what sluice adds (X-Request-Id, Set-Cookie) without a rehash;
@@ -391,32 +211,29 @@ pub fn parse_response_head(
             // gains the X-Forwarded-* set.
             headers.reserve(n + EXTRA_HEADERS);
             let mut length_passed = false;
-            for &(name_at, name_len, value_at, value_len) in &spans[..n] {
-                let name = &raw[name_at as usize..(name_at + name_len) as usize];
+            for span in spans {
+                let name = span.name(&raw);
                 // Hop-by-hop headers are never passed on, except the pair that
                 // completes a protocol switch; a repeated Content-Length goes once.
-                let pass = match line_kind(name) {
-                    Line::Hop(HOP_CONNECTION | HOP_UPGRADE) => switching,
-                    Line::Hop(_) => false,
-                    Line::ContentLength => !std::mem::replace(&mut length_passed, true),
+                let pass = match Kind::of(name, Side::Response) {
+                    Kind::Connection | Kind::Upgrade => switching,
+                    Kind::TransferEncoding | Kind::Te | Kind::Hop => false,
+                    Kind::ContentLength => !std::mem::replace(&mut length_passed, true),
                     _ => true,
                 };
-                let value = raw.slice(value_at as usize..(value_at + value_len) as usize);
                 // httparse has checked these bytes; what http still refuses is dropped.
                 if let (true, Ok(name), Ok(value)) = (
                     pass,
                     HeaderName::from_bytes(name),
-                    HeaderValue::from_maybe_shared(value),
+                    HeaderValue::from_maybe_shared(span.value_bytes(&raw)),
                 ) {
                     headers.append(name, value);
                 }
             }
-            if named {
-                for &(name_at, name_len, value_at, value_len) in &spans[..n] {
-                    let name = &raw[name_at as usize..(name_at + name_len) as usize];
-                    if name.eq_ignore_ascii_case(b"connection") {
-                        let value = &raw[value_at as usize..(value_at + value_len) as usize];
-                        remove_connection_named(&mut headers, value, switching);
+            if scan.named {
+                for span in spans {
+                    if span.name(&raw).eq_ignore_ascii_case(b"connection") {
+                        remove_connection_named(&mut headers, span.value(&raw), switching);
                     }
                 }
             }
@@ -426,25 +243,17 @@ pub fn parse_response_head(
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED
             || status == StatusCode::SWITCHING_PROTOCOLS;
-        let framing = if bodyless {
-            Framing::Empty
-        } else if te {
-            if chunked {
-                Framing::Chunked
-            } else {
-                Framing::UntilClose
-            }
-        } else {
-            match length {
-                Some(0) => Framing::Empty,
-                Some(n) => Framing::Length(n),
-                None => Framing::UntilClose,
-            }
+        let framing = match (bodyless, scan.chunked, scan.length) {
+            (true, _, _) => Framing::None,
+            (false, true, _) => Framing::Chunked,
+            (false, false, Some(0)) => Framing::None,
+            (false, false, Some(n)) => Framing::Length(n),
+            (false, false, None) => Framing::UntilClose,
         };
-        let keep_alive = !close
+        let keep_alive = !scan.close
             && status != StatusCode::SWITCHING_PROTOCOLS
             && framing != Framing::UntilClose
-            && (version == Version::HTTP_11 || keep_alive_token);
+            && (version == Version::HTTP_11 || scan.keep_alive);
         return Ok(Some(Head {
             status,
             version,
@@ -476,24 +285,6 @@ pub fn skip_informational(buf: &mut BytesMut) -> bool {
             _ => return false,
         }
     }
-}
-
-/// Is a Transfer-Encoding value exactly `chunked`? sluice decodes chunked and nothing
-/// else: a message with another coding (`gzip, chunked`), or chunked twice, cannot be
-/// re-framed without losing what the coding says, and is refused (RFC 9112 §6.1 lets
-/// a server refuse codings it does not understand; a proxy that guessed would be a
-/// smuggling hole). Called once per Transfer-Encoding line; a second line is refused by
-/// the caller.
-pub(crate) fn only_chunked(v: &[u8]) -> bool {
-    v.trim_ascii().eq_ignore_ascii_case(b"chunked")
-}
-
-pub(crate) fn parse_length(v: &[u8]) -> Option<u64> {
-    let v = v.trim_ascii();
-    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(v).ok()?.parse().ok()
 }
 
 /// Where a chunked body's decoder stands (RFC 9112 §7.1). One decoder serves request
@@ -730,7 +521,7 @@ const BODY_READ_MAX: usize = 64 * 1024;
 impl Framed {
     pub fn of(framing: Framing) -> Framed {
         match framing {
-            Framing::Empty | Framing::Length(0) => Framed::Done,
+            Framing::None | Framing::Length(0) => Framed::Done,
             Framing::Length(n) => Framed::Length(n),
             Framing::Chunked => Framed::Chunked(Chunked::Size),
             Framing::UntilClose => Framed::UntilClose,
@@ -798,14 +589,14 @@ mod tests {
             .unwrap();
         assert_eq!(
             encode_request_head(&mut out, &req, None, false),
-            RequestFraming::None
+            Framing::None
         );
         assert_eq!(out, b"GET /a?b=1 HTTP/1.1\r\nhost: h\r\n\r\n");
         out.clear();
         let req = Request::post("/u").body(()).unwrap();
         assert_eq!(
             encode_request_head(&mut out, &req, None, true),
-            RequestFraming::Chunked
+            Framing::Chunked
         );
         assert_eq!(
             out,
@@ -818,7 +609,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             encode_request_head(&mut out, &req, None, true),
-            RequestFraming::Length
+            Framing::Length(3)
         );
         out.clear();
         let req = Request::put("/u").body(()).unwrap();
@@ -860,14 +651,14 @@ mod tests {
         let h = head("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", Method::HEAD)
             .unwrap()
             .unwrap();
-        assert_eq!((h.framing, h.keep_alive), (Framing::Empty, true));
+        assert_eq!((h.framing, h.keep_alive), (Framing::None, true));
         let h = head(
             "HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n",
             Method::GET,
         )
         .unwrap()
         .unwrap();
-        assert_eq!(h.framing, Framing::Empty);
+        assert_eq!(h.framing, Framing::None);
         let h = head(
             "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n",
             Method::GET,
@@ -965,7 +756,7 @@ mod tests {
         let h = raw("HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\n\r\n");
         assert_eq!(h.headers["retry-after"], "5");
         let mut many = String::from("HTTP/1.1 200 OK\r\n");
-        for _ in 0..=MAX_CUTS {
+        for _ in 0..=head::MAX_CUTS {
             many.push_str("Keep-Alive: x\r\n");
         }
         many.push_str("Content-Length: 0\r\n\r\n");
@@ -998,11 +789,11 @@ mod tests {
                 "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
                 Method::GET
             ),
-            Err(WireError::ContentLength)
+            Err(WireError::Head(head::Refused::DifferingLengths))
         ));
         assert!(matches!(
             head("HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", Method::GET),
-            Err(WireError::ContentLength)
+            Err(WireError::Head(head::Refused::ContentLength))
         ));
         assert!(head("garbage\r\n\r\n", Method::GET).is_err());
         assert!(matches!(
@@ -1024,7 +815,7 @@ mod tests {
         let h = parse_response_head(&mut b, &Method::POST, false, false, || None)
             .unwrap()
             .unwrap();
-        assert_eq!((h.status.as_u16(), h.framing), (201, Framing::Empty));
+        assert_eq!((h.status.as_u16(), h.framing), (201, Framing::None));
         assert!(b.is_empty());
     }
 
@@ -1064,7 +855,7 @@ mod tests {
             Piece::Data(Bytes::from_static(b"all of it"))
         );
         assert!(matches!(f.next(&mut b), Ok(Piece::More(_))));
-        assert!(Framed::of(Framing::Empty).is_done());
+        assert!(Framed::of(Framing::None).is_done());
     }
 
     #[test]

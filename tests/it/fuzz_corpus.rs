@@ -16,7 +16,11 @@ fn replay(target: &str, run: fn(&[u8])) {
             let path = entry.unwrap().path();
             let data = std::fs::read(&path).unwrap();
             let outcome = std::panic::catch_unwind(|| run(&data));
-            assert!(outcome.is_ok(), "{target}: {} broke an invariant", path.display());
+            assert!(
+                outcome.is_ok(),
+                "{target}: {} broke an invariant",
+                path.display()
+            );
             n += 1;
         }
     }
