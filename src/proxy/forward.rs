@@ -40,12 +40,12 @@ pub struct ConnInfo {
     pub activity: Arc<Activity>,
     /// Where refusals are counted (`Shared::refused`).
     pub refused: Arc<crate::telemetry::Refusals>,
-    /// The backend side of an accepted upgrade (101), for the connection task to join
-    /// to the client once the HTTP/1.1 loop hands the socket back.
-    upgrade: Mutex<Option<Upgraded>>,
-    /// The client side of that upgrade when hyper serves the connection (HTTP/1.1 over
-    /// TLS): resolves once hyper has written the 101 and let go of the connection.
-    client_upgrade: Mutex<Option<hyper::upgrade::OnUpgrade>>,
+    /// Both sides of an accepted upgrade when hyper serves the connection (HTTP/1.1
+    /// over TLS), for the connection task to join once hyper lets go of it. A hand-off
+    /// because hyper's API leaves no other way: its service returns a response only,
+    /// and the tunnel must run on the connection's task to keep its `max_connections`
+    /// permit. sluice's own HTTP/1 loop gets `After::Tunnel` instead.
+    tunnel: Mutex<Option<(hyper::upgrade::OnUpgrade, Upgraded)>>,
 }
 
 impl ConnInfo {
@@ -63,45 +63,71 @@ impl ConnInfo {
             via_hyper,
             activity,
             refused,
-            upgrade: Mutex::new(None),
-            client_upgrade: Mutex::new(None),
+            tunnel: Mutex::new(None),
         }
     }
 
-    /// The pending backend upgrade, if the last response was a 101.
-    pub fn take_upgrade(&self) -> Option<Upgraded> {
-        self.upgrade
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-    }
-
-    /// Keeps the client side of an accepted upgrade for the connection task.
-    pub fn set_client_upgrade(&self, on: hyper::upgrade::OnUpgrade) {
-        *self
-            .client_upgrade
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(on);
-    }
-
     /// Both sides of an accepted upgrade of a connection hyper serves, if any.
-    pub fn take_upgrades(&self) -> Option<(hyper::upgrade::OnUpgrade, Upgraded)> {
-        let client = self
-            .client_upgrade
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()?;
-        Some((client, self.take_upgrade()?))
+    pub fn take_tunnel(&self) -> Option<(hyper::upgrade::OnUpgrade, Upgraded)> {
+        self.tunnel.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
+}
+
+/// What the client connection does after an answer, as the request decides it (the
+/// connection loop combines it with what the client allowed and its own state).
+pub enum After {
+    /// The connection may serve another request.
+    Reuse,
+    /// Close the connection after this answer: sluice refused the request, and bytes
+    /// it did not read (a body, a tunnel's first bytes) may follow it.
+    Close,
+    /// The backend switched protocols (101): join the two connections into a tunnel.
+    Tunnel(Upgraded),
+}
+
+/// A request's answer and what follows it.
+pub struct Answered {
+    pub response: Response<ResponseBody>,
+    pub after: After,
 }
 
 /// A request's whole handling, boxed, for hyper (HTTP/2), whose service future must
 /// have a type to name. One allocation per request; HTTP/1 (h1.rs) needs none.
 pub type Answer = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>>;
 
-/// `handle`, boxed (see `Answer`).
-pub fn handle_boxed(shared: &Shared, conn: &Arc<ConnInfo>, req: Request<ClientBody>) -> Answer {
-    Box::pin(handle(shared, conn, req, None))
+/// `handle`, boxed (see `Answer`), for a request hyper serves. `client_side`: the
+/// client's half of an upgrade the request asked for, joined to the backend's by the
+/// connection task if the answer is a 101.
+pub fn handle_boxed(
+    shared: &Shared,
+    conn: &Arc<ConnInfo>,
+    req: Request<ClientBody>,
+    client_side: Option<hyper::upgrade::OnUpgrade>,
+) -> Answer {
+    let answer = handle(shared, conn, req, None);
+    let conn = Arc::clone(conn);
+    Box::pin(async move {
+        let Answered {
+            mut response,
+            after,
+        } = answer.await;
+        match after {
+            After::Reuse => {}
+            // hyper closes a connection after an answer that says so.
+            After::Close => {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            After::Tunnel(backend) => {
+                if let Some(client) = client_side {
+                    *conn.tunnel.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some((client, backend));
+                }
+            }
+        }
+        Ok(response)
+    })
 }
 
 /// Serves one client request. Never fails: errors become sluice's own answers.
@@ -115,7 +141,7 @@ pub fn handle(
     conn: &Arc<ConnInfo>,
     req: Request<ClientBody>,
     raw: Option<RawRequest>,
-) -> impl Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + 'static {
+) -> impl Future<Output = Answered> + Send + 'static {
     let mut done = Completion::new(Arc::clone(&conn.activity));
     let given = match &raw {
         Some(r) => r.request_id.as_ref(),
@@ -143,27 +169,37 @@ pub fn handle(
             Ok(ref mut p) => attempts(&conn, p, &mut done).await,
             Err(e) => Err(e),
         };
-        Ok(respond(result, done, request_id, &conn.refused))
+        respond(result, done, request_id, &conn.refused)
     }
 }
 
-/// The client's answer: the backend's response, or sluice's own for an error.
+/// The client's answer: the backend's response, or sluice's own for an error; and what
+/// the connection does after it, decided here from the answer alone.
 fn respond(
     result: Result<Response<BackendBody>, ProxyError>,
     mut done: Completion,
     request_id: HeaderValue,
     refused: &crate::telemetry::Refusals,
-) -> Response<ResponseBody> {
+) -> Answered {
     match result {
         Ok(resp) => {
             // Hop-by-hop headers were dropped as the head was parsed (wire.rs).
-            let (mut parts, body) = resp.into_parts();
+            let (mut parts, mut body) = resp.into_parts();
+            // A 101 ends HTTP on the connection: a tunnel, or (no socket to join) a close.
+            let after = if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+                body.take_upgraded().map_or(After::Close, After::Tunnel)
+            } else {
+                After::Reuse
+            };
             parts.headers.insert(&X_REQUEST_ID, request_id);
             done.status = parts.status.as_u16();
             if let Some(r) = done.record.as_mut() {
                 r.status = done.status;
             }
-            Response::from_parts(parts, ResponseBody::proxied(body, done))
+            Answered {
+                response: Response::from_parts(parts, ResponseBody::proxied(body, done)),
+                after,
+            }
         }
         Err(e) => {
             let status = e.status();
@@ -195,11 +231,6 @@ fn respond(
                 HeaderValue::from_static("text/plain; charset=utf-8"),
             );
             h.insert(&X_REQUEST_ID, request_id);
-            if matches!(e, ProxyError::BadRequest(_) | ProxyError::Connect405) {
-                // Framing we refused (or a tunnel's first bytes) may leave unread bytes
-                // behind: do not reuse.
-                h.insert(header::CONNECTION, HeaderValue::from_static("close"));
-            }
             if matches!(e, ProxyError::Connect405) {
                 // RFC 9110 §15.5.6: a 405 lists the methods that are allowed.
                 h.insert(
@@ -207,7 +238,16 @@ fn respond(
                     HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH, TRACE"),
                 );
             }
-            resp
+            // Framing we refused (or a tunnel's first bytes) may leave unread bytes
+            // behind: the connection is not reused.
+            let after = match e {
+                ProxyError::BadRequest(_) | ProxyError::Connect405 => After::Close,
+                _ => After::Reuse,
+            };
+            Answered {
+                response: resp,
+                after,
+            }
         }
     }
 }
@@ -582,12 +622,6 @@ async fn attempts(
                             resp.headers_mut().append(header::SET_COOKIE, v);
                         }
                     }
-                }
-                if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                    // The client side is joined by the connection task once the loop has
-                    // written the 101 and returned the socket (server.rs).
-                    *conn.upgrade.lock().unwrap_or_else(|p| p.into_inner()) =
-                        resp.body_mut().take_upgraded();
                 }
                 return Ok(resp);
             }

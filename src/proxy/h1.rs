@@ -29,7 +29,7 @@ use super::Shared;
 use super::body::{ClientBody, ResponseBody};
 use super::client::Upgraded;
 use super::error::ProxyError;
-use super::forward::{ConnInfo, handle};
+use super::forward::{After, Answered, ConnInfo, handle};
 use super::head::{self, Framing, HEAD_READ, Lines, MAX_HEADERS, Refused, Side, Span};
 use super::headers;
 use super::wire::{self, Chunked, Framed, Piece, WireError};
@@ -276,34 +276,14 @@ pub async fn serve(sock: &mut Sock, shared: &Shared, info: &Arc<ConnInfo>, flags
             Poll::Pending
         })
         .await;
-        let Some(Ok(resp)) = resp else {
+        let Some(Answered { response, after }) = resp else {
             return End::Close;
         };
         if body_done.is_none() {
             body_done = sock.reclaim();
         }
-        let (mut parts, mut body) = resp.into_parts();
-        let upgraded = if parts.status == StatusCode::SWITCHING_PROTOCOLS {
-            info.take_upgrade()
-        } else {
-            None
-        };
-        // sluice's own refusals ask for the connection to close (Connection: close);
-        // the one other Connection header left is a 101's `upgrade`, which stays.
-        let refused = parts
-            .headers
-            .get(header::CONNECTION)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
-        if refused {
-            parts.headers.remove(header::CONNECTION);
-        }
-        // A 101 ends HTTP on this connection, tunnel or not; so does a request body
-        // not read to its end (where the next request would begin is unknown).
-        let keep = keep_alive
-            && !refused
-            && !flags.closing()
-            && body_done == Some(true)
-            && parts.status != StatusCode::SWITCHING_PROTOCOLS;
+        let (mut parts, mut body) = response.into_parts();
+        let next = Next::of(keep_alive, flags.closing(), body_done == Some(true), after);
         let watch = match (watch && body_done == Some(true), sock.rd.as_mut()) {
             (true, Some(rd)) => Some((rd, &mut sock.buf)),
             _ => None,
@@ -316,8 +296,8 @@ pub async fn serve(sock: &mut Sock, shared: &Shared, info: &Arc<ConnInfo>, flags
             Options {
                 head_only,
                 http10,
-                keep,
-                upgrade: upgraded.is_some(),
+                keep: matches!(next, Next::KeepAlive),
+                upgrade: matches!(next, Next::Tunnel(_)),
             },
             watch,
         )
@@ -325,19 +305,44 @@ pub async fn serve(sock: &mut Sock, shared: &Shared, info: &Arc<ConnInfo>, flags
         // Emptied now: its values hold on to the backend connection's read buffer.
         parts.headers.clear();
         spare = Some(parts.headers);
-        let keep = match written {
+        // Writing may still end the connection: the client or the backend cut it, or
+        // the answer's framing ends with the connection.
+        let still_keep = match written {
             Ok(keep) => keep,
             Err(Cut::Backend) => return End::Reset,
             Err(Cut::Client) => return End::Close,
         };
-        if let Some(up) = upgraded {
-            return End::Upgrade(up);
+        match next {
+            Next::Tunnel(up) => return End::Upgrade(up),
+            Next::Linger => return End::Linger,
+            Next::Close => return End::Close,
+            Next::KeepAlive if !still_keep => return End::Close,
+            Next::KeepAlive => {}
         }
-        if body_done != Some(true) {
-            return End::Linger;
-        }
-        if !keep {
-            return End::Close;
+    }
+}
+
+/// What the connection does after an answer: decided here, once, from what the client
+/// allowed (`keep_alive`), whether sluice is shutting down, whether the request body
+/// was read to its end, and what the answer calls for (`After`, from forward.rs).
+enum Next {
+    KeepAlive,
+    Close,
+    /// Close, after reading what the client still sends of a body sluice did not read
+    /// (where the next request would begin is unknown).
+    Linger,
+    /// The backend switched protocols: the connection becomes a tunnel.
+    Tunnel(Upgraded),
+}
+
+impl Next {
+    fn of(keep_alive: bool, closing: bool, body_read: bool, after: After) -> Next {
+        match after {
+            After::Tunnel(up) => Next::Tunnel(up),
+            _ if !body_read => Next::Linger,
+            After::Close => Next::Close,
+            After::Reuse if keep_alive && !closing => Next::KeepAlive,
+            After::Reuse => Next::Close,
         }
     }
 }
@@ -1229,6 +1234,34 @@ mod tests {
         let h = parse_head(&mut b, 8192, &mut None).unwrap().unwrap();
         assert_eq!(h.parts.uri, "/1");
         assert_eq!(&b[..], b"GET /2 HTTP/1.1\r\n\r\n");
+    }
+
+    #[test]
+    fn what_follows_an_answer_is_decided_in_one_place() {
+        let next = |keep, closing, read, after| match Next::of(keep, closing, read, after) {
+            Next::KeepAlive => "keep",
+            Next::Close => "close",
+            Next::Linger => "linger",
+            Next::Tunnel(_) => "tunnel",
+        };
+        assert_eq!(next(true, false, true, After::Reuse), "keep");
+        assert_eq!(
+            next(false, false, true, After::Reuse),
+            "close",
+            "the client said close"
+        );
+        assert_eq!(
+            next(true, true, true, After::Reuse),
+            "close",
+            "shutting down"
+        );
+        assert_eq!(next(true, false, true, After::Close), "close", "a refusal");
+        assert_eq!(
+            next(true, false, false, After::Reuse),
+            "linger",
+            "body left unread"
+        );
+        assert_eq!(next(true, false, false, After::Close), "linger");
     }
 
     /// The body of a request to an HTTP/2 backend is read on hyper's task: asking for

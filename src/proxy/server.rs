@@ -348,18 +348,7 @@ fn service(
         let client_side = (req.version() == http::Version::HTTP_11
             && super::headers::is_upgrade(req.headers()))
         .then(|| hyper::upgrade::on(&mut req));
-        let answer = handle_boxed(&shared, &info, req.map(ClientBody::Hyper));
-        let Some(client_side) = client_side else {
-            return answer;
-        };
-        let info = Arc::clone(&info);
-        Box::pin(async move {
-            let resp = answer.await?;
-            if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-                info.set_client_upgrade(client_side);
-            }
-            Ok(resp)
-        })
+        handle_boxed(&shared, &info, req.map(ClientBody::Hyper), client_side)
     })
 }
 
@@ -563,7 +552,7 @@ async fn serve_tls(stream: TcpStream, acceptor: TlsAcceptor, mut ctx: ConnCtx) {
         Box::pin(drive(conn, |c| c.graceful_shutdown(), &activity, &mut ctx)).await;
         // An upgrade: the tunnel runs here, so it keeps this connection's permit
         // (max_connections, the drain at shutdown), as plain HTTP/1.1 tunnels do.
-        if let Some((client, backend)) = info.take_upgrades() {
+        if let Some((client, backend)) = info.take_tunnel() {
             match client.await {
                 Ok(client) => upgrade::tunnel(TokioIo::new(client), backend).await,
                 Err(e) => tracing::debug!(error = %e, "client upgrade failed"),
