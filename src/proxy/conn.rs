@@ -259,6 +259,27 @@ mod tests {
         idle: Duration::ZERO,
     };
 
+    /// Requests 100 ms apart never leave a connection idle for its 300 ms
+    /// `idle_timeout`; once they stop, it is closed on time.
+    #[tokio::test(start_paused = true)]
+    async fn requests_within_idle_timeout_keep_the_connection() {
+        let t = Timers {
+            header_read: Duration::from_secs(5),
+            idle: Duration::from_millis(300),
+        };
+        let a = Activity::new();
+        for _ in 0..10 {
+            a.on_read();
+            a.begin_request();
+            tokio::time::advance(Duration::from_millis(5)).await;
+            a.end_request();
+            tokio::time::advance(Duration::from_millis(100)).await;
+            assert!(matches!(a.check(t, false), Verdict::WaitUntil(_)));
+        }
+        tokio::time::advance(Duration::from_millis(250)).await;
+        assert_eq!(a.check(t, false), Verdict::Close("idle_timeout"));
+    }
+
     #[test]
     fn http2_frames_between_requests_do_not_start_a_head_timeout() {
         let t = Timers {

@@ -145,19 +145,8 @@ async fn idle_keep_alive_clients_are_closed_after_idle_timeout() {
     );
 }
 
-#[tokio::test]
-async fn idle_timeout_does_not_cut_a_connection_between_requests_in_use() {
-    let be = TestBackend::replying("a").await;
-    let lb = with_limits(&be, "idle_timeout = \"300ms\"").await;
-    // Keep-alive with requests 100ms apart over a whole second: never idle for 300ms.
-    let c = client();
-    for _ in 0..10 {
-        let (s, _, _) =
-            send_with(&c, Request::get(lb.url("/")).body(Full::default()).unwrap()).await;
-        assert_eq!(s, StatusCode::OK);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+// That requests a little apart inside `idle_timeout` keep a connection is a unit test
+// on paused time (conn.rs): timing it here would depend on the machine's load.
 
 #[tokio::test]
 async fn over_max_connections_new_clients_wait() {

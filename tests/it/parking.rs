@@ -64,11 +64,7 @@ async fn an_idle_backend_connection_is_reused_after_a_pause() {
     let be = TestBackend::replying("a").await;
     let lb = Sluice::over(&[be.url()], "").await;
     lb.get_many("/", 3).await;
-    let backend = {
-        let snap = lb.shared.snapshot.load();
-        snap.upstreams[0].all[0].clone()
-    };
-    assert_eq!(backend.pool.idle_len(), 1);
+    be.wait_open(1, "one pooled connection").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     lb.get_many("/", 3).await;
     assert_eq!(
@@ -76,7 +72,7 @@ async fn an_idle_backend_connection_is_reused_after_a_pause() {
         1,
         "the idle socket was reused, not reopened"
     );
-    assert_eq!(backend.pool.idle_len(), 1);
+    be.wait_open(1, "still one").await;
 }
 
 #[tokio::test]

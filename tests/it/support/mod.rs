@@ -43,6 +43,8 @@ pub struct TestBackend {
     pub addr: SocketAddr,
     hits: Arc<AtomicUsize>,
     conns: Arc<AtomicUsize>,
+    /// Connections open now (accepted and not yet closed by either side).
+    open: Arc<AtomicUsize>,
     task: JoinHandle<()>,
     /// Connection tasks, aborted with the backend so that dropping it is a crash:
     /// every socket closes.
@@ -144,7 +146,9 @@ impl TestBackend {
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
         let conns = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(AtomicUsize::new(0));
         let conn_tasks = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let now_open = open.clone();
         let (h, c, tasks, served) = (
             hits.clone(),
             conns.clone(),
@@ -158,11 +162,14 @@ impl TestBackend {
                     continue;
                 };
                 c.fetch_add(1, Ordering::SeqCst);
+                now_open.fetch_add(1, Ordering::SeqCst);
+                let closed = Closed(now_open.clone());
                 let handler = served.clone();
                 let hits = h.clone();
                 let builder = builder.clone();
                 let tls = tls.clone();
                 let t = tokio::spawn(async move {
+                    let _closed = closed;
                     let svc = service_fn(move |req| {
                         hits.fetch_add(1, Ordering::SeqCst);
                         let f = handler(req);
@@ -191,6 +198,7 @@ impl TestBackend {
             addr,
             hits,
             conns,
+            open,
             task,
             conn_tasks,
             handler,
@@ -317,6 +325,31 @@ impl TestBackend {
     /// Connections accepted so far.
     pub fn connections(&self) -> usize {
         self.conns.load(Ordering::SeqCst)
+    }
+
+    /// Waits until exactly `n` connections are open (sluice closed the others).
+    pub async fn wait_open(&self, n: usize, what: &str) {
+        tokio::time::timeout(DEADLINE, async {
+            while self.open.load(Ordering::SeqCst) != n {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "{what}: {} connections open, not {n}",
+                self.open.load(Ordering::SeqCst)
+            )
+        });
+    }
+}
+
+/// Counts a test backend's connection as closed when its task ends (or is aborted).
+struct Closed(Arc<AtomicUsize>);
+
+impl Drop for Closed {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
