@@ -173,12 +173,12 @@ impl RunArgs {
                 }
             }
         };
-        self.apply(&mut config)?;
+        self.apply(&mut config).map_err(|e| e.to_string())?;
         Ok(config)
     }
 
     /// Applies these flags to `config` (also after every reload).
-    pub fn apply(&self, config: &mut Config) -> Result<(), String> {
+    pub fn apply(&self, config: &mut Config) -> Result<(), FlagError> {
         if !self.listen.is_empty() {
             config.listeners = self
                 .listen
@@ -214,20 +214,14 @@ impl RunArgs {
                     .push(UpstreamConfig::with_defaults(DEFAULT_UPSTREAM, Vec::new()));
                 0
             }
-            None => {
-                return Err(format!(
-                    "--backend, --strategy, --hash-key and --health-* apply to the upstream named \"{DEFAULT_UPSTREAM}\", and the config has several upstreams but none of that name"
-                ));
-            }
+            None => return Err(FlagError::NoDefaultUpstream),
         };
         let up = &mut config.upstreams[i];
         // The admin API refuses a backend it already has (409); so do the flags.
         for (i, b) in self.backend.iter().enumerate() {
             let id = b.url.id();
             if self.backend[..i].iter().any(|a| a.url.id() == id) {
-                return Err(format!(
-                    "--backend {id} is given twice; each backend may be named once (use weight=N for a larger share)"
-                ));
+                return Err(FlagError::DuplicateBackend(id));
             }
         }
         if !self.backend.is_empty() {
@@ -246,16 +240,26 @@ impl RunArgs {
         if let Some(d) = self.health_interval {
             match up.health.as_mut() {
                 Some(h) => h.interval = d,
-                None => {
-                    return Err(
-                        "--health-interval needs --health-path or a [upstream.X.health] section"
-                            .into(),
-                    );
-                }
+                None => return Err(FlagError::IntervalWithoutChecks),
             }
         }
         Ok(())
     }
+}
+
+/// Flags that cannot apply to the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum FlagError {
+    #[error(
+        "--backend, --strategy, --hash-key and --health-* apply to the upstream named \"{DEFAULT_UPSTREAM}\", and the config has several upstreams but none of that name"
+    )]
+    NoDefaultUpstream,
+    #[error(
+        "--backend {0} is given twice; each backend may be named once (use weight=N for a larger share)"
+    )]
+    DuplicateBackend(String),
+    #[error("--health-interval needs --health-path or a [upstream.X.health] section")]
+    IntervalWithoutChecks,
 }
 
 impl RunArgs {

@@ -114,7 +114,7 @@ pub async fn run(
     let shared = Shared::new(config, None, None);
     let server = Server::bind(Arc::clone(&shared))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| crate::proxy::error::chain(&e))?;
     let lb = server.local_addrs()[0];
     let dash = server.admin_addr().unwrap_or(admin);
     println!("sluice demo: round_robin over {backends} local backends");

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use clap::Parser;
 use sluice::cli::{Cli, Command, OnOff, RunArgs};
 use sluice::config::{self, LoadError};
+use sluice::proxy::error::chain;
 use sluice::proxy::{Overrides, Shared, server::Server};
 use sluice::{demo, reload, telemetry};
 
@@ -57,9 +58,10 @@ fn check(path: &std::path::Path) -> ExitCode {
                         .and_then(|p| position_of(&text, &p.display().to_string()));
                     let (line, col) = at.unwrap_or((1, 1));
                     eprintln!(
-                        "{}:{line}:{col}: upstream \"{}\": {e}",
+                        "{}:{line}:{col}: upstream \"{}\": {}",
                         path.display(),
-                        u.name
+                        u.name,
+                        chain(&e)
                     );
                     ok = false;
                 }
@@ -141,13 +143,13 @@ fn run(args: RunArgs) -> Result<(), String> {
     let path = args.config.clone();
     let overrides: Overrides = {
         let args = args.clone();
-        Box::new(move |c| args.apply(c))
+        Box::new(move |c| args.apply(c).map_err(Into::into))
     };
     rt.block_on(async move {
         let shared = Shared::new(config, path, Some(overrides));
         let server = Server::bind(Arc::clone(&shared))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| chain(&e))?;
         tokio::spawn(reload_on_sighup(Arc::clone(&shared)));
         server.serve(shutdown_signal()).await;
         Ok(())
@@ -161,7 +163,7 @@ async fn reload_on_sighup(shared: Arc<Shared>) {
     };
     while hup.recv().await.is_some() {
         if let Err(e) = reload::reload(&shared) {
-            tracing::error!(error = %e, "reload failed; keeping the running configuration");
+            tracing::error!(error = %chain(&e), "reload failed; keeping the running configuration");
         }
     }
 }

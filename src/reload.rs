@@ -12,8 +12,8 @@ pub enum ReloadError {
     NoFile,
     #[error(transparent)]
     Load(#[from] LoadError),
-    #[error("{0}")]
-    Override(String),
+    #[error("applying the command-line flags")]
+    Override(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error(transparent)]
     Unsupported(#[from] crate::proxy::server::BindError),
 }

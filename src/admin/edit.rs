@@ -62,7 +62,10 @@ pub fn add(shared: &Shared, name: &str, body: &[u8]) -> Response<Full<Bytes>> {
     });
     // Only the edited upstream: a problem elsewhere is not this call's.
     if let Err(e) = crate::proxy::server::check_upstream(upstream) {
-        return text(StatusCode::BAD_REQUEST, format!("{e}\n"));
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("{}\n", crate::proxy::error::chain(&e)),
+        );
     }
     shared.apply_edit(config);
     tracing::info!(

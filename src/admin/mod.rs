@@ -90,7 +90,10 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>>
             }
             match reload::reload(shared) {
                 Ok(()) => text(StatusCode::OK, "reloaded\n"),
-                Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+                Err(e) => text(
+                    StatusCode::BAD_REQUEST,
+                    format!("{}\n", crate::proxy::error::chain(&e)),
+                ),
             }
         }
         (&Method::POST | &Method::DELETE, path) if path.starts_with("/upstreams/") => {

@@ -371,7 +371,7 @@ impl Client {
     /// fail now (a file changed since), its https backends fail to connect.
     pub fn new(cfg: &UpstreamConfig) -> Client {
         let tls = super::stream::connector(cfg).unwrap_or_else(|e| {
-            tracing::warn!(upstream = %cfg.name, error = %e, "https backends will fail");
+            tracing::warn!(upstream = %cfg.name, error = %super::error::chain(&e), "https backends will fail");
             None
         });
         Client {

@@ -25,7 +25,8 @@ use crate::config::{Config, Limits};
 use crate::upstream::{self, Snapshot};
 
 /// Changes applied to every config loaded from the file (command-line overrides).
-pub type Overrides = Box<dyn Fn(&mut Config) -> Result<(), String> + Send + Sync>;
+pub type Overrides =
+    Box<dyn Fn(&mut Config) -> Result<(), Box<dyn std::error::Error + Send + Sync>> + Send + Sync>;
 
 /// State shared by listeners, the admin API and reloads.
 pub struct Shared {

@@ -59,8 +59,25 @@ pub enum BindError {
         #[source]
         source: super::tls::TlsError,
     },
-    #[error("upstream \"{0}\": {1}")]
-    Upstream(String, String),
+    #[error("upstream \"{upstream}\"")]
+    Upstream {
+        upstream: String,
+        #[source]
+        source: UpstreamError,
+    },
+}
+
+/// What makes an upstream's backends unusable though its config file parsed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("protocol \"{protocol}\" needs {needs} backends, not {backend}")]
+    Protocol {
+        protocol: &'static str,
+        needs: &'static str,
+        backend: String,
+    },
+    #[error(transparent)]
+    Trust(#[from] super::stream::TrustError),
 }
 
 /// Checks what the config file's validation cannot: trust for https backends (files
@@ -73,24 +90,27 @@ pub(crate) fn check_supported(config: &crate::config::Config) -> Result<(), Bind
 /// `check_supported` for one upstream (an admin edit checks only the one it changes).
 pub fn check_upstream(u: &crate::config::UpstreamConfig) -> Result<(), BindError> {
     use crate::config::{Protocol, Scheme};
-    {
-        // The config file is checked for this; admin edits come here.
-        let wrong = match u.protocol {
-            Protocol::Http1 => None,
-            Protocol::H2 => Some((Scheme::Http, "protocol \"h2\" needs https backends")),
-            Protocol::H2c => Some((Scheme::Https, "protocol \"h2c\" needs plain http backends")),
-        };
-        if let Some((scheme, why)) = wrong {
-            if let Some(b) = u.backends.iter().find(|b| b.url.scheme == scheme) {
-                return Err(BindError::Upstream(
-                    u.name.clone(),
-                    format!("{why}, not {}", b.url),
-                ));
-            }
+    let fail = |source: UpstreamError| BindError::Upstream {
+        upstream: u.name.clone(),
+        source,
+    };
+    // The config file is checked for this; admin edits come here.
+    let wrong = match u.protocol {
+        Protocol::Http1 => None,
+        Protocol::H2 => Some((Scheme::Http, "h2", "https")),
+        Protocol::H2c => Some((Scheme::Https, "h2c", "plain http")),
+    };
+    if let Some((scheme, protocol, needs)) = wrong {
+        if let Some(b) = u.backends.iter().find(|b| b.url.scheme == scheme) {
+            return Err(fail(UpstreamError::Protocol {
+                protocol,
+                needs,
+                backend: b.url.to_string(),
+            }));
         }
-        // Trust for https backends: ca_file readable, or system roots present.
-        super::stream::connector(u).map_err(|e| BindError::Upstream(u.name.clone(), e))?;
     }
+    // Trust for https backends: ca_file readable, or system roots present.
+    super::stream::connector(u).map_err(|e| fail(e.into()))?;
     Ok(())
 }
 

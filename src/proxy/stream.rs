@@ -125,10 +125,27 @@ impl WriteHalf {
     }
 }
 
+/// Why an upstream's `https://` backends could not be given trust roots.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustError {
+    #[error("ca_file {path}: cannot read PEM certificates")]
+    Unreadable {
+        path: std::path::PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("ca_file {0}: holds no usable CA certificate")]
+    NoCertificate(std::path::PathBuf),
+    #[error("https backends need trust roots: the system has none readable; set ca_file")]
+    NoSystemRoots,
+    #[error("TLS client settings")]
+    Settings(#[source] rustls::Error),
+}
+
 /// The TLS client for an upstream's `https://` backends: trust from `ca_file`, or the
 /// system's roots; ALPN h2 for `protocol = "h2"`, else http/1.1. None when the upstream
 /// has no https backend.
-pub fn connector(cfg: &UpstreamConfig) -> Result<Option<TlsConnector>, String> {
+pub fn connector(cfg: &UpstreamConfig) -> Result<Option<TlsConnector>, TrustError> {
     if !cfg.backends.iter().any(|b| b.url.scheme == Scheme::Https) {
         return Ok(None);
     }
@@ -137,18 +154,13 @@ pub fn connector(cfg: &UpstreamConfig) -> Result<Option<TlsConnector>, String> {
         Some(path) => {
             let certs = CertificateDer::pem_file_iter(path)
                 .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| {
-                    format!(
-                        "ca_file {}: cannot read PEM certificates ({e})",
-                        path.display()
-                    )
+                .map_err(|source| TrustError::Unreadable {
+                    path: path.clone(),
+                    source,
                 })?;
             let (added, _) = roots.add_parsable_certificates(certs);
             if added == 0 {
-                return Err(format!(
-                    "ca_file {}: holds no usable CA certificate",
-                    path.display()
-                ));
+                return Err(TrustError::NoCertificate(path.clone()));
             }
         }
         None => roots = system_roots()?,
@@ -156,7 +168,7 @@ pub fn connector(cfg: &UpstreamConfig) -> Result<Option<TlsConnector>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(TrustError::Settings)?
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = match cfg.protocol {
@@ -168,7 +180,7 @@ pub fn connector(cfg: &UpstreamConfig) -> Result<Option<TlsConnector>, String> {
 
 /// The system's trust roots, read once per process (reloads and admin edits reuse
 /// them; `ca_file` is read again each time, so a changed file takes effect).
-fn system_roots() -> Result<rustls::RootCertStore, String> {
+fn system_roots() -> Result<rustls::RootCertStore, TrustError> {
     static ROOTS: std::sync::OnceLock<rustls::RootCertStore> = std::sync::OnceLock::new();
     let roots = ROOTS.get_or_init(|| {
         let mut roots = rustls::RootCertStore::empty();
@@ -176,9 +188,7 @@ fn system_roots() -> Result<rustls::RootCertStore, String> {
         roots
     });
     if roots.is_empty() {
-        return Err(
-            "https backends need trust roots: the system has none readable; set ca_file".into(),
-        );
+        return Err(TrustError::NoSystemRoots);
     }
     Ok(roots.clone())
 }
