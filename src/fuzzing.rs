@@ -12,8 +12,9 @@ use std::path::Path;
 use bytes::BytesMut;
 use http::Method;
 
+use crate::proxy::decode::{Chunked, Step};
 use crate::proxy::h1::{HeadError, parse_head};
-use crate::proxy::wire::{Chunked, Step, parse_response_head};
+use crate::proxy::wire::parse_response_head;
 
 /// The largest request head the fuzzed parser accepts (as `max_header_bytes` would).
 const MAX_HEAD: usize = 16 * 1024;

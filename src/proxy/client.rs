@@ -30,9 +30,10 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use super::body::{RequestBody, RequestBodyError};
+use super::decode::{Framed, Piece};
 use super::h1::Outgoing;
 use super::head::{Framing, HEAD_READ};
-use super::wire::{self, Framed, Piece, RawHead, WireError};
+use super::wire::{self, RawHead, WireError};
 use crate::config::UpstreamConfig;
 use crate::upstream::Backend;
 

@@ -3,6 +3,7 @@
 pub mod body;
 pub mod client;
 pub mod conn;
+pub mod decode;
 pub mod error;
 pub mod forward;
 pub mod h1;
