@@ -64,7 +64,7 @@ fn run() {
             std::thread::park_timeout(Duration::from_millis(at - now));
         }
         PENDING.store(false, Ordering::Release);
-        crate::proxy::client::shed_idle_buffers();
+        crate::proxy::pool::shed_idle_buffers();
         release_free();
     }
 }

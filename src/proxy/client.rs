@@ -15,34 +15,29 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll, Waker, ready};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use super::stream::{ReadHalf, Stream, WriteHalf};
 use bytes::{Bytes, BytesMut};
 use http::{Request, Response};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use http_body_util::BodyExt;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::task::AbortHandle;
-use tokio::time::Instant;
 
+use super::backend_body::Upload;
+pub use super::backend_body::{BackendBody, BodyError};
 use super::body::{RequestBody, RequestBodyError};
-use super::decode::{Framed, Piece};
 use super::h1::Outgoing;
 use super::head::{Framing, HEAD_READ};
-use super::wire::{self, RawHead, WireError};
+pub use super::pool::Pool;
+use super::pool::{Conn, H2Sender, OpeningGuard};
+use super::wire::{self, WireError};
 use crate::config::UpstreamConfig;
 use crate::upstream::Backend;
 
-/// How long an unused pooled connection may be reused. Below common backend keep-alive
-/// timeouts (nginx 75s, Apache 5s is the outlier) would be safer still; the stale
-/// connection retry (forward.rs) covers the race.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-/// An idle connection's buffers are shed after this long unused (`shed_idle_buffers`).
-const SHED_AFTER: Duration = Duration::from_millis(100);
 /// How often an HTTP/2 backend connection is pinged, and how long a ping may go
 /// unanswered before the connection is given up.
 const H2_PING_EVERY: Duration = Duration::from_secs(10);
@@ -50,28 +45,9 @@ const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
 /// Room reserved for writing a request head.
 const HEAD_GUESS: usize = 1024;
 
-/// One connection to a backend.
-pub struct Conn {
-    stream: Stream,
-    /// Bytes read and not consumed yet.
-    buf: BytesMut,
-    /// The request head being written.
-    out: Vec<u8>,
-}
-
-impl Conn {
-    fn new(stream: Stream) -> Conn {
-        Conn {
-            stream,
-            buf: BytesMut::new(),
-            out: Vec::new(),
-        }
-    }
-}
-
 /// What a response is read from: its whole connection, or only the reading half while
 /// the rest of the request body is still being sent beside the response (see `send`).
-enum Source {
+pub(super) enum Source {
     Conn(Conn),
     Half {
         read: ReadHalf,
@@ -86,7 +62,7 @@ enum Source {
 }
 
 impl Source {
-    fn buf(&mut self) -> &mut BytesMut {
+    pub(super) fn buf(&mut self) -> &mut BytesMut {
         match self {
             Source::Conn(c) => &mut c.buf,
             Source::Half { buf, .. } | Source::H2 { buf, .. } => buf,
@@ -94,7 +70,11 @@ impl Source {
     }
 
     /// Reads more into the buffer, with at least `room` bytes of space.
-    fn poll_read_more(&mut self, cx: &mut Context<'_>, room: usize) -> Poll<io::Result<usize>> {
+    pub(super) fn poll_read_more(
+        &mut self,
+        cx: &mut Context<'_>,
+        room: usize,
+    ) -> Poll<io::Result<usize>> {
         match self {
             Source::Conn(c) => {
                 c.buf.reserve(room);
@@ -119,145 +99,6 @@ impl Source {
 pub struct Upgraded {
     pub stream: Stream,
     pub read: Bytes,
-}
-
-/// Idle connections to one backend. Shared by every snapshot holding that backend, so
-/// reloads keep warm connections.
-pub struct Pool {
-    idle: Mutex<Vec<Idle>>,
-    /// The backend's HTTP/2 connection (`protocol = "h2c"`/`"h2"`), shared by every
-    /// request to it.
-    h2: Mutex<Option<H2Sender>>,
-    /// While an HTTP/2 connection is being opened: where its outcome will be told, so
-    /// that requests arriving meanwhile wait for that one attempt (and share its
-    /// failure) instead of each opening their own in turn.
-    h2_opening: Mutex<Option<H2Opening>>,
-}
-
-/// The outcome of opening an HTTP/2 connection, once known.
-type H2Opening = tokio::sync::watch::Receiver<Option<Result<H2Sender, Arc<str>>>>;
-
-/// Clears a pool's `h2_opening` when its opener is done, or dropped midway.
-struct OpeningGuard<'a>(&'a Pool);
-
-impl Drop for OpeningGuard<'_> {
-    fn drop(&mut self) {
-        *self.0.h2_opening.lock().unwrap_or_else(|p| p.into_inner()) = None;
-    }
-}
-
-type H2Sender = hyper::client::conn::http2::SendRequest<RequestBody>;
-
-/// Every pool, so that idle connections' buffers can be shed (`shed_idle_buffers`).
-static POOLS: Mutex<Vec<Weak<Pool>>> = Mutex::new(Vec::new());
-
-/// Drops the buffers of connections idle for `SHED_AFTER` in every pool: they are
-/// allocated again when used. Called before free memory is given back to the OS
-/// (memory.rs); pools gone with their backends are forgotten here.
-pub fn shed_idle_buffers() {
-    let mut pools = POOLS.lock().unwrap_or_else(|p| p.into_inner());
-    pools.retain(|p| match p.upgrade() {
-        Some(pool) => {
-            let now = Instant::now();
-            for i in pool.lock().iter_mut() {
-                if now.duration_since(i.since) >= SHED_AFTER && i.conn.buf.capacity() > 0 {
-                    i.conn.buf = BytesMut::new();
-                    i.conn.out = Vec::new();
-                }
-            }
-            true
-        }
-        None => false,
-    });
-}
-
-struct Idle {
-    conn: Conn,
-    /// When it was last used.
-    since: Instant,
-}
-
-impl Pool {
-    pub fn new() -> Arc<Pool> {
-        let pool = Arc::new(Pool {
-            idle: Mutex::new(Vec::new()),
-            h2: Mutex::new(None),
-            h2_opening: Mutex::new(None),
-        });
-        POOLS
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Arc::downgrade(&pool));
-        pool
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Idle connections now held.
-    pub fn idle_len(&self) -> usize {
-        self.lock().len()
-    }
-
-    fn h2_slot(&self) -> std::sync::MutexGuard<'_, Option<H2Sender>> {
-        self.h2.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The backend's HTTP/2 connection, if it has one still open.
-    fn h2_sender(&self) -> Option<H2Sender> {
-        let mut slot = self.h2_slot();
-        match &*slot {
-            Some(s) if !s.is_closed() => Some(s.clone()),
-            _ => {
-                *slot = None;
-                None
-            }
-        }
-    }
-
-    /// Forgets the HTTP/2 connection if it is closed (not one opened since).
-    fn drop_closed_h2(&self) {
-        let mut slot = self.h2_slot();
-        if slot.as_ref().is_some_and(|s| s.is_closed()) {
-            *slot = None;
-        }
-    }
-
-    fn put(&self, conn: Conn, max_idle: usize) {
-        let mut idle = self.lock();
-        if idle.len() >= max_idle {
-            return;
-        }
-        idle.push(Idle {
-            conn,
-            since: Instant::now(),
-        });
-    }
-
-    /// The most recently used idle connection that still looks open.
-    fn take(&self) -> Option<Conn> {
-        loop {
-            let Idle { mut conn, since } = self.lock().pop()?;
-            if since.elapsed() > POOL_IDLE_TIMEOUT {
-                continue;
-            }
-            // Nothing should arrive on an idle connection. If tokio saw something (the
-            // backend's FIN, most likely), ask the kernel what it is.
-            // TLS: rustls may hold data already read from the socket, which the
-            // socket's readiness does not show; always look.
-            let stirred = conn.stream.is_tls()
-                || conn
-                    .stream
-                    .tcp()
-                    .poll_read_ready(&mut Context::from_waker(Waker::noop()))
-                    .is_ready();
-            if stirred && !still_open(&mut conn.stream) {
-                continue;
-            }
-            return Some(conn);
-        }
-    }
 }
 
 /// A failed exchange, with what a retry needs to know.
@@ -820,199 +661,6 @@ async fn finish_body<W: AsyncWrite + Unpin>(w: &mut W, framing: Framing) -> io::
     match framing {
         Framing::Chunked => w.write_all(wire::LAST_CHUNK).await,
         _ => Ok(()),
-    }
-}
-
-/// Where a response body's reading stands.
-/// A backend's response body, read from its connection as it is polled. At its end
-/// the connection goes back to the pool, if it may be reused.
-pub struct BackendBody {
-    src: Option<Source>,
-    state: Framed,
-    reuse: Option<(Arc<Pool>, usize)>,
-    /// The task still sending the request body, if the response began before its end;
-    /// held to be stopped when the response ends or is dropped.
-    _upload: Option<Upload>,
-    /// The response's header lines as the backend wrote them, when they travel so.
-    raw: Option<RawHead>,
-}
-
-/// The task sending the rest of a request body beside its response (see `send`). It
-/// is stopped when this is dropped: with the response, or with a request that failed
-/// or timed out before a response head came.
-struct Upload(AbortHandle);
-
-impl Drop for Upload {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// Why a response body broke off.
-#[derive(Debug, thiserror::Error)]
-pub enum BodyError {
-    #[error("reading the response body")]
-    Read(#[source] io::Error),
-    #[error("the backend closed the connection mid-body")]
-    Closed,
-    #[error("bad response body")]
-    Wire(#[source] WireError),
-    #[error("reading the response body (HTTP/2)")]
-    H2(#[source] hyper::Error),
-}
-
-impl BackendBody {
-    fn new(
-        src: Source,
-        framing: Framing,
-        reuse: Option<(Arc<Pool>, usize)>,
-        upload: Option<Upload>,
-    ) -> BackendBody {
-        let mut body = BackendBody {
-            src: Some(src),
-            state: Framed::of(framing),
-            reuse,
-            _upload: upload,
-            raw: None,
-        };
-        // An empty body is over at once: its connection can serve the next request
-        // now. One that cannot be reused stays until dropped (a 101's goes on to
-        // become a tunnel).
-        if body.state.is_done() && body.reuse.is_some() {
-            body.finish();
-        }
-        body
-    }
-
-    /// An HTTP/2 backend's response body.
-    fn from_h2(body: hyper::body::Incoming) -> BackendBody {
-        BackendBody {
-            src: Some(Source::H2 {
-                body,
-                buf: BytesMut::new(),
-            }),
-            state: Framed::Done,
-            reuse: None,
-            _upload: None,
-            raw: None,
-        }
-    }
-
-    /// The response's header lines to pass on as they are, if they travel so (the
-    /// response's header map then holds only what sluice added).
-    pub fn raw_head(&self) -> Option<&RawHead> {
-        self.raw.as_ref()
-    }
-
-    /// The connection of a 101 answer, for the tunnel.
-    pub fn take_upgraded(&mut self) -> Option<Upgraded> {
-        self.reuse = None;
-        match self.src.take()? {
-            Source::Conn(conn) => Some(Upgraded {
-                stream: conn.stream,
-                read: conn.buf.freeze(),
-            }),
-            Source::Half { .. } | Source::H2 { .. } => None,
-        }
-    }
-
-    /// The body was read to its end: the connection goes back to the pool, unless the
-    /// backend sent more than the response (then it cannot be trusted).
-    fn finish(&mut self) {
-        self.state = Framed::Done;
-        if let (Some(Source::Conn(conn)), Some((pool, max_idle))) =
-            (self.src.take(), self.reuse.take())
-        {
-            if conn.buf.is_empty() {
-                pool.put(conn, max_idle);
-            }
-        }
-    }
-
-    fn fail(&mut self, e: BodyError) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        self.src = None;
-        self.state = Framed::Done;
-        Poll::Ready(Some(Err(e)))
-    }
-}
-
-impl Body for BackendBody {
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let this = &mut *self;
-        if let Some(Source::H2 { body, .. }) = this.src.as_mut() {
-            return Pin::new(body).poll_frame(cx).map_err(BodyError::H2);
-        }
-        loop {
-            let Some(src) = this.src.as_mut() else {
-                return Poll::Ready(None);
-            };
-            let room = match this.state.next(src.buf()) {
-                Ok(Piece::Data(data)) => {
-                    if this.state.is_done() {
-                        this.finish();
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Ok(Piece::End) => {
-                    this.finish();
-                    return Poll::Ready(None);
-                }
-                Ok(Piece::More(room)) => room,
-                Err(e) => return this.fail(BodyError::Wire(e)),
-            };
-            match ready!(src.poll_read_more(cx, room)) {
-                Ok(0) if matches!(this.state, Framed::UntilClose) => {
-                    this.src = None;
-                    this.state = Framed::Done;
-                    return Poll::Ready(None);
-                }
-                Ok(0) => return this.fail(BodyError::Closed),
-                Ok(_) => {}
-                Err(e) => return this.fail(BodyError::Read(e)),
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.src {
-            Some(Source::H2 { body, .. }) => body.is_end_stream(),
-            _ => self.src.is_none() || self.state.is_done(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.src {
-            Some(Source::H2 { body, .. }) => body.size_hint(),
-            _ => self.state.size_hint(),
-        }
-    }
-}
-
-/// Is a pooled connection still open, with nothing unexpected waiting on it? Plain:
-/// asks the kernel directly (a non-blocking peek). TLS: reads without waiting, so
-/// records that carry no data (session tickets) are taken in; a close or any data means
-/// the connection is not to be reused.
-fn still_open(stream: &mut Stream) -> bool {
-    match stream {
-        Stream::Plain(s) => {
-            let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-            matches!(
-                socket2::SockRef::from(&*s).peek(&mut byte),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock
-            )
-        }
-        Stream::Tls(s) => {
-            let mut byte = [0u8; 1];
-            let mut rb = tokio::io::ReadBuf::new(&mut byte);
-            let mut cx = Context::from_waker(Waker::noop());
-            Pin::new(&mut **s).poll_read(&mut cx, &mut rb).is_pending()
-        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! The data plane: listeners, connections, forwarding, and the client side.
 
+pub mod backend_body;
 pub mod body;
 pub mod client;
 pub mod conn;
@@ -10,6 +11,7 @@ pub mod h1;
 pub mod head;
 pub mod headers;
 pub mod park;
+pub mod pool;
 pub mod retry;
 pub mod server;
 pub mod stream;
