@@ -9,24 +9,24 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use http::header::{self, HeaderValue};
-use http::uri::PathAndQuery;
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, StatusCode};
 use tokio::time::Instant;
 
 use super::Shared;
-use super::body::{ClientBody, Completion, RequestBody, RequestBodyError, ResponseBody};
+use super::body::{ClientBody, Completion, RequestBodyError, ResponseBody};
 use super::client::{BackendBody, Failure, How, SendError, Upgraded};
 use super::conn::Activity;
 use super::error::{ProxyError, chain};
-use super::h1::{Outgoing, RawRequest};
+use super::h1::RawRequest;
 use super::headers::{self, X_REQUEST_ID};
+use super::prepare::{Prepared, prepare};
 use super::retry::idempotent;
 use super::wire::WireError;
-use crate::balance::{PickCtx, Tried, hash_key, sticky};
-use crate::config::{HashKey, HostHeader, RetryOn, StrategyKind};
+use crate::balance::{PickCtx, Tried, sticky};
+use crate::config::{RetryOn, StrategyKind};
 use crate::health::outlier::{self, Outcome};
 use crate::telemetry::{self, AccessRecord};
-use crate::upstream::{Backend, Upstream, host_of, request_host};
+use crate::upstream::{Backend, Upstream};
 
 /// What a request needs to know about the connection it came on.
 pub struct ConnInfo {
@@ -250,249 +250,6 @@ fn respond(
             }
         }
     }
-}
-
-/// Refuses request framing a proxy must not pass on (request smuggling) in a head hyper
-/// parsed: both Content-Length and Transfer-Encoding, several differing Content-Length
-/// values, or a Transfer-Encoding other than chunked (head.rs's rules, on a map).
-fn check_framing<B>(req: &Request<B>) -> Result<(), ProxyError> {
-    let h = req.headers();
-    // HTTP/1.1 over TLS, parsed by hyper: the same Transfer-Encoding rule as h1.rs
-    // (HTTP/2 has none but `trailers`, which h2 checks).
-    if req.version() <= Version::HTTP_11 {
-        let mut te = h.get_all(header::TRANSFER_ENCODING).iter();
-        if let Some(first) = te.next() {
-            if te.next().is_some() {
-                return Err(ProxyError::BadRequest("Transfer-Encoding given twice"));
-            }
-            if !first
-                .as_bytes()
-                .trim_ascii()
-                .eq_ignore_ascii_case(b"chunked")
-            {
-                return Err(ProxyError::BadRequest(
-                    "Transfer-Encoding other than chunked",
-                ));
-            }
-        }
-    }
-    let mut cls = h.get_all(header::CONTENT_LENGTH).iter();
-    if let Some(first) = cls.next() {
-        if h.contains_key(header::TRANSFER_ENCODING) {
-            return Err(ProxyError::BadRequest(
-                "both Content-Length and Transfer-Encoding",
-            ));
-        }
-        if cls.any(|v| v != first) {
-            return Err(ProxyError::BadRequest("differing Content-Length values"));
-        }
-    }
-    Ok(())
-}
-
-/// RFC 9112 §3.2 for an HTTP/1.1 request hyper parsed: exactly one valid Host, and
-/// no userinfo in an absolute-form target (h1.rs checks its own heads as it parses).
-fn check_hosts<B>(req: &Request<B>) -> Result<(), ProxyError> {
-    let mut hosts = req.headers().get_all(header::HOST).iter();
-    let host = hosts.next().ok_or(ProxyError::BadRequest("missing Host"))?;
-    if hosts.next().is_some() {
-        return Err(ProxyError::BadRequest("duplicate Host"));
-    }
-    headers::check_host(host.as_bytes()).map_err(ProxyError::BadRequest)?;
-    if let Some(a) = req.uri().authority() {
-        headers::check_host(a.as_str().as_bytes())
-            .map_err(|_| ProxyError::BadRequest("invalid authority in the request target"))?;
-    }
-    Ok(())
-}
-
-fn content_length<B>(req: &Request<B>) -> Option<u64> {
-    req.headers()
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
-/// A request routed and rewritten, ready for its backend.
-struct Prepared {
-    upstream: Arc<Upstream>,
-    breq: Request<RequestBody>,
-    /// The head's lines in raw form (an HTTP/1.x client); `breq`'s map is then empty.
-    outgoing: Option<Outgoing>,
-    /// Hash of the request's `hash_key` (consistent_hash only).
-    key: Option<u64>,
-    /// The backend the client's sticky cookie names, if any.
-    carried: Option<Arc<Backend>>,
-    upgrade: bool,
-    /// `host_header = "backend"`: each attempt sets its backend's Host.
-    backend_host: bool,
-    now: Instant,
-}
-
-/// Checks framing and limits, routes, and rewrites the head for the backend.
-fn prepare(
-    shared: &Shared,
-    conn: &ConnInfo,
-    mut req: Request<ClientBody>,
-    raw: Option<RawRequest>,
-    done: &mut Completion,
-    request_id: &HeaderValue,
-) -> Result<Prepared, ProxyError> {
-    // SPEC §4: a reverse proxy does not tunnel; never forwarded.
-    if req.method() == http::Method::CONNECT {
-        return Err(ProxyError::Connect405);
-    }
-    // Heads sluice parsed itself were checked for framing and Host as they were parsed
-    // (head.rs, h1.rs); hyper's (HTTP/2, and HTTP/1.1 over TLS) get the same rules here.
-    if conn.via_hyper {
-        check_framing(&req)?;
-        if req.version() == Version::HTTP_11 {
-            check_hosts(&req)?;
-        }
-    }
-    let (max_header_bytes, max_body_bytes) = {
-        let l = shared.limits.load();
-        (l.max_header_bytes, l.max_body_bytes)
-    };
-    // HTTP/1 heads were measured as they were parsed (h1.rs).
-    if conn.via_hyper
-        && headers::head_size(req.method(), req.uri(), req.headers()) > max_header_bytes
-    {
-        return Err(ProxyError::HeadTooLarge);
-    }
-    let length = match &raw {
-        Some(r) => r.length,
-        None => content_length(&req),
-    };
-    if max_body_bytes > 0 && length.is_some_and(|n| n > max_body_bytes) {
-        return Err(ProxyError::BodyTooLarge);
-    }
-
-    // Route, keeping no snapshot guard across an await.
-    let (upstream, rewritten): (Arc<Upstream>, Option<PathAndQuery>) = {
-        let snap = shared.snapshot.load();
-        let path = req.uri().path();
-        let host = match &raw {
-            Some(r) => host_of(req.uri(), r.host.as_ref()),
-            None => request_host(&req),
-        };
-        let (route, upstream) = snap.route(host, path).ok_or(ProxyError::NoRoute)?;
-        let rewritten = route.rewrite(path).and_then(|p| {
-            let pq = match req.uri().query() {
-                Some(q) => format!("{p}?{q}"),
-                None => p.to_owned(),
-            };
-            PathAndQuery::try_from(pq).ok()
-        });
-        (Arc::clone(upstream), rewritten)
-    };
-    done.upstream = Some(Arc::clone(&upstream.stats));
-
-    let now = done.started;
-    upstream.budget.record_request(now);
-    let hashing = upstream.config.strategy == StrategyKind::ConsistentHash;
-    let sticky_cookie = upstream.config.sticky.as_ref().map(|s| s.cookie.as_str());
-    // An upstream that reads the request's headers gets them in the map after all;
-    // so does one spoken to over HTTP/2, whose heads hyper writes from the map.
-    let reads_headers = sticky_cookie.is_some()
-        || upstream.client.is_h2()
-        || (hashing
-            && matches!(
-                upstream.config.hash_key,
-                HashKey::Header(_) | HashKey::Cookie(_)
-            ));
-    let raw = match raw {
-        Some(r) if reads_headers => {
-            r.fill_map(req.headers_mut());
-            None
-        }
-        r => r,
-    };
-    let key = hashing.then(|| hash_key::of(&upstream.config.hash_key, &req, conn.client.ip()));
-    // The backend the client's sticky cookie names, if any.
-    let carried: Option<Arc<Backend>> = sticky_cookie
-        .and_then(|name| sticky::chosen(req.headers(), name, &upstream.all))
-        .cloned();
-    let upgrade = match &raw {
-        Some(r) => r.upgrade,
-        None => req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers()),
-    };
-
-    let (mut parts, body) = req.into_parts();
-    // The client's Host: the header (HTTP/1) or the :authority (HTTP/2).
-    let given_host = match &raw {
-        Some(r) => r.host.as_ref(),
-        None => parts.headers.get(header::HOST),
-    };
-    // The host the request names: an absolute-form target's (HTTP/2's :authority, or
-    // a proxy-style HTTP/1 request line), which wins over a Host line (RFC 9112
-    // §3.2.2) and is the one routing used; else the Host line.
-    let client_host = match parts.uri.authority() {
-        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-        None => given_host.cloned(),
-    };
-    // A request naming no host (HTTP/1.0) gets the backend's, as with `host_header =
-    // "backend"`: many backends refuse an HTTP/1.1 request without Host.
-    let backend_host = upstream.config.host_header == HostHeader::Backend || client_host.is_none();
-    let outgoing = match raw {
-        Some(raw) => Some(Outgoing {
-            raw,
-            host: if backend_host {
-                None
-            } else {
-                client_host.clone()
-            },
-            forwarded_host: client_host,
-            client_ip: conn.client_ip.clone(),
-            https: conn.https,
-            request_id: request_id.clone(),
-        }),
-        None => {
-            headers::remove_hop_by_hop(&mut parts.headers, upgrade);
-            headers::set_forwarded(
-                &mut parts.headers,
-                &conn.client_ip,
-                conn.https,
-                client_host.as_ref(),
-            );
-            parts
-                .headers
-                .entry(&X_REQUEST_ID)
-                .or_insert_with(|| request_id.clone());
-            if let (false, Some(h)) = (backend_host, client_host) {
-                parts.headers.insert(header::HOST, h);
-            }
-            None
-        }
-    };
-    // Origin-form on the wire: the backend connection is already chosen.
-    if let Some(pq) = rewritten {
-        parts.uri = Uri::from(pq);
-    } else if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
-        // Absolute-form (HTTP/2 :authority, or a proxy-style HTTP/1 request line).
-        let pq = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        parts.uri = Uri::from(pq);
-    }
-    parts.version = Version::HTTP_11;
-
-    let breq = Request::from_parts(parts, RequestBody::new(body, max_body_bytes));
-    Ok(Prepared {
-        upstream,
-        breq,
-        outgoing,
-        key,
-        carried,
-        upgrade,
-        backend_host,
-        now,
-    })
 }
 
 /// Sends the request to a backend picked by the strategy, retrying as the upstream

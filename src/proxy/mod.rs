@@ -3,6 +3,7 @@
 pub mod backend_body;
 pub mod body;
 pub mod client;
+mod client_h2;
 pub mod conn;
 pub mod decode;
 pub mod error;
@@ -12,8 +13,10 @@ pub mod head;
 pub mod headers;
 pub mod park;
 pub mod pool;
+pub mod prepare;
 pub mod retry;
 pub mod server;
+mod server_tls;
 pub mod stream;
 pub mod tls;
 pub mod upgrade;

@@ -23,7 +23,6 @@ use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
@@ -35,6 +34,7 @@ use super::body::{ClientBody, ResponseBody};
 use super::conn::{Activity, Timers, Tracked, Verdict};
 use super::forward::{Answer, ConnInfo, handle_boxed};
 use super::park::{Lot, Woken};
+use super::server_tls::serve_tls;
 use super::{h1, upgrade};
 use crate::admin;
 
@@ -255,9 +255,9 @@ impl Server {
 
 /// hyper's server settings, shared by all connections: HTTP/2, and HTTP/1.1 over TLS
 /// (plain HTTP/1.1 is h1.rs).
-struct Protocols {
-    h2: http2::Builder<TokioExecutor>,
-    h1: http1::Builder,
+pub(super) struct Protocols {
+    pub(super) h2: http2::Builder<TokioExecutor>,
+    pub(super) h1: http1::Builder,
 }
 
 impl Protocols {
@@ -327,18 +327,18 @@ async fn accept_loop(
 
 /// Everything a client connection carries from task to task (active, parked, active
 /// again), including its `max_connections` permit.
-struct ConnCtx {
-    client: SocketAddr,
-    shared: Arc<Shared>,
-    protocols: Arc<Protocols>,
-    stop: watch::Receiver<bool>,
-    permit: OwnedSemaphorePermit,
+pub(super) struct ConnCtx {
+    pub(super) client: SocketAddr,
+    pub(super) shared: Arc<Shared>,
+    pub(super) protocols: Arc<Protocols>,
+    pub(super) stop: watch::Receiver<bool>,
+    pub(super) permit: OwnedSemaphorePermit,
     /// Where idle HTTP/1 connections wait; None if it could not be set up.
-    lot: Option<Arc<Lot>>,
+    pub(super) lot: Option<Arc<Lot>>,
 }
 
 impl ConnCtx {
-    fn timers(&self) -> Timers {
+    pub(super) fn timers(&self) -> Timers {
         let l = self.shared.limits.load();
         Timers {
             header_read: l.header_read_timeout,
@@ -351,7 +351,7 @@ impl ConnCtx {
 /// For an HTTP/1.1 upgrade request answered 101, the client side is kept for the
 /// connection task, which joins it to the backend's once hyper lets go of the
 /// connection (see `serve_tls`).
-fn service(
+pub(super) fn service(
     shared: &Arc<Shared>,
     info: &Arc<ConnInfo>,
 ) -> impl hyper::service::Service<
@@ -517,120 +517,6 @@ async fn serve_h2(stream: TcpStream, mut ctx: ConnCtx) {
     drive(conn, |c| c.graceful_shutdown(), &activity, &mut ctx).await;
 }
 
-/// A TLS connection: the handshake (bounded by `header_read_timeout`), then hyper with
-/// the protocol ALPN chose, HTTP/2 or HTTP/1.1 (with upgrades). No parking: the TLS
-/// session lives in user space.
-async fn serve_tls(stream: TcpStream, acceptor: TlsAcceptor, mut ctx: ConnCtx) {
-    let timers = ctx.timers();
-    // From the accept: the handshake and the first head share `header_read_timeout`.
-    let activity = Arc::new(Activity::new());
-    let deadline = tokio::time::Instant::now() + timers.header_read;
-    let timed_out = |ctx: &ConnCtx| {
-        let e = "timed out (header_read_timeout)";
-        let counts = &ctx.shared.refused;
-        telemetry::refused_connection(counts, ctx.client, Refusal::TlsHandshake, Some(&e));
-    };
-    match tokio::time::timeout_at(deadline, opening(&stream)).await {
-        Ok(Opening::Tls) => {}
-        Ok(Opening::PlainHttp) => return refuse_plain_http(stream, &ctx).await,
-        Ok(Opening::Nothing) => return,
-        Err(_) => return timed_out(&ctx),
-    }
-    let tls = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            let counts = &ctx.shared.refused;
-            telemetry::refused_connection(counts, ctx.client, Refusal::TlsHandshake, Some(&e));
-            return;
-        }
-        Err(_) => return timed_out(&ctx),
-    };
-    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    if h2 {
-        activity.set_multiplexed();
-    }
-    let info = Arc::new(ConnInfo::new(
-        ctx.client,
-        true,
-        true,
-        Arc::clone(&activity),
-        Arc::clone(&ctx.shared.refused),
-    ));
-    let io = TokioIo::new(Tracked::new(tls, Arc::clone(&activity), Bytes::new()));
-    if h2 {
-        let conn = ctx
-            .protocols
-            .h2
-            .serve_connection(io, service(&ctx.shared, &info));
-        Box::pin(drive(conn, |c| c.graceful_shutdown(), &activity, &mut ctx)).await;
-    } else {
-        let conn = ctx
-            .protocols
-            .h1
-            .serve_connection(io, service(&ctx.shared, &info))
-            .with_upgrades();
-        Box::pin(drive(conn, |c| c.graceful_shutdown(), &activity, &mut ctx)).await;
-        // An upgrade: the tunnel runs here, so it keeps this connection's permit
-        // (max_connections, the drain at shutdown), as plain HTTP/1.1 tunnels do.
-        if let Some((client, backend)) = info.take_tunnel() {
-            match client.await {
-                Ok(client) => upgrade::tunnel(TokioIo::new(client), backend).await,
-                Err(e) => tracing::debug!(error = %e, "client upgrade failed"),
-            }
-        }
-    }
-}
-
-/// What the first byte of a TLS listener's connection says.
-enum Opening {
-    /// A handshake record (0x16), or anything else that is not plain HTTP: rustls
-    /// decides.
-    Tls,
-    /// A request line (a method's upper-case letter): plain HTTP on a TLS port.
-    PlainHttp,
-    /// Closed (or failed) before sending anything: a TCP check, nothing to refuse.
-    Nothing,
-}
-
-async fn opening(stream: &TcpStream) -> Opening {
-    let mut first = [0u8; 1];
-    match stream.peek(&mut first).await {
-        Ok(1) if first[0].is_ascii_uppercase() => Opening::PlainHttp,
-        Ok(1) => Opening::Tls,
-        _ => Opening::Nothing,
-    }
-}
-
-/// Answers plain HTTP sent to a TLS listener with a 400 that says why (as nginx does)
-/// instead of a handshake error the client cannot read, then closes.
-async fn refuse_plain_http(mut stream: TcpStream, ctx: &ConnCtx) {
-    const BODY: &str = "400 this port speaks TLS: use https:// instead\n";
-    let answer = format!(
-        "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{BODY}",
-        BODY.len()
-    );
-    ctx.shared.unrouted.add(400);
-    let counts = &ctx.shared.refused;
-    telemetry::refused_request(counts, ctx.client, 400, Refusal::PlainHttpOnTls);
-    if stream.write_all(answer.as_bytes()).await.is_err() {
-        return;
-    }
-    // Read what the client sent before closing: closing with unread bytes would reset
-    // the connection and could destroy the answer.
-    let _ = stream.shutdown().await;
-    let mut scratch = [0u8; 4096];
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        let mut total = 0;
-        while total < 64 * 1024 {
-            match stream.read(&mut scratch).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => total += n,
-            }
-        }
-    })
-    .await;
-}
-
 /// Logs and counts a connection the watchdog closes: a request head slower than
 /// `header_read_timeout` is a refusal; an idle keep-alive connection closing is not.
 fn closed_by_watchdog(ctx: &ConnCtx, why: &'static str) {
@@ -670,7 +556,7 @@ fn refusal_of(e: &(dyn std::error::Error + 'static)) -> Option<(u16, Refusal)> {
 
 /// Runs a hyper connection to its end under the watchdog (`idle_timeout`,
 /// `header_read_timeout`), shutting it down gracefully when sluice stops.
-async fn drive<C, E>(
+pub(super) async fn drive<C, E>(
     conn: C,
     shutdown: impl Fn(std::pin::Pin<&mut C>),
     activity: &Activity,
