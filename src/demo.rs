@@ -13,12 +13,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
 use tokio::net::TcpListener;
 
+use crate::app::App;
 use crate::config::{
     AdminConfig, BackendConfig, BackendUrl, Config, DEFAULT_UPSTREAM, ListenerConfig, Scheme,
     UpstreamConfig,
 };
 use crate::proxy::Shared;
-use crate::proxy::server::Server;
 
 /// Demo backend N listens on this port plus N when it is free, so that the README's
 /// first config (127.0.0.1:9001, 9002, 9003) runs against the demo as it is.
@@ -112,7 +112,7 @@ pub async fn run(
         )],
     };
     let shared = Shared::new(config, None, None);
-    let server = Server::bind(Arc::clone(&shared))
+    let server = App::bind(Arc::clone(&shared))
         .await
         .map_err(|e| crate::proxy::error::chain(&e))?;
     let lb = server.local_addrs()[0];

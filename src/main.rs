@@ -5,10 +5,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
+use sluice::app::App;
 use sluice::cli::{Cli, Command, OnOff, RunArgs};
 use sluice::config::{self, LoadError};
 use sluice::proxy::error::chain;
-use sluice::proxy::{Overrides, Shared, server::Server};
+use sluice::proxy::{Overrides, Shared};
 use sluice::{demo, reload, telemetry};
 
 fn main() -> ExitCode {
@@ -147,7 +148,7 @@ fn run(args: RunArgs) -> Result<(), String> {
     };
     rt.block_on(async move {
         let shared = Shared::new(config, path, Some(overrides));
-        let server = Server::bind(Arc::clone(&shared))
+        let server = App::bind(Arc::clone(&shared))
             .await
             .map_err(|e| chain(&e))?;
         tokio::spawn(reload_on_sighup(Arc::clone(&shared)));

@@ -191,7 +191,7 @@ impl Lot {
             .push(Reverse((deadline_ms, idx, generation)));
         table.forget_stale_deadlines();
         drop(table);
-        crate::memory::note_freed();
+        super::memory::note_freed();
         if sooner {
             // The thread may be waiting for a later deadline (or none).
             let _ = self.waker.wake();

@@ -36,7 +36,6 @@ use super::forward::{Answer, ConnInfo, handle_boxed};
 use super::park::{Lot, Woken};
 use super::server_tls::serve_tls;
 use super::{h1, upgrade};
-use crate::admin;
 
 /// After an accept error (e.g. out of file descriptors), wait before trying again so
 /// the loop does not spin.
@@ -119,17 +118,17 @@ pub struct Server {
     shared: Arc<Shared>,
     /// Each with its TLS acceptor when it is a TLS listener.
     listeners: Vec<(TcpListener, Option<TlsAcceptor>)>,
-    admin: Option<TcpListener>,
 }
 
-async fn bind_one(addr: SocketAddr) -> Result<TcpListener, BindError> {
+pub(crate) async fn bind_one(addr: SocketAddr) -> Result<TcpListener, BindError> {
     TcpListener::bind(addr)
         .await
         .map_err(|source| BindError::Io { addr, source })
 }
 
 impl Server {
-    /// Opens every listener of the running config, and the admin listener.
+    /// Opens every proxy listener of the running config (the admin listener is the
+    /// app's: app.rs).
     pub async fn bind(shared: Arc<Shared>) -> Result<Server, BindError> {
         let config = shared.config.load_full();
         check_supported(&config)?;
@@ -145,15 +144,7 @@ impl Server {
             };
             listeners.push((bind_one(l.address).await?, tls));
         }
-        let admin = match &config.admin {
-            Some(a) => Some(bind_one(a.address).await?),
-            None => None,
-        };
-        Ok(Server {
-            shared,
-            listeners,
-            admin,
-        })
+        Ok(Server { shared, listeners })
     }
 
     /// The proxy listeners' bound addresses, in config order.
@@ -162,10 +153,6 @@ impl Server {
             .iter()
             .filter_map(|(l, _)| l.local_addr().ok())
             .collect()
-    }
-
-    pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Serves until `shutdown` resolves, then stops accepting and lets open requests
@@ -222,14 +209,6 @@ impl Server {
                 stop_rx.clone(),
             )));
         }
-        if let Some(listener) = self.admin {
-            loops.push(tokio::spawn(admin::serve(
-                listener,
-                Arc::clone(&self.shared),
-                stop_rx.clone(),
-            )));
-        }
-
         self.shared.restart_health_checks();
         shutdown.await;
         tracing::info!("shutting down: no new connections, draining open requests");
@@ -475,7 +454,7 @@ async fn serve_h1(stream: TcpStream, buf: BytesMut, ctx: ConnCtx) {
         .await
     };
     // The loop's buffers are gone, or about to be.
-    crate::memory::note_freed();
+    super::memory::note_freed();
     match end {
         // Shutdown or a timer: drop the connection as it stands.
         None => {}

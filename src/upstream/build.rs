@@ -10,7 +10,7 @@ use crate::config::{Config, Protocol, Scheme};
 use crate::metrics::UpstreamStats;
 use crate::proxy::client::Client;
 use crate::proxy::client::Pool;
-use crate::proxy::retry::Budget;
+use crate::upstream::retry::Budget;
 
 /// What a backend keeps across snapshots: its counters and its idle connections, with
 /// what those connections were made for (scheme, and trust for https).

@@ -5,6 +5,7 @@
 
 mod backend;
 mod build;
+pub mod retry;
 mod route;
 
 use std::sync::Arc;
@@ -72,7 +73,7 @@ pub struct Upstream {
     pub backups: Tier,
     pub client: Client,
     /// Retries of every kind stay within this (SPEC §2 `budget_percent`).
-    pub budget: Arc<crate::proxy::retry::Budget>,
+    pub budget: Arc<crate::upstream::retry::Budget>,
 }
 
 impl Upstream {

@@ -404,9 +404,7 @@ impl Sluice {
             Err(e) => panic!("test config invalid:\n{e}\n{toml}"),
         };
         let shared = sluice::proxy::Shared::new(config, None, None);
-        let server = sluice::proxy::server::Server::bind(shared.clone())
-            .await
-            .expect("bind");
+        let server = sluice::app::App::bind(shared.clone()).await.expect("bind");
         let addr = server.local_addrs()[0];
         let admin = server.admin_addr();
         let (tx, rx) = tokio::sync::oneshot::channel();

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::Thread;
 use std::time::Duration;
 
-use crate::proxy::conn::now_ms;
+use super::conn::now_ms;
 
 /// A release waits until nothing was freed for this long...
 const QUIET: Duration = Duration::from_millis(200);
@@ -64,7 +64,7 @@ fn run() {
             std::thread::park_timeout(Duration::from_millis(at - now));
         }
         PENDING.store(false, Ordering::Release);
-        crate::proxy::pool::shed_idle_buffers();
+        super::pool::shed_idle_buffers();
         release_free();
     }
 }

@@ -1,0 +1,73 @@
+//! The whole of a running sluice: the proxy's listeners and the admin API side by side
+//! over one shared state. `main`, `demo` and the tests start sluice through this, so
+//! the data plane (proxy) never depends on the admin side above it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::proxy::Shared;
+use crate::proxy::server::{BindError, Server, bind_one};
+
+/// Bound listeners, proxy and admin, ready to serve.
+pub struct App {
+    shared: Arc<Shared>,
+    proxy: Server,
+    admin: Option<TcpListener>,
+}
+
+impl App {
+    /// Binds the proxy listeners, then the admin listener. Port 0 binds a free port; the
+    /// bound addresses are then known (`local_addrs`, `admin_addr`).
+    pub async fn bind(shared: Arc<Shared>) -> Result<App, BindError> {
+        let proxy = Server::bind(Arc::clone(&shared)).await?;
+        let admin = match &shared.config.load().admin {
+            Some(a) => Some(bind_one(a.address).await?),
+            None => None,
+        };
+        Ok(App {
+            shared,
+            proxy,
+            admin,
+        })
+    }
+
+    /// The proxy listeners' bound addresses, in config order.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.proxy.local_addrs()
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Serves until `shutdown` resolves; then the admin API stops and the proxy drains
+    /// (SPEC §4, `shutdown_timeout`).
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let admin = self.admin.map(|listener| {
+            tokio::spawn(crate::admin::serve(
+                listener,
+                Arc::clone(&self.shared),
+                stop_rx,
+            ))
+        });
+        self.proxy
+            .serve(async move {
+                shutdown.await;
+                let _ = stop_tx.send(true);
+            })
+            .await;
+        if let Some(admin) = admin {
+            let _ = admin.await;
+        }
+    }
+}
+
+/// Binds and serves `shared`'s configuration until `shutdown` resolves.
+pub async fn run(shared: Arc<Shared>, shutdown: impl Future<Output = ()>) -> Result<(), BindError> {
+    App::bind(shared).await?.serve(shutdown).await;
+    Ok(())
+}
