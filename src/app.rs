@@ -47,22 +47,18 @@ impl App {
     /// (SPEC §4, `shutdown_timeout`).
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let admin = self.admin.map(|listener| {
-            tokio::spawn(crate::admin::serve(
-                listener,
-                Arc::clone(&self.shared),
-                stop_rx,
-            ))
-        });
+        let (admin, shared) = (self.admin, self.shared);
         self.proxy
             .serve(async move {
+                // Started once the proxy's listeners are (they log first).
+                let admin = admin.map(|l| tokio::spawn(crate::admin::serve(l, shared, stop_rx)));
                 shutdown.await;
                 let _ = stop_tx.send(true);
+                if let Some(admin) = admin {
+                    let _ = admin.await;
+                }
             })
             .await;
-        if let Some(admin) = admin {
-            let _ = admin.await;
-        }
     }
 }
 
