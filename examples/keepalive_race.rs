@@ -82,7 +82,7 @@ async fn main() {
         "[[listener]]\naddress = \"127.0.0.1:0\"\n[upstream.race]\nbackends = [{{ url = \"{url}\" }}]\n"
     );
     let config = sluice::config::parse_str(&toml, Path::new("race.toml")).expect("config");
-    let server = sluice::app::App::bind(sluice::proxy::Shared::new(config, None, None))
+    let server = sluice::app::App::bind(sluice::state::State::new(config, None, None))
         .await
         .expect("bind");
     let addr = server.local_addrs()[0];

@@ -100,8 +100,8 @@ async fn run(strategy: &'static str) -> Row {
         list.join(", ")
     );
     let config = sluice::config::parse_str(&toml, Path::new("simulate.toml")).expect("config");
-    let shared = sluice::proxy::Shared::new(config, None, None);
-    let server = sluice::app::App::bind(shared).await.expect("bind");
+    let state = sluice::state::State::new(config, None, None);
+    let server = sluice::app::App::bind(state).await.expect("bind");
     let addr = server.local_addrs()[0];
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(server.serve(async {

@@ -8,12 +8,21 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::proxy::Shared;
 use crate::proxy::server::{BindError, Server, bind_one};
+use crate::state::{CheckError, State};
+
+/// Why sluice could not start: a listener, or an upstream its config cannot use.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error(transparent)]
+    Check(#[from] CheckError),
+}
 
 /// Bound listeners, proxy and admin, ready to serve.
 pub struct App {
-    shared: Arc<Shared>,
+    state: Arc<State>,
     proxy: Server,
     admin: Option<TcpListener>,
 }
@@ -21,14 +30,15 @@ pub struct App {
 impl App {
     /// Binds the proxy listeners, then the admin listener. Port 0 binds a free port; the
     /// bound addresses are then known (`local_addrs`, `admin_addr`).
-    pub async fn bind(shared: Arc<Shared>) -> Result<App, BindError> {
-        let proxy = Server::bind(Arc::clone(&shared)).await?;
-        let admin = match &shared.config.load().admin {
+    pub async fn bind(state: Arc<State>) -> Result<App, StartError> {
+        crate::state::check_supported(&state.shared.config.load())?;
+        let proxy = Server::bind(Arc::clone(&state.shared)).await?;
+        let admin = match &state.shared.config.load().admin {
             Some(a) => Some(bind_one(a.address).await?),
             None => None,
         };
         Ok(App {
-            shared,
+            state,
             proxy,
             admin,
         })
@@ -47,12 +57,16 @@ impl App {
     /// (SPEC §4, `shutdown_timeout`).
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let (admin, shared) = (self.admin, self.shared);
+        let (admin, state) = (self.admin, self.state);
+        state.restart_health_checks();
+        let control = Arc::clone(&state);
         self.proxy
             .serve(async move {
                 // Started once the proxy's listeners are (they log first).
-                let admin = admin.map(|l| tokio::spawn(crate::admin::serve(l, shared, stop_rx)));
+                let admin = admin
+                    .map(|l| tokio::spawn(crate::admin::serve(l, Arc::clone(&control), stop_rx)));
                 shutdown.await;
+                control.stop_health_checks();
                 let _ = stop_tx.send(true);
                 if let Some(admin) = admin {
                     let _ = admin.await;
@@ -63,7 +77,7 @@ impl App {
 }
 
 /// Binds and serves `shared`'s configuration until `shutdown` resolves.
-pub async fn run(shared: Arc<Shared>, shutdown: impl Future<Output = ()>) -> Result<(), BindError> {
-    App::bind(shared).await?.serve(shutdown).await;
+pub async fn run(state: Arc<State>, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    App::bind(state).await?.serve(shutdown).await;
     Ok(())
 }

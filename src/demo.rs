@@ -19,6 +19,7 @@ use crate::config::{
     UpstreamConfig,
 };
 use crate::proxy::Shared;
+use crate::state::State;
 
 /// Demo backend N listens on this port plus N when it is free, so that the README's
 /// first config (127.0.0.1:9001, 9002, 9003) runs against the demo as it is.
@@ -111,8 +112,9 @@ pub async fn run(
             configs.clone(),
         )],
     };
-    let shared = Shared::new(config, None, None);
-    let server = App::bind(Arc::clone(&shared))
+    let state = State::new(config, None, None);
+    let shared = Arc::clone(&state.shared);
+    let server = App::bind(state)
         .await
         .map_err(|e| crate::proxy::error::chain(&e))?;
     let lb = server.local_addrs()[0];

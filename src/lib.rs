@@ -16,6 +16,6 @@ pub mod fuzzing;
 pub mod health;
 pub mod metrics;
 pub mod proxy;
-pub mod reload;
+pub mod state;
 pub mod telemetry;
 pub mod upstream;

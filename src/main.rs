@@ -9,8 +9,8 @@ use sluice::app::App;
 use sluice::cli::{Cli, Command, OnOff, RunArgs};
 use sluice::config::{self, LoadError};
 use sluice::proxy::error::chain;
-use sluice::proxy::{Overrides, Shared};
-use sluice::{demo, reload, telemetry};
+use sluice::state::{Overrides, State};
+use sluice::{demo, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -147,23 +147,21 @@ fn run(args: RunArgs) -> Result<(), String> {
         Box::new(move |c| args.apply(c).map_err(Into::into))
     };
     rt.block_on(async move {
-        let shared = Shared::new(config, path, Some(overrides));
-        let server = App::bind(Arc::clone(&shared))
-            .await
-            .map_err(|e| chain(&e))?;
-        tokio::spawn(reload_on_sighup(Arc::clone(&shared)));
+        let state = State::new(config, path, Some(overrides));
+        let server = App::bind(Arc::clone(&state)).await.map_err(|e| chain(&e))?;
+        tokio::spawn(reload_on_sighup(state));
         server.serve(shutdown_signal()).await;
         Ok(())
     })
 }
 
-async fn reload_on_sighup(shared: Arc<Shared>) {
+async fn reload_on_sighup(state: Arc<State>) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         return;
     };
     while hup.recv().await.is_some() {
-        if let Err(e) = reload::reload(&shared) {
+        if let Err(e) = state.reload() {
             tracing::error!(error = %chain(&e), "reload failed; keeping the running configuration");
         }
     }

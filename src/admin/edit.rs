@@ -10,7 +10,7 @@ use hyper::Response;
 
 use super::text;
 use crate::config::{BackendConfig, BackendUrl, MAX_WEIGHT};
-use crate::proxy::Shared;
+use crate::state::State;
 
 /// The body of `POST /upstreams/{name}/backends`.
 #[derive(serde::Deserialize)]
@@ -24,7 +24,7 @@ struct NewBackend {
 }
 
 /// `POST /upstreams/{name}/backends`: 201 once the backend is in rotation.
-pub fn add(shared: &Shared, name: &str, body: &[u8]) -> Response<Full<Bytes>> {
+pub fn add(state: &State, name: &str, body: &[u8]) -> Response<Full<Bytes>> {
     let new: NewBackend = match serde_json::from_slice(body) {
         Ok(n) => n,
         Err(e) => return text(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}\n")),
@@ -44,8 +44,8 @@ pub fn add(shared: &Shared, name: &str, body: &[u8]) -> Response<Full<Bytes>> {
         }
     };
     let id = url.id();
-    let _edit = shared.edits.lock().unwrap_or_else(|p| p.into_inner());
-    let mut config = (**shared.config.load()).clone();
+    let _edit = state.edit();
+    let mut config = (**state.shared.config.load()).clone();
     let Some(upstream) = config.upstreams.iter_mut().find(|u| u.name == name) else {
         return no_upstream(name);
     };
@@ -61,13 +61,13 @@ pub fn add(shared: &Shared, name: &str, body: &[u8]) -> Response<Full<Bytes>> {
         backup: new.backup,
     });
     // Only the edited upstream: a problem elsewhere is not this call's.
-    if let Err(e) = crate::proxy::server::check_upstream(upstream) {
+    if let Err(e) = crate::state::check_upstream(upstream) {
         return text(
             StatusCode::BAD_REQUEST,
             format!("{}\n", crate::proxy::error::chain(&e)),
         );
     }
-    shared.apply_edit(config);
+    state.apply_edit(config);
     tracing::info!(
         upstream = name,
         backend = %id,
@@ -81,9 +81,9 @@ pub fn add(shared: &Shared, name: &str, body: &[u8]) -> Response<Full<Bytes>> {
 /// `DELETE /upstreams/{name}/backends/{host:port}`: 200 once the backend is out of
 /// rotation; requests already sent to it finish on their own. The last backend may go
 /// too: the upstream then answers 503.
-pub fn remove(shared: &Shared, name: &str, id: &str) -> Response<Full<Bytes>> {
-    let _edit = shared.edits.lock().unwrap_or_else(|p| p.into_inner());
-    let mut config = (**shared.config.load()).clone();
+pub fn remove(state: &State, name: &str, id: &str) -> Response<Full<Bytes>> {
+    let _edit = state.edit();
+    let mut config = (**state.shared.config.load()).clone();
     let Some(upstream) = config.upstreams.iter_mut().find(|u| u.name == name) else {
         return no_upstream(name);
     };
@@ -94,7 +94,8 @@ pub fn remove(shared: &Shared, name: &str, id: &str) -> Response<Full<Bytes>> {
     upstream.backends.remove(at);
     // Requests routed before the swap hold the old snapshot, where the backend is still
     // listed; draining it keeps their retries off it too.
-    if let Some(b) = shared
+    if let Some(b) = state
+        .shared
         .snapshot
         .load()
         .upstream(name)
@@ -102,7 +103,7 @@ pub fn remove(shared: &Shared, name: &str, id: &str) -> Response<Full<Bytes>> {
     {
         b.stats.set_draining(true);
     }
-    shared.apply_edit(config);
+    state.apply_edit(config);
     tracing::info!(upstream = name, backend = id, "backend removed by admin");
     text(StatusCode::OK, format!("removed: {id}\n"))
 }

@@ -17,15 +17,14 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::metrics::Text;
-use crate::proxy::Shared;
-use crate::reload;
+use crate::state::State;
 
 mod edit;
 
 const DASHBOARD: &str = include_str!("dashboard.html");
 
 /// Serves the admin API on `listener` until `stop` turns true.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+pub async fn serve(listener: TcpListener, state: Arc<State>, mut stop: watch::Receiver<bool>) {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(address = %addr, "admin listening");
     }
@@ -42,12 +41,12 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::
             },
             _ = stop.changed() => return,
         };
-        let shared = Arc::clone(&shared);
+        let state = Arc::clone(&state);
         let builder = builder.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let shared = Arc::clone(&shared);
-                async move { Ok::<_, Infallible>(route(&shared, req).await) }
+                let state = Arc::clone(&state);
+                async move { Ok::<_, Infallible>(route(&state, req).await) }
             });
             let _ = builder
                 .serve_connection(TokioIo::new(stream), service)
@@ -74,21 +73,21 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     reply(status, "text/plain; charset=utf-8", body)
 }
 
-async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/") => reply(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
-        (&Method::GET, "/status") => reply(StatusCode::OK, "application/json", status_json(shared)),
+        (&Method::GET, "/status") => reply(StatusCode::OK, "application/json", status_json(state)),
         (&Method::GET, "/metrics") => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
-            metrics_text(shared),
+            metrics_text(state),
         ),
         (&Method::POST, "/reload") => {
-            if let Some(denied) = check_token(shared, &req) {
+            if let Some(denied) = check_token(state, &req) {
                 return denied;
             }
-            match reload::reload(shared) {
+            match state.reload() {
                 Ok(()) => text(StatusCode::OK, "reloaded\n"),
                 Err(e) => text(
                     StatusCode::BAD_REQUEST,
@@ -97,17 +96,17 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>>
             }
         }
         (&Method::POST | &Method::DELETE, path) if path.starts_with("/upstreams/") => {
-            if let Some(denied) = check_token(shared, &req) {
+            if let Some(denied) = check_token(state, &req) {
                 return denied;
             }
             match BackendCall::parse(req.method(), path) {
                 Some(BackendCall::Add(name)) => match read_small_body(req).await {
-                    Ok(body) => edit::add(shared, &name, &body),
+                    Ok(body) => edit::add(state, &name, &body),
                     Err(e) => e,
                 },
-                Some(BackendCall::Remove(name, id)) => edit::remove(shared, &name, &id),
+                Some(BackendCall::Remove(name, id)) => edit::remove(state, &name, &id),
                 Some(BackendCall::Drain(name, id, draining)) => {
-                    backend_action(shared, &name, &id, draining)
+                    backend_action(state, &name, &id, draining)
                 }
                 None => text(StatusCode::NOT_FOUND, "not found\n"),
             }
@@ -212,8 +211,8 @@ pub(crate) fn no_backend<'a>(
 }
 
 /// `POST /upstreams/{name}/backends/{id}/{drain|enable}`.
-fn backend_action(shared: &Shared, name: &str, id: &str, draining: bool) -> Response<Full<Bytes>> {
-    let snap = shared.snapshot.load();
+fn backend_action(state: &State, name: &str, id: &str, draining: bool) -> Response<Full<Bytes>> {
+    let snap = state.shared.snapshot.load();
     let Some(upstream) = snap.upstream(name) else {
         return text(
             StatusCode::NOT_FOUND,
@@ -236,8 +235,8 @@ fn backend_action(shared: &Shared, name: &str, id: &str, draining: bool) -> Resp
 }
 
 /// Mutating calls need `Authorization: Bearer TOKEN` when a token is configured.
-fn check_token(shared: &Shared, req: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
-    let config = shared.config.load();
+fn check_token(state: &State, req: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+    let config = state.shared.config.load();
     let token = config.admin.as_ref()?.token.as_deref()?;
     let ok = req
         .headers()
@@ -285,8 +284,8 @@ pub struct BackendStatus {
 }
 
 /// Renders `/status` from the live snapshot and counters.
-pub fn status_json(shared: &Shared) -> String {
-    let snap = shared.snapshot.load();
+pub fn status_json(state: &State) -> String {
+    let snap = state.shared.snapshot.load();
     let now = Instant::now();
     let status = Status {
         version: env!("CARGO_PKG_VERSION"),
@@ -324,8 +323,8 @@ pub fn status_json(shared: &Shared) -> String {
 
 /// Renders `/metrics` (Prometheus text format, SPEC §5) from the live snapshot and
 /// counters.
-pub fn metrics_text(shared: &Shared) -> String {
-    let snap = shared.snapshot.load();
+pub fn metrics_text(state: &State) -> String {
+    let snap = state.shared.snapshot.load();
     let now = Instant::now();
     let mut t = Text::default();
 
@@ -335,7 +334,7 @@ pub fn metrics_text(shared: &Shared) -> String {
         "Client requests, by upstream, the backend that gave the final answer, and status code. \
          Empty labels: answered before a backend (or an upstream) was chosen; 499: the client left first.",
     );
-    shared.unrouted.each(|code, n| {
+    state.shared.unrouted.each(|code, n| {
         t.sample(
             "sluice_requests_total",
             &[
@@ -446,7 +445,7 @@ pub fn metrics_text(shared: &Shared) -> String {
         "counter",
         "Requests and connections sluice refused itself, by reason; the access or event log line of each carries the same reason.",
     );
-    shared.refused.each(|reason, n| {
+    state.shared.refused.each(|reason, n| {
         t.sample("sluice_refused_total", &[("reason", reason)], n);
     });
 
@@ -455,9 +454,9 @@ pub fn metrics_text(shared: &Shared) -> String {
         "gauge",
         "Open client connections.",
     );
-    let open = shared.connections.get().map_or(0, |(permits, max)| {
+    let open = state.shared.connections.get().map_or(0, |(permits, max)| {
         max.saturating_sub(permits.available_permits())
-            .saturating_sub(shared.accepting.load(Ordering::Relaxed))
+            .saturating_sub(state.shared.accepting.load(Ordering::Relaxed))
     });
     t.sample("sluice_client_connections", &[], open);
     t.finish()

@@ -58,59 +58,6 @@ pub enum BindError {
         #[source]
         source: super::tls::TlsError,
     },
-    #[error("upstream \"{upstream}\"")]
-    Upstream {
-        upstream: String,
-        #[source]
-        source: UpstreamError,
-    },
-}
-
-/// What makes an upstream's backends unusable though its config file parsed.
-#[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
-    #[error("protocol \"{protocol}\" needs {needs} backends, not {backend}")]
-    Protocol {
-        protocol: &'static str,
-        needs: &'static str,
-        backend: String,
-    },
-    #[error(transparent)]
-    Trust(#[from] super::stream::TrustError),
-}
-
-/// Checks what the config file's validation cannot: trust for https backends (files
-/// and system roots), and, for admin edits, that backends match their upstream's
-/// protocol.
-pub(crate) fn check_supported(config: &crate::config::Config) -> Result<(), BindError> {
-    config.upstreams.iter().try_for_each(check_upstream)
-}
-
-/// `check_supported` for one upstream (an admin edit checks only the one it changes).
-pub fn check_upstream(u: &crate::config::UpstreamConfig) -> Result<(), BindError> {
-    use crate::config::{Protocol, Scheme};
-    let fail = |source: UpstreamError| BindError::Upstream {
-        upstream: u.name.clone(),
-        source,
-    };
-    // The config file is checked for this; admin edits come here.
-    let wrong = match u.protocol {
-        Protocol::Http1 => None,
-        Protocol::H2 => Some((Scheme::Http, "h2", "https")),
-        Protocol::H2c => Some((Scheme::Https, "h2c", "plain http")),
-    };
-    if let Some((scheme, protocol, needs)) = wrong {
-        if let Some(b) = u.backends.iter().find(|b| b.url.scheme == scheme) {
-            return Err(fail(UpstreamError::Protocol {
-                protocol,
-                needs,
-                backend: b.url.to_string(),
-            }));
-        }
-    }
-    // Trust for https backends: ca_file readable, or system roots present.
-    super::stream::connector(u).map_err(|e| fail(e.into()))?;
-    Ok(())
 }
 
 /// Bound listeners, ready to serve.
@@ -131,7 +78,6 @@ impl Server {
     /// app's: app.rs).
     pub async fn bind(shared: Arc<Shared>) -> Result<Server, BindError> {
         let config = shared.config.load_full();
-        check_supported(&config)?;
         let mut listeners = Vec::new();
         for l in &config.listeners {
             // Certificates first: a bad one should not leave a port bound.
@@ -209,10 +155,8 @@ impl Server {
                 stop_rx.clone(),
             )));
         }
-        self.shared.restart_health_checks();
         shutdown.await;
         tracing::info!("shutting down: no new connections, draining open requests");
-        self.shared.stop_health_checks();
         let _ = stop_tx.send(true);
         drop(closer); // closes the parked connections
         for l in loops {

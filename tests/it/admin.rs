@@ -141,7 +141,7 @@ async fn admin_changes_last_until_the_next_reload() {
     lb.admin("POST", &format!("/upstreams/web/backends/{}/drain", a.addr))
         .await;
     assert_eq!(lb.get("/").await.0, StatusCode::SERVICE_UNAVAILABLE);
-    lb.shared
+    lb.state
         .apply(sluice::config::parse_str(&text, std::path::Path::new("t.toml")).unwrap());
     assert_eq!(
         lb.get("/").await.0,
@@ -279,7 +279,7 @@ async fn backends_are_added_and_removed_through_the_api() {
     assert_eq!(status_of(&body), vec![]);
 
     // Like the other admin changes, these last until the next reload.
-    lb.shared
+    lb.state
         .apply(sluice::config::parse_str(&text, std::path::Path::new("t.toml")).unwrap());
     let bodies = lb.get_many("/", 3).await;
     assert_eq!(count(&bodies, "a"), 3, "{bodies:?}");

@@ -237,7 +237,7 @@ async fn slow_start_ramps_backends_added_by_a_reload_not_those_present_at_start(
     let reloaded =
         sluice::config::parse_str(&both(&[&a.url(), &b.url()]), std::path::Path::new("t.toml"))
             .unwrap();
-    lb.shared.apply(reloaded);
+    lb.state.apply(reloaded);
     let bodies = lb.get_many("/", 100).await;
     assert!(
         count(&bodies, "b") <= 5,

@@ -156,7 +156,7 @@ async fn a_reload_keeps_known_verdicts_and_keeps_checking() {
     let lb = Sluice::start(&text).await;
     wait_state(&lb, 0, "unhealthy").await;
     let reloaded = sluice::config::parse_str(&text, std::path::Path::new("test.toml")).unwrap();
-    lb.shared.apply(reloaded);
+    lb.state.apply(reloaded);
     // Still unhealthy right after the reload: no request reaches a.
     let bodies = lb.get_many("/", 6).await;
     assert!(bodies.iter().all(|x| x == "b"), "{bodies:?}");
@@ -183,7 +183,7 @@ async fn a_reload_without_health_checks_drops_their_verdicts() {
     );
     let reloaded =
         sluice::config::parse_str(&unchecked, std::path::Path::new("test.toml")).unwrap();
-    lb.shared.apply(reloaded);
+    lb.state.apply(reloaded);
     wait_state(&lb, 0, "healthy").await;
     let bodies = lb.get_many("/", 4).await;
     assert!(bodies.iter().any(|x| x == "a"), "{bodies:?}");

@@ -18,7 +18,7 @@ fn states(lb: &Sluice) -> Vec<&'static str> {
 
 /// `/status` as the admin API renders it.
 fn status_of(lb: &Sluice) -> serde_json::Value {
-    serde_json::from_str(&sluice::admin::status_json(&lb.shared)).unwrap()
+    serde_json::from_str(&sluice::admin::status_json(&lb.state)).unwrap()
 }
 
 async fn wait_until(lb: &Sluice, what: &str, f: impl Fn(&[&str]) -> bool) {

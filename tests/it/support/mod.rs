@@ -382,6 +382,9 @@ pub async fn dead_addr() -> SocketAddr {
 pub struct Sluice {
     pub addr: SocketAddr,
     pub admin: Option<SocketAddr>,
+    /// The control side: reloads and edits.
+    pub state: Arc<sluice::state::State>,
+    /// The data plane's view: snapshot, limits, counters.
     pub shared: Arc<sluice::proxy::Shared>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
@@ -403,8 +406,9 @@ impl Sluice {
             Ok(c) => c,
             Err(e) => panic!("test config invalid:\n{e}\n{toml}"),
         };
-        let shared = sluice::proxy::Shared::new(config, None, None);
-        let server = sluice::app::App::bind(shared.clone()).await.expect("bind");
+        let state = sluice::state::State::new(config, None, None);
+        let shared = state.shared.clone();
+        let server = sluice::app::App::bind(state.clone()).await.expect("bind");
         let addr = server.local_addrs()[0];
         let admin = server.admin_addr();
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -418,6 +422,7 @@ impl Sluice {
         Sluice {
             addr,
             admin,
+            state,
             shared,
             stop: Some(tx),
             task: Some(task),

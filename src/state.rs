@@ -1,0 +1,176 @@
+//! The control side of a running sluice: the configuration in force and every way it
+//! changes (reload from the file, admin edits), the checks a configuration must pass
+//! before it is applied, and the health checkers that go with each snapshot. The data
+//! plane (proxy) reads what this installs in `Shared`; it never imports this module.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::config::{self, Config, LoadError, UpstreamConfig};
+use crate::proxy::Shared;
+use crate::upstream;
+
+/// Changes applied to every config loaded from the file (command-line overrides).
+pub type Overrides =
+    Box<dyn Fn(&mut Config) -> Result<(), Box<dyn std::error::Error + Send + Sync>> + Send + Sync>;
+
+/// The running configuration and what changes it.
+pub struct State {
+    /// What the data plane serves from.
+    pub shared: Arc<Shared>,
+    /// The file to read again on reload; None when running from flags only.
+    config_path: Option<PathBuf>,
+    overrides: Option<Overrides>,
+    /// Serializes configuration changes (reloads and admin edits).
+    edits: Mutex<()>,
+    /// Active health checkers of the current snapshot, replaced with it.
+    checkers: Mutex<Option<crate::health::Checkers>>,
+}
+
+/// Why a reload did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("no config file to reload (sluice was started without --config)")]
+    NoFile,
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("applying the command-line flags")]
+    Override(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error(transparent)]
+    Unsupported(#[from] CheckError),
+}
+
+/// An upstream whose backends cannot be used though its config file parsed.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream \"{upstream}\"")]
+pub struct CheckError {
+    pub upstream: String,
+    #[source]
+    pub source: UpstreamError,
+}
+
+/// What makes an upstream's backends unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("protocol \"{protocol}\" needs {needs} backends, not {backend}")]
+    Protocol {
+        protocol: &'static str,
+        needs: &'static str,
+        backend: String,
+    },
+    #[error(transparent)]
+    Trust(#[from] crate::proxy::stream::TrustError),
+}
+
+impl State {
+    pub fn new(
+        config: Config,
+        config_path: Option<PathBuf>,
+        overrides: Option<Overrides>,
+    ) -> Arc<State> {
+        Arc::new(State {
+            shared: Shared::new(config),
+            config_path,
+            overrides,
+            edits: Mutex::new(()),
+            checkers: Mutex::new(None),
+        })
+    }
+
+    /// Holds off other changes (reloads, edits) while the caller makes one.
+    pub fn edit(&self) -> MutexGuard<'_, ()> {
+        self.edits.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// (Re)starts the active health checkers for the current snapshot: those of
+    /// upstreams configured as before go on, the others stop or start anew. Must run
+    /// inside the runtime.
+    pub fn restart_health_checks(&self) {
+        let mut slot = self.checkers.lock().unwrap_or_else(|p| p.into_inner());
+        let previous = slot.take();
+        *slot = Some(crate::health::active::start(
+            &self.shared.snapshot.load(),
+            previous,
+        ));
+    }
+
+    /// Stops the active health checkers (shutdown).
+    pub fn stop_health_checks(&self) {
+        self.checkers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+    }
+
+    /// Makes `config` the running configuration: one store for routes, upstreams and
+    /// their tables; backend stats and pools carry over by URL.
+    pub fn apply(&self, config: Config) {
+        let snapshot = upstream::build(&config, Some(&self.shared.snapshot.load()));
+        self.shared.install(config, snapshot);
+        self.restart_health_checks();
+    }
+
+    /// Makes `config`, edited through the admin API, the running configuration; unlike
+    /// `apply`, drains set through the API stay.
+    pub fn apply_edit(&self, config: Config) {
+        let snapshot = upstream::build_edited(&config, &self.shared.snapshot.load());
+        self.shared.install(config, snapshot);
+        self.restart_health_checks();
+    }
+
+    /// Reloads the config file (SIGHUP, `POST /reload`): read, validate, apply the
+    /// command-line overrides again, check, and swap; on any error the running
+    /// configuration stays.
+    pub fn reload(&self) -> Result<(), ReloadError> {
+        let _edit = self.edit();
+        let path = self.config_path.as_deref().ok_or(ReloadError::NoFile)?;
+        let mut config = config::load(path)?;
+        if let Some(overrides) = &self.overrides {
+            overrides(&mut config).map_err(ReloadError::Override)?;
+        }
+        check_supported(&config)?;
+        let old = self.shared.config.load();
+        if old.listeners != config.listeners
+            || old.admin.as_ref().map(|a| a.address) != config.admin.as_ref().map(|a| a.address)
+        {
+            tracing::warn!("listener and admin address changes take effect at the next restart");
+        }
+        self.apply(config);
+        tracing::info!(path = %path.display(), "configuration reloaded");
+        Ok(())
+    }
+}
+
+/// Checks what the config file's validation cannot: trust for https backends (files
+/// and system roots), and, for admin edits, that backends match their upstream's
+/// protocol.
+pub fn check_supported(config: &Config) -> Result<(), CheckError> {
+    config.upstreams.iter().try_for_each(check_upstream)
+}
+
+/// `check_supported` for one upstream (an admin edit checks only the one it changes).
+pub fn check_upstream(u: &UpstreamConfig) -> Result<(), CheckError> {
+    use crate::config::{Protocol, Scheme};
+    let fail = |source: UpstreamError| CheckError {
+        upstream: u.name.clone(),
+        source,
+    };
+    // The config file is checked for this; admin edits come here.
+    let wrong = match u.protocol {
+        Protocol::Http1 => None,
+        Protocol::H2 => Some((Scheme::Http, "h2", "https")),
+        Protocol::H2c => Some((Scheme::Https, "h2c", "plain http")),
+    };
+    if let Some((scheme, protocol, needs)) = wrong {
+        if let Some(b) = u.backends.iter().find(|b| b.url.scheme == scheme) {
+            return Err(fail(UpstreamError::Protocol {
+                protocol,
+                needs,
+                backend: b.url.to_string(),
+            }));
+        }
+    }
+    // Trust for https backends: ca_file readable, or system roots present.
+    crate::proxy::stream::connector(u).map_err(|e| fail(e.into()))?;
+    Ok(())
+}
