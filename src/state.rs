@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::config::{self, Config, LoadError, UpstreamConfig};
 use crate::proxy::Shared;
-use crate::upstream;
 
 /// Changes applied to every config loaded from the file (command-line overrides).
 pub type Overrides =
@@ -24,7 +23,7 @@ pub struct State {
     /// Serializes configuration changes (reloads and admin edits).
     edits: Mutex<()>,
     /// Active health checkers of the current snapshot, replaced with it.
-    checkers: Mutex<Option<crate::health::Checkers>>,
+    checkers: Mutex<Option<crate::proxy::probe::Checkers>>,
 }
 
 /// Why a reload did not happen.
@@ -88,7 +87,7 @@ impl State {
     pub fn restart_health_checks(&self) {
         let mut slot = self.checkers.lock().unwrap_or_else(|p| p.into_inner());
         let previous = slot.take();
-        *slot = Some(crate::health::active::start(
+        *slot = Some(crate::proxy::probe::start(
             &self.shared.snapshot.load(),
             previous,
         ));
@@ -105,7 +104,7 @@ impl State {
     /// Makes `config` the running configuration: one store for routes, upstreams and
     /// their tables; backend stats and pools carry over by URL.
     pub fn apply(&self, config: Config) {
-        let snapshot = upstream::build(&config, Some(&self.shared.snapshot.load()));
+        let snapshot = crate::proxy::build::build(&config, Some(&self.shared.snapshot.load()));
         self.shared.install(config, snapshot);
         self.restart_health_checks();
     }
@@ -113,7 +112,7 @@ impl State {
     /// Makes `config`, edited through the admin API, the running configuration; unlike
     /// `apply`, drains set through the API stay.
     pub fn apply_edit(&self, config: Config) {
-        let snapshot = upstream::build_edited(&config, &self.shared.snapshot.load());
+        let snapshot = crate::proxy::build::build_edited(&config, &self.shared.snapshot.load());
         self.shared.install(config, snapshot);
         self.restart_health_checks();
     }

@@ -15,6 +15,7 @@ mod peak_ewma;
 mod random;
 mod round_robin;
 pub mod sticky;
+mod upstream;
 
 use std::sync::Arc;
 
@@ -30,6 +31,7 @@ pub use p2c::P2c;
 pub use peak_ewma::PeakEwma;
 pub use random::Random;
 pub use round_robin::RoundRobin;
+pub use upstream::{Tier, Upstream};
 
 /// Backends already tried by this request (for retries), by stats identity. The
 /// first `CAP` are held inline; more (a long retry chain over a large pool) spill to

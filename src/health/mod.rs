@@ -1,8 +1,6 @@
-//! Health: active checks (a task per upstream) and passive outlier detection (on the
-//! request path), both writing only a backend's state bits.
+//! Health, as plain state machines over a backend's atomics: passive outlier detection
+//! (on the request path) and the rise/fall hysteresis of active checks. The checker
+//! task that probes backends over the network is the transport's (proxy/probe.rs).
 
-pub mod active;
 pub mod outlier;
 pub mod rise_fall;
-
-pub use active::Checkers;

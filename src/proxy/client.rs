@@ -13,7 +13,6 @@
 //! memory is next given back (memory.rs).
 
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -196,6 +195,8 @@ pub struct How {
 /// An upstream's client settings.
 #[derive(Clone)]
 pub struct Client {
+    /// Each backend's connections, by its `slot` in the upstream.
+    pools: Box<[Arc<Pool>]>,
     pub(super) connect_timeout: Duration,
     max_idle: usize,
     /// HTTP/2 (h2c or h2) rather than HTTP/1.1 to the backends.
@@ -207,17 +208,26 @@ pub struct Client {
 impl Client {
     /// The upstream's trust settings were checked before (`check_supported`); if they
     /// fail now (a file changed since), its https backends fail to connect.
-    pub fn new(cfg: &UpstreamConfig) -> Client {
+    /// `pools`: one per backend, in the upstream's order (`Backend::slot`).
+    pub fn new(cfg: &UpstreamConfig, pools: Box<[Arc<Pool>]>) -> Client {
         let tls = super::stream::connector(cfg).unwrap_or_else(|e| {
             tracing::warn!(upstream = %cfg.name, error = %super::error::chain(&e), "https backends will fail");
             None
         });
         Client {
+            pools,
             connect_timeout: cfg.connect_timeout,
             max_idle: cfg.max_idle_per_backend,
             h2: cfg.protocol != crate::config::Protocol::Http1,
             tls,
         }
+    }
+
+    /// `backend`'s connections. A backend and this client always come from the same
+    /// `Served` upstream (build.rs gives each backend its slot and the client one pool
+    /// per slot), so the slot is in range.
+    pub fn pool(&self, backend: &Backend) -> &Arc<Pool> {
+        &self.pools[backend.slot]
     }
 
     /// Does this upstream speak HTTP/2 to its backends?
@@ -249,7 +259,11 @@ impl Client {
             recycle,
             raw_ok,
         } = how;
-        let pooled = if fresh { None } else { backend.pool.take() };
+        let pooled = if fresh {
+            None
+        } else {
+            self.pool(backend).take()
+        };
         let reused = pooled.is_some();
         let mut conn = match pooled {
             Some(c) => c,
@@ -324,7 +338,7 @@ impl Client {
             }
         };
         let reuse = (head.keep_alive && upload.is_none() && self.max_idle > 0)
-            .then(|| (Arc::clone(&backend.pool), self.max_idle));
+            .then(|| (Arc::clone(self.pool(backend)), self.max_idle));
         let mut body = BackendBody::new(src, head.framing, reuse, upload);
         body.raw = head.raw;
         let mut resp = Response::new(body);
@@ -495,13 +509,6 @@ pub(crate) async fn connect_tcp(backend: &Backend) -> io::Result<TcpStream> {
         }
     }
     Err(last)
-}
-
-/// The backend's socket address when its host is an IP literal.
-pub fn literal_addr(host: &str, port: u16) -> Option<SocketAddr> {
-    host.parse::<std::net::IpAddr>()
-        .ok()
-        .map(|ip| SocketAddr::new(ip, port))
 }
 
 #[cfg(test)]

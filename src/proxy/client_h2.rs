@@ -28,7 +28,7 @@ impl Client {
         backend: &Backend,
         req: &mut Request<RequestBody>,
     ) -> Result<Response<BackendBody>, Failure> {
-        let pool = &backend.pool;
+        let pool = self.pool(backend);
         let pooled = pool.h2_sender();
         let reused = pooled.is_some();
         let mut sender = match pooled {
@@ -111,7 +111,7 @@ impl Client {
     /// The connection being opened to `backend`, once it is (or its failure), or a new
     /// one opened here if none is underway.
     async fn join_or_open_h2(&self, backend: &Backend) -> Result<H2Sender, SendError> {
-        let pool = &backend.pool;
+        let pool = self.pool(backend);
         let tx = {
             let mut opening = pool.h2_opening.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(s) = pool.h2_sender() {
@@ -192,7 +192,7 @@ impl Client {
         let sender = tokio::time::timeout(self.connect_timeout, handshake)
             .await
             .map_err(|_| SendError::ConnectTimeout(self.connect_timeout))??;
-        *backend.pool.h2_slot() = Some(sender.clone());
+        *self.pool(backend).h2_slot() = Some(sender.clone());
         Ok(sender)
     }
 }

@@ -21,12 +21,13 @@ use super::h1::RawRequest;
 use super::headers::{self, X_REQUEST_ID};
 use super::prepare::{Prepared, prepare};
 use super::wire::WireError;
+use crate::balance::Upstream;
 use crate::balance::{PickCtx, Tried, sticky};
 use crate::config::{RetryOn, StrategyKind};
 use crate::health::outlier::{self, Outcome};
 use crate::telemetry::{self, AccessRecord};
+use crate::upstream::Backend;
 use crate::upstream::retry::idempotent;
-use crate::upstream::{Backend, Upstream};
 
 /// What a request needs to know about the connection it came on.
 pub struct ConnInfo {

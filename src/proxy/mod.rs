@@ -2,6 +2,7 @@
 
 pub mod backend_body;
 pub mod body;
+pub mod build;
 pub mod client;
 mod client_h2;
 pub mod conn;
@@ -15,6 +16,8 @@ pub mod memory;
 pub mod park;
 pub mod pool;
 pub mod prepare;
+pub mod probe;
+pub mod routing;
 pub mod server;
 mod server_tls;
 pub mod stream;
@@ -27,7 +30,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::config::{Config, Limits};
-use crate::upstream::{self, Snapshot};
+use routing::Snapshot;
 
 /// What the data plane reads while it serves: the routing snapshot, the limits, the
 /// running config, and the counters it keeps. Replaced piecewise only by the control
@@ -51,7 +54,7 @@ pub struct Shared {
 impl Shared {
     /// The data plane's state for `config`, its snapshot built afresh.
     pub fn new(config: Config) -> Arc<Shared> {
-        let snapshot = upstream::build(&config, None);
+        let snapshot = build::build(&config, None);
         Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             limits: ArcSwap::from_pointee(config.limits.clone()),

@@ -7,9 +7,10 @@ use super::error::ProxyError;
 use super::forward::ConnInfo;
 use super::h1::{Outgoing, RawRequest};
 use super::headers::{self, X_REQUEST_ID};
+use super::routing::Served;
 use crate::balance::{hash_key, sticky};
 use crate::config::{HashKey, HostHeader, StrategyKind};
-use crate::upstream::{Backend, Upstream, host_of, request_host};
+use crate::upstream::{Backend, host_of, request_host};
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Uri, Version};
@@ -82,7 +83,7 @@ fn content_length<B>(req: &Request<B>) -> Option<u64> {
 
 /// A request routed and rewritten, ready for its backend.
 pub(super) struct Prepared {
-    pub(super) upstream: Arc<Upstream>,
+    pub(super) upstream: Arc<Served>,
     pub(super) breq: Request<RequestBody>,
     /// The head's lines in raw form (an HTTP/1.x client); `breq`'s map is then empty.
     pub(super) outgoing: Option<Outgoing>,
@@ -136,7 +137,7 @@ pub(super) fn prepare(
     }
 
     // Route, keeping no snapshot guard across an await.
-    let (upstream, rewritten): (Arc<Upstream>, Option<PathAndQuery>) = {
+    let (upstream, rewritten): (Arc<Served>, Option<PathAndQuery>) = {
         let snap = shared.snapshot.load();
         let path = req.uri().path();
         let host = match &raw {

@@ -11,7 +11,6 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::BackendUrl;
-use crate::proxy::client::{Pool, literal_addr};
 
 /// State bits; several may be set at once.
 const UNHEALTHY: u8 = 1 << 0;
@@ -33,11 +32,13 @@ pub struct Backend {
     pub backup: bool,
     /// The upstream's `slow_start` (zero: none).
     pub slow_start: Duration,
-    /// The opaque id a sticky cookie carries for this backend.
+    /// The opaque id a sticky cookie carries for this backend (set by the build, from
+    /// balance/sticky.rs).
     pub sticky_id: Box<str>,
     pub stats: Arc<BackendStats>,
-    /// Idle keep-alive connections; like `stats`, kept across snapshots by URL.
-    pub pool: Arc<Pool>,
+    /// Its place in its upstream's `all`: where the transport keeps its connections
+    /// (the model owns no connection).
+    pub slot: usize,
     /// The address to connect to when the host is an IP literal (no lookup needed).
     pub socket_addr: Option<std::net::SocketAddr>,
 }
@@ -314,17 +315,6 @@ impl BackendStats {
 
 impl Backend {
     pub fn new(url: BackendUrl, weight: u32, backup: bool, stats: Arc<BackendStats>) -> Self {
-        Self::with_pool(url, weight, backup, stats, Pool::new())
-    }
-
-    /// Like `new`, reusing an existing connection pool.
-    pub fn with_pool(
-        url: BackendUrl,
-        weight: u32,
-        backup: bool,
-        stats: Arc<BackendStats>,
-        pool: Arc<Pool>,
-    ) -> Self {
         let id = url.id();
         // A validated BackendUrl is always a valid authority; the fallback only keeps
         // this constructor total.
@@ -335,9 +325,9 @@ impl Backend {
             .unwrap_or_else(|_| http::HeaderValue::from_static("invalid"));
         Backend {
             slow_start: Duration::ZERO,
-            sticky_id: crate::balance::sticky::id_of(&id).into_boxed_str(),
+            sticky_id: Box::default(),
             socket_addr: literal_addr(&url.host, url.port),
-            pool,
+            slot: 0,
             authority,
             host_value,
             id: id.into_boxed_str(),
@@ -379,6 +369,13 @@ impl Backend {
     pub fn inflight(&self) -> u32 {
         self.stats.inflight.load(Ordering::Relaxed)
     }
+}
+
+/// The address of a host that is an IP literal (no lookup needed).
+pub fn literal_addr(host: &str, port: u16) -> Option<std::net::SocketAddr> {
+    host.parse::<std::net::IpAddr>()
+        .ok()
+        .map(|ip| std::net::SocketAddr::new(ip, port))
 }
 
 #[cfg(test)]

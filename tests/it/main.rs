@@ -9,6 +9,7 @@ mod fuzz_corpus;
 mod h2up;
 mod health;
 mod http1;
+mod layers;
 mod lifecycle;
 mod limits;
 mod metrics;

@@ -110,12 +110,9 @@ async fn an_idle_backend_connection_the_backend_closed_is_not_used() {
     });
     let lb = Sluice::over(&[format!("http://{addr}")], "").await;
     assert_eq!(lb.get("/").await.0, 200);
-    let backend = {
-        let snap = lb.shared.snapshot.load();
-        snap.upstreams[0].all[0].clone()
-    };
+    let upstream = lb.shared.snapshot.load().upstreams[0].clone();
     tokio::time::timeout(DEADLINE, async {
-        while backend.pool.idle_len() == 0 {
+        while upstream.client.pool(&upstream.all[0]).idle_len() == 0 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })

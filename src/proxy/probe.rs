@@ -1,4 +1,5 @@
-//! Active health checks (SPEC §2 `[upstream.X.health]`): one task per upstream probes
+//! Active health checks (SPEC §2 `[upstream.X.health]`), the part that talks to
+//! backends (the verdicts' hysteresis is health/rise_fall.rs): one task per upstream probes
 //! every backend in parallel, every `interval` (±10% jitter, and a random first offset,
 //! so a fleet of sluice instances does not probe in step), each probe bounded by
 //! `timeout`. A probe is a TCP connect, or with `path` an HTTP/1.1 GET on a fresh
@@ -14,16 +15,17 @@ use hyper_util::rt::TokioIo;
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 
-use super::rise_fall::RiseFall;
+use super::client::{Client, connect_tcp};
+use super::routing::{Served, Snapshot};
 use crate::config::HealthConfig;
-use crate::proxy::client::{Client, connect_tcp};
-use crate::upstream::{Backend, Snapshot, Upstream};
+use crate::health::rise_fall::RiseFall;
+use crate::upstream::Backend;
 
 /// The running checkers of one snapshot; dropping this stops them.
 #[derive(Default)]
 pub struct Checkers {
     /// Each with the upstream it checks.
-    tasks: Vec<(Arc<Upstream>, AbortHandle)>,
+    tasks: Vec<(Arc<Served>, AbortHandle)>,
 }
 
 impl Drop for Checkers {
@@ -66,7 +68,7 @@ pub fn start(snapshot: &Snapshot, previous: Option<Checkers>) -> Checkers {
     Checkers { tasks }
 }
 
-async fn run(upstream: Arc<Upstream>, cfg: HealthConfig) {
+async fn run(upstream: Arc<Served>, cfg: HealthConfig) {
     // Start from what is known, so a reload does not forget a backend is down.
     let mut verdicts: Vec<RiseFall> = upstream
         .all
@@ -89,7 +91,7 @@ async fn run(upstream: Arc<Upstream>, cfg: HealthConfig) {
 /// Probes every backend of `upstream` (only those waiting for a first probe, with
 /// `pending_only`) in parallel, and publishes the verdicts that change.
 async fn round(
-    upstream: &Upstream,
+    upstream: &Arc<Served>,
     cfg: &HealthConfig,
     verdicts: &mut [RiseFall],
     pending_only: bool,
@@ -100,8 +102,8 @@ async fn round(
             continue;
         }
         let (b, cfg) = (Arc::clone(b), cfg.clone());
-        let client = upstream.client.clone();
-        probes.spawn(async move { (i, probe(&b, &client, &cfg).await) });
+        let served = Arc::clone(upstream);
+        probes.spawn(async move { (i, probe(&b, &served.client, &cfg).await) });
     }
     while let Some(joined) = probes.join_next().await {
         let Ok((i, result)) = joined else { continue };
@@ -215,7 +217,7 @@ mod tests {
              [upstream.b.health]\ninterval = \"1h\"\n"
         );
         let config = crate::config::parse_str(&text, std::path::Path::new("t.toml")).unwrap();
-        crate::upstream::build(&config, None)
+        crate::proxy::build::build(&config, None)
     }
 
     fn task_of(c: &Checkers, name: &str) -> tokio::task::Id {

@@ -1,16 +1,20 @@
-//! Config → Snapshot. Runs at startup and on reload, never per request.
+//! Config → Snapshot: the model's upstreams and routes, each upstream with its client
+//! and one connection pool per backend. Runs at startup and on reload, never per
+//! request.
 //! Backends present in the previous snapshot keep their `BackendStats` (in-flight counts,
 //! health, latency) and their idle connections.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{Backend, BackendStats, Route, Snapshot, Tier, Upstream};
+use super::client::Client;
+use super::pool::Pool;
+use super::routing::{Served, Snapshot};
+use crate::balance::{Tier, Upstream};
 use crate::config::{Config, Protocol, Scheme};
 use crate::metrics::UpstreamStats;
-use crate::proxy::client::Client;
-use crate::proxy::client::Pool;
 use crate::upstream::retry::Budget;
+use crate::upstream::{Backend, BackendStats, Route};
 
 /// What a backend keeps across snapshots: its counters and its idle connections, with
 /// what those connections were made for (scheme, and trust for https).
@@ -38,19 +42,22 @@ fn build_with(config: &Config, previous: Option<&Snapshot>, undo_admin: bool) ->
         for u in prev.upstreams.iter() {
             for b in u.all.iter() {
                 let made_for = (b.url.scheme, u.config.ca_file.as_deref(), u.config.protocol);
-                old_stats.insert((&u.name, b.id.to_string()), (&b.stats, &b.pool, made_for));
+                let pool = u.client.pool(b);
+                old_stats.insert((&u.name, b.id.to_string()), (&b.stats, pool, made_for));
             }
         }
     }
 
-    let upstreams: Vec<Arc<Upstream>> = config
+    let upstreams: Vec<Arc<Served>> = config
         .upstreams
         .iter()
         .map(|cfg| {
+            let mut pools = Vec::with_capacity(cfg.backends.len());
             let all: Vec<Arc<Backend>> = cfg
                 .backends
                 .iter()
-                .map(|b| {
+                .enumerate()
+                .map(|(slot, b)| {
                     let (stats, pool) = match old_stats.get(&(cfg.name.as_str(), b.url.id())) {
                         Some((s, p, made_for)) => {
                             // Health and counters carry over; admin changes (drain) last
@@ -86,15 +93,18 @@ fn build_with(config: &Config, previous: Option<&Snapshot>, undo_admin: bool) ->
                             fresh
                         }
                     };
-                    let mut backend =
-                        Backend::with_pool(b.url.clone(), b.weight, b.backup, stats, pool);
+                    let mut backend = Backend::new(b.url.clone(), b.weight, b.backup, stats);
                     backend.slow_start = cfg.slow_start;
+                    backend.sticky_id = crate::balance::sticky::id_of(&backend.id).into();
+                    // Its connections: the client's pool of the same slot.
+                    backend.slot = slot;
+                    pools.push(pool);
                     Arc::new(backend)
                 })
                 .collect();
             let (backups, primaries): (Vec<_>, Vec<_>) =
                 all.iter().cloned().partition(|b| b.backup);
-            let client = Client::new(cfg);
+            let client = Client::new(cfg, pools.into_boxed_slice());
             // The retry budget's window carries over a reload, like backend state: a
             // reload must not reset an upstream to the 3-retries-a-second floor.
             let budget = previous
@@ -111,16 +121,16 @@ fn build_with(config: &Config, previous: Option<&Snapshot>, undo_admin: bool) ->
                     || Arc::new(UpstreamStats::new(&cfg.name)),
                     |u| Arc::clone(&u.stats),
                 );
-            Arc::new(Upstream {
+            let upstream = Upstream {
                 name: Arc::clone(&stats.name),
                 stats,
                 config: cfg.clone(),
                 primaries: Tier::new(cfg, primaries),
                 backups: Tier::new(cfg, backups),
                 all: all.into_boxed_slice(),
-                client,
                 budget,
-            })
+            };
+            Arc::new(Served { upstream, client })
         })
         .collect();
 
@@ -178,47 +188,44 @@ mod tests {
 
     #[test]
     fn idle_connections_carry_over_only_to_the_same_scheme_and_trust() {
-        let b = |s: &Snapshot| Arc::clone(&s.upstreams[0].all[0]);
+        let b = |s: &Snapshot| Arc::clone(s.upstreams[0].client.pool(&s.upstreams[0].all[0]));
         let plain = build(&with_backend("http://127.0.0.1:9", ""), None);
         let again = build(
             &with_backend("127.0.0.1:9", "ca_file = \"x.pem\""),
             Some(&plain),
         );
-        assert!(
-            Arc::ptr_eq(&b(&plain).pool, &b(&again).pool),
-            "plain stays plain"
-        );
+        assert!(Arc::ptr_eq(&b(&plain), &b(&again)), "plain stays plain");
         let tls = build(
             &with_backend("https://127.0.0.1:9", "ca_file = \"x.pem\""),
             Some(&again),
         );
         assert!(
-            !Arc::ptr_eq(&b(&again).pool, &b(&tls).pool),
+            !Arc::ptr_eq(&b(&again), &b(&tls)),
             "plain connections are not TLS"
         );
         assert!(
-            Arc::ptr_eq(&b(&again).stats, &b(&tls).stats),
+            Arc::ptr_eq(
+                &again.upstreams[0].all[0].stats,
+                &tls.upstreams[0].all[0].stats
+            ),
             "counters carry over"
         );
         let same = build(
             &with_backend("https://127.0.0.1:9", "ca_file = \"x.pem\""),
             Some(&tls),
         );
-        assert!(Arc::ptr_eq(&b(&tls).pool, &b(&same).pool));
+        assert!(Arc::ptr_eq(&b(&tls), &b(&same)));
         let other_trust = build(
             &with_backend("https://127.0.0.1:9", "ca_file = \"y.pem\""),
             Some(&same),
         );
-        assert!(
-            !Arc::ptr_eq(&b(&same).pool, &b(&other_trust).pool),
-            "trust changed"
-        );
+        assert!(!Arc::ptr_eq(&b(&same), &b(&other_trust)), "trust changed");
         let h2c = build(
             &with_backend("http://127.0.0.1:9", "protocol = \"h2c\""),
             Some(&plain),
         );
         assert!(
-            !Arc::ptr_eq(&b(&plain).pool, &b(&h2c).pool),
+            !Arc::ptr_eq(&b(&plain), &b(&h2c)),
             "HTTP/1.1 connections are not HTTP/2 ones"
         );
     }
