@@ -13,7 +13,7 @@ use http::{Request, Response, StatusCode};
 use tokio::time::Instant;
 
 use super::Shared;
-use super::body::{ClientBody, Completion, RequestBodyError, ResponseBody};
+use super::body::{ClientBody, Completion, RequestBody, RequestBodyError, ResponseBody};
 use super::client::{BackendBody, Failure, How, SendError, Upgraded};
 use super::conn::Activity;
 use super::error::{ProxyError, chain};
@@ -264,18 +264,8 @@ async fn attempts(
     let upstream = &p.upstream;
     let breq = &mut p.breq;
     let outgoing = &mut p.outgoing;
-    let carried = &p.carried;
-    let sticky_cookie = upstream.config.sticky.as_ref().map(|s| s.cookie.as_str());
-    let mut pinned = carried.clone();
-    let retry = &upstream.config.retry;
-    // A request that reached a backend may be sent again only when idempotent and
-    // bodyless (SPEC §4); one that did not, always.
-    let replayable = !upgrade
-        && retry.attempts > 0
-        && idempotent(breq.method())
-        && http_body::Body::is_end_stream(breq.body());
-    // Only a status retry sends a request again after a response head came back.
-    let recycle = !replayable || !retry.on.iter().any(|o| matches!(o, RetryOn::Status(_)));
+    let mut pinned = p.carried.clone();
+    let policy = Policy::new(upstream, breq, upgrade);
     if upgrade && upstream.client.is_h2() {
         // Not a backend's failure: no pick, no retry, nothing counted against one.
         return Err(ProxyError::BrokeOff(SendError::UpgradeToH2));
@@ -311,76 +301,31 @@ async fn attempts(
                 }
             }
         }
-        let result = tokio::time::timeout_at(
-            started + upstream.config.response_timeout,
-            upstream.client.send(
-                &backend,
-                breq,
-                outgoing.as_ref(),
-                How {
-                    upgrade,
-                    fresh,
-                    recycle,
-                    raw_ok: !conn.via_hyper,
-                },
-            ),
-        )
-        .await;
-        fresh = false;
-        let stats = &backend.stats;
-        // A request none of whose bytes reached a backend cost none of them anything:
-        // its retries are bounded by `attempts` and the backends not tried yet, not by
-        // the budget (SPEC §2), so a refusing backend never costs a client a 502 while
-        // another accepts.
-        let may_retry = |on: RetryOn, resendable: bool, unsent: bool, retries: u32| {
-            resendable
-                && retries < retry.attempts
-                && retry.on.contains(&on)
-                && (unsent && upstream.any_untried(&tried, Instant::now())
-                    || upstream.budget.try_retry(Instant::now()))
+        let how = How {
+            upgrade,
+            fresh,
+            recycle: policy.recycle,
+            raw_ok: !conn.via_hyper,
         };
+        let deadline = started + upstream.config.response_timeout;
+        let sent = upstream.client.send(&backend, breq, outgoing.as_ref(), how);
+        let result = tokio::time::timeout_at(deadline, sent).await;
+        fresh = false;
         match result {
             Ok(Ok(mut resp)) => {
-                let rtt = started.elapsed();
-                stats.observe_latency(rtt);
-                if upstream.config.strategy == StrategyKind::PeakEwma {
-                    // Only peak_ewma reads it; a switch by reload starts from zero,
-                    // which means "try it" (see BackendStats::observe_peak).
-                    stats.observe_peak(started + rtt, rtt);
-                }
-                let status = resp.status().as_u16();
-                if let Some(d) =
-                    outlier::retry_after(status, resp.headers(), std::time::SystemTime::now)
-                {
-                    // The backend asked to be left alone for a while: out of rotation.
-                    let cfg = &upstream.config.outlier;
-                    if outlier::pause(&backend, &upstream.all, cfg, Instant::now(), d) {
-                        tracing::info!(
-                            upstream = %upstream.name,
-                            backend = %backend.id,
-                            status,
-                            out_ms = d.as_millis() as u64,
-                            "backend asked for a pause (Retry-After)"
-                        );
-                    }
-                }
+                let status = observe_answer(upstream, &backend, started, &resp);
                 match Outcome::of_status(status) {
                     Outcome::Success => outlier::success(&backend),
                     outcome => {
                         note_failure(upstream, &backend, outcome);
-                        if may_retry(RetryOn::Status(status), replayable, false, retries) {
+                        let on = RetryOn::Status(status);
+                        if policy.may_retry(on, policy.replayable, false, retries, &tried) {
                             retries += 1;
                             continue; // dropping `resp` closes that connection
                         }
                     }
                 }
-                if let Some(name) = sticky_cookie {
-                    if !carried.as_ref().is_some_and(|b| Arc::ptr_eq(b, &backend)) {
-                        if let Some(v) = sticky::set_cookie(name, &backend, conn.https) {
-                            resp.headers_mut().append(header::SET_COOKIE, v);
-                        }
-                    }
-                }
+                set_sticky(upstream, &p.carried, &backend, conn.https, &mut resp);
                 return Ok(resp);
             }
             Ok(Err(Failure {
@@ -388,22 +333,10 @@ async fn attempts(
                 unsent,
                 reused,
             })) => {
-                match error {
-                    SendError::Body(RequestBodyError::TooLarge) => {
-                        return Err(ProxyError::BodyTooLarge);
-                    }
-                    SendError::Body(RequestBodyError::Client(e)) => {
-                        // The client's own upload broke off or was malformed; not the
-                        // backend's fault. A malformed chunked body says why.
-                        let why = match e.downcast_ref::<super::h1::ClientBodyError>() {
-                            Some(super::h1::ClientBodyError::Wire(WireError::Chunked(why))) => why,
-                            _ => "client request body ended early",
-                        };
-                        return Err(ProxyError::BadRequest(why));
-                    }
-                    _ => {}
+                if let Some(e) = the_clients_fault(&error) {
+                    return Err(e);
                 }
-                let resendable = unsent || replayable;
+                let resendable = unsent || policy.replayable;
                 // A pooled connection that failed: most likely the keep-alive race (the
                 // backend closed it as our request arrived), not the backend's fault.
                 // Once per request, send it again on a fresh connection to the same
@@ -416,20 +349,13 @@ async fn attempts(
                     fresh = true;
                     continue;
                 }
+                note_send_failure(upstream, &backend, &error);
                 let on = if error.is_connect() {
                     RetryOn::ConnectFailure
                 } else {
                     RetryOn::Reset
                 };
-                if error.is_local() {
-                    // Out of descriptors or ports here: not the backend's doing.
-                    tracing::warn!(upstream = %upstream.name, backend = %backend.id, error = %chain(&error), "cannot connect: out of local resources");
-                } else if error.is_unreachable() {
-                    note_failure(upstream, &backend, Outcome::Unreachable);
-                } else {
-                    note_failure(upstream, &backend, Outcome::Failure);
-                }
-                if may_retry(on, resendable, unsent, retries) {
+                if policy.may_retry(on, resendable, unsent, retries, &tried) {
                     retries += 1;
                     continue;
                 }
@@ -441,13 +367,145 @@ async fn attempts(
             }
             Err(_) => {
                 note_failure(upstream, &backend, Outcome::Failure);
-                if may_retry(RetryOn::Timeout, replayable, false, retries) {
+                let on = RetryOn::Timeout;
+                if policy.may_retry(on, policy.replayable, false, retries, &tried) {
                     retries += 1;
                     continue;
                 }
                 return Err(ProxyError::ResponseTimeout);
             }
         }
+    }
+}
+
+/// What the upstream's retry settings allow for one request.
+struct Policy<'a> {
+    upstream: &'a Upstream,
+    /// The request may be sent again after it reached a backend: idempotent and
+    /// bodyless (SPEC §4). One that did not reach any may always be.
+    replayable: bool,
+    /// No status retry can happen: the request's header map may serve the response.
+    recycle: bool,
+}
+
+impl<'a> Policy<'a> {
+    fn new(upstream: &'a Upstream, req: &Request<RequestBody>, upgrade: bool) -> Policy<'a> {
+        let retry = &upstream.config.retry;
+        let replayable = !upgrade
+            && retry.attempts > 0
+            && idempotent(req.method())
+            && http_body::Body::is_end_stream(req.body());
+        // Only a status retry sends a request again after a response head came back.
+        let recycle = !replayable || !retry.on.iter().any(|o| matches!(o, RetryOn::Status(_)));
+        Policy {
+            upstream,
+            replayable,
+            recycle,
+        }
+    }
+
+    /// May the request go to another backend after `retries` retries, for `on`?
+    /// A request none of whose bytes reached a backend cost none of them anything: its
+    /// retries are bounded by `attempts` and the backends not tried yet, not by the
+    /// budget (SPEC §2), so a refusing backend never costs a client a 502 while
+    /// another accepts.
+    fn may_retry(
+        &self,
+        on: RetryOn,
+        resendable: bool,
+        unsent: bool,
+        retries: u32,
+        tried: &Tried,
+    ) -> bool {
+        let retry = &self.upstream.config.retry;
+        resendable
+            && retries < retry.attempts
+            && retry.on.contains(&on)
+            && (unsent && self.upstream.any_untried(tried, Instant::now())
+                || self.upstream.budget.try_retry(Instant::now()))
+    }
+}
+
+/// Notes what a response head says about its backend: latency, and a pause it asked
+/// for (`Retry-After`). Returns the status.
+fn observe_answer(
+    upstream: &Upstream,
+    backend: &Backend,
+    started: Instant,
+    resp: &Response<BackendBody>,
+) -> u16 {
+    let stats = &backend.stats;
+    let rtt = started.elapsed();
+    stats.observe_latency(rtt);
+    if upstream.config.strategy == StrategyKind::PeakEwma {
+        // Only peak_ewma reads it; a switch by reload starts from zero, which means
+        // "try it" (see BackendStats::observe_peak).
+        stats.observe_peak(started + rtt, rtt);
+    }
+    let status = resp.status().as_u16();
+    if let Some(d) = outlier::retry_after(status, resp.headers(), std::time::SystemTime::now) {
+        // The backend asked to be left alone for a while: out of rotation.
+        let cfg = &upstream.config.outlier;
+        if outlier::pause(backend, &upstream.all, cfg, Instant::now(), d) {
+            tracing::info!(
+                upstream = %upstream.name,
+                backend = %backend.id,
+                status,
+                out_ms = d.as_millis() as u64,
+                "backend asked for a pause (Retry-After)"
+            );
+        }
+    }
+    status
+}
+
+/// Pins the client to `backend` with the sticky cookie, unless its cookie named it
+/// already.
+fn set_sticky(
+    upstream: &Upstream,
+    carried: &Option<Arc<Backend>>,
+    backend: &Arc<Backend>,
+    https: bool,
+    resp: &mut Response<BackendBody>,
+) {
+    let Some(sticky) = &upstream.config.sticky else {
+        return;
+    };
+    if carried.as_ref().is_some_and(|b| Arc::ptr_eq(b, backend)) {
+        return;
+    }
+    if let Some(v) = sticky::set_cookie(&sticky.cookie, backend, https) {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+}
+
+/// The answer for a failure that was the client's, not the backend's: its body over
+/// `max_body_bytes`, or its upload broken off or malformed (a malformed chunked body
+/// says why). None for the backend's failures.
+fn the_clients_fault(error: &SendError) -> Option<ProxyError> {
+    match error {
+        SendError::Body(RequestBodyError::TooLarge) => Some(ProxyError::BodyTooLarge),
+        SendError::Body(RequestBodyError::Client(e)) => {
+            let why = match e.downcast_ref::<super::h1::ClientBodyError>() {
+                Some(super::h1::ClientBodyError::Wire(WireError::Chunked(why))) => why,
+                _ => "client request body ended early",
+            };
+            Some(ProxyError::BadRequest(why))
+        }
+        _ => None,
+    }
+}
+
+/// Counts a failed send against `backend`, as what it was: unreachable (refused, no
+/// route, TLS failed), another failure, or nothing when this machine ran out of
+/// descriptors or ports.
+fn note_send_failure(upstream: &Upstream, backend: &Backend, error: &SendError) {
+    if error.is_local() {
+        tracing::warn!(upstream = %upstream.name, backend = %backend.id, error = %chain(error), "cannot connect: out of local resources");
+    } else if error.is_unreachable() {
+        note_failure(upstream, backend, Outcome::Unreachable);
+    } else {
+        note_failure(upstream, backend, Outcome::Failure);
     }
 }
 

@@ -205,7 +205,7 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(address = %addr, "listening");
+        tracing::info!(address = %addr, tls = tls.is_some(), "listening");
     }
     loop {
         // Over max_connections, stop accepting: new clients wait in the kernel backlog.

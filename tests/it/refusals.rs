@@ -8,30 +8,41 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::support::process::{Proc, start_json, temp_config};
+use crate::support::process::{Proc, temp_config};
 use crate::support::*;
 
 fn tls_file(name: &str) -> String {
     format!("{}/tests/data/tls/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The addresses of the second listener and of the admin API, from their events.
-async fn other_addresses(p: Proc) -> (Proc, String, String) {
+/// The plain listener's, the TLS listener's and the admin API's addresses, from their
+/// events, in whatever order the events come.
+async fn addresses(p: Proc) -> (Proc, String, String, String) {
     tokio::task::spawn_blocking(move || {
-        let (mut listener, mut admin) = (None, None);
-        while listener.is_none() || admin.is_none() {
+        let (mut plain, mut tls, mut admin) = (None, None, None);
+        while plain.is_none() || tls.is_none() || admin.is_none() {
             let line = p.line_with("listening\"");
             let j: serde_json::Value = serde_json::from_str(&line).unwrap();
             let addr = j["address"].as_str().unwrap().to_owned();
-            match j["event"].as_str() {
-                Some("admin listening") => admin = Some(addr),
-                _ => listener = Some(addr),
+            match (j["event"].as_str(), j["tls"].as_bool()) {
+                (Some("admin listening"), _) => admin = Some(addr),
+                (_, Some(true)) => tls = Some(addr),
+                _ => plain = Some(addr),
             }
         }
-        (p, listener.unwrap(), admin.unwrap())
+        (p, plain.unwrap(), tls.unwrap(), admin.unwrap())
     })
     .await
     .unwrap()
+}
+
+/// Sends `raw`, says it is done (so sluice, which reads what a refused client still
+/// sends before closing, need not wait for it), and reads the answer.
+async fn refused(addr: std::net::SocketAddr, raw: &[u8], wait: Duration) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(raw).await.unwrap();
+    s.shutdown().await.unwrap();
+    read_until_close(&mut s, wait).await
 }
 
 #[tokio::test]
@@ -62,11 +73,11 @@ backends = [{{ url = "{}" }}]
             be.url()
         ),
     );
-    let (p, plain) = start_json(&["-c", config.to_str().unwrap()]).await;
-    let (p, tls, admin) = other_addresses(p).await;
+    let p = Proc::spawn(&["-c", config.to_str().unwrap(), "--log-format", "json"]);
+    let (p, plain, tls, admin) = addresses(p).await;
     let (plain, tls) = (plain.parse().unwrap(), tls.parse().unwrap());
     let wait = Duration::from_secs(8);
-    let ask = |raw: &'static str| raw_exchange(plain, raw.as_bytes(), wait);
+    let ask = |raw: &'static str| refused(plain, raw.as_bytes(), wait);
 
     let malformed = ask("GET / HTTP/1.1\r\nHost: app.test\r\nno colon here\r\n\r\n").await;
     assert!(malformed.starts_with("HTTP/1.1 400"), "{malformed}");
@@ -79,7 +90,7 @@ backends = [{{ url = "{}" }}]
         "GET / HTTP/1.1\r\nHost: app.test\r\nX-Big: {}\r\n\r\n",
         "x".repeat(3000)
     );
-    let big = raw_exchange(plain, big.as_bytes(), wait).await;
+    let big = refused(plain, big.as_bytes(), wait).await;
     assert!(big.starts_with("HTTP/1.1 431"), "{big}");
     let body = ask("POST / HTTP/1.1\r\nHost: app.test\r\nContent-Length: 100\r\n\r\n").await;
     assert!(body.starts_with("HTTP/1.1 413"), "{body}");
@@ -92,7 +103,7 @@ backends = [{{ url = "{}" }}]
         .unwrap();
     assert!(closes_within(&mut slow, wait).await);
     // Plain HTTP to the TLS port, and a broken handshake.
-    let to_tls = raw_exchange(tls, b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n", wait).await;
+    let to_tls = refused(tls, b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n", wait).await;
     assert!(to_tls.starts_with("HTTP/1.1 400"), "{to_tls}");
     let mut hs = TcpStream::connect(tls).await.unwrap();
     hs.write_all(&[0x16, 0x03, 0x01, 0x00, 0x02, 0xff, 0xff])
