@@ -27,16 +27,15 @@ pub(super) struct Options {
     pub(super) upgrade: bool,
 }
 
-/// Writes the response head and streams its body. Ok(keep): the connection may serve
-/// another request.
-pub(super) async fn write_response(
-    wr: &mut OwnedWriteHalf,
+/// Puts the response head in `out` and decides how its body goes to the client: the
+/// same `Framing` every body has (head.rs), `UntilClose` for an HTTP/1.0 client when
+/// the length is unknown (then the connection cannot be kept: the second value).
+fn encode_head(
     out: &mut Vec<u8>,
     parts: &http::response::Parts,
-    body: &mut ResponseBody,
-    o: Options,
-    mut watch: Option<(&mut OwnedReadHalf, &mut BytesMut)>,
-) -> Result<bool, Cut> {
+    body: &ResponseBody,
+    o: &Options,
+) -> (Framing, bool) {
     let status = parts.status;
     let mut keep = o.keep;
     status_line(out, status);
@@ -97,6 +96,20 @@ pub(super) async fn write_response(
         out.extend_from_slice(b"connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"\r\n");
+    (framing, keep)
+}
+
+/// Writes the response head and streams its body. Ok(keep): the connection may serve
+/// another request.
+pub(super) async fn write_response(
+    wr: &mut OwnedWriteHalf,
+    out: &mut Vec<u8>,
+    parts: &http::response::Parts,
+    body: &mut ResponseBody,
+    o: Options,
+    mut watch: Option<(&mut OwnedReadHalf, &mut BytesMut)>,
+) -> Result<bool, Cut> {
+    let (framing, keep) = encode_head(out, parts, body, &o);
     if framing == Framing::None {
         wr.write_all(out).await?;
         return Ok(keep);
