@@ -27,15 +27,16 @@ pub(super) struct Options {
     pub(super) upgrade: bool,
 }
 
-/// Puts the response head in `out` and decides how its body goes to the client: the
-/// same `Framing` every body has (head.rs), `UntilClose` for an HTTP/1.0 client when
-/// the length is unknown (then the connection cannot be kept: the second value).
-fn encode_head(
+/// Writes the response head and streams its body. Ok(keep): the connection may serve
+/// another request.
+pub(super) async fn write_response(
+    wr: &mut OwnedWriteHalf,
     out: &mut Vec<u8>,
     parts: &http::response::Parts,
-    body: &ResponseBody,
-    o: &Options,
-) -> (Framing, bool) {
+    body: &mut ResponseBody,
+    o: Options,
+    mut watch: Option<(&mut OwnedReadHalf, &mut BytesMut)>,
+) -> Result<bool, Cut> {
     let status = parts.status;
     let mut keep = o.keep;
     status_line(out, status);
@@ -96,20 +97,6 @@ fn encode_head(
         out.extend_from_slice(b"connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    (framing, keep)
-}
-
-/// Writes the response head and streams its body. Ok(keep): the connection may serve
-/// another request.
-pub(super) async fn write_response(
-    wr: &mut OwnedWriteHalf,
-    out: &mut Vec<u8>,
-    parts: &http::response::Parts,
-    body: &mut ResponseBody,
-    o: Options,
-    mut watch: Option<(&mut OwnedReadHalf, &mut BytesMut)>,
-) -> Result<bool, Cut> {
-    let (framing, keep) = encode_head(out, parts, body, &o);
     if framing == Framing::None {
         wr.write_all(out).await?;
         return Ok(keep);
