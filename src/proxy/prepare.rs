@@ -106,9 +106,56 @@ pub(super) fn prepare(
     done: &mut Completion,
     request_id: &HeaderValue,
 ) -> Result<Prepared, ProxyError> {
-    let max_body_bytes = check(shared, conn, &req, raw.as_ref())?;
-    let (upstream, rewritten) = route(shared, &req, raw.as_ref())?;
+    // SPEC §4: a reverse proxy does not tunnel; never forwarded.
+    if req.method() == http::Method::CONNECT {
+        return Err(ProxyError::Connect405);
+    }
+    // Heads sluice parsed itself were checked for framing and Host as they were parsed
+    // (head.rs, h1.rs); hyper's (HTTP/2, and HTTP/1.1 over TLS) get the same rules here.
+    if conn.via_hyper {
+        check_framing(&req)?;
+        if req.version() == Version::HTTP_11 {
+            check_hosts(&req)?;
+        }
+    }
+    let (max_header_bytes, max_body_bytes) = {
+        let l = shared.limits.load();
+        (l.max_header_bytes, l.max_body_bytes)
+    };
+    // HTTP/1 heads were measured as they were parsed (h1.rs).
+    if conn.via_hyper
+        && headers::head_size(req.method(), req.uri(), req.headers()) > max_header_bytes
+    {
+        return Err(ProxyError::HeadTooLarge);
+    }
+    let length = match &raw {
+        Some(r) => r.length,
+        None => content_length(&req),
+    };
+    if max_body_bytes > 0 && length.is_some_and(|n| n > max_body_bytes) {
+        return Err(ProxyError::BodyTooLarge);
+    }
+
+    // Route, keeping no snapshot guard across an await.
+    let (upstream, rewritten): (Arc<Served>, Option<PathAndQuery>) = {
+        let snap = shared.snapshot.load();
+        let path = req.uri().path();
+        let host = match &raw {
+            Some(r) => host_of(req.uri(), r.host.as_ref()),
+            None => request_host(&req),
+        };
+        let (route, upstream) = snap.route(host, path).ok_or(ProxyError::NoRoute)?;
+        let rewritten = route.rewrite(path).and_then(|p| {
+            let pq = match req.uri().query() {
+                Some(q) => format!("{p}?{q}"),
+                None => p.to_owned(),
+            };
+            PathAndQuery::try_from(pq).ok()
+        });
+        (Arc::clone(upstream), rewritten)
+    };
     done.upstream = Some(Arc::clone(&upstream.stats));
+
     let now = done.started;
     upstream.budget.record_request(now);
     let hashing = upstream.config.strategy == StrategyKind::ConsistentHash;
@@ -138,100 +185,8 @@ pub(super) fn prepare(
         Some(r) => r.upgrade,
         None => req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers()),
     };
+
     let (mut parts, body) = req.into_parts();
-    let (outgoing, backend_host) = rewrite(
-        &mut parts, raw, &upstream, conn, request_id, upgrade, rewritten,
-    );
-    let breq = Request::from_parts(parts, RequestBody::new(body, max_body_bytes));
-    Ok(Prepared {
-        upstream,
-        breq,
-        outgoing,
-        key,
-        carried,
-        upgrade,
-        backend_host,
-        now,
-    })
-}
-
-/// What is refused before routing: `CONNECT`, framing and Host in heads hyper parsed
-/// (sluice's own were checked as they were parsed: head.rs, h1/request.rs), a head or
-/// a declared body over the limits. Returns `max_body_bytes`.
-fn check(
-    shared: &Shared,
-    conn: &ConnInfo,
-    req: &Request<ClientBody>,
-    raw: Option<&RawRequest>,
-) -> Result<u64, ProxyError> {
-    // SPEC §4: a reverse proxy does not tunnel; never forwarded.
-    if req.method() == http::Method::CONNECT {
-        return Err(ProxyError::Connect405);
-    }
-    if conn.via_hyper {
-        check_framing(req)?;
-        if req.version() == Version::HTTP_11 {
-            check_hosts(req)?;
-        }
-    }
-    let (max_header_bytes, max_body_bytes) = {
-        let l = shared.limits.load();
-        (l.max_header_bytes, l.max_body_bytes)
-    };
-    // HTTP/1 heads were measured as they were parsed (h1.rs).
-    if conn.via_hyper
-        && headers::head_size(req.method(), req.uri(), req.headers()) > max_header_bytes
-    {
-        return Err(ProxyError::HeadTooLarge);
-    }
-    let length = match raw {
-        Some(r) => r.length,
-        None => content_length(req),
-    };
-    if max_body_bytes > 0 && length.is_some_and(|n| n > max_body_bytes) {
-        return Err(ProxyError::BodyTooLarge);
-    }
-    Ok(max_body_bytes)
-}
-
-/// The route's upstream, and the path it rewrites to (`strip_prefix`), if any. Keeps
-/// no snapshot guard: the upstream is cloned out.
-fn route(
-    shared: &Shared,
-    req: &Request<ClientBody>,
-    raw: Option<&RawRequest>,
-) -> Result<(Arc<Served>, Option<PathAndQuery>), ProxyError> {
-    let snap = shared.snapshot.load();
-    let path = req.uri().path();
-    let host = match raw {
-        Some(r) => host_of(req.uri(), r.host.as_ref()),
-        None => request_host(req),
-    };
-    let (route, upstream) = snap.route(host, path).ok_or(ProxyError::NoRoute)?;
-    let rewritten = route.rewrite(path).and_then(|p| {
-        let pq = match req.uri().query() {
-            Some(q) => format!("{p}?{q}"),
-            None => p.to_owned(),
-        };
-        PathAndQuery::try_from(pq).ok()
-    });
-    Ok((Arc::clone(upstream), rewritten))
-}
-
-/// Rewrites the head for the backend (SPEC §4): Host, the X-Forwarded set, the
-/// request id, hop-by-hop headers gone, the target in origin-form. Raw heads get the
-/// lines sluice writes in an `Outgoing`; others get them in their map. Also says
-/// whether each attempt sets its backend's Host (`host_header = "backend"`, or a
-/// request that named none).
-fn rewrite(
-    parts: &mut http::request::Parts,
-    raw: Option<RawRequest>,
-    upstream: &Served,
-    conn: &ConnInfo,
-    request_id: &HeaderValue,
-    upgrade: bool,
-    rewritten: Option<PathAndQuery>,
-) -> (Option<Outgoing>, bool) {
     // The client's Host: the header (HTTP/1) or the :authority (HTTP/2).
     let given_host = match &raw {
         Some(r) => r.host.as_ref(),
@@ -291,5 +246,16 @@ fn rewrite(
         parts.uri = Uri::from(pq);
     }
     parts.version = Version::HTTP_11;
-    (outgoing, backend_host)
+
+    let breq = Request::from_parts(parts, RequestBody::new(body, max_body_bytes));
+    Ok(Prepared {
+        upstream,
+        breq,
+        outgoing,
+        key,
+        carried,
+        upgrade,
+        backend_host,
+        now,
+    })
 }

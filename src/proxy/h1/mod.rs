@@ -113,23 +113,6 @@ impl Sock {
         Some(r.complete)
     }
 
-    /// The request body to hand on for `framing`. A body takes the reading half and
-    /// the read buffer along; they come back (with any pipelined bytes behind the body)
-    /// when the body is done. None: the reading half is gone (the connection closes).
-    fn lend_body(&mut self, framing: Framing, expect_continue: bool) -> Option<ClientBody> {
-        if framing == Framing::None {
-            return Some(ClientBody::Empty);
-        }
-        let rd = self.rd.take()?;
-        let link = Arc::new(Link::default());
-        // Nothing to ask for if the body is already arriving.
-        let ask = expect_continue && self.buf.is_empty();
-        let buf = std::mem::take(&mut self.buf);
-        let body = H1Body::new(rd, buf, framing, ask, Arc::clone(&link));
-        self.lent = Some(link);
-        Some(ClientBody::H1(body))
-    }
-
     /// The socket whole again, with the bytes read and not used; None if a request
     /// body's reader still holds the reading half.
     pub fn into_stream(mut self) -> Option<(TcpStream, BytesMut)> {
@@ -181,51 +164,6 @@ impl Sock {
     }
 }
 
-/// Reads the next request head, or says how the connection ends: the client closed
-/// or sluice is closing between requests, or the head was refused (answered here,
-/// counted and logged with its reason).
-async fn next_head(
-    sock: &mut Sock,
-    max_head: usize,
-    spare: &mut Option<HeaderMap>,
-    out: &mut Vec<u8>,
-    flags: &Flags,
-    shared: &Shared,
-    info: &ConnInfo,
-) -> Result<Head, End> {
-    loop {
-        if !sock.buf.is_empty() {
-            match parse_head(&mut sock.buf, max_head, spare) {
-                Ok(Some(head)) => return Ok(head),
-                Ok(None) => {}
-                Err(e) => {
-                    let (status, reason) = match e {
-                        HeadError::TooLarge => (431, Refusal::HeaderTooLarge),
-                        HeadError::Bad(why) => (400, Refusal::BadRequest(why)),
-                    };
-                    shared.unrouted.add(status);
-                    telemetry::refused_request(&shared.refused, info.client, status, reason);
-                    let _ = refuse(&mut sock.wr, out, &e).await;
-                    return Err(End::Linger);
-                }
-            }
-        } else if flags.closing() {
-            return Err(End::Close);
-        }
-        let Some(rd) = sock.rd.as_mut() else {
-            return Err(End::Close);
-        };
-        flags.set_idle(sock.buf.is_empty());
-        sock.buf.reserve(HEAD_READ);
-        let n = rd.read_buf(&mut sock.buf).await;
-        flags.set_idle(false);
-        match n {
-            Ok(0) | Err(_) => return Err(End::Close),
-            Ok(_) => info.activity.on_read(),
-        }
-    }
-}
-
 /// Serves requests on `sock` until the connection should close or be upgraded. What
 /// is left in `sock.buf` when it returns belongs to the connection (a tunnel's first
 /// bytes).
@@ -235,11 +173,38 @@ pub async fn serve(sock: &mut Sock, shared: &Shared, info: &Arc<ConnInfo>, flags
     let mut spare: Option<HeaderMap> = None;
     let mut out: Vec<u8> = Vec::with_capacity(OUT_GUESS);
     loop {
-        let head = match next_head(sock, max_head, &mut spare, &mut out, flags, shared, info).await
-        {
-            Ok(head) => head,
-            Err(end) => return end,
+        let head = loop {
+            if !sock.buf.is_empty() {
+                match parse_head(&mut sock.buf, max_head, &mut spare) {
+                    Ok(Some(head)) => break head,
+                    Ok(None) => {}
+                    Err(e) => {
+                        let (status, reason) = match e {
+                            HeadError::TooLarge => (431, Refusal::HeaderTooLarge),
+                            HeadError::Bad(why) => (400, Refusal::BadRequest(why)),
+                        };
+                        shared.unrouted.add(status);
+                        telemetry::refused_request(&shared.refused, info.client, status, reason);
+                        let _ = refuse(&mut sock.wr, &mut out, &e).await;
+                        return End::Linger;
+                    }
+                }
+            } else if flags.closing() {
+                return End::Close;
+            }
+            let Some(rd) = sock.rd.as_mut() else {
+                return End::Close;
+            };
+            flags.set_idle(sock.buf.is_empty());
+            sock.buf.reserve(HEAD_READ);
+            let n = rd.read_buf(&mut sock.buf).await;
+            flags.set_idle(false);
+            match n {
+                Ok(0) | Err(_) => return End::Close,
+                Ok(_) => info.activity.on_read(),
+            }
         };
+
         let Head {
             parts,
             raw,
@@ -249,10 +214,23 @@ pub async fn serve(sock: &mut Sock, shared: &Shared, info: &Arc<ConnInfo>, flags
         } = head;
         let head_only = parts.method == Method::HEAD;
         let http10 = parts.version == Version::HTTP_10;
-        let Some(body) = sock.lend_body(framing, expect_continue) else {
-            return End::Close;
+        // A request with a body takes the reading half and the read buffer along; they
+        // come back (with any pipelined bytes behind the body) when the body is done.
+        let (body, has_body) = match framing {
+            Framing::None => (ClientBody::Empty, false),
+            f => {
+                let Some(rd) = sock.rd.take() else {
+                    return End::Close;
+                };
+                let link = Arc::new(Link::default());
+                // Nothing to ask for if the body is already arriving.
+                let ask = expect_continue && sock.buf.is_empty();
+                let buf = std::mem::take(&mut sock.buf);
+                let body = H1Body::new(rd, buf, f, ask, Arc::clone(&link));
+                sock.lent = Some(link);
+                (ClientBody::H1(body), true)
+            }
         };
-        let has_body = !matches!(body, ClientBody::Empty);
         // Pinned where it is made: the future is large, and every move copies it.
         let mut answer =
             std::pin::pin!(handle(shared, info, Request::from_parts(parts, body), raw));
