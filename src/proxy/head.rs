@@ -17,7 +17,7 @@ use super::headers::{self, HOP_CONNECTION, HOP_TE, HOP_TRANSFER_ENCODING, HOP_UP
 pub const MAX_HEADERS: usize = 100;
 /// Room reserved for each read of a head, on either side: most heads, and the first
 /// bytes of a body behind them, arrive in one read.
-pub const HEAD_READ: usize = 8 * 1024;
+pub const HEAD_READ: usize = 4 * 1024;
 /// The most header lines a raw head leaves out before the map's path is taken instead.
 pub const MAX_CUTS: usize = 8;
 
@@ -147,6 +147,7 @@ pub enum Kind {
 }
 
 impl Kind {
+    #[inline]
     pub fn of(name: &[u8], side: Side) -> Kind {
         match headers::hop_bit(name) {
             0 => {}
@@ -173,6 +174,7 @@ impl Kind {
     /// Is a line of this kind left out of a raw head passed on? Hop-by-hop lines (a
     /// request's `TE: trailers` excepted: its value is checked by the caller) and the
     /// lines sluice writes itself.
+    #[inline]
     fn cut(self, side: Side) -> bool {
         match self {
             Kind::Connection | Kind::TransferEncoding | Kind::Upgrade | Kind::Hop => true,
@@ -218,6 +220,7 @@ pub struct Scan {
 
 /// Scans the header lines `spans` of the head `raw` (its whole bytes, ending with the
 /// blank line) from `side`. `raw_ok`: the caller would pass the lines on raw.
+#[inline]
 pub fn scan(raw: &Bytes, spans: &[Span], side: Side, raw_ok: bool) -> Result<Scan, Refused> {
     let mut s = Scan {
         raw_ok: raw_ok && raw.ends_with(b"\r\n\r\n"),
@@ -316,6 +319,7 @@ pub fn scan(raw: &Bytes, spans: &[Span], side: Side, raw_ok: bool) -> Result<Sca
 
 /// A Content-Length value: digits only (no sign, no list), at most 19 of them, so it
 /// fits in 64 bits; spaces around are allowed.
+#[inline]
 pub fn parse_length(v: &[u8]) -> Option<u64> {
     let v = v.trim_ascii();
     if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
