@@ -262,7 +262,7 @@ pub fn check_host(v: &[u8]) -> Result<(), &'static str> {
     if v.is_empty() {
         return Err("empty Host");
     }
-    let (host, port) = if v[0] == b'[' {
+    let port = if v[0] == b'[' {
         let end = v
             .iter()
             .position(|&b| b == b']')
@@ -275,19 +275,21 @@ pub fn check_host(v: &[u8]) -> Result<(), &'static str> {
         {
             return Err("invalid Host: bad IP literal");
         }
-        (&v[..=end], &v[end + 1..])
+        &v[end + 1..]
     } else {
-        match v.iter().position(|&b| b == b':') {
-            Some(c) => (&v[..c], &v[c..]),
-            None => (v, &v[v.len()..]),
+        // One pass over a name (the common case): its bytes, up to a colon.
+        let mut i = 0;
+        while i < v.len() && REG_NAME[usize::from(v[i])] {
+            i += 1;
         }
+        if i == 0 {
+            return Err("invalid Host: no host");
+        }
+        if i < v.len() && v[i] != b':' {
+            return Err("invalid Host");
+        }
+        &v[i..]
     };
-    if host.is_empty() {
-        return Err("invalid Host: no host");
-    }
-    if host[0] != b'[' && !host.iter().all(|&b| REG_NAME[usize::from(b)]) {
-        return Err("invalid Host");
-    }
     match port.split_first() {
         None => Ok(()),
         Some((b':', digits)) if digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit) => {
