@@ -468,7 +468,10 @@ fn refusal_of(e: &(dyn std::error::Error + 'static)) -> Option<(u16, Refusal)> {
                 return Some((status, Refusal::HeaderTooLarge));
             }
             if h.is_parse() && !h.is_parse_version_h2() && !h.is_parse_status() {
-                return Some((400, Refusal::BadRequest("malformed request head")));
+                return Some((
+                    400,
+                    Refusal::BadRequest(super::head::Refused::Malformed.reason()),
+                ));
             }
             return None;
         }
