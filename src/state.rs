@@ -22,8 +22,9 @@ pub struct State {
     overrides: Option<Overrides>,
     /// Serializes configuration changes (reloads and admin edits).
     edits: Mutex<()>,
-    /// Active health checkers of the current snapshot, replaced with it.
-    checkers: Mutex<Option<crate::proxy::probe::Checkers>>,
+    /// Active health checkers of the current snapshot, replaced with it; None once
+    /// stopped for good (shutdown), so a late reload does not start them again.
+    checkers: Mutex<Option<Option<crate::proxy::probe::Checkers>>>,
 }
 
 /// Why a reload did not happen.
@@ -72,7 +73,7 @@ impl State {
             config_path,
             overrides,
             edits: Mutex::new(()),
-            checkers: Mutex::new(None),
+            checkers: Mutex::new(Some(None)),
         })
     }
 
@@ -86,14 +87,17 @@ impl State {
     /// inside the runtime.
     pub fn restart_health_checks(&self) {
         let mut slot = self.checkers.lock().unwrap_or_else(|p| p.into_inner());
-        let previous = slot.take();
-        *slot = Some(crate::proxy::probe::start(
+        let Some(running) = slot.as_mut() else {
+            return; // stopped for good
+        };
+        let previous = running.take();
+        *running = Some(crate::proxy::probe::start(
             &self.shared.snapshot.load(),
             previous,
         ));
     }
 
-    /// Stops the active health checkers (shutdown).
+    /// Stops the active health checkers for good (shutdown).
     pub fn stop_health_checks(&self) {
         self.checkers
             .lock()

@@ -47,6 +47,9 @@ impl Chunked {
                     let Some(line) = crlf_line(buf, MAX_CHUNK_LINE)? else {
                         return Ok(Step::NeedMore);
                     };
+                    if line > MAX_CHUNK_LINE {
+                        return Err(WireError::Chunked("chunked body line too long"));
+                    }
                     let size = chunk_size(&buf[..line])?;
                     buf.advance(line + 2);
                     *self = if size == 0 {
@@ -82,6 +85,9 @@ impl Chunked {
                     let Some(line) = crlf_line(buf, room)? else {
                         return Ok(Step::NeedMore);
                     };
+                    if line + 2 > room {
+                        return Err(WireError::Chunked("trailers too long"));
+                    }
                     if line == 0 {
                         buf.advance(2);
                         *self = Chunked::Done;
@@ -418,6 +424,12 @@ mod tests {
             "5\r\nAAAAA\r\n0\r\nno colon\r\n\r\n",
             "5\r\nAAAAA\r\n0\r\nX-T: a\x00b\r\n\r\n",
         ] {
+            assert!(decode(bad).is_err(), "{bad:?} must be refused");
+        }
+        // Limits hold for lines that arrive whole, too.
+        let long_size = format!("5;{}\r\nAAAAA\r\n0\r\n\r\n", "a".repeat(MAX_CHUNK_LINE));
+        let long_trailers = format!("0\r\n{}\r\n", "X-T: 1\r\n".repeat(MAX_TRAILERS / 8 + 1));
+        for bad in [long_size.as_str(), long_trailers.as_str()] {
             assert!(decode(bad).is_err(), "{bad:?} must be refused");
         }
     }

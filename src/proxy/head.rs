@@ -317,6 +317,21 @@ pub fn scan(raw: &Bytes, spans: &[Span], side: Side, raw_ok: bool) -> Result<Sca
     Ok(s)
 }
 
+/// Is the request target of a form its method may use (RFC 9112 §3.2)? Origin-form
+/// (`/path`) and absolute-form (`http://host/path`) for any method, asterisk-form (`*`)
+/// for OPTIONS, authority-form (`host:port`) for CONNECT (refused later with 405).
+/// Anything else, such as `GET host` (which would route by `host` whatever the Host
+/// line says), is refused.
+pub fn target_form(method: &http::Method, uri: &http::Uri) -> Result<(), Refused> {
+    let ok = match (uri.scheme(), uri.authority()) {
+        (Some(_), _) => true,
+        (None, Some(_)) => *method == http::Method::CONNECT,
+        (None, None) if uri.path() == "*" => *method == http::Method::OPTIONS,
+        (None, None) => uri.path().starts_with('/'),
+    };
+    if ok { Ok(()) } else { Err(Refused::Target) }
+}
+
 /// A Content-Length value: digits only (no sign, no list), at most 19 of them, so it
 /// fits in 64 bits; spaces around are allowed.
 #[inline]

@@ -6,6 +6,7 @@ use super::body::{ClientBody, Completion, RequestBody};
 use super::error::ProxyError;
 use super::forward::ConnInfo;
 use super::h1::{Outgoing, RawRequest};
+use super::head;
 use super::headers::{self, X_REQUEST_ID};
 use super::routing::Served;
 use crate::balance::{hash_key, sticky};
@@ -55,15 +56,23 @@ fn check_framing<B>(req: &Request<B>) -> Result<(), ProxyError> {
     Ok(())
 }
 
-/// RFC 9112 §3.2 for an HTTP/1.1 request hyper parsed: exactly one valid Host, and
-/// no userinfo in an absolute-form target (h1.rs checks its own heads as it parses).
+/// RFC 9112 §3.2 for a request hyper parsed (HTTP/2, HTTP/1.x over TLS): every Host
+/// valid and at most one, exactly one in HTTP/1.1, a target of a form its method may
+/// use, and no userinfo in its authority (h1/ checks its own heads as it parses).
 fn check_hosts<B>(req: &Request<B>) -> Result<(), ProxyError> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
-    let host = hosts.next().ok_or(ProxyError::BadRequest("missing Host"))?;
+    match hosts.next() {
+        Some(host) => headers::check_host(host.as_bytes()).map_err(ProxyError::BadRequest)?,
+        // HTTP/1.1 must name its host; HTTP/1.0 and HTTP/2 (:authority) need not.
+        None if req.version() == Version::HTTP_11 => {
+            return Err(ProxyError::BadRequest("missing Host"));
+        }
+        None => {}
+    }
     if hosts.next().is_some() {
         return Err(ProxyError::BadRequest("duplicate Host"));
     }
-    headers::check_host(host.as_bytes()).map_err(ProxyError::BadRequest)?;
+    head::target_form(req.method(), req.uri()).map_err(|r| ProxyError::BadRequest(r.reason()))?;
     if let Some(a) = req.uri().authority() {
         headers::check_host(a.as_str().as_bytes())
             .map_err(|_| ProxyError::BadRequest("invalid authority in the request target"))?;
@@ -114,9 +123,7 @@ pub(super) fn prepare(
     // (head.rs, h1.rs); hyper's (HTTP/2, and HTTP/1.1 over TLS) get the same rules here.
     if conn.via_hyper {
         check_framing(&req)?;
-        if req.version() == Version::HTTP_11 {
-            check_hosts(&req)?;
-        }
+        check_hosts(&req)?;
     }
     let (max_header_bytes, max_body_bytes) = {
         let l = shared.limits.load();

@@ -250,6 +250,9 @@ pub fn parse_response_head(
         let keep_alive = !scan.close
             && status != StatusCode::SWITCHING_PROTOCOLS
             && framing != Framing::UntilClose
+            // RFC 9112 §6.1: chunked in an HTTP/1.0 message is faulty framing; read
+            // it, then close.
+            && !(scan.chunked && version == Version::HTTP_10)
             && (version == Version::HTTP_11 || scan.keep_alive);
         return Ok(Some(Head {
             status,

@@ -184,6 +184,9 @@ const CASES: &[(&str, &[u8], Expect)] = &[
     ("method with a bad byte", b"G@T / HTTP/1.1\r\nHost: a\r\n\r\n", refused(400)),
     ("bare CR in the request line", b"GET / HTTP/1.1\rHost: a\r\n\r\n", refused(400)),
     ("userinfo in an absolute-form target", b"GET http://user:pw@a.example/ HTTP/1.1\r\nHost: a.example\r\n\r\n", refused(400)),
+    ("authority-form for GET", b"GET foo HTTP/1.1\r\nHost: a\r\n\r\n", refused(400)),
+    ("authority-form with a port", b"GET b.example:80 HTTP/1.1\r\nHost: a\r\n\r\n", refused(400)),
+    ("asterisk for GET", b"GET * HTTP/1.1\r\nHost: a\r\n\r\n", refused(400)),
     ("CONNECT", b"CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\n\r\n", refused(405)),
     ("CONNECT to a name", b"CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n", refused(405)),
     // --- Host.
