@@ -178,8 +178,7 @@ impl Kind {
     fn cut(self, side: Side) -> bool {
         match self {
             Kind::Connection | Kind::TransferEncoding | Kind::Upgrade | Kind::Hop => true,
-            Kind::Te => true,
-            Kind::RequestId => true,
+            Kind::Te | Kind::RequestId => true,
             Kind::Host | Kind::ForwardedFor | Kind::ForwardedOther => side == Side::Request,
             Kind::Other | Kind::ContentLength | Kind::Expect | Kind::Date => false,
         }
@@ -252,7 +251,7 @@ pub fn scan(raw: &Bytes, spans: &[Span], side: Side, raw_ok: bool) -> Result<Sca
                 if s.chunked {
                     return Err(Refused::TransferEncodingTwice);
                 }
-                if !value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                if !is_chunked(value) {
                     return Err(Refused::TransferEncoding);
                 }
                 s.chunked = true;
@@ -315,6 +314,12 @@ pub fn scan(raw: &Bytes, spans: &[Span], side: Side, raw_ok: bool) -> Result<Sca
         s.lines.set(raw.slice(lines_at..lines_end));
     }
     Ok(s)
+}
+
+/// Is a Transfer-Encoding value exactly `chunked`, the one coding sluice accepts?
+#[inline]
+pub fn is_chunked(value: &[u8]) -> bool {
+    value.trim_ascii().eq_ignore_ascii_case(b"chunked")
 }
 
 /// Is the request target of a form its method may use (RFC 9112 §3.2)? Origin-form

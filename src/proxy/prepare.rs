@@ -22,35 +22,28 @@ use tokio::time::Instant;
 /// parsed: both Content-Length and Transfer-Encoding, several differing Content-Length
 /// values, or a Transfer-Encoding other than chunked (head.rs's rules, on a map).
 fn check_framing<B>(req: &Request<B>) -> Result<(), ProxyError> {
+    use head::Refused;
+    let refuse = |r: Refused| Err(ProxyError::BadRequest(r.reason()));
     let h = req.headers();
-    // HTTP/1.1 over TLS, parsed by hyper: the same Transfer-Encoding rule as h1.rs
-    // (HTTP/2 has none but `trailers`, which h2 checks).
+    // HTTP/2 has no Transfer-Encoding but `trailers`, which h2 checks.
     if req.version() <= Version::HTTP_11 {
         let mut te = h.get_all(header::TRANSFER_ENCODING).iter();
         if let Some(first) = te.next() {
             if te.next().is_some() {
-                return Err(ProxyError::BadRequest("Transfer-Encoding given twice"));
+                return refuse(Refused::TransferEncodingTwice);
             }
-            if !first
-                .as_bytes()
-                .trim_ascii()
-                .eq_ignore_ascii_case(b"chunked")
-            {
-                return Err(ProxyError::BadRequest(
-                    "Transfer-Encoding other than chunked",
-                ));
+            if !head::is_chunked(first.as_bytes()) {
+                return refuse(Refused::TransferEncoding);
             }
         }
     }
     let mut cls = h.get_all(header::CONTENT_LENGTH).iter();
     if let Some(first) = cls.next() {
         if h.contains_key(header::TRANSFER_ENCODING) {
-            return Err(ProxyError::BadRequest(
-                "both Content-Length and Transfer-Encoding",
-            ));
+            return refuse(Refused::BothFramings);
         }
         if cls.any(|v| v != first) {
-            return Err(ProxyError::BadRequest("differing Content-Length values"));
+            return refuse(Refused::DifferingLengths);
         }
     }
     Ok(())
@@ -81,13 +74,7 @@ fn check_hosts<B>(req: &Request<B>) -> Result<(), ProxyError> {
 }
 
 fn content_length<B>(req: &Request<B>) -> Option<u64> {
-    req.headers()
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    head::parse_length(req.headers().get(header::CONTENT_LENGTH)?.as_bytes())
 }
 
 /// A request routed and rewritten, ready for its backend.
