@@ -66,6 +66,19 @@ impl Shared {
         })
     }
 
+    /// Counts and logs a request sluice answered itself before reading it as a request
+    /// it could route (a head too large or malformed, plain HTTP on a TLS port): in
+    /// `sluice_requests_total` with empty labels, and as a refusal with its reason.
+    pub fn refused_request(
+        &self,
+        client: std::net::SocketAddr,
+        status: u16,
+        reason: crate::telemetry::Refusal,
+    ) {
+        self.unrouted.add(status);
+        crate::telemetry::refused_request(&self.refused, client, status, reason);
+    }
+
     /// Makes `config` and `snapshot` the ones served, in one store each: the snapshot
     /// first, so that a request never sees limits or config newer than its routes.
     pub fn install(&self, config: Config, snapshot: Snapshot) {

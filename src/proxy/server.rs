@@ -502,8 +502,7 @@ pub(super) async fn drive<C, E>(
                 if let Err(e) = r {
                     match refusal_of(&e) {
                         Some((status, reason)) => {
-                            ctx.shared.unrouted.add(status);
-                            telemetry::refused_request(&ctx.shared.refused, ctx.client, status, reason);
+                            ctx.shared.refused_request(ctx.client, status, reason);
                         }
                         None => tracing::debug!(client = %ctx.client, error = %e, "connection ended with an error"),
                     }

@@ -106,9 +106,8 @@ async fn refuse_plain_http(mut stream: TcpStream, ctx: &ConnCtx) {
         "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{BODY}",
         BODY.len()
     );
-    ctx.shared.unrouted.add(400);
-    let counts = &ctx.shared.refused;
-    telemetry::refused_request(counts, ctx.client, 400, Refusal::PlainHttpOnTls);
+    ctx.shared
+        .refused_request(ctx.client, 400, Refusal::PlainHttpOnTls);
     if stream.write_all(answer.as_bytes()).await.is_err() {
         return;
     }

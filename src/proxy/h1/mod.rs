@@ -26,7 +26,7 @@ use super::body::ClientBody;
 use super::client::Upgraded;
 use super::forward::{After, Answered, ConnInfo, handle};
 use super::head::{Framing, HEAD_READ};
-use crate::telemetry::{self, Refusal};
+use crate::telemetry::Refusal;
 
 /// Room reserved up front for writing a response head.
 const OUT_GUESS: usize = 1024;
@@ -183,8 +183,7 @@ pub async fn serve(sock: &mut Sock, shared: &Shared, info: &Arc<ConnInfo>, flags
                             HeadError::TooLarge => (431, Refusal::HeaderTooLarge),
                             HeadError::Bad(why) => (400, Refusal::BadRequest(why)),
                         };
-                        shared.unrouted.add(status);
-                        telemetry::refused_request(&shared.refused, info.client, status, reason);
+                        shared.refused_request(info.client, status, reason);
                         let _ = refuse(&mut sock.wr, &mut out, &e).await;
                         return End::Linger;
                     }
