@@ -300,14 +300,14 @@ pub fn status_json(state: &State) -> String {
                     .iter()
                     .map(|b| {
                         let s = &b.stats;
+                        let state = s.state(now);
                         BackendStatus {
                             url: b.url.to_string(),
                             id: b.id.to_string(),
                             weight: b.weight,
                             backup: b.backup,
-                            state: s.state(now).as_str(),
-                            failing: s.is_failing()
-                                && s.state(now) == crate::upstream::State::Healthy,
+                            state: state.as_str(),
+                            failing: s.is_failing() && state == crate::upstream::State::Healthy,
                             inflight: s.inflight.load(Ordering::Relaxed),
                             requests: s.requests.load(Ordering::Relaxed),
                             failures: s.failures.load(Ordering::Relaxed),

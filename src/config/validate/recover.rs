@@ -35,10 +35,11 @@ pub(super) fn deserialize(text: &str) -> Recovered {
     let (mut doc, syntax) = DeTable::parse_recoverable(text);
     if !syntax.is_empty() {
         // Recovery from a syntax error may misread the rest: report the syntax alone.
-        let problems = syntax.iter().map(|e| from_toml_error(e, text)).collect();
+        let mut problems: Vec<Problem> = syntax.iter().map(|e| from_toml_error(e, text)).collect();
+        problems.dedup();
         return Recovered {
             raw: None,
-            problems: dedup(problems),
+            problems,
             misspelt_in: Vec::new(),
         };
     }
@@ -152,9 +153,4 @@ fn take_out_of_array<'i>(a: &mut DeArray<'i>, span: &Range<usize>) -> Option<Tak
 /// Does `inner` lie within `outer` (an empty `inner` at its start counts)?
 fn within(inner: &Range<usize>, outer: &Range<usize>) -> bool {
     outer.start <= inner.start && inner.end <= outer.end && !(outer.is_empty() && inner != outer)
-}
-
-fn dedup(mut problems: Vec<Problem>) -> Vec<Problem> {
-    problems.dedup();
-    problems
 }
