@@ -547,3 +547,30 @@ async fn the_sticky_cookie_is_secure_over_tls() {
     let cookie = h["set-cookie"].to_str().unwrap();
     assert!(!cookie.to_ascii_lowercase().contains("secure"), "{cookie}");
 }
+
+/// SPEC §4's Host, target and CONNECT rules hold for heads hyper parses (HTTP/1.x
+/// over TLS) as for sluice's own: each refused, none reaching the backend.
+#[tokio::test]
+async fn heads_parsed_by_hyper_get_the_same_host_and_target_rules() {
+    let be = TestBackend::replying("tls").await;
+    let lb = tls_sluice(&be).await;
+    for (raw, want) in [
+        ("GET / HTTP/1.1\r\nHost: a.test/../x\r\n\r\n", "400"),
+        ("GET / HTTP/1.1\r\nHost: user@a.test\r\n\r\n", "400"),
+        ("GET / HTTP/1.0\r\nHost: exa mple\r\n\r\n", "400"),
+        ("GET foo HTTP/1.1\r\nHost: a.test\r\n\r\n", "400"),
+        ("GET * HTTP/1.1\r\nHost: a.test\r\n\r\n", "400"),
+        (
+            "CONNECT a.test:443 HTTP/1.1\r\nHost: a.test:443\r\n\r\n",
+            "405",
+        ),
+    ] {
+        let mut s = connect(&lb, Some("a.test"), &[b"http/1.1"]).await;
+        s.write_all(raw.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(DEADLINE, s.read_to_end(&mut got)).await;
+        let got = String::from_utf8_lossy(&got);
+        assert_eq!(got.split(' ').nth(1), Some(want), "{raw:?}: {got}");
+    }
+    assert_eq!(be.hits(), 0);
+}
