@@ -250,6 +250,23 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     }
 }
 
+/// Reads and drops what a client still sends, until it stops (EOF, an error) or
+/// `at_most` bytes came: before closing a connection whose answer is written, so that
+/// unread bytes do not turn the close into a reset that destroys the answer. The caller
+/// bounds the time.
+pub async fn drain<R: tokio::io::AsyncRead + Unpin>(r: &mut R, at_most: usize) {
+    use tokio::io::AsyncReadExt;
+    // On the heap: in a future it would make every connection task this much larger.
+    let mut scratch = vec![0u8; 16 * 1024];
+    let mut total = 0;
+    while total < at_most {
+        match r.read(&mut scratch).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => total += n,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

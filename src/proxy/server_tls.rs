@@ -10,7 +10,7 @@ use bytes::Bytes;
 use hyper_util::rt::TokioIo;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
@@ -114,15 +114,6 @@ async fn refuse_plain_http(mut stream: TcpStream, ctx: &ConnCtx) {
     // Read what the client sent before closing: closing with unread bytes would reset
     // the connection and could destroy the answer.
     let _ = stream.shutdown().await;
-    let mut scratch = [0u8; 4096];
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        let mut total = 0;
-        while total < 64 * 1024 {
-            match stream.read(&mut scratch).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => total += n,
-            }
-        }
-    })
-    .await;
+    let drain = super::conn::drain(&mut stream, 64 * 1024);
+    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
 }

@@ -146,18 +146,8 @@ impl Sock {
                     self.reclaim();
                 }
             }
-            let Some(rd) = self.rd.as_mut() else {
-                return;
-            };
-            // On the heap: in the future it would make every connection task this
-            // much larger.
-            let mut scratch = vec![0u8; 16 * 1024];
-            let mut total = 0;
-            while total < AT_MOST {
-                match rd.read(&mut scratch).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => total += n,
-                }
+            if let Some(rd) = self.rd.as_mut() {
+                super::conn::drain(rd, AT_MOST).await;
             }
         })
         .await;
