@@ -23,9 +23,9 @@ use crate::upstream::Backend;
 /// A request body as it comes from the client.
 pub enum ClientBody {
     Empty,
-    /// HTTP/1.1, read by sluice's own server (h1.rs).
+    /// HTTP/1.x, read by sluice's own loop (h1/), over TLS or not.
     H1(H1Body),
-    /// Read by hyper: HTTP/2, and HTTP/1.1 over TLS.
+    /// Read by hyper: HTTP/2.
     Hyper(Incoming),
 }
 

@@ -90,7 +90,17 @@ pub enum Verdict {
     /// Idle for `PARK_AFTER`: park the connection.
     Park,
     /// Close the connection: no request is active and a limit ran out.
-    Close(&'static str),
+    Close(Expired),
+}
+
+/// The limit that closed a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expired {
+    /// A request head (or the TLS handshake) took longer than `header_read_timeout`:
+    /// a refusal.
+    HeaderRead,
+    /// Idle between requests for `idle_timeout`: an ordinary end.
+    Idle,
 }
 
 impl Activity {
@@ -154,7 +164,7 @@ impl Activity {
         if head != 0 {
             let deadline = head + t.header_read.as_millis() as u64;
             return if now >= deadline {
-                Verdict::Close("header_read_timeout")
+                Verdict::Close(Expired::HeaderRead)
             } else {
                 Verdict::WaitUntil((Instant::now() + PARK_AFTER).min(instant_of(deadline)))
             };
@@ -162,7 +172,7 @@ impl Activity {
         let idle = self.idle_since.load(Ordering::Relaxed);
         let deadline = idle + t.idle.as_millis() as u64;
         if now >= deadline {
-            Verdict::Close("idle_timeout")
+            Verdict::Close(Expired::Idle)
         } else if can_park && now >= idle + PARK_AFTER.as_millis() as u64 {
             Verdict::Park
         } else if can_park {
@@ -294,7 +304,7 @@ mod tests {
             assert!(matches!(a.check(t, false), Verdict::WaitUntil(_)));
         }
         tokio::time::advance(Duration::from_millis(250)).await;
-        assert_eq!(a.check(t, false), Verdict::Close("idle_timeout"));
+        assert_eq!(a.check(t, false), Verdict::Close(Expired::Idle));
     }
 
     #[test]
@@ -317,7 +327,7 @@ mod tests {
         a.begin_request();
         assert!(matches!(a.check(T0, true), Verdict::WaitUntil(_)));
         a.end_request();
-        assert_eq!(a.check(T0, true), Verdict::Close("idle_timeout"));
+        assert_eq!(a.check(T0, true), Verdict::Close(Expired::Idle));
     }
 
     #[test]
@@ -365,12 +375,12 @@ mod tests {
             idle: Duration::from_secs(60),
         };
         let a = Activity::new();
-        assert_eq!(a.check(long, true), Verdict::Close("header_read_timeout"));
+        assert_eq!(a.check(long, true), Verdict::Close(Expired::HeaderRead));
         a.begin_request();
         a.end_request();
         assert!(matches!(a.check(long, true), Verdict::WaitUntil(_)));
         a.on_read();
-        assert_eq!(a.check(long, true), Verdict::Close("header_read_timeout"));
+        assert_eq!(a.check(long, true), Verdict::Close(Expired::HeaderRead));
     }
 
     #[test]

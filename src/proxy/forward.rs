@@ -5,8 +5,8 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
@@ -35,18 +35,12 @@ pub struct ConnInfo {
     /// `client`'s IP as a header value, for X-Forwarded-For.
     pub client_ip: HeaderValue,
     pub https: bool,
-    /// Served by hyper (HTTP/2, and HTTP/1.1 over TLS): requests come as header maps;
-    /// else by h1.rs, which passes header lines raw and checks head sizes as it parses.
+    /// Served by hyper (HTTP/2): requests come as header maps; else by h1/, which
+    /// passes header lines raw and checks framing, Host and head sizes as it parses.
     pub via_hyper: bool,
     pub activity: Arc<Activity>,
     /// Where refusals are counted (`Shared::refused`).
     pub refused: Arc<crate::telemetry::Refusals>,
-    /// Both sides of an accepted upgrade when hyper serves the connection (HTTP/1.1
-    /// over TLS), for the connection task to join once hyper lets go of it. A hand-off
-    /// because hyper's API leaves no other way: its service returns a response only,
-    /// and the tunnel must run on the connection's task to keep its `max_connections`
-    /// permit. sluice's own HTTP/1 loop gets `After::Tunnel` instead.
-    tunnel: Mutex<Option<(hyper::upgrade::OnUpgrade, Upgraded)>>,
 }
 
 impl ConnInfo {
@@ -64,13 +58,7 @@ impl ConnInfo {
             via_hyper,
             activity,
             refused,
-            tunnel: Mutex::new(None),
         }
-    }
-
-    /// Both sides of an accepted upgrade of a connection hyper serves, if any.
-    pub fn take_tunnel(&self) -> Option<(hyper::upgrade::OnUpgrade, Upgraded)> {
-        self.tunnel.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
 
@@ -96,39 +84,12 @@ pub struct Answered {
 /// have a type to name. One allocation per request; HTTP/1 (h1.rs) needs none.
 pub type Answer = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>>;
 
-/// `handle`, boxed (see `Answer`), for a request hyper serves. `client_side`: the
-/// client's half of an upgrade the request asked for, joined to the backend's by the
-/// connection task if the answer is a 101.
-pub fn handle_boxed(
-    shared: &Shared,
-    conn: &Arc<ConnInfo>,
-    req: Request<ClientBody>,
-    client_side: Option<hyper::upgrade::OnUpgrade>,
-) -> Answer {
+/// `handle`, boxed (see `Answer`), for a request of an HTTP/2 connection, where what
+/// follows an answer is hyper's business: the stream ends (HTTP/2 has no upgrades, and
+/// closing is a connection's, not a request's).
+pub fn handle_boxed(shared: &Shared, conn: &Arc<ConnInfo>, req: Request<ClientBody>) -> Answer {
     let answer = handle(shared, conn, req, None);
-    let conn = Arc::clone(conn);
-    Box::pin(async move {
-        let Answered {
-            mut response,
-            after,
-        } = answer.await;
-        match after {
-            After::Reuse => {}
-            // hyper closes a connection after an answer that says so.
-            After::Close => {
-                response
-                    .headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            }
-            After::Tunnel(backend) => {
-                if let Some(client) = client_side {
-                    *conn.tunnel.lock().unwrap_or_else(|p| p.into_inner()) =
-                        Some((client, backend));
-                }
-            }
-        }
-        Ok(response)
-    })
+    Box::pin(async move { Ok(answer.await.response) })
 }
 
 /// Serves one client request. Never fails: errors become sluice's own answers.

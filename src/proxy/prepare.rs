@@ -18,38 +18,19 @@ use http::{Request, Uri, Version};
 use std::sync::Arc;
 use tokio::time::Instant;
 
-/// Refuses request framing a proxy must not pass on (request smuggling) in a head hyper
-/// parsed: both Content-Length and Transfer-Encoding, several differing Content-Length
-/// values, or a Transfer-Encoding other than chunked (head.rs's rules, on a map).
+/// Refuses several differing Content-Length values in an HTTP/2 head (h2 itself
+/// refuses Transfer-Encoding and a body longer or shorter than the one length).
 fn check_framing<B>(req: &Request<B>) -> Result<(), ProxyError> {
-    use head::Refused;
-    let refuse = |r: Refused| Err(ProxyError::BadRequest(r.reason()));
-    let h = req.headers();
-    // HTTP/2 has no Transfer-Encoding but `trailers`, which h2 checks.
-    if req.version() <= Version::HTTP_11 {
-        let mut te = h.get_all(header::TRANSFER_ENCODING).iter();
-        if let Some(first) = te.next() {
-            if te.next().is_some() {
-                return refuse(Refused::TransferEncodingTwice);
-            }
-            if !head::is_chunked(first.as_bytes()) {
-                return refuse(Refused::TransferEncoding);
-            }
-        }
+    let mut cls = req.headers().get_all(header::CONTENT_LENGTH).iter();
+    match cls.next() {
+        Some(first) if cls.any(|v| v != first) => Err(ProxyError::BadRequest(
+            head::Refused::DifferingLengths.reason(),
+        )),
+        _ => Ok(()),
     }
-    let mut cls = h.get_all(header::CONTENT_LENGTH).iter();
-    if let Some(first) = cls.next() {
-        if h.contains_key(header::TRANSFER_ENCODING) {
-            return refuse(Refused::BothFramings);
-        }
-        if cls.any(|v| v != first) {
-            return refuse(Refused::DifferingLengths);
-        }
-    }
-    Ok(())
 }
 
-/// RFC 9112 §3.2 for a request hyper parsed (HTTP/2, HTTP/1.x over TLS): every Host
+/// RFC 9112 §3.2 for a request hyper parsed (HTTP/2): every Host
 /// valid and at most one, exactly one in HTTP/1.1, a target of a form its method may
 /// use, and no userinfo in its authority (h1/ checks its own heads as it parses).
 fn check_hosts<B>(req: &Request<B>) -> Result<(), ProxyError> {
@@ -107,7 +88,7 @@ pub(super) fn prepare(
         return Err(ProxyError::Connect405);
     }
     // Heads sluice parsed itself were checked for framing and Host as they were parsed
-    // (head.rs, h1.rs); hyper's (HTTP/2, and HTTP/1.1 over TLS) get the same rules here.
+    // (head.rs, h1/); hyper's (HTTP/2) get the same rules here.
     if conn.via_hyper {
         check_framing(&req)?;
         check_hosts(&req)?;

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use hyper::body::Incoming;
-use hyper::server::conn::{http1, http2};
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
@@ -31,7 +31,7 @@ use crate::telemetry::{self, Refusal};
 
 use super::Shared;
 use super::body::{ClientBody, ResponseBody};
-use super::conn::{Activity, Timers, Tracked, Verdict};
+use super::conn::{Activity, Expired, Timers, Tracked, Verdict};
 use super::forward::{Answer, ConnInfo, handle_boxed};
 use super::park::{Lot, Woken};
 use super::server_tls::serve_tls;
@@ -133,7 +133,7 @@ impl Server {
             };
             handle.spawn(async move {
                 if let Ok(stream) = TcpStream::from_std(woken.stream) {
-                    serve_h1(stream, BytesMut::new(), ctx).await;
+                    serve_h1(h1::Sock::new(stream, BytesMut::new()), None, ctx).await;
                 }
             });
         });
@@ -176,11 +176,10 @@ impl Server {
     }
 }
 
-/// hyper's server settings, shared by all connections: HTTP/2, and HTTP/1.1 over TLS
-/// (plain HTTP/1.1 is h1.rs).
+/// hyper's server settings, shared by all connections: HTTP/2, over TLS or not
+/// (HTTP/1.x is sluice's own loop, h1/).
 pub(super) struct Protocols {
     pub(super) h2: http2::Builder<TokioExecutor>,
-    pub(super) h1: http1::Builder,
 }
 
 impl Protocols {
@@ -188,10 +187,7 @@ impl Protocols {
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
-        let mut h1 = http1::Builder::new();
-        // hyper's smallest buffer is 8 KiB; prepare() measures heads against the limit.
-        h1.max_buf_size(max_header_bytes.max(8192));
-        Protocols { h2, h1 }
+        Protocols { h2 }
     }
 }
 
@@ -270,10 +266,7 @@ impl ConnCtx {
     }
 }
 
-/// The service hyper calls for each request it serves: HTTP/2, and HTTP/1.1 over TLS.
-/// For an HTTP/1.1 upgrade request answered 101, the client side is kept for the
-/// connection task, which joins it to the backend's once hyper lets go of the
-/// connection (see `serve_tls`).
+/// The service hyper calls for each request of an HTTP/2 connection.
 pub(super) fn service(
     shared: &Arc<Shared>,
     info: &Arc<ConnInfo>,
@@ -287,11 +280,8 @@ pub(super) fn service(
 + 'static {
     let shared = Arc::clone(shared);
     let info = Arc::clone(info);
-    service_fn(move |mut req: http::Request<Incoming>| -> Answer {
-        let client_side = (req.version() == http::Version::HTTP_11
-            && super::headers::is_upgrade(req.headers()))
-        .then(|| hyper::upgrade::on(&mut req));
-        handle_boxed(&shared, &info, req.map(ClientBody::Hyper), client_side)
+    service_fn(move |req: http::Request<Incoming>| -> Answer {
+        handle_boxed(&shared, &info, req.map(ClientBody::Hyper))
     })
 }
 
@@ -302,7 +292,7 @@ async fn serve_connection(stream: TcpStream, ctx: ConnCtx) {
         // Boxed: hyper's HTTP/2 connection is large, and every connection task would
         // otherwise reserve room for it, HTTP/1 ones included.
         Ok(Ok(Some(true))) => Box::pin(serve_h2(stream, ctx)).await,
-        Ok(Ok(Some(false))) => serve_h1(stream, BytesMut::new(), ctx).await,
+        Ok(Ok(Some(false))) => serve_h1(h1::Sock::new(stream, BytesMut::new()), None, ctx).await,
         Err(_) => telemetry::refused_connection(
             &ctx.shared.refused,
             ctx.client,
@@ -333,20 +323,22 @@ async fn is_h2(stream: &TcpStream) -> io::Result<Option<bool>> {
     }
 }
 
-/// HTTP/1.1 (h1.rs) until the connection closes, goes idle (then it is parked and
-/// this task ends), or is upgraded (then it becomes a tunnel). `buf` holds bytes
-/// already read from the client.
-async fn serve_h1(stream: TcpStream, buf: BytesMut, ctx: ConnCtx) {
+/// HTTP/1.1 (h1/) until the connection closes, goes idle (then it is parked and
+/// this task ends), or is upgraded (then it becomes a tunnel). `tls`: the connection's
+/// activity since its accept (the handshake counts against `header_read_timeout`), for
+/// a TLS connection, which is never parked: its session lives in user space.
+pub(super) async fn serve_h1(mut sock: h1::Sock, tls: Option<Arc<Activity>>, ctx: ConnCtx) {
     let timers = ctx.timers();
-    let activity = Arc::new(Activity::new());
+    let https = tls.is_some();
+    let activity = tls.unwrap_or_else(|| Arc::new(Activity::new()));
+    let may_park = !https && ctx.lot.is_some();
     let info = Arc::new(ConnInfo::new(
         ctx.client,
-        false,
+        https,
         false,
         Arc::clone(&activity),
         Arc::clone(&ctx.shared.refused),
     ));
-    let mut sock = h1::Sock::new(stream, buf);
     let flags = h1::Flags::default();
     let end = {
         let conn = h1::serve(&mut sock, &ctx.shared, &info, &flags);
@@ -380,7 +372,7 @@ async fn serve_h1(stream: TcpStream, buf: BytesMut, ctx: ConnCtx) {
                     break;
                 }
                 armed = false;
-                match activity.check(timers, ctx.lot.is_some()) {
+                match activity.check(timers, may_park) {
                     Verdict::WaitUntil(t) => sleep.as_mut().reset(t),
                     // Only between requests, when the loop holds nothing but the socket.
                     Verdict::Park if flags.idle() => return Poll::Ready(Some(h1::End::Park)),
@@ -405,16 +397,22 @@ async fn serve_h1(stream: TcpStream, buf: BytesMut, ctx: ConnCtx) {
         Some(h1::End::Close) => sock.close(false).await,
         Some(h1::End::Linger) => sock.close(true).await,
         Some(h1::End::Reset) => sock.reset(),
-        Some(h1::End::Upgrade(backend)) => {
-            if let Some((stream, buf)) = sock.into_stream() {
+        Some(h1::End::Upgrade(backend)) => match sock.into_stream() {
+            Some((h1::Stream::Tcp(stream), buf)) => {
                 let client = Tracked::new(stream, activity, buf.freeze());
                 upgrade::tunnel(client, backend).await;
             }
-        }
+            Some((h1::Stream::Tls(stream), buf)) => {
+                let client = Tracked::new(*stream, activity, buf.freeze());
+                upgrade::tunnel(client, backend).await;
+            }
+            None => {}
+        },
         Some(h1::End::Park) => {
             // Parked: the read buffer and the task go; only the socket waits.
             let deadline = activity.idle_deadline_ms(timers);
-            if let (Some(lot), Some((stream, _))) = (ctx.lot.as_deref(), sock.into_stream()) {
+            let stream = sock.into_stream();
+            if let (Some(lot), Some((h1::Stream::Tcp(stream), _))) = (ctx.lot.as_deref(), stream) {
                 lot.park(stream, ctx.client, ctx.permit, deadline);
             }
         }
@@ -442,42 +440,16 @@ async fn serve_h2(stream: TcpStream, mut ctx: ConnCtx) {
 
 /// Logs and counts a connection the watchdog closes: a request head slower than
 /// `header_read_timeout` is a refusal; an idle keep-alive connection closing is not.
-fn closed_by_watchdog(ctx: &ConnCtx, why: &'static str) {
-    if why == "header_read_timeout" {
-        let counts = &ctx.shared.refused;
-        telemetry::refused_connection(counts, ctx.client, Refusal::HeaderTimeout, None);
-    } else {
-        tracing::debug!(client = %ctx.client, reason = why, "closing client connection");
-    }
-}
-
-/// What a hyper connection's error says the client did wrong, and the status hyper
-/// answered it with (as hyper's own `on_error` decides): 431 for a head over
-/// `max_header_bytes`, 414 for a long URI, 400 for a malformed head. None for errors
-/// hyper answers with nothing.
-fn refusal_of(e: &(dyn std::error::Error + 'static)) -> Option<(u16, Refusal)> {
-    let mut cur = Some(e);
-    while let Some(e) = cur {
-        if let Some(h) = e.downcast_ref::<hyper::Error>() {
-            if h.is_parse_too_large() {
-                let status = if h.to_string().contains("URI") {
-                    414
-                } else {
-                    431
-                };
-                return Some((status, Refusal::HeaderTooLarge));
-            }
-            if h.is_parse() && !h.is_parse_version_h2() && !h.is_parse_status() {
-                return Some((
-                    400,
-                    Refusal::BadRequest(super::head::Refused::Malformed.reason()),
-                ));
-            }
-            return None;
+fn closed_by_watchdog(ctx: &ConnCtx, why: Expired) {
+    match why {
+        Expired::HeaderRead => {
+            let counts = &ctx.shared.refused;
+            telemetry::refused_connection(counts, ctx.client, Refusal::HeaderTimeout, None);
         }
-        cur = e.source();
+        Expired::Idle => {
+            tracing::debug!(client = %ctx.client, "closing idle client connection (idle_timeout)");
+        }
     }
-    None
 }
 
 /// Runs a hyper connection to its end under the watchdog (`idle_timeout`,
@@ -500,12 +472,7 @@ pub(super) async fn drive<C, E>(
         tokio::select! {
             r = &mut conn => {
                 if let Err(e) = r {
-                    match refusal_of(&e) {
-                        Some((status, reason)) => {
-                            ctx.shared.refused_request(ctx.client, status, reason);
-                        }
-                        None => tracing::debug!(client = %ctx.client, error = %e, "connection ended with an error"),
-                    }
+                    tracing::debug!(client = %ctx.client, error = %e, "connection ended with an error");
                 }
                 return;
             }

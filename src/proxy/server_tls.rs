@@ -1,10 +1,11 @@
 //! TLS client connections: plain HTTP sent by mistake gets a 400 that says so, then the
-//! handshake (bounded by `header_read_timeout`) and hyper serving what ALPN chose.
+//! handshake (bounded by `header_read_timeout`) and the protocol ALPN chose: HTTP/2
+//! served by hyper, or HTTP/1.x by sluice's own loop (h1/), as on plain listeners.
 
 use super::conn::{Activity, Tracked};
 use super::forward::ConnInfo;
-use super::server::{ConnCtx, drive, service};
-use super::upgrade;
+use super::h1;
+use super::server::{ConnCtx, drive, serve_h1, service};
 use crate::telemetry::{self, Refusal};
 use bytes::Bytes;
 use hyper_util::rt::TokioIo;
@@ -14,9 +15,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
-/// A TLS connection: the handshake (bounded by `header_read_timeout`), then hyper with
-/// the protocol ALPN chose, HTTP/2 or HTTP/1.1 (with upgrades). No parking: the TLS
-/// session lives in user space.
+/// A TLS connection: the handshake (bounded by `header_read_timeout`), then the
+/// protocol ALPN chose. No parking: the TLS session lives in user space.
 pub(super) async fn serve_tls(stream: TcpStream, acceptor: TlsAcceptor, mut ctx: ConnCtx) {
     let timers = ctx.timers();
     // From the accept: the handshake and the first head share `header_read_timeout`.
@@ -42,10 +42,11 @@ pub(super) async fn serve_tls(stream: TcpStream, acceptor: TlsAcceptor, mut ctx:
         }
         Err(_) => return timed_out(&ctx),
     };
-    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    if h2 {
-        activity.set_multiplexed();
+    if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+        // HTTP/1.x: the same loop, rules and refusals as plain HTTP/1.1.
+        return serve_h1(h1::Sock::tls(tls), Some(activity), ctx).await;
     }
+    activity.set_multiplexed();
     let info = Arc::new(ConnInfo::new(
         ctx.client,
         true,
@@ -54,28 +55,11 @@ pub(super) async fn serve_tls(stream: TcpStream, acceptor: TlsAcceptor, mut ctx:
         Arc::clone(&ctx.shared.refused),
     ));
     let io = TokioIo::new(Tracked::new(tls, Arc::clone(&activity), Bytes::new()));
-    if h2 {
-        let conn = ctx
-            .protocols
-            .h2
-            .serve_connection(io, service(&ctx.shared, &info));
-        Box::pin(drive(conn, |c| c.graceful_shutdown(), &activity, &mut ctx)).await;
-    } else {
-        let conn = ctx
-            .protocols
-            .h1
-            .serve_connection(io, service(&ctx.shared, &info))
-            .with_upgrades();
-        Box::pin(drive(conn, |c| c.graceful_shutdown(), &activity, &mut ctx)).await;
-        // An upgrade: the tunnel runs here, so it keeps this connection's permit
-        // (max_connections, the drain at shutdown), as plain HTTP/1.1 tunnels do.
-        if let Some((client, backend)) = info.take_tunnel() {
-            match client.await {
-                Ok(client) => upgrade::tunnel(TokioIo::new(client), backend).await,
-                Err(e) => tracing::debug!(error = %e, "client upgrade failed"),
-            }
-        }
-    }
+    let conn = ctx
+        .protocols
+        .h2
+        .serve_connection(io, service(&ctx.shared, &info));
+    Box::pin(drive(conn, |c| c.graceful_shutdown(), &activity, &mut ctx)).await;
 }
 
 /// What the first byte of a TLS listener's connection says.

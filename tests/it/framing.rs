@@ -11,14 +11,16 @@
 //!   refused.
 //!
 //! Read as documentation, the table is sluice's answer to request smuggling: every
-//! ambiguity in a request's framing is refused, never guessed at.
+//! ambiguity in a request's framing is refused, never guessed at. It runs twice: on a
+//! plain listener and on a TLS one (HTTP/1.x over TLS is read by the same loop).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::support::tls::{connect, tls_sluice_over};
 use crate::support::*;
 
 /// A request as the backend received it.
@@ -231,13 +233,36 @@ X:0\r\nX:1\r\nX:2\r\nX:3\r\nX:4\r\nX:5\r\nX:6\r\nX:7\r\nX:8\r\n\r\n";
 
 #[tokio::test]
 async fn the_framing_table() {
+    table(false).await;
+}
+
+/// HTTP/1.x over TLS is read by the same loop, with the same rules.
+#[tokio::test]
+async fn the_framing_table_over_tls() {
+    table(true).await;
+}
+
+async fn table(tls: bool) {
     assert!(CASES.len() >= 100, "{} cases", CASES.len());
     let (backend, got) = recording_backend().await;
-    let lb = Sluice::over(&[backend], "").await;
+    let lb = match tls {
+        false => Sluice::over(&[backend], "").await,
+        true => tls_sluice_over(&backend, "").await,
+    };
     let mut failures = Vec::new();
     for (name, bytes, expect) in CASES {
         got.lock().unwrap().clear();
-        let statuses = exchange(lb.addr, bytes, expect).await;
+        let statuses = match tls {
+            false => exchange(TcpStream::connect(lb.addr).await.unwrap(), bytes, expect).await,
+            true => {
+                exchange(
+                    connect(&lb, Some("a.test"), &[b"http/1.1"]).await,
+                    bytes,
+                    expect,
+                )
+                .await
+            }
+        };
         // A request the backend answered was recorded before its answer left; give
         // anything forwarded by mistake a moment to arrive as well.
         if expect.forwarded.is_empty() {
@@ -257,7 +282,7 @@ async fn the_framing_table() {
         want_statuses.extend(expect.refused);
         if received != wanted || statuses != want_statuses {
             failures.push(format!(
-                "{name}: sent {:?}\n  backend got {received:?}, wanted {wanted:?}\n  client got {statuses:?}, wanted {want_statuses:?}",
+                "{name} (tls: {tls}): sent {:?}\n  backend got {received:?}, wanted {wanted:?}\n  client got {statuses:?}, wanted {want_statuses:?}",
                 String::from_utf8_lossy(bytes)
             ));
         }
@@ -273,9 +298,11 @@ async fn the_framing_table() {
 
 /// Sends `bytes` on a new connection and reads the answers `expect` calls for: the
 /// statuses, in order. A refusal must also close the connection.
-async fn exchange(addr: std::net::SocketAddr, bytes: &[u8], expect: &Expect) -> Vec<u16> {
+async fn exchange<S>(mut s: S, bytes: &[u8], expect: &Expect) -> Vec<u16>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let want = expect.forwarded.len() + usize::from(expect.refused.is_some());
-    let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(bytes).await.unwrap();
     let mut buf = Vec::new();
     let mut statuses = Vec::new();

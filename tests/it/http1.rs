@@ -8,14 +8,15 @@ use bytes::Bytes;
 use http::Response;
 use http_body::Frame;
 use http_body_util::BodyExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::support::tls::{connect, tls_sluice_over};
 use crate::support::*;
 
 /// Reads from `s` until `got` holds `n` complete responses with Content-Length bodies
 /// (or `wait` passes); returns what arrived.
-async fn read_responses(s: &mut TcpStream, n: usize, wait: Duration) -> String {
+async fn read_responses<S: AsyncRead + Unpin>(s: &mut S, n: usize, wait: Duration) -> String {
     let mut got = Vec::new();
     let _ = tokio::time::timeout(wait, async {
         let mut buf = [0u8; 4096];
@@ -57,20 +58,32 @@ fn complete_responses(raw: &[u8]) -> usize {
 
 #[tokio::test]
 async fn expect_100_continue_is_answered_before_the_body_is_sent() {
-    expect_continue_through("").await;
+    let be = TestBackend::echo().await;
+    let lb = Sluice::over(&[be.url()], "").await;
+    expect_continue_through(TcpStream::connect(lb.addr).await.unwrap()).await;
+}
+
+/// Over TLS the `100 Continue` is written from the same loop, and must leave the TLS
+/// session's buffer before the client will send its body.
+#[tokio::test]
+async fn expect_100_continue_is_answered_over_tls() {
+    let be = TestBackend::echo().await;
+    let lb = tls_sluice_over(&be.url(), "").await;
+    expect_continue_through(connect(&lb, Some("a.test"), &[b"http/1.1"]).await).await;
 }
 
 /// Issue #10: the body of a request to an HTTP/2 backend is read on hyper's task, which
 /// must still get the loop to send `100 Continue`.
 #[tokio::test]
 async fn expect_100_continue_works_towards_http2_backends() {
-    expect_continue_through("protocol = \"h2c\"").await;
+    let be = TestBackend::echo().await;
+    let lb = Sluice::over(&[be.url()], "protocol = \"h2c\"").await;
+    expect_continue_through(TcpStream::connect(lb.addr).await.unwrap()).await;
 }
 
-async fn expect_continue_through(upstream: &str) {
-    let be = TestBackend::echo().await;
-    let lb = Sluice::over(&[be.url()], upstream).await;
-    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+/// A client connected to a sluice in front of an echo backend that waits for the
+/// go-ahead before it sends its body.
+async fn expect_continue_through<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) {
     s.write_all(
         b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
     )

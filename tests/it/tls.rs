@@ -2,120 +2,18 @@
 //! without SNI or for an unknown name), ALPN h2 and http/1.1, `X-Forwarded-Proto:
 //! https`, upgrades, and a clear refusal of unusable certificate files.
 
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
 use http_body_util::BodyExt;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use crate::support::process::{run, temp_config};
+use crate::support::tls::{cert_der, connect, data, tls_sluice, tls_sluice_with};
 use crate::support::*;
-
-fn data(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/tls")
-        .join(name)
-}
-
-fn cert_der(name: &str) -> CertificateDer<'static> {
-    CertificateDer::from_pem_file(data(name)).unwrap()
-}
-
-/// One TLS listener with certificates a (a.test, *.a.test) then b (b.test, *.b.test).
-async fn tls_sluice(backend: &TestBackend) -> Sluice {
-    tls_sluice_with(backend, "").await
-}
-
-/// `tls_sluice`, with `extra` lines (whole sections) at the end of the config.
-async fn tls_sluice_with(backend: &TestBackend, extra: &str) -> Sluice {
-    Sluice::start(&format!(
-        "[[listener]]\naddress = \"127.0.0.1:0\"\n\
-         tls = {{ certificates = [{{ cert = \"{}\", key = \"{}\" }}, {{ cert = \"{}\", key = \"{}\" }}] }}\n\
-         [upstream.web]\nbackends = [{{ url = \"{}\" }}]\n{extra}\n",
-        data("a.pem").display(),
-        data("a.key").display(),
-        data("b.pem").display(),
-        data("b.key").display(),
-        backend.url()
-    ))
-    .await
-}
-
-/// Accepts any certificate: the tests look at which one was sent.
-#[derive(Debug)]
-struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for AnyCert {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// A TLS connection to `lb` sending `sni` (None: no SNI) and offering `alpn`.
-async fn connect(lb: &Sluice, sni: Option<&str>, alpn: &[&[u8]]) -> TlsStream<TcpStream> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
-        .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    config.enable_sni = sni.is_some();
-    let name = ServerName::try_from(sni.unwrap_or("unused.test").to_owned()).unwrap();
-    let tcp = TcpStream::connect(lb.addr).await.unwrap();
-    tokio::time::timeout(
-        DEADLINE,
-        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp),
-    )
-    .await
-    .expect("handshake in time")
-    .expect("handshake")
-}
 
 fn sent_cert(s: &TlsStream<TcpStream>) -> CertificateDer<'static> {
     s.get_ref().1.peer_certificates().unwrap()[0]
@@ -506,8 +404,8 @@ async fn plain_http_to_a_tls_port_gets_400_and_bad_handshakes_are_counted() {
     assert_eq!(be.hits(), 0);
 }
 
-/// A head over max_header_bytes on a TLS connection is answered 431 by hyper; it is
-/// counted as a refusal like the same head over plain HTTP.
+/// A head over max_header_bytes on a TLS connection is answered 431 and counted as a
+/// refusal, as over plain HTTP.
 #[tokio::test]
 async fn an_oversized_head_over_tls_is_counted() {
     let be = TestBackend::replying("tls").await;
@@ -548,10 +446,10 @@ async fn the_sticky_cookie_is_secure_over_tls() {
     assert!(!cookie.to_ascii_lowercase().contains("secure"), "{cookie}");
 }
 
-/// SPEC §4's Host, target and CONNECT rules hold for heads hyper parses (HTTP/1.x
-/// over TLS) as for sluice's own: each refused, none reaching the backend.
+/// SPEC §4's Host, target and CONNECT rules hold over TLS as over plain HTTP: each
+/// refused, none reaching the backend.
 #[tokio::test]
-async fn heads_parsed_by_hyper_get_the_same_host_and_target_rules() {
+async fn heads_over_tls_get_the_same_host_and_target_rules() {
     let be = TestBackend::replying("tls").await;
     let lb = tls_sluice(&be).await;
     for (raw, want) in [

@@ -8,11 +8,12 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
-use tokio::net::tcp::OwnedReadHalf;
 
 use crate::proxy::decode::{Chunked, Framed, Piece};
 use crate::proxy::head::Framing;
 use crate::proxy::wire::WireError;
+
+use super::sock::Reader;
 
 /// Why a client's request body broke off.
 #[derive(Debug, thiserror::Error)]
@@ -27,7 +28,7 @@ pub enum ClientBodyError {
 
 /// What a request body gives back to its connection.
 pub(super) struct Returned {
-    pub(super) rd: OwnedReadHalf,
+    pub(super) rd: Reader,
     pub(super) buf: BytesMut,
     /// The body was read to its end: the buffer holds what follows it.
     pub(super) complete: bool,
@@ -74,7 +75,7 @@ impl Link {
 /// When it ends or is dropped, the reading half and the buffer go back to the
 /// connection's loop through the link.
 pub struct H1Body {
-    rd: Option<OwnedReadHalf>,
+    rd: Option<Reader>,
     buf: BytesMut,
     state: Framed,
     /// `Expect: 100-continue` not answered yet.
@@ -84,7 +85,7 @@ pub struct H1Body {
 
 impl H1Body {
     pub(super) fn new(
-        rd: OwnedReadHalf,
+        rd: Reader,
         buf: BytesMut,
         framing: Framing,
         ask: bool,

@@ -12,14 +12,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
-use std::time::Duration;
 
-use bytes::BytesMut;
 use http::header::HeaderMap;
 use http::{Method, Request, Version};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::AsyncReadExt;
 
 use super::Shared;
 use super::body::ClientBody;
@@ -79,79 +75,6 @@ pub enum End {
     /// A response broke off mid-body: reset the connection, so that a client whose
     /// response ends with the connection (HTTP/1.0, length unknown) can tell.
     Reset,
-}
-
-/// A client connection as the loop holds it: the two halves of its socket and the
-/// bytes read and not used yet.
-pub struct Sock {
-    /// None while a request body's reader holds it (see `lent`).
-    rd: Option<OwnedReadHalf>,
-    wr: OwnedWriteHalf,
-    pub buf: BytesMut,
-    /// The link to the request body holding the reading half and the buffer.
-    lent: Option<Arc<Link>>,
-}
-
-impl Sock {
-    pub fn new(stream: TcpStream, buf: BytesMut) -> Sock {
-        let (rd, wr) = stream.into_split();
-        Sock {
-            rd: Some(rd),
-            wr,
-            buf,
-            lent: None,
-        }
-    }
-
-    /// Takes the reading half and the buffer back from the request body they were lent
-    /// to, if it has given them back. Some(true): the body was read to its end.
-    fn reclaim(&mut self) -> Option<bool> {
-        let r = self.lent.as_ref()?.returned.lock().ok()?.take()?;
-        self.lent = None;
-        self.rd = Some(r.rd);
-        self.buf = r.buf;
-        Some(r.complete)
-    }
-
-    /// The socket whole again, with the bytes read and not used; None if a request
-    /// body's reader still holds the reading half.
-    pub fn into_stream(mut self) -> Option<(TcpStream, BytesMut)> {
-        self.reclaim();
-        let stream = self.rd?.reunite(self.wr).ok()?;
-        Some((stream, self.buf))
-    }
-
-    /// Closes the connection with a reset (RST), dropping whatever is still unsent.
-    pub fn reset(self) {
-        let _ = socket2::SockRef::from(self.wr.as_ref()).set_linger(Some(Duration::ZERO));
-        // No FIN first: the peer must see the reset, not an orderly end.
-        self.wr.forget();
-    }
-
-    /// Closes the connection. With `linger`, first stops sending and reads what the
-    /// client still sends for a short while: closing with unread bytes would reset the
-    /// connection and could destroy the answer just written (a refused upload). A
-    /// request body still reading elsewhere (an upload being stopped) is waited for.
-    pub async fn close(mut self, linger: bool) {
-        let _ = self.wr.shutdown().await;
-        if !linger {
-            return;
-        }
-        const FOR: Duration = Duration::from_secs(2);
-        const AT_MOST: usize = 4 << 20;
-        let _ = tokio::time::timeout(FOR, async {
-            if let Some(link) = self.lent.clone() {
-                if self.reclaim().is_none() {
-                    link.back.notified().await;
-                    self.reclaim();
-                }
-            }
-            if let Some(rd) = self.rd.as_mut() {
-                super::conn::drain(rd, AT_MOST).await;
-            }
-        })
-        .await;
-    }
 }
 
 /// Serves requests on `sock` until the connection should close or be upgraded. What
@@ -230,7 +153,12 @@ pub async fn serve(sock: &mut Sock, shared: &Shared, info: &Arc<ConnInfo>, flags
         let mut watch = true;
         let mut body_done = (!has_body).then_some(true);
         let mut may_ask = has_body && expect_continue;
+        // Over TLS, a `100 Continue` may wait in the session's buffer.
+        let mut unflushed = false;
         let resp = std::future::poll_fn(|cx| {
+            if unflushed {
+                unflushed = !sock.wr.poll_flushed(cx);
+            }
             if let Some(link) = sock.lent.as_ref().filter(|_| may_ask) {
                 link.wake_on_ask(cx.waker());
             }
@@ -240,9 +168,10 @@ pub async fn serve(sock: &mut Sock, shared: &Shared, info: &Arc<ConnInfo>, flags
             if let Some(link) = &sock.lent {
                 if link.want_continue.swap(false, Ordering::Relaxed) {
                     may_ask = false;
-                    if sock.wr.try_write(CONTINUE).ok() != Some(CONTINUE.len()) {
+                    if !sock.wr.poll_send_now(cx, CONTINUE) {
                         return Poll::Ready(None);
                     }
+                    unflushed = true;
                 }
                 if body_done.is_none() {
                     body_done = sock.reclaim();
@@ -332,11 +261,13 @@ impl Next {
 mod body;
 mod request;
 mod respond;
+mod sock;
 
 use body::Link;
 pub use body::{ClientBodyError, H1Body};
 pub use request::{Head, HeadError, Outgoing, RawRequest, parse_head};
 use respond::{Cut, Options, refuse, write_response};
+pub use sock::{Sock, Stream, TlsStream};
 
 #[cfg(test)]
 mod tests {

@@ -11,7 +11,8 @@ use http::StatusCode;
 use http::header::{self};
 use http_body::Body;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+use super::sock::{Reader, Writer};
 
 use super::*;
 use crate::proxy::body::ResponseBody;
@@ -30,12 +31,12 @@ pub(super) struct Options {
 /// Writes the response head and streams its body. Ok(keep): the connection may serve
 /// another request.
 pub(super) async fn write_response(
-    wr: &mut OwnedWriteHalf,
+    wr: &mut Writer,
     out: &mut Vec<u8>,
     parts: &http::response::Parts,
     body: &mut ResponseBody,
     o: Options,
-    mut watch: Option<(&mut OwnedReadHalf, &mut BytesMut)>,
+    mut watch: Option<(&mut Reader, &mut BytesMut)>,
 ) -> Result<bool, Cut> {
     let status = parts.status;
     let mut keep = o.keep;
@@ -98,7 +99,7 @@ pub(super) async fn write_response(
     }
     out.extend_from_slice(b"\r\n");
     if framing == Framing::None {
-        wr.write_all(out).await?;
+        wr.send(out).await?;
         return Ok(keep);
     }
 
@@ -114,6 +115,7 @@ pub(super) async fn write_response(
                     wr.write_all(out).await?;
                     out.clear();
                 }
+                wr.flush().await?;
                 // While the body waits, a client that leaves ends the response.
                 std::future::poll_fn(|cx| {
                     if let Poll::Ready(f) = body.as_mut().poll_frame(cx) {
@@ -136,7 +138,7 @@ pub(super) async fn write_response(
                 if framing == Framing::Chunked {
                     out.extend_from_slice(wire::LAST_CHUNK);
                 }
-                wr.write_all(out).await?;
+                wr.send(out).await?;
                 out.clear();
                 return Ok(keep);
             }
@@ -144,7 +146,7 @@ pub(super) async fn write_response(
                 // The backend broke off: what came is passed on, then the client must
                 // see a cut, not an end (End::Reset).
                 tracing::debug!(error = %e, "response body broke off");
-                let _ = wr.write_all(out).await;
+                let _ = wr.send(out).await;
                 return Err(Cut::Backend);
             }
             Some(Ok(frame)) => {
@@ -191,11 +193,7 @@ impl From<io::Error> for Cut {
 }
 
 /// Answers a head refused before routing, and asks for the connection to close.
-pub(super) async fn refuse(
-    wr: &mut OwnedWriteHalf,
-    out: &mut Vec<u8>,
-    e: &HeadError,
-) -> io::Result<()> {
+pub(super) async fn refuse(wr: &mut Writer, out: &mut Vec<u8>, e: &HeadError) -> io::Result<()> {
     let err = match e {
         HeadError::TooLarge => ProxyError::HeadTooLarge,
         HeadError::Bad(why) => ProxyError::BadRequest(why),
@@ -209,7 +207,7 @@ pub(super) async fn refuse(
     date_line(out);
     out.extend_from_slice(b"connection: close\r\n\r\n");
     out.extend_from_slice(text.as_bytes());
-    wr.write_all(out).await
+    wr.send(out).await
 }
 
 /// Starts `out` afresh with the status line (canonical reason phrase).
@@ -261,7 +259,7 @@ fn date_line(out: &mut Vec<u8>) {
 }
 
 /// Writes `a` then `b`, in one call when the socket takes it.
-async fn write_two(wr: &mut OwnedWriteHalf, a: &[u8], b: &[u8]) -> io::Result<()> {
+async fn write_two(wr: &mut Writer, a: &[u8], b: &[u8]) -> io::Result<()> {
     let (mut a, mut b) = (a, b);
     while !a.is_empty() {
         let n = wr

@@ -26,6 +26,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 pub mod process;
+pub mod tls;
 
 /// Upper bound for any single wait in a test.
 pub const DEADLINE: Duration = Duration::from_secs(10);
