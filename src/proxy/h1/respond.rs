@@ -115,7 +115,7 @@ pub(super) async fn write_response(
                     wr.write_all(out).await?;
                     out.clear();
                 }
-                wr.flush().await?;
+                wr.push().await?;
                 // While the body waits, a client that leaves ends the response.
                 std::future::poll_fn(|cx| {
                     if let Poll::Ready(f) = body.as_mut().poll_frame(cx) {

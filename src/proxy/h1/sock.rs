@@ -101,8 +101,21 @@ impl AsyncWrite for Writer {
 impl Writer {
     /// Writes all of `bytes` and, over TLS, pushes them out of the session's buffer.
     pub(super) async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.write_all(bytes).await?;
-        self.flush().await
+        match self {
+            Writer::Tcp(w) => w.write_all(bytes).await,
+            Writer::Tls(w) => {
+                w.write_all(bytes).await?;
+                w.flush().await
+            }
+        }
+    }
+
+    /// Over TLS: pushes out what the session still holds (before waiting).
+    pub(super) async fn push(&mut self) -> io::Result<()> {
+        match self {
+            Writer::Tcp(_) => Ok(()),
+            Writer::Tls(w) => w.flush().await,
+        }
     }
 
     /// Writes `bytes` now if the socket takes all of them at once (a `100 Continue`
