@@ -176,12 +176,10 @@ impl Completion {
 
 impl Drop for Completion {
     fn drop(&mut self) {
-        // One clock read serves the histogram and the access log.
-        let elapsed = if self.upstream.is_some() || self.record.is_some() {
-            self.started.elapsed()
-        } else {
-            std::time::Duration::ZERO
-        };
+        // One clock read serves the histogram, the access log and the connection's
+        // idle time.
+        let now = tokio::time::Instant::now();
+        let elapsed = now.saturating_duration_since(self.started);
         if let Some(u) = &self.upstream {
             let status = match self.status {
                 0 => metrics::CLIENT_CLOSED,
@@ -204,7 +202,7 @@ impl Drop for Completion {
         if let Some(b) = self.backend.take() {
             b.stats.inflight.fetch_sub(1, Ordering::Relaxed);
         }
-        self.activity.end_request();
+        self.activity.end_request_at(now);
     }
 }
 

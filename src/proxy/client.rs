@@ -190,6 +190,8 @@ pub struct How {
     pub recycle: bool,
     /// The response's header lines may travel raw (the client speaks HTTP/1.x).
     pub raw_ok: bool,
+    /// When the attempt began: the clock read once serves the pool's idle check too.
+    pub now: tokio::time::Instant,
 }
 
 /// An upstream's client settings.
@@ -258,11 +260,12 @@ impl Client {
             fresh,
             recycle,
             raw_ok,
+            now,
         } = how;
         let pooled = if fresh {
             None
         } else {
-            self.pool(backend).take()
+            self.pool(backend).take(now)
         };
         let reused = pooled.is_some();
         let mut conn = match pooled {

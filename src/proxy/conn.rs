@@ -44,9 +44,14 @@ fn busy_recheck(streak: u32, t: Timers) -> Duration {
 
 /// Milliseconds since the process's first use of this clock; 0 is reserved for "none".
 pub(crate) fn now_ms() -> u64 {
+    ms_of(Instant::now())
+}
+
+/// `now_ms` at `at`, for a caller that has read the clock already.
+fn ms_of(at: Instant) -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     let epoch = *EPOCH.get_or_init(|| Instant::now() - Duration::from_millis(1));
-    epoch.elapsed().as_millis() as u64
+    at.saturating_duration_since(epoch).as_millis() as u64
 }
 
 fn instant_of(ms: u64) -> Instant {
@@ -128,7 +133,12 @@ impl Activity {
     }
 
     pub fn end_request(&self) {
-        self.idle_since.store(now_ms(), Ordering::Relaxed);
+        self.end_request_at(Instant::now());
+    }
+
+    /// `end_request`, with the clock read by the caller.
+    pub fn end_request_at(&self, now: Instant) {
+        self.idle_since.store(ms_of(now), Ordering::Relaxed);
         self.active.fetch_sub(1, Ordering::Relaxed);
     }
 

@@ -267,6 +267,7 @@ async fn attempts(
             fresh,
             recycle: policy.recycle,
             raw_ok: !conn.via_hyper,
+            now: started,
         };
         let deadline = started + upstream.config.response_timeout;
         let sent = upstream.client.send(&backend, breq, outgoing.as_ref(), how);

@@ -155,11 +155,11 @@ impl Pool {
         });
     }
 
-    /// The most recently used idle connection that still looks open.
-    pub(super) fn take(&self) -> Option<Conn> {
+    /// The most recently used idle connection that still looks open, at `now`.
+    pub(super) fn take(&self, now: Instant) -> Option<Conn> {
         loop {
             let Idle { mut conn, since } = self.lock().pop()?;
-            if since.elapsed() > POOL_IDLE_TIMEOUT {
+            if now.saturating_duration_since(since) > POOL_IDLE_TIMEOUT {
                 continue;
             }
             // Nothing should arrive on an idle connection. If tokio saw something (the

@@ -41,6 +41,7 @@ pub enum Stream {
 }
 
 impl AsyncRead for Reader {
+    #[inline(always)]
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -54,6 +55,7 @@ impl AsyncRead for Reader {
 }
 
 impl AsyncWrite for Writer {
+    #[inline(always)]
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -65,6 +67,7 @@ impl AsyncWrite for Writer {
         }
     }
 
+    #[inline]
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -76,6 +79,7 @@ impl AsyncWrite for Writer {
         }
     }
 
+    #[inline]
     fn is_write_vectored(&self) -> bool {
         match self {
             Writer::Tcp(w) => w.is_write_vectored(),
@@ -83,6 +87,7 @@ impl AsyncWrite for Writer {
         }
     }
 
+    #[inline]
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Writer::Tcp(_) => Poll::Ready(Ok(())),
@@ -90,6 +95,7 @@ impl AsyncWrite for Writer {
         }
     }
 
+    #[inline]
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Writer::Tcp(w) => Pin::new(w).poll_shutdown(cx),
@@ -100,6 +106,7 @@ impl AsyncWrite for Writer {
 
 impl Writer {
     /// Writes all of `bytes` and, over TLS, pushes them out of the session's buffer.
+    #[inline]
     pub(super) async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
         match self {
             Writer::Tcp(w) => w.write_all(bytes).await,
@@ -111,6 +118,7 @@ impl Writer {
     }
 
     /// Over TLS: pushes out what the session still holds (before waiting).
+    #[inline]
     pub(super) async fn push(&mut self) -> io::Result<()> {
         match self {
             Writer::Tcp(_) => Ok(()),
