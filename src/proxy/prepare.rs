@@ -83,69 +83,15 @@ pub(super) fn prepare(
     done: &mut Completion,
     request_id: &HeaderValue,
 ) -> Result<Prepared, ProxyError> {
-    // SPEC §4: a reverse proxy does not tunnel; never forwarded.
-    if req.method() == http::Method::CONNECT {
-        return Err(ProxyError::Connect405);
-    }
-    // Heads sluice parsed itself were checked for framing and Host as they were parsed
-    // (head.rs, h1/); hyper's (HTTP/2) get the same rules here.
-    if conn.via_hyper {
-        check_framing(&req)?;
-        check_hosts(&req)?;
-    }
-    let (max_header_bytes, max_body_bytes) = {
-        let l = shared.limits.load();
-        (l.max_header_bytes, l.max_body_bytes)
-    };
-    // HTTP/1 heads were measured as they were parsed (h1.rs).
-    if conn.via_hyper
-        && headers::head_size(req.method(), req.uri(), req.headers()) > max_header_bytes
-    {
-        return Err(ProxyError::HeadTooLarge);
-    }
-    let length = match &raw {
-        Some(r) => r.length,
-        None => content_length(&req),
-    };
-    if max_body_bytes > 0 && length.is_some_and(|n| n > max_body_bytes) {
-        return Err(ProxyError::BodyTooLarge);
-    }
-
-    // Route, keeping no snapshot guard across an await.
-    let (upstream, rewritten): (Arc<Served>, Option<PathAndQuery>) = {
-        let snap = shared.snapshot.load();
-        let path = req.uri().path();
-        let host = match &raw {
-            Some(r) => host_of(req.uri(), r.host.as_ref()),
-            None => request_host(&req),
-        };
-        let (route, upstream) = snap.route(host, path).ok_or(ProxyError::NoRoute)?;
-        let rewritten = route.rewrite(path).and_then(|p| {
-            let pq = match req.uri().query() {
-                Some(q) => format!("{p}?{q}"),
-                None => p.to_owned(),
-            };
-            PathAndQuery::try_from(pq).ok()
-        });
-        (Arc::clone(upstream), rewritten)
-    };
+    let max_body_bytes = check_limits(shared, conn, &req, raw.as_ref())?;
+    let (upstream, rewritten) = route(shared, &req, raw.as_ref())?;
     done.upstream = Some(Arc::clone(&upstream.stats));
-
     let now = done.started;
     upstream.budget.record_request(now);
     let hashing = upstream.config.strategy == StrategyKind::ConsistentHash;
     let sticky_cookie = upstream.config.sticky.as_ref().map(|s| s.cookie.as_str());
-    // An upstream that reads the request's headers gets them in the map after all;
-    // so does one spoken to over HTTP/2, whose heads hyper writes from the map.
-    let reads_headers = sticky_cookie.is_some()
-        || upstream.client.is_h2()
-        || (hashing
-            && matches!(
-                upstream.config.hash_key,
-                HashKey::Header(_) | HashKey::Cookie(_)
-            ));
     let raw = match raw {
-        Some(r) if reads_headers => {
+        Some(r) if reads_headers(&upstream) => {
             r.fill_map(req.headers_mut());
             None
         }
@@ -162,17 +108,16 @@ pub(super) fn prepare(
     };
 
     let (mut parts, body) = req.into_parts();
-    // The client's Host: the header (HTTP/1) or the :authority (HTTP/2).
-    let given_host = match &raw {
-        Some(r) => r.host.as_ref(),
-        None => parts.headers.get(header::HOST),
-    };
     // The host the request names: an absolute-form target's (HTTP/2's :authority, or
     // a proxy-style HTTP/1 request line), which wins over a Host line (RFC 9112
-    // §3.2.2) and is the one routing used; else the Host line.
+    // §3.2.2) and is the one routing used; else the Host line (or HTTP/2's
+    // :authority).
     let client_host = match parts.uri.authority() {
         Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-        None => given_host.cloned(),
+        None => match &raw {
+            Some(r) => r.host.clone(),
+            None => parts.headers.get(header::HOST).cloned(),
+        },
     };
     // A request naming no host (HTTP/1.0) gets the backend's, as with `host_header =
     // "backend"`: many backends refuse an HTTP/1.1 request without Host.
@@ -191,35 +136,18 @@ pub(super) fn prepare(
             request_id: request_id.clone(),
         }),
         None => {
-            headers::remove_hop_by_hop(&mut parts.headers, upgrade);
-            headers::set_forwarded(
+            rewrite_map(
                 &mut parts.headers,
-                &conn.client_ip,
-                conn.https,
-                client_host.as_ref(),
+                conn,
+                upgrade,
+                request_id,
+                client_host,
+                backend_host,
             );
-            parts
-                .headers
-                .entry(&X_REQUEST_ID)
-                .or_insert_with(|| request_id.clone());
-            if let (false, Some(h)) = (backend_host, client_host) {
-                parts.headers.insert(header::HOST, h);
-            }
             None
         }
     };
-    // Origin-form on the wire: the backend connection is already chosen.
-    if let Some(pq) = rewritten {
-        parts.uri = Uri::from(pq);
-    } else if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
-        // Absolute-form (HTTP/2 :authority, or a proxy-style HTTP/1 request line).
-        let pq = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        parts.uri = Uri::from(pq);
-    }
+    origin_form(&mut parts.uri, rewritten);
     parts.version = Version::HTTP_11;
 
     let breq = Request::from_parts(parts, RequestBody::new(body, max_body_bytes));
@@ -233,4 +161,111 @@ pub(super) fn prepare(
         backend_host,
         now,
     })
+}
+
+/// Refuses what no upstream may get: CONNECT (SPEC §4: a reverse proxy does not
+/// tunnel), a head or a declared body over the limits. Gives the body limit.
+#[inline(always)]
+fn check_limits(
+    shared: &Shared,
+    conn: &ConnInfo,
+    req: &Request<ClientBody>,
+    raw: Option<&RawRequest>,
+) -> Result<u64, ProxyError> {
+    if req.method() == http::Method::CONNECT {
+        return Err(ProxyError::Connect405);
+    }
+    // Heads sluice parsed itself were checked for framing and Host, and measured, as
+    // they were parsed (head.rs, h1/); hyper's (HTTP/2) get the same rules here.
+    let (max_header_bytes, max_body_bytes) = {
+        let l = shared.limits.load();
+        (l.max_header_bytes, l.max_body_bytes)
+    };
+    if conn.via_hyper {
+        check_framing(req)?;
+        check_hosts(req)?;
+        if headers::head_size(req.method(), req.uri(), req.headers()) > max_header_bytes {
+            return Err(ProxyError::HeadTooLarge);
+        }
+    }
+    let length = match raw {
+        Some(r) => r.length,
+        None => content_length(req),
+    };
+    if max_body_bytes > 0 && length.is_some_and(|n| n > max_body_bytes) {
+        return Err(ProxyError::BodyTooLarge);
+    }
+    Ok(max_body_bytes)
+}
+
+/// The upstream a request goes to, and its path as the route rewrites it (with the
+/// query), keeping no snapshot guard across an await.
+#[inline(always)]
+fn route(
+    shared: &Shared,
+    req: &Request<ClientBody>,
+    raw: Option<&RawRequest>,
+) -> Result<(Arc<Served>, Option<PathAndQuery>), ProxyError> {
+    let snap = shared.snapshot.load();
+    let path = req.uri().path();
+    let host = match raw {
+        Some(r) => host_of(req.uri(), r.host.as_ref()),
+        None => request_host(req),
+    };
+    let (route, upstream) = snap.route(host, path).ok_or(ProxyError::NoRoute)?;
+    let rewritten = route.rewrite(path).and_then(|p| {
+        let pq = match req.uri().query() {
+            Some(q) => format!("{p}?{q}"),
+            None => p.to_owned(),
+        };
+        PathAndQuery::try_from(pq).ok()
+    });
+    Ok((Arc::clone(upstream), rewritten))
+}
+
+/// An upstream that reads the request's headers gets them in the map after all; so
+/// does one spoken to over HTTP/2, whose heads hyper writes from the map.
+#[inline(always)]
+fn reads_headers(upstream: &Served) -> bool {
+    let c = &upstream.config;
+    c.sticky.is_some()
+        || upstream.client.is_h2()
+        || (c.strategy == StrategyKind::ConsistentHash
+            && matches!(c.hash_key, HashKey::Header(_) | HashKey::Cookie(_)))
+}
+
+/// The header map of a request whose lines do not travel raw, made ready for its
+/// backend: hop-by-hop headers out, X-Forwarded-* and X-Request-Id in, and the Host.
+fn rewrite_map(
+    headers: &mut http::HeaderMap,
+    conn: &ConnInfo,
+    upgrade: bool,
+    request_id: &HeaderValue,
+    client_host: Option<HeaderValue>,
+    backend_host: bool,
+) {
+    headers::remove_hop_by_hop(headers, upgrade);
+    headers::set_forwarded(headers, &conn.client_ip, conn.https, client_host.as_ref());
+    headers
+        .entry(&X_REQUEST_ID)
+        .or_insert_with(|| request_id.clone());
+    if let (false, Some(h)) = (backend_host, client_host) {
+        headers.insert(header::HOST, h);
+    }
+}
+
+/// Origin-form on the wire (the backend connection is already chosen): the route's
+/// rewritten path, or the path of an absolute-form target (HTTP/2's :authority, or a
+/// proxy-style HTTP/1 request line).
+#[inline(always)]
+fn origin_form(uri: &mut Uri, rewritten: Option<PathAndQuery>) {
+    if let Some(pq) = rewritten {
+        *uri = Uri::from(pq);
+    } else if uri.scheme().is_some() || uri.authority().is_some() {
+        let pq = uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        *uri = Uri::from(pq);
+    }
 }

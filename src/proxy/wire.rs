@@ -148,25 +148,14 @@ pub fn parse_response_head(
     let mut spare = Some(spare);
     loop {
         let mut spans = [Span::default(); MAX_HEADERS];
-        let (len, code, minor, n) = {
-            let mut lines = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-            let mut resp = httparse::Response::new(&mut []);
-            let parsed = httparse::ParserConfig::default()
-                .parse_response_with_uninit_headers(&mut resp, buf, &mut lines)?;
-            let len = match parsed {
-                httparse::Status::Complete(n) => n,
-                httparse::Status::Partial if buf.len() >= MAX_HEAD => {
-                    return Err(WireError::HeadTooLarge);
-                }
-                httparse::Status::Partial => return Ok(None),
-            };
-            head::locate(resp.headers, buf.as_ptr(), &mut spans);
-            (
-                len,
-                resp.code.unwrap_or(0),
-                resp.version,
-                resp.headers.len(),
-            )
+        let Some(Parsed {
+            len,
+            code,
+            minor,
+            n,
+        }) = parse_lines(buf, &mut spans)?
+        else {
+            return Ok(None);
         };
         let status = StatusCode::from_u16(code).map_err(|_| WireError::Header)?;
         if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
@@ -187,6 +176,7 @@ pub fn parse_response_head(
         // A protocol switch, or a status that may carry Retry-After, needs the map.
         let raw_ok = raw_ok && !switching && code != 429 && code != 503;
         let scan = head::scan(&raw, spans, Side::Response, raw_ok).map_err(WireError::Head)?;
+        let (framing, keep_alive) = framing_of(method, status, version, &scan);
         // Nothing below fails: the request's header map, lent as `spare`, is taken only
         // now, so a response refused above leaves the request whole for a retry.
         let mut headers = match spare.take().and_then(|f| f()) {
@@ -203,57 +193,9 @@ pub fn parse_response_head(
                 has_date: scan.has_date,
             })
         } else {
-            // Room for what sluice adds (X-Request-Id, Set-Cookie) without a rehash;
-            // the map is then reused for the connection's next request head, which
-            // gains the X-Forwarded-* set.
-            headers.reserve(n + EXTRA_HEADERS);
-            let mut length_passed = false;
-            for span in spans {
-                let name = span.name(&raw);
-                // Hop-by-hop headers are never passed on, except the pair that
-                // completes a protocol switch; a repeated Content-Length goes once.
-                let pass = match Kind::of(name, Side::Response) {
-                    Kind::Connection | Kind::Upgrade => switching,
-                    Kind::TransferEncoding | Kind::Te | Kind::Hop => false,
-                    Kind::ContentLength => !std::mem::replace(&mut length_passed, true),
-                    _ => true,
-                };
-                // httparse has checked these bytes; what http still refuses is dropped.
-                if let (true, Ok(name), Ok(value)) = (
-                    pass,
-                    HeaderName::from_bytes(name),
-                    HeaderValue::from_maybe_shared(span.value_bytes(&raw)),
-                ) {
-                    headers.append(name, value);
-                }
-            }
-            if scan.named {
-                for span in spans {
-                    if span.name(&raw).eq_ignore_ascii_case(b"connection") {
-                        remove_connection_named(&mut headers, span.value(&raw), switching);
-                    }
-                }
-            }
+            fill_map(&mut headers, &raw, spans, switching, scan.named);
             None
         };
-        let bodyless = *method == Method::HEAD
-            || status == StatusCode::NO_CONTENT
-            || status == StatusCode::NOT_MODIFIED
-            || status == StatusCode::SWITCHING_PROTOCOLS;
-        let framing = match (bodyless, scan.chunked, scan.length) {
-            (true, _, _) => Framing::None,
-            (false, true, _) => Framing::Chunked,
-            (false, false, Some(0)) => Framing::None,
-            (false, false, Some(n)) => Framing::Length(n),
-            (false, false, None) => Framing::UntilClose,
-        };
-        let keep_alive = !scan.close
-            && status != StatusCode::SWITCHING_PROTOCOLS
-            && framing != Framing::UntilClose
-            // RFC 9112 §6.1: chunked in an HTTP/1.0 message is faulty framing; read
-            // it, then close.
-            && !(scan.chunked && version == Version::HTTP_10)
-            && (version == Version::HTTP_11 || scan.keep_alive);
         return Ok(Some(Head {
             status,
             version,
@@ -263,6 +205,111 @@ pub fn parse_response_head(
             keep_alive,
         }));
     }
+}
+
+/// Where a response head ends, and its status line's numbers.
+struct Parsed {
+    len: usize,
+    code: u16,
+    minor: Option<u8>,
+    /// Header lines, located in `spans`.
+    n: usize,
+}
+
+/// Parses the head at the start of `buf` (httparse), locating its header lines in
+/// `spans`. None: not all of it is in yet.
+#[inline(always)]
+fn parse_lines(
+    buf: &BytesMut,
+    spans: &mut [Span; MAX_HEADERS],
+) -> Result<Option<Parsed>, WireError> {
+    let mut lines = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, &mut lines)?;
+    let len = match parsed {
+        httparse::Status::Complete(n) => n,
+        httparse::Status::Partial if buf.len() >= MAX_HEAD => return Err(WireError::HeadTooLarge),
+        httparse::Status::Partial => return Ok(None),
+    };
+    head::locate(resp.headers, buf.as_ptr(), spans);
+    Ok(Some(Parsed {
+        len,
+        code: resp.code.unwrap_or(0),
+        minor: resp.version,
+        n: resp.headers.len(),
+    }))
+}
+
+/// A response's header lines into `headers`, for a response whose lines cannot travel
+/// raw: hop-by-hop headers dropped (but the pair that completes a protocol switch), a
+/// repeated Content-Length once, and the headers `Connection` names removed.
+fn fill_map(
+    headers: &mut HeaderMap,
+    raw: &bytes::Bytes,
+    spans: &[Span],
+    switching: bool,
+    named: bool,
+) {
+    // Room for what sluice adds (X-Request-Id, Set-Cookie) without a rehash; the map
+    // is then reused for the connection's next request head, which gains the
+    // X-Forwarded-* set.
+    headers.reserve(spans.len() + EXTRA_HEADERS);
+    let mut length_passed = false;
+    for span in spans {
+        let name = span.name(raw);
+        let pass = match Kind::of(name, Side::Response) {
+            Kind::Connection | Kind::Upgrade => switching,
+            Kind::TransferEncoding | Kind::Te | Kind::Hop => false,
+            Kind::ContentLength => !std::mem::replace(&mut length_passed, true),
+            _ => true,
+        };
+        // httparse has checked these bytes; what http still refuses is dropped.
+        if let (true, Ok(name), Ok(value)) = (
+            pass,
+            HeaderName::from_bytes(name),
+            HeaderValue::from_maybe_shared(span.value_bytes(raw)),
+        ) {
+            headers.append(name, value);
+        }
+    }
+    if named {
+        for span in spans {
+            if span.name(raw).eq_ignore_ascii_case(b"connection") {
+                remove_connection_named(headers, span.value(raw), switching);
+            }
+        }
+    }
+}
+
+/// How a response's body is framed (RFC 9112 §6.3) and whether its connection may
+/// serve another request.
+#[inline(always)]
+fn framing_of(
+    method: &Method,
+    status: StatusCode,
+    version: Version,
+    scan: &head::Scan,
+) -> (Framing, bool) {
+    let bodyless = *method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+        || status == StatusCode::SWITCHING_PROTOCOLS;
+    let framing = match (bodyless, scan.chunked, scan.length) {
+        (true, _, _) => Framing::None,
+        (false, true, _) => Framing::Chunked,
+        (false, false, Some(0)) => Framing::None,
+        (false, false, Some(n)) => Framing::Length(n),
+        (false, false, None) => Framing::UntilClose,
+    };
+    let keep_alive = !scan.close
+        && status != StatusCode::SWITCHING_PROTOCOLS
+        && framing != Framing::UntilClose
+        // RFC 9112 §6.1: chunked in an HTTP/1.0 message is faulty framing; read it,
+        // then close.
+        && !(scan.chunked && version == Version::HTTP_10)
+        && (version == Version::HTTP_11 || scan.keep_alive);
+    (framing, keep_alive)
 }
 
 /// Drops complete informational heads (1xx but 101) from the start of `buf`; true if

@@ -21,7 +21,7 @@ use super::Shared;
 use super::body::ClientBody;
 use super::client::Upgraded;
 use super::forward::{After, Answered, ConnInfo, handle};
-use super::head::{Framing, HEAD_READ};
+use super::head::HEAD_READ;
 use crate::telemetry::Refusal;
 
 /// Room reserved up front for writing a response head.
@@ -91,29 +91,13 @@ pub async fn serve(sock: &mut Sock, shared: &Shared, info: &Arc<ConnInfo>, flags
                 match parse_head(&mut sock.buf, max_head, &mut spare) {
                     Ok(Some(head)) => break head,
                     Ok(None) => {}
-                    Err(e) => {
-                        let (status, reason) = match e {
-                            HeadError::TooLarge => (431, Refusal::HeaderTooLarge),
-                            HeadError::Bad(why) => (400, Refusal::BadRequest(why)),
-                        };
-                        shared.refused_request(info.client, status, reason);
-                        let _ = refuse(&mut sock.wr, &mut out, &e).await;
-                        return End::Linger;
-                    }
+                    Err(e) => return refuse_head(sock, shared, info, &mut out, e).await,
                 }
             } else if flags.closing() {
                 return End::Close;
             }
-            let Some(rd) = sock.rd.as_mut() else {
+            if !read_more(sock, flags, info).await {
                 return End::Close;
-            };
-            flags.set_idle(sock.buf.is_empty());
-            sock.buf.reserve(HEAD_READ);
-            let n = rd.read_buf(&mut sock.buf).await;
-            flags.set_idle(false);
-            match n {
-                Ok(0) | Err(_) => return End::Close,
-                Ok(_) => info.activity.on_read(),
             }
         };
 
@@ -128,65 +112,30 @@ pub async fn serve(sock: &mut Sock, shared: &Shared, info: &Arc<ConnInfo>, flags
         let http10 = parts.version == Version::HTTP_10;
         // A request with a body takes the reading half and the read buffer along; they
         // come back (with any pipelined bytes behind the body) when the body is done.
-        let (body, has_body) = match framing {
-            Framing::None => (ClientBody::Empty, false),
-            f => {
-                let Some(rd) = sock.rd.take() else {
-                    return End::Close;
-                };
-                let link = Arc::new(Link::default());
-                // Nothing to ask for if the body is already arriving.
-                let ask = expect_continue && sock.buf.is_empty();
-                let buf = std::mem::take(&mut sock.buf);
-                let body = H1Body::new(rd, buf, f, ask, Arc::clone(&link));
-                sock.lent = Some(link);
-                (ClientBody::H1(body), true)
-            }
+        let Some(body) = sock.lend(framing, expect_continue) else {
+            return End::Close;
         };
+        let has_body = matches!(body, ClientBody::H1(_));
         // Pinned where it is made: the future is large, and every move copies it.
         let mut answer =
             std::pin::pin!(handle(shared, info, Request::from_parts(parts, body), raw));
-        // Meanwhile: tell the client to go on when its body is first wanted, and watch
-        // it while the loop holds its reading half (no body, or the body is done). If
-        // it leaves, the answer is dropped, which abandons the backend request; bytes it
-        // sends meanwhile (pipelined requests) wait in the buffer.
-        let mut watch = true;
-        let mut body_done = (!has_body).then_some(true);
-        let mut may_ask = has_body && expect_continue;
-        // Over TLS, a `100 Continue` may wait in the session's buffer.
-        let mut unflushed = false;
+        let mut m = Meanwhile::new(has_body, expect_continue);
         let resp = std::future::poll_fn(|cx| {
-            if unflushed {
-                unflushed = !sock.wr.poll_flushed(cx);
-            }
-            if let Some(link) = sock.lent.as_ref().filter(|_| may_ask) {
-                link.wake_on_ask(cx.waker());
-            }
+            m.before(sock, cx);
             if let Poll::Ready(r) = answer.as_mut().poll(cx) {
                 return Poll::Ready(Some(r));
             }
-            if let Some(link) = &sock.lent {
-                if link.want_continue.swap(false, Ordering::Relaxed) {
-                    may_ask = false;
-                    if !sock.wr.poll_send_now(cx, CONTINUE) {
-                        return Poll::Ready(None);
-                    }
-                    unflushed = true;
-                }
-                if body_done.is_none() {
-                    body_done = sock.reclaim();
-                }
+            match m.after(sock, cx) {
+                true => Poll::Pending,
+                false => Poll::Ready(None),
             }
-            if let (true, Some(true), Some(rd)) = (watch, body_done, sock.rd.as_mut()) {
-                match tokio_util::io::poll_read_buf(Pin::new(rd), cx, &mut sock.buf) {
-                    Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(None),
-                    Poll::Ready(Ok(_)) => watch = false,
-                    Poll::Pending => {}
-                }
-            }
-            Poll::Pending
         })
         .await;
+        let Meanwhile {
+            watch,
+            mut body_done,
+            ..
+        } = m;
         let Some(Answered { response, after }) = resp else {
             return End::Close;
         };
@@ -233,6 +182,108 @@ pub async fn serve(sock: &mut Sock, shared: &Shared, info: &Arc<ConnInfo>, flags
     }
 }
 
+/// What the loop does while a request is being answered: tell the client to go on
+/// when its body is first wanted (`100 Continue`), and watch it while the loop holds
+/// its reading half (no body, or the body is done). If it leaves, the answer is
+/// dropped, which abandons the backend request; bytes it sends meanwhile (pipelined
+/// requests) wait in the buffer.
+struct Meanwhile {
+    /// Still watching: nothing has arrived from the client yet.
+    watch: bool,
+    /// Some(true): the request body was read to its end (or there is none).
+    body_done: Option<bool>,
+    /// The client may still be waiting for `100 Continue`.
+    may_ask: bool,
+    /// Over TLS, a `100 Continue` may wait in the session's buffer.
+    unflushed: bool,
+}
+
+impl Meanwhile {
+    fn new(has_body: bool, expect_continue: bool) -> Meanwhile {
+        Meanwhile {
+            watch: true,
+            body_done: (!has_body).then_some(true),
+            may_ask: has_body && expect_continue,
+            unflushed: false,
+        }
+    }
+
+    /// Before the answer is polled: the body's ask for `100 Continue` must wake this
+    /// task, which the body may be read on or not (see `Link`).
+    #[inline(always)]
+    fn before(&mut self, sock: &mut Sock, cx: &mut std::task::Context<'_>) {
+        if self.unflushed {
+            self.unflushed = !sock.wr.poll_flushed(cx);
+        }
+        if let Some(link) = sock.lent.as_ref().filter(|_| self.may_ask) {
+            link.wake_on_ask(cx.waker());
+        }
+    }
+
+    /// While the answer is pending. False: the client is gone.
+    #[inline(always)]
+    fn after(&mut self, sock: &mut Sock, cx: &mut std::task::Context<'_>) -> bool {
+        if let Some(link) = &sock.lent {
+            if link.want_continue.swap(false, Ordering::Relaxed) {
+                self.may_ask = false;
+                if !sock.wr.poll_send_now(cx, CONTINUE) {
+                    return false;
+                }
+                self.unflushed = true;
+            }
+            if self.body_done.is_none() {
+                self.body_done = sock.reclaim();
+            }
+        }
+        if let (true, Some(true), Some(rd)) = (self.watch, self.body_done, sock.rd.as_mut()) {
+            match tokio_util::io::poll_read_buf(Pin::new(rd), cx, &mut sock.buf) {
+                Poll::Ready(Ok(0) | Err(_)) => return false,
+                Poll::Ready(Ok(_)) => self.watch = false,
+                Poll::Pending => {}
+            }
+        }
+        true
+    }
+}
+
+/// Answers a request head refused before routing (the status its error calls for),
+/// counts it, and ends the connection.
+async fn refuse_head(
+    sock: &mut Sock,
+    shared: &Shared,
+    info: &ConnInfo,
+    out: &mut Vec<u8>,
+    e: HeadError,
+) -> End {
+    let (status, reason) = match e {
+        HeadError::TooLarge => (431, Refusal::HeaderTooLarge),
+        HeadError::Bad(why) => (400, Refusal::BadRequest(why)),
+    };
+    shared.refused_request(info.client, status, reason);
+    let _ = refuse(&mut sock.wr, out, &e).await;
+    End::Linger
+}
+
+/// Reads more of a request head into the buffer; false when the client is gone. While
+/// the buffer is empty the connection is idle (see `Flags`).
+#[inline(always)]
+async fn read_more(sock: &mut Sock, flags: &Flags, info: &ConnInfo) -> bool {
+    let Some(rd) = sock.rd.as_mut() else {
+        return false;
+    };
+    flags.set_idle(sock.buf.is_empty());
+    sock.buf.reserve(HEAD_READ);
+    let n = rd.read_buf(&mut sock.buf).await;
+    flags.set_idle(false);
+    match n {
+        Ok(0) | Err(_) => false,
+        Ok(_) => {
+            info.activity.on_read();
+            true
+        }
+    }
+}
+
 /// What the connection does after an answer: decided here, once, from what the client
 /// allowed (`keep_alive`), whether sluice is shutting down, whether the request body
 /// was read to its end, and what the answer calls for (`After`, from forward.rs).
@@ -263,7 +314,6 @@ mod request;
 mod respond;
 mod sock;
 
-use body::Link;
 pub use body::{ClientBodyError, H1Body};
 pub use request::{Head, HeadError, Outgoing, RawRequest, parse_head};
 use respond::{Cut, Options, refuse, write_response};

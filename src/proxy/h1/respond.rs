@@ -38,66 +38,7 @@ pub(super) async fn write_response(
     o: Options,
     mut watch: Option<(&mut Reader, &mut BytesMut)>,
 ) -> Result<bool, Cut> {
-    let status = parts.status;
-    let mut keep = o.keep;
-    status_line(out, status);
-    // A proxied response's own lines as the backend wrote them, then the headers in
-    // the map (all of them, or what sluice added to the raw lines).
-    let raw = body.raw_head();
-    if let Some(r) = raw {
-        r.write_to(out);
-    }
-    for (name, value) in &parts.headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    let has_length =
-        raw.is_some_and(|r| r.has_length) || parts.headers.contains_key(header::CONTENT_LENGTH);
-    let has_date = raw.is_some_and(|r| r.has_date) || parts.headers.contains_key(header::DATE);
-    let no_body = status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED;
-    let exact = body.size_hint().exact();
-    // How the body goes to the client: the same `Framing` every body has (head.rs);
-    // `UntilClose` for an HTTP/1.0 client when the length is unknown.
-    let framing = if no_body {
-        Framing::None
-    } else if has_length {
-        if o.head_only {
-            Framing::None
-        } else {
-            Framing::Length(exact.unwrap_or(0))
-        }
-    } else if o.head_only {
-        // A proxied answer to HEAD says what the backend said; sluice's own tell the
-        // length their GET would have.
-        if let (true, Some(n)) = (body.is_local(), exact) {
-            content_length_line(out, n);
-        }
-        Framing::None
-    } else if let Some(n) = exact {
-        content_length_line(out, n);
-        Framing::Length(n)
-    } else if !o.http10 {
-        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-        Framing::Chunked
-    } else {
-        keep = false;
-        Framing::UntilClose
-    };
-    if !has_date {
-        date_line(out);
-    }
-    if o.upgrade {
-        // The backend's Connection: upgrade and Upgrade headers were kept for this.
-    } else if !keep {
-        out.extend_from_slice(b"connection: close\r\n");
-    } else if o.http10 {
-        out.extend_from_slice(b"connection: keep-alive\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
+    let (framing, keep) = head(out, parts, body, &o);
     if framing == Framing::None {
         wr.send(out).await?;
         return Ok(keep);
@@ -176,6 +117,78 @@ pub(super) async fn write_response(
             }
         }
     }
+}
+
+/// Writes the response head into `out` and says how its body is framed and whether the
+/// connection may serve another request.
+#[inline(always)]
+fn head(
+    out: &mut Vec<u8>,
+    parts: &http::response::Parts,
+    body: &ResponseBody,
+    o: &Options,
+) -> (Framing, bool) {
+    let status = parts.status;
+    let mut keep = o.keep;
+    status_line(out, status);
+    // A proxied response's own lines as the backend wrote them, then the headers in
+    // the map (all of them, or what sluice added to the raw lines).
+    let raw = body.raw_head();
+    if let Some(r) = raw {
+        r.write_to(out);
+    }
+    for (name, value) in &parts.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let has_length =
+        raw.is_some_and(|r| r.has_length) || parts.headers.contains_key(header::CONTENT_LENGTH);
+    let has_date = raw.is_some_and(|r| r.has_date) || parts.headers.contains_key(header::DATE);
+    let no_body = status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let exact = body.size_hint().exact();
+    // How the body goes to the client: the same `Framing` every body has (head.rs);
+    // `UntilClose` for an HTTP/1.0 client when the length is unknown.
+    let framing = if no_body {
+        Framing::None
+    } else if has_length {
+        if o.head_only {
+            Framing::None
+        } else {
+            Framing::Length(exact.unwrap_or(0))
+        }
+    } else if o.head_only {
+        // A proxied answer to HEAD says what the backend said; sluice's own tell the
+        // length their GET would have.
+        if let (true, Some(n)) = (body.is_local(), exact) {
+            content_length_line(out, n);
+        }
+        Framing::None
+    } else if let Some(n) = exact {
+        content_length_line(out, n);
+        Framing::Length(n)
+    } else if !o.http10 {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        Framing::Chunked
+    } else {
+        keep = false;
+        Framing::UntilClose
+    };
+    if !has_date {
+        date_line(out);
+    }
+    if o.upgrade {
+        // The backend's Connection: upgrade and Upgrade headers were kept for this.
+    } else if !keep {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if o.http10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    (framing, keep)
 }
 
 /// Why a response could not be written to its end.

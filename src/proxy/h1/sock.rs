@@ -13,7 +13,9 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-use super::body::Link;
+use super::body::{H1Body, Link};
+use crate::proxy::body::ClientBody;
+use crate::proxy::head::Framing;
 
 /// A TLS client connection once the handshake is done.
 pub type TlsStream = tokio_rustls::server::TlsStream<TcpStream>;
@@ -179,6 +181,24 @@ impl Sock {
             buf,
             lent: None,
         }
+    }
+
+    /// The request body `framing` calls for. A body takes the reading half and the
+    /// read buffer along; they come back (with any pipelined bytes behind the body)
+    /// when the body is done (`reclaim`). None if a body holds them already.
+    #[inline(always)]
+    pub(super) fn lend(&mut self, framing: Framing, expect_continue: bool) -> Option<ClientBody> {
+        if framing == Framing::None {
+            return Some(ClientBody::Empty);
+        }
+        let rd = self.rd.take()?;
+        let link = Arc::new(Link::default());
+        // Nothing to ask for if the body is already arriving.
+        let ask = expect_continue && self.buf.is_empty();
+        let buf = std::mem::take(&mut self.buf);
+        let body = H1Body::new(rd, buf, framing, ask, Arc::clone(&link));
+        self.lent = Some(link);
+        Some(ClientBody::H1(body))
     }
 
     /// Takes the reading half and the buffer back from the request body they were lent
