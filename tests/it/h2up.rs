@@ -227,13 +227,12 @@ async fn a_protocol_switch_to_an_http2_backend_is_a_502() {
 async fn a_dead_http2_connection_is_replaced() {
     let gate = Arc::new(Notify::new());
     let be = TestBackend::start(describe(gate)).await;
-    let addr = be.addr;
-    let handler = be.handler();
+    let (port, handler) = (be.hold_port(), be.handler());
     let lb = Sluice::over(&[be.url()], "protocol = \"h2c\"").await;
     assert_eq!(lb.get("/").await.0, StatusCode::OK);
     // The backend restarts: its connections die with it.
-    drop(be);
-    let be = TestBackend::restart_at(addr, handler).await;
+    be.crash().await;
+    let be = port.restart(handler);
     let (s, _, body) = lb.get("/again").await;
     assert_eq!(
         (s, body.starts_with("HTTP/2.0")),

@@ -226,10 +226,10 @@ async fn a_backend_killed_and_restarted_under_steady_load_fails_no_get() {
         }
     };
     wait_for(100).await;
-    let (addr, handler) = (b.addr, b.handler());
-    drop(b); // crash: listener and every connection closed
+    let (port, handler) = (b.hold_port(), b.handler());
+    b.crash().await; // listener and every connection closed
     wait_for(300).await;
-    let b = TestBackend::restart_at(addr, handler).await;
+    let b = port.restart(handler);
     for client in clients {
         let failures = client.await.unwrap();
         assert!(failures.is_empty(), "failed GETs: {failures:?}");

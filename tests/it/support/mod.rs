@@ -62,6 +62,24 @@ impl Drop for TestBackend {
     }
 }
 
+/// A port kept for a backend's restart (`TestBackend::hold_port`).
+pub struct PortHold(tokio::net::TcpSocket);
+
+impl PortHold {
+    /// The backend up again on its port, with `handler` (taken from the dropped one).
+    pub fn restart(self, handler: Handler) -> TestBackend {
+        TestBackend::serve(self.0.listen(1024).unwrap(), handler)
+    }
+}
+
+/// A socket bound to `addr` with SO_REUSEPORT, not listening yet.
+fn reusable(addr: SocketAddr) -> tokio::net::TcpSocket {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_reuseport(true).unwrap();
+    socket.bind(addr).unwrap();
+    socket
+}
+
 impl TestBackend {
     /// Serves every request with `handler`.
     pub async fn start<F, Fut>(handler: F) -> TestBackend
@@ -70,27 +88,27 @@ impl TestBackend {
         Fut: Future<Output = Response<BoxBody>> + Send + 'static,
     {
         let handler: Handler = Arc::new(move |r| Box::pin(handler(r)));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        Self::serve(listener, handler)
+        let socket = reusable("127.0.0.1:0".parse().unwrap());
+        Self::serve(socket.listen(1024).unwrap(), handler)
     }
 
-    /// A backend on `addr` again with `handler` (taken from a crashed one).
-    pub async fn restart_at(addr: SocketAddr, handler: Handler) -> TestBackend {
-        // The old listener closes when its aborted task is next polled.
-        let listener = tokio::time::timeout(DEADLINE, async {
-            loop {
-                match TcpListener::bind(addr).await {
-                    Ok(l) => return l,
-                    Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-                        tokio::time::sleep(Duration::from_millis(2)).await
-                    }
-                    Err(e) => panic!("rebinding {addr}: {e}"),
-                }
-            }
-        })
-        .await
-        .expect("the old listener closes");
-        Self::serve(listener, handler)
+    /// Holds this backend's port for a restart: a second socket bound to it (both
+    /// with SO_REUSEPORT) but not listening, so that once this backend is dropped,
+    /// connections to the port are refused, as by a crashed server, and no other
+    /// process can take the port meanwhile.
+    pub fn hold_port(&self) -> PortHold {
+        PortHold(reusable(self.addr))
+    }
+
+    /// Stops this backend as a crash would: every connection closes, and so has the
+    /// listener when this returns (dropping a backend closes it a moment later).
+    pub async fn crash(mut self) {
+        for t in self.conn_tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
+        let task = std::mem::replace(&mut self.task, tokio::spawn(async {}));
+        task.abort();
+        let _ = task.await;
     }
 
     /// The request handler, to restart this backend after dropping it.
