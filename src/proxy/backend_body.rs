@@ -12,7 +12,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::task::AbortHandle;
 
 use super::client::{Source, Upgraded};
-use super::decode::{Framed, Piece};
+use super::decode::{Broke, Framed, Next};
 use super::head::Framing;
 use super::pool::Pool;
 use super::wire::{RawHead, WireError};
@@ -141,34 +141,23 @@ impl Body for BackendBody {
         if let Some(Source::H2 { body, .. }) = this.src.as_mut() {
             return Pin::new(body).poll_frame(cx).map_err(BodyError::H2);
         }
-        loop {
-            let Some(src) = this.src.as_mut() else {
-                return Poll::Ready(None);
-            };
-            let room = match this.state.next(src.buf()) {
-                Ok(Piece::Data(data)) => {
-                    if this.state.is_done() {
-                        this.finish();
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Ok(Piece::End) => {
+        let Some(src) = this.src.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match ready!(this.state.poll_next(src, cx)) {
+            Ok(Next::Data(data)) => {
+                if this.state.is_done() {
                     this.finish();
-                    return Poll::Ready(None);
                 }
-                Ok(Piece::More(room)) => room,
-                Err(e) => return this.fail(BodyError::Wire(e)),
-            };
-            match ready!(src.poll_read_more(cx, room)) {
-                Ok(0) if matches!(this.state, Framed::UntilClose) => {
-                    this.src = None;
-                    this.state = Framed::Done;
-                    return Poll::Ready(None);
-                }
-                Ok(0) => return this.fail(BodyError::Closed),
-                Ok(_) => {}
-                Err(e) => return this.fail(BodyError::Read(e)),
+                Poll::Ready(Some(Ok(Frame::data(data))))
             }
+            Ok(Next::End) => {
+                this.finish();
+                Poll::Ready(None)
+            }
+            Err(Broke::Wire(e)) => this.fail(BodyError::Wire(e)),
+            Err(Broke::Closed) => this.fail(BodyError::Closed),
+            Err(Broke::Read(e)) => this.fail(BodyError::Read(e)),
         }
     }
 

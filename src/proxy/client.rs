@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use super::decode::Refill;
 use super::stream::{ReadHalf, Stream, WriteHalf};
 use bytes::{Bytes, BytesMut};
 use http::{Request, Response};
@@ -56,20 +57,16 @@ pub(super) enum Source {
     },
 }
 
-impl Source {
-    pub(super) fn buf(&mut self) -> &mut BytesMut {
+impl Refill for Source {
+    #[inline(always)]
+    fn buf(&mut self) -> &mut BytesMut {
         match self {
             Source::Conn(c) => &mut c.buf,
             Source::Half { buf, .. } | Source::H2 { buf, .. } => buf,
         }
     }
 
-    /// Reads more into the buffer, with at least `room` bytes of space.
-    pub(super) fn poll_read_more(
-        &mut self,
-        cx: &mut Context<'_>,
-        room: usize,
-    ) -> Poll<io::Result<usize>> {
+    fn poll_refill(&mut self, cx: &mut Context<'_>, room: usize) -> Poll<io::Result<usize>> {
         match self {
             Source::Conn(c) => {
                 c.buf.reserve(room);
@@ -83,9 +80,11 @@ impl Source {
             Source::H2 { .. } => Poll::Ready(Ok(0)),
         }
     }
+}
 
+impl Source {
     async fn read_more(&mut self, room: usize) -> io::Result<usize> {
-        std::future::poll_fn(|cx| self.poll_read_more(cx, room)).await
+        std::future::poll_fn(|cx| self.poll_refill(cx, room)).await
     }
 }
 

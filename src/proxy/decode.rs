@@ -3,6 +3,9 @@
 //! (h1/body.rs) and response bodies from backends (client.rs), so a framing rule holds
 //! on both sides or on neither.
 
+use std::io;
+use std::task::{Context, Poll, ready};
+
 use bytes::{Buf, Bytes, BytesMut};
 
 use super::head::Framing;
@@ -245,6 +248,30 @@ pub enum Piece {
     End,
 }
 
+/// A buffer and the connection that refills it: what a framed body is read from, a
+/// client's request body or a backend's response body.
+pub trait Refill {
+    fn buf(&mut self) -> &mut BytesMut;
+    /// Reads more into the buffer, with at least `room` bytes of space. Ok(0): the
+    /// peer closed (or nothing is left to read from).
+    fn poll_refill(&mut self, cx: &mut Context<'_>, room: usize) -> Poll<io::Result<usize>>;
+}
+
+/// What a framed body gives next (`Framed::poll_next`).
+pub enum Next {
+    Data(Bytes),
+    End,
+}
+
+/// Why a framed body broke off before its end.
+pub enum Broke {
+    /// Its framing is wrong (a bad chunk).
+    Wire(WireError),
+    /// The peer closed the connection mid-body.
+    Closed,
+    Read(io::Error),
+}
+
 /// The least read for a body, and the most.
 const BODY_READ_MIN: usize = 8 * 1024;
 const BODY_READ_MAX: usize = 64 * 1024;
@@ -286,6 +313,34 @@ impl Framed {
             },
             Framed::UntilClose if buf.is_empty() => Ok(Piece::More(BODY_READ_MAX / 4)),
             Framed::UntilClose => Ok(Piece::Data(buf.split().freeze())),
+        }
+    }
+
+    /// The body's next piece, read from `src` as needed. After the last piece of a
+    /// body `is_done` is already true (see `next`). A body framed until close ends
+    /// when the peer closes; any other ends only as its framing says.
+    #[inline(always)]
+    pub fn poll_next<R: Refill>(
+        &mut self,
+        src: &mut R,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Next, Broke>> {
+        loop {
+            let room = match self.next(src.buf()) {
+                Ok(Piece::Data(data)) => return Poll::Ready(Ok(Next::Data(data))),
+                Ok(Piece::End) => return Poll::Ready(Ok(Next::End)),
+                Ok(Piece::More(room)) => room,
+                Err(e) => return Poll::Ready(Err(Broke::Wire(e))),
+            };
+            match ready!(src.poll_refill(cx, room)) {
+                Ok(0) if matches!(self, Framed::UntilClose) => {
+                    *self = Framed::Done;
+                    return Poll::Ready(Ok(Next::End));
+                }
+                Ok(0) => return Poll::Ready(Err(Broke::Closed)),
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Err(Broke::Read(e))),
+            }
         }
     }
 

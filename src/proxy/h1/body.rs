@@ -9,7 +9,7 @@ use std::task::{Context, Poll, ready};
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 
-use crate::proxy::decode::{Chunked, Framed, Piece};
+use crate::proxy::decode::{Broke, Chunked, Framed, Next, Piece, Refill};
 use crate::proxy::head::Framing;
 use crate::proxy::wire::WireError;
 
@@ -150,6 +150,29 @@ impl Drop for H1Body {
     }
 }
 
+/// A request body's reading half and buffer, as the decoder reads them.
+struct Src<'a> {
+    /// None once given back: nothing more to read.
+    rd: Option<&'a mut Reader>,
+    buf: &'a mut BytesMut,
+}
+
+impl Refill for Src<'_> {
+    #[inline(always)]
+    fn buf(&mut self) -> &mut BytesMut {
+        self.buf
+    }
+
+    #[inline(always)]
+    fn poll_refill(&mut self, cx: &mut Context<'_>, room: usize) -> Poll<io::Result<usize>> {
+        let Some(rd) = self.rd.as_mut() else {
+            return Poll::Ready(Ok(0));
+        };
+        self.buf.reserve(room);
+        tokio_util::io::poll_read_buf(Pin::new(&mut **rd), cx, self.buf)
+    }
+}
+
 impl Body for H1Body {
     type Data = Bytes;
     type Error = ClientBodyError;
@@ -167,34 +190,24 @@ impl Body for H1Body {
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
-        loop {
-            let room = match this.state.next(&mut this.buf) {
-                Ok(Piece::Data(data)) => {
-                    if this.state.is_done() {
-                        this.finish();
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Ok(Piece::End) => {
+        let mut src = Src {
+            rd: this.rd.as_mut(),
+            buf: &mut this.buf,
+        };
+        match ready!(this.state.poll_next(&mut src, cx)) {
+            Ok(Next::Data(data)) => {
+                if this.state.is_done() {
                     this.finish();
-                    return Poll::Ready(None);
                 }
-                Ok(Piece::More(room)) => room,
-                Err(e) => return this.fail(ClientBodyError::Wire(e)),
-            };
-            let Some(rd) = this.rd.as_mut() else {
-                return this.fail(ClientBodyError::Closed);
-            };
-            this.buf.reserve(room);
-            match ready!(tokio_util::io::poll_read_buf(
-                Pin::new(rd),
-                cx,
-                &mut this.buf
-            )) {
-                Ok(0) => return this.fail(ClientBodyError::Closed),
-                Ok(_) => {}
-                Err(e) => return this.fail(ClientBodyError::Read(e)),
+                Poll::Ready(Some(Ok(Frame::data(data))))
             }
+            Ok(Next::End) => {
+                this.finish();
+                Poll::Ready(None)
+            }
+            Err(Broke::Wire(e)) => this.fail(ClientBodyError::Wire(e)),
+            Err(Broke::Closed) => this.fail(ClientBodyError::Closed),
+            Err(Broke::Read(e)) => this.fail(ClientBodyError::Read(e)),
         }
     }
 
