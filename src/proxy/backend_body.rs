@@ -54,6 +54,16 @@ pub enum BodyError {
     H2(#[source] hyper::Error),
 }
 
+impl From<Broke> for BodyError {
+    fn from(b: Broke) -> BodyError {
+        match b {
+            Broke::Wire(e) => BodyError::Wire(e),
+            Broke::Closed => BodyError::Closed,
+            Broke::Read(e) => BodyError::Read(e),
+        }
+    }
+}
+
 impl BackendBody {
     pub(super) fn new(
         src: Source,
@@ -155,9 +165,7 @@ impl Body for BackendBody {
                 this.finish();
                 Poll::Ready(None)
             }
-            Err(Broke::Wire(e)) => this.fail(BodyError::Wire(e)),
-            Err(Broke::Closed) => this.fail(BodyError::Closed),
-            Err(Broke::Read(e)) => this.fail(BodyError::Read(e)),
+            Err(broke) => this.fail(broke.into()),
         }
     }
 

@@ -83,6 +83,16 @@ pub struct H1Body {
     link: Arc<Link>,
 }
 
+impl From<Broke> for ClientBodyError {
+    fn from(b: Broke) -> ClientBodyError {
+        match b {
+            Broke::Wire(e) => ClientBodyError::Wire(e),
+            Broke::Closed => ClientBodyError::Closed,
+            Broke::Read(e) => ClientBodyError::Read(e),
+        }
+    }
+}
+
 impl H1Body {
     pub(super) fn new(
         rd: Reader,
@@ -205,9 +215,7 @@ impl Body for H1Body {
                 this.finish();
                 Poll::Ready(None)
             }
-            Err(Broke::Wire(e)) => this.fail(ClientBodyError::Wire(e)),
-            Err(Broke::Closed) => this.fail(ClientBodyError::Closed),
-            Err(Broke::Read(e)) => this.fail(ClientBodyError::Read(e)),
+            Err(broke) => this.fail(broke.into()),
         }
     }
 
