@@ -115,11 +115,6 @@ impl Pool {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Idle connections now held.
-    pub fn idle_len(&self) -> usize {
-        self.lock().len()
-    }
-
     pub(super) fn h2_slot(&self) -> std::sync::MutexGuard<'_, Option<H2Sender>> {
         self.h2.lock().unwrap_or_else(|p| p.into_inner())
     }
