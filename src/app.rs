@@ -59,6 +59,7 @@ impl App {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (admin, state) = (self.admin, self.state);
         state.restart_health_checks();
+        state.sync_discovery();
         let control = Arc::clone(&state);
         self.proxy
             .serve(async move {

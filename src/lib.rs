@@ -12,6 +12,7 @@ pub mod balance;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod discovery;
 pub mod fuzzing;
 pub mod health;
 pub mod metrics;

@@ -49,6 +49,9 @@ pub fn add(state: &State, name: &str, body: &[u8]) -> Response<Full<Bytes>> {
     let Some(upstream) = config.upstreams.iter_mut().find(|u| u.name == name) else {
         return no_upstream(name);
     };
+    if let Some(refused) = discovered(upstream) {
+        return refused;
+    }
     if upstream.backends.iter().any(|b| b.url.id() == id) {
         return text(
             StatusCode::CONFLICT,
@@ -87,6 +90,9 @@ pub fn remove(state: &State, name: &str, id: &str) -> Response<Full<Bytes>> {
     let Some(upstream) = config.upstreams.iter_mut().find(|u| u.name == name) else {
         return no_upstream(name);
     };
+    if let Some(refused) = discovered(upstream) {
+        return refused;
+    }
     let Some(at) = upstream.backends.iter().position(|b| b.url.id() == id) else {
         let ids: Vec<String> = upstream.backends.iter().map(|b| b.url.id()).collect();
         return super::no_backend(name, id, ids.iter().map(String::as_str));
@@ -113,4 +119,18 @@ fn no_upstream(name: &str) -> Response<Full<Bytes>> {
         StatusCode::NOT_FOUND,
         format!("no upstream named \"{name}\"\n"),
     )
+}
+
+/// SPEC §6: a discovered upstream's backends come from its source; adding or removing
+/// one by hand is a conflict (drain and enable work).
+fn discovered(upstream: &crate::config::UpstreamConfig) -> Option<Response<Full<Bytes>>> {
+    let d = upstream.discovery.as_ref()?;
+    Some(text(
+        StatusCode::CONFLICT,
+        format!(
+            "upstream \"{}\" takes its backends from {} discovery; change them there (drain and enable work here)\n",
+            upstream.name,
+            d.source.kind()
+        ),
+    ))
 }

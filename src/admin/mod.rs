@@ -3,7 +3,6 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -14,12 +13,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::time::Instant;
 
-use crate::metrics::Text;
 use crate::state::State;
 
 mod edit;
+mod report;
+
+pub use report::{metrics_text, status_json};
 
 const DASHBOARD: &str = include_str!("dashboard.html");
 
@@ -73,7 +73,7 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     reply(status, "text/plain; charset=utf-8", body)
 }
 
-async fn route(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(state: &Arc<State>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/") => reply(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
@@ -251,215 +251,6 @@ fn check_token(state: &State, req: &Request<Incoming>) -> Option<Response<Full<B
             ))
         });
     (!ok).then(|| text(StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n"))
-}
-
-/// The `/status` document (SPEC §5), fields in the SPEC's order.
-#[derive(serde::Serialize)]
-pub struct Status<'a> {
-    pub version: &'static str,
-    pub upstreams: Vec<UpstreamStatus<'a>>,
-}
-
-#[derive(serde::Serialize)]
-pub struct UpstreamStatus<'a> {
-    pub name: &'a str,
-    pub strategy: &'static str,
-    pub backends: Vec<BackendStatus>,
-}
-
-#[derive(serde::Serialize)]
-pub struct BackendStatus {
-    pub url: String,
-    /// `host:port`: the form admin paths and metric labels use.
-    pub id: String,
-    pub weight: u32,
-    pub backup: bool,
-    pub state: &'static str,
-    /// Past its failure threshold but kept in rotation by `max_ejected_percent`.
-    pub failing: bool,
-    pub inflight: u32,
-    pub requests: u64,
-    pub failures: u64,
-    pub latency_ewma_ms: f64,
-}
-
-/// Renders `/status` from the live snapshot and counters.
-pub fn status_json(state: &State) -> String {
-    let snap = state.shared.snapshot.load();
-    let now = Instant::now();
-    let status = Status {
-        version: env!("CARGO_PKG_VERSION"),
-        upstreams: snap
-            .upstreams
-            .iter()
-            .map(|u| UpstreamStatus {
-                name: &u.name,
-                strategy: u.config.strategy.as_str(),
-                backends: u
-                    .all
-                    .iter()
-                    .map(|b| {
-                        let s = &b.stats;
-                        let state = s.state(now);
-                        BackendStatus {
-                            url: b.url.to_string(),
-                            id: b.id.to_string(),
-                            weight: b.weight,
-                            backup: b.backup,
-                            state: state.as_str(),
-                            failing: s.is_failing() && state == crate::upstream::State::Healthy,
-                            inflight: s.inflight.load(Ordering::Relaxed),
-                            requests: s.requests.load(Ordering::Relaxed),
-                            failures: s.failures.load(Ordering::Relaxed),
-                            latency_ewma_ms: (s.latency_ewma_ms() * 1000.0).round() / 1000.0,
-                        }
-                    })
-                    .collect(),
-            })
-            .collect(),
-    };
-    serde_json::to_string(&status).unwrap_or_else(|_| "{}".to_owned())
-}
-
-/// Renders `/metrics` (Prometheus text format, SPEC §5) from the live snapshot and
-/// counters.
-pub fn metrics_text(state: &State) -> String {
-    let snap = state.shared.snapshot.load();
-    let now = Instant::now();
-    let mut t = Text::default();
-
-    t.family(
-        "sluice_requests_total",
-        "counter",
-        "Client requests, by upstream, the backend that gave the final answer, and status code. \
-         Empty labels: answered before a backend (or an upstream) was chosen; 499: the client left first.",
-    );
-    state.shared.unrouted.each(|code, n| {
-        t.sample(
-            "sluice_requests_total",
-            &[
-                ("upstream", ""),
-                ("backend", ""),
-                ("code", &code.to_string()),
-            ],
-            n,
-        );
-    });
-    for u in snap.upstreams.iter() {
-        u.stats.unpicked.each(|code, n| {
-            t.sample(
-                "sluice_requests_total",
-                &[
-                    ("upstream", &u.name),
-                    ("backend", ""),
-                    ("code", &code.to_string()),
-                ],
-                n,
-            );
-        });
-        for b in u.all.iter() {
-            b.stats.codes.each(|code, n| {
-                t.sample(
-                    "sluice_requests_total",
-                    &[
-                        ("upstream", &u.name),
-                        ("backend", &b.id),
-                        ("code", &code.to_string()),
-                    ],
-                    n,
-                );
-            });
-        }
-    }
-
-    t.family(
-        "sluice_request_duration_seconds",
-        "histogram",
-        "Time from a request's arrival to the end of its response, by upstream.",
-    );
-    for u in snap.upstreams.iter() {
-        t.histogram(
-            "sluice_request_duration_seconds",
-            &[("upstream", &u.name)],
-            &u.stats.duration,
-        );
-    }
-
-    let backends = || {
-        snap.upstreams
-            .iter()
-            .flat_map(|u| u.all.iter().map(move |b| (&*u.name, b)))
-    };
-    t.family(
-        "sluice_backend_healthy",
-        "gauge",
-        "1 unless active checks found the backend unhealthy or passive checks ejected it.",
-    );
-    for (u, b) in backends() {
-        let healthy = !b.stats.is_unhealthy() && !b.stats.is_ejected(now);
-        t.sample(
-            "sluice_backend_healthy",
-            &[("upstream", u), ("backend", &b.id)],
-            u8::from(healthy),
-        );
-    }
-    t.family(
-        "sluice_backend_inflight",
-        "gauge",
-        "Requests in flight to the backend.",
-    );
-    for (u, b) in backends() {
-        let n = b.stats.inflight.load(Ordering::Relaxed);
-        t.sample(
-            "sluice_backend_inflight",
-            &[("upstream", u), ("backend", &b.id)],
-            n,
-        );
-    }
-    t.family(
-        "sluice_backend_failures_total",
-        "counter",
-        "Failed attempts on the backend: no connection, broken off, timed out, or a status counted as failure.",
-    );
-    for (u, b) in backends() {
-        let n = b.stats.failures.load(Ordering::Relaxed);
-        t.sample(
-            "sluice_backend_failures_total",
-            &[("upstream", u), ("backend", &b.id)],
-            n,
-        );
-    }
-
-    t.family(
-        "sluice_retries_total",
-        "counter",
-        "Retries the retry policy allowed, by upstream.",
-    );
-    for u in snap.upstreams.iter() {
-        let n = u.stats.retries.load(Ordering::Relaxed);
-        t.sample("sluice_retries_total", &[("upstream", &u.name)], n);
-    }
-
-    t.family(
-        "sluice_refused_total",
-        "counter",
-        "Requests and connections sluice refused itself, by reason; the access or event log line of each carries the same reason.",
-    );
-    state.shared.refused.each(|reason, n| {
-        t.sample("sluice_refused_total", &[("reason", reason)], n);
-    });
-
-    t.family(
-        "sluice_client_connections",
-        "gauge",
-        "Open client connections.",
-    );
-    let open = state.shared.connections.get().map_or(0, |(permits, max)| {
-        max.saturating_sub(permits.available_permits())
-            .saturating_sub(state.shared.accepting.load(Ordering::Relaxed))
-    });
-    t.sample("sluice_client_connections", &[], open);
-    t.finish()
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! `load` / `parse_str` shared by startup, `sluice check`, SIGHUP and `POST /reload`.
 
 mod diag;
+pub mod discovery;
 mod raw;
 pub mod units;
 mod validate;
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use diag::{ConfigErrors, Problem};
+pub use discovery::DiscoveryConfig;
 
 /// Default for `[server] shutdown_timeout`: long enough for slow downloads to finish,
 /// short enough that an orchestrator's kill timeout (often 30s+) is not hit first.
@@ -137,6 +139,9 @@ pub struct UpstreamConfig {
     pub health: Option<HealthConfig>,
     pub outlier: OutlierConfig,
     pub retry: RetryConfig,
+    /// Backends from DNS, etcd or a file (SPEC §6); `backends` then holds the last set
+    /// discovered (none until the first answer).
+    pub discovery: Option<DiscoveryConfig>,
 }
 
 impl UpstreamConfig {
@@ -158,6 +163,7 @@ impl UpstreamConfig {
             health: None,
             outlier: OutlierConfig::default(),
             retry: RetryConfig::default(),
+            discovery: None,
         }
     }
 }

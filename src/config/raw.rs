@@ -103,6 +103,23 @@ pub(super) struct RawUpstream {
     pub health: Option<Spanned<RawHealth>>,
     pub outlier: Option<RawOutlier>,
     pub retry: Option<RawRetry>,
+    pub discovery: Option<Spanned<RawDiscovery>>,
+}
+
+/// `[upstream.NAME.discovery]`: the keys of every source; which belong to the chosen
+/// one is checked in validation, so that a key of another source gets a clear message.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDiscovery {
+    pub source: Option<Spanned<String>>,
+    pub scheme: Option<Spanned<String>>,
+    pub name: Option<Spanned<String>>,
+    pub resolver: Option<Spanned<String>>,
+    pub min_ttl: Option<Spanned<DurationValue>>,
+    pub max_ttl: Option<Spanned<DurationValue>>,
+    pub endpoints: Option<Spanned<Vec<Spanned<String>>>>,
+    pub prefix: Option<Spanned<String>>,
+    pub path: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -12,6 +12,7 @@ const LAYERS: &[&[&str]] = &[
     &["upstream"],
     &["balance", "health"],
     &["proxy"],
+    &["discovery"],
     &["state"],
     &["admin"],
     &["app"],

@@ -54,6 +54,7 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
     }
 }
 
+mod discovery;
 mod recover;
 mod upstream;
 

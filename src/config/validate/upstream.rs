@@ -33,8 +33,20 @@ impl Check<'_> {
         let at = raw.span();
         let raw = raw.into_inner();
         let ctx = format!("upstream \"{name}\":");
-        if raw.backends.is_none() && !self.misspelt_in.contains(&at) {
-            self.report(at, format!("missing key \"backends\" in [upstream.{name}]"));
+        match (&raw.backends, &raw.discovery) {
+            (None, None) if !self.misspelt_in.contains(&at) => self.report(
+                at.clone(),
+                format!(
+                    "missing key \"backends\" in [upstream.{name}] (or a [upstream.{name}.discovery] section)"
+                ),
+            ),
+            (Some(_), Some(d)) => self.report(
+                d.span(),
+                format!(
+                    "{ctx} has both \"backends\" and a discovery section; use one: backends listed here, or discovered"
+                ),
+            ),
+            _ => {}
         }
         let raw_backends = raw.backends.as_deref().unwrap_or_default();
         let mut u = UpstreamConfig::with_defaults(&name, Vec::new());
@@ -135,6 +147,28 @@ impl Check<'_> {
         u.health = raw.health.map(|h| self.health(&ctx, h.into_inner()));
         u.outlier = self.outlier(&ctx, raw.outlier.unwrap_or_default());
         u.retry = self.retry(&ctx, raw.retry.unwrap_or_default());
+        if let Some(d) = raw.discovery {
+            let span = d.span();
+            u.discovery = self.discovery(&ctx, d);
+            let needs = match u.protocol {
+                Protocol::Http1 => None,
+                Protocol::H2 => Some(("h2", Scheme::Https)),
+                Protocol::H2c => Some(("h2c", Scheme::Http)),
+            };
+            if let (Some((p, scheme)), Some(d)) = (needs, &u.discovery) {
+                if d.scheme != scheme {
+                    let want = if scheme == Scheme::Https {
+                        "https"
+                    } else {
+                        "http"
+                    };
+                    self.report(
+                        span,
+                        format!("{ctx} protocol \"{p}\" needs discovery.scheme = \"{want}\""),
+                    );
+                }
+            }
+        }
         u
     }
 

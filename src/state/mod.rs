@@ -9,6 +9,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::config::{self, Config, LoadError, UpstreamConfig};
 use crate::proxy::Shared;
 
+mod discovered;
+
+pub use discovered::{Discovered, Phase, Seen, Status};
+
 /// Changes applied to every config loaded from the file (command-line overrides).
 pub type Overrides =
     Box<dyn Fn(&mut Config) -> Result<(), Box<dyn std::error::Error + Send + Sync>> + Send + Sync>;
@@ -25,6 +29,8 @@ pub struct State {
     /// Active health checkers of the current snapshot, replaced with it; None once
     /// stopped for good (shutdown), so a late reload does not start them again.
     checkers: Mutex<Option<Option<crate::proxy::probe::Checkers>>>,
+    /// The discovery tasks of discovered upstreams (discovered.rs).
+    pub discovered: Discovered,
 }
 
 /// Why a reload did not happen.
@@ -74,6 +80,7 @@ impl State {
             overrides,
             edits: Mutex::new(()),
             checkers: Mutex::new(Some(None)),
+            discovered: Discovered::default(),
         })
     }
 
@@ -97,12 +104,21 @@ impl State {
         ));
     }
 
-    /// Stops the active health checkers for good (shutdown).
+    /// Stops the active health checkers and discovery for good (shutdown).
     pub fn stop_health_checks(&self) {
         self.checkers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
+        self.discovered.stop();
+    }
+
+    /// Stopped for good (shutdown): nothing starts again.
+    fn stopped(&self) -> bool {
+        self.checkers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
     }
 
     /// Makes `config` the running configuration: one store for routes, upstreams and
@@ -124,7 +140,7 @@ impl State {
     /// Reloads the config file (SIGHUP, `POST /reload`): read, validate, apply the
     /// command-line overrides again, check, and swap; on any error the running
     /// configuration stays.
-    pub fn reload(&self) -> Result<(), ReloadError> {
+    pub fn reload(self: &Arc<Self>) -> Result<(), ReloadError> {
         let _edit = self.edit();
         let path = self.config_path.as_deref().ok_or(ReloadError::NoFile)?;
         let mut config = config::load(path)?;
@@ -133,12 +149,14 @@ impl State {
         }
         check_supported(&config)?;
         let old = self.shared.config.load();
+        discovered::carry_over(&old, &mut config);
         if old.listeners != config.listeners
             || old.admin.as_ref().map(|a| a.address) != config.admin.as_ref().map(|a| a.address)
         {
             tracing::warn!("listener and admin address changes take effect at the next restart");
         }
         self.apply(config);
+        self.sync_discovery();
         tracing::info!(path = %path.display(), "configuration reloaded");
         Ok(())
     }

@@ -1,0 +1,298 @@
+//! What the admin API reports: the `/status` document and the `/metrics` text, both
+//! read from the live snapshot, its counters and the discovery status.
+
+use std::sync::atomic::Ordering;
+
+use tokio::time::Instant;
+
+use crate::metrics::Text;
+use crate::state::State;
+
+/// The `/status` document (SPEC §5), fields in the SPEC's order.
+#[derive(serde::Serialize)]
+pub struct Status<'a> {
+    pub version: &'static str,
+    pub upstreams: Vec<UpstreamStatus<'a>>,
+}
+
+#[derive(serde::Serialize)]
+pub struct UpstreamStatus<'a> {
+    pub name: &'a str,
+    pub strategy: &'static str,
+    /// Fingerprint of the backend set (SPEC §6): equal on instances that agree.
+    pub members: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<DiscoveryStatus>,
+    pub backends: Vec<BackendStatus>,
+}
+
+/// A discovered upstream's source and how it stands (SPEC §6).
+#[derive(serde::Serialize)]
+pub struct DiscoveryStatus {
+    pub source: &'static str,
+    pub state: &'static str,
+    /// RFC 3339 time of the last applied answer.
+    pub updated: Option<String>,
+    pub error: Option<String>,
+}
+
+fn discovery_status(state: &State, name: &str) -> Option<DiscoveryStatus> {
+    let status = state.discovered.status(name)?;
+    let seen = status.seen();
+    Some(DiscoveryStatus {
+        source: status.source,
+        state: seen.phase.as_str(),
+        updated: seen
+            .updated
+            .map(|t| humantime::format_rfc3339_millis(t).to_string()),
+        error: seen.error,
+    })
+}
+
+#[derive(serde::Serialize)]
+pub struct BackendStatus {
+    pub url: String,
+    /// `host:port`: the form admin paths and metric labels use.
+    pub id: String,
+    pub weight: u32,
+    pub backup: bool,
+    pub state: &'static str,
+    /// Past its failure threshold but kept in rotation by `max_ejected_percent`.
+    pub failing: bool,
+    pub inflight: u32,
+    pub requests: u64,
+    pub failures: u64,
+    pub latency_ewma_ms: f64,
+}
+
+/// Renders `/status` from the live snapshot and counters.
+pub fn status_json(state: &State) -> String {
+    let snap = state.shared.snapshot.load();
+    let now = Instant::now();
+    let status = Status {
+        version: env!("CARGO_PKG_VERSION"),
+        upstreams: snap
+            .upstreams
+            .iter()
+            .map(|u| UpstreamStatus {
+                name: &u.name,
+                strategy: u.config.strategy.as_str(),
+                members: crate::upstream::members(
+                    u.all.iter().map(|b| (&*b.id, b.weight, b.backup)),
+                ),
+                discovery: discovery_status(state, &u.name),
+                backends: u
+                    .all
+                    .iter()
+                    .map(|b| {
+                        let s = &b.stats;
+                        let state = s.state(now);
+                        BackendStatus {
+                            url: b.url.to_string(),
+                            id: b.id.to_string(),
+                            weight: b.weight,
+                            backup: b.backup,
+                            state: state.as_str(),
+                            failing: s.is_failing() && state == crate::upstream::State::Healthy,
+                            inflight: s.inflight.load(Ordering::Relaxed),
+                            requests: s.requests.load(Ordering::Relaxed),
+                            failures: s.failures.load(Ordering::Relaxed),
+                            latency_ewma_ms: (s.latency_ewma_ms() * 1000.0).round() / 1000.0,
+                        }
+                    })
+                    .collect(),
+            })
+            .collect(),
+    };
+    serde_json::to_string(&status).unwrap_or_else(|_| "{}".to_owned())
+}
+
+/// Renders `/metrics` (Prometheus text format, SPEC §5) from the live snapshot and
+/// counters.
+pub fn metrics_text(state: &State) -> String {
+    let snap = state.shared.snapshot.load();
+    let now = Instant::now();
+    let mut t = Text::default();
+
+    t.family(
+        "sluice_requests_total",
+        "counter",
+        "Client requests, by upstream, the backend that gave the final answer, and status code. \
+         Empty labels: answered before a backend (or an upstream) was chosen; 499: the client left first.",
+    );
+    state.shared.unrouted.each(|code, n| {
+        t.sample(
+            "sluice_requests_total",
+            &[
+                ("upstream", ""),
+                ("backend", ""),
+                ("code", &code.to_string()),
+            ],
+            n,
+        );
+    });
+    for u in snap.upstreams.iter() {
+        u.stats.unpicked.each(|code, n| {
+            t.sample(
+                "sluice_requests_total",
+                &[
+                    ("upstream", &u.name),
+                    ("backend", ""),
+                    ("code", &code.to_string()),
+                ],
+                n,
+            );
+        });
+        for b in u.all.iter() {
+            b.stats.codes.each(|code, n| {
+                t.sample(
+                    "sluice_requests_total",
+                    &[
+                        ("upstream", &u.name),
+                        ("backend", &b.id),
+                        ("code", &code.to_string()),
+                    ],
+                    n,
+                );
+            });
+        }
+    }
+
+    t.family(
+        "sluice_request_duration_seconds",
+        "histogram",
+        "Time from a request's arrival to the end of its response, by upstream.",
+    );
+    for u in snap.upstreams.iter() {
+        t.histogram(
+            "sluice_request_duration_seconds",
+            &[("upstream", &u.name)],
+            &u.stats.duration,
+        );
+    }
+
+    let backends = || {
+        snap.upstreams
+            .iter()
+            .flat_map(|u| u.all.iter().map(move |b| (&*u.name, b)))
+    };
+    t.family(
+        "sluice_backend_healthy",
+        "gauge",
+        "1 unless active checks found the backend unhealthy or passive checks ejected it.",
+    );
+    for (u, b) in backends() {
+        let healthy = !b.stats.is_unhealthy() && !b.stats.is_ejected(now);
+        t.sample(
+            "sluice_backend_healthy",
+            &[("upstream", u), ("backend", &b.id)],
+            u8::from(healthy),
+        );
+    }
+    t.family(
+        "sluice_backend_inflight",
+        "gauge",
+        "Requests in flight to the backend.",
+    );
+    for (u, b) in backends() {
+        let n = b.stats.inflight.load(Ordering::Relaxed);
+        t.sample(
+            "sluice_backend_inflight",
+            &[("upstream", u), ("backend", &b.id)],
+            n,
+        );
+    }
+    t.family(
+        "sluice_backend_failures_total",
+        "counter",
+        "Failed attempts on the backend: no connection, broken off, timed out, or a status counted as failure.",
+    );
+    for (u, b) in backends() {
+        let n = b.stats.failures.load(Ordering::Relaxed);
+        t.sample(
+            "sluice_backend_failures_total",
+            &[("upstream", u), ("backend", &b.id)],
+            n,
+        );
+    }
+
+    t.family(
+        "sluice_retries_total",
+        "counter",
+        "Retries the retry policy allowed, by upstream.",
+    );
+    for u in snap.upstreams.iter() {
+        let n = u.stats.retries.load(Ordering::Relaxed);
+        t.sample("sluice_retries_total", &[("upstream", &u.name)], n);
+    }
+
+    t.family(
+        "sluice_upstream_backends",
+        "gauge",
+        "Backends in the upstream's set now (listed, or last discovered).",
+    );
+    for u in snap.upstreams.iter() {
+        t.sample(
+            "sluice_upstream_backends",
+            &[("upstream", &u.name)],
+            u.all.len(),
+        );
+    }
+    let discovered: Vec<_> = snap
+        .upstreams
+        .iter()
+        .filter_map(|u| Some((&*u.name, state.discovered.status(&u.name)?)))
+        .collect();
+    t.family(
+        "sluice_discovery_updates_total",
+        "counter",
+        "Answers from a discovered upstream's source that were applied.",
+    );
+    for (name, s) in &discovered {
+        let n = s.updates.load(Ordering::Relaxed);
+        t.sample("sluice_discovery_updates_total", &[("upstream", name)], n);
+    }
+    t.family(
+        "sluice_discovery_errors_total",
+        "counter",
+        "Failed attempts to read a discovered upstream's source.",
+    );
+    for (name, s) in &discovered {
+        let n = s.errors.load(Ordering::Relaxed);
+        t.sample("sluice_discovery_errors_total", &[("upstream", name)], n);
+    }
+    t.family(
+        "sluice_discovery_stale",
+        "gauge",
+        "1 while a discovered upstream runs on its last known set because its source fails.",
+    );
+    for (name, s) in &discovered {
+        let stale = s.seen().phase == crate::state::Phase::Stale;
+        t.sample(
+            "sluice_discovery_stale",
+            &[("upstream", name)],
+            u8::from(stale),
+        );
+    }
+
+    t.family(
+        "sluice_refused_total",
+        "counter",
+        "Requests and connections sluice refused itself, by reason; the access or event log line of each carries the same reason.",
+    );
+    state.shared.refused.each(|reason, n| {
+        t.sample("sluice_refused_total", &[("reason", reason)], n);
+    });
+
+    t.family(
+        "sluice_client_connections",
+        "gauge",
+        "Open client connections.",
+    );
+    let open = state.shared.connections.get().map_or(0, |(permits, max)| {
+        max.saturating_sub(permits.available_permits())
+            .saturating_sub(state.shared.accepting.load(Ordering::Relaxed))
+    });
+    t.sample("sluice_client_connections", &[], open);
+    t.finish()
+}

@@ -1,0 +1,288 @@
+//! Discovered upstreams (SPEC §6): one task per upstream runs its source (discovery/)
+//! and applies every set it reports as one atomic change of the running configuration,
+//! the way an admin edit is applied: backends that stay keep their health, ejection,
+//! counters, drains and pooled connections; new ones start slow (and are probed first
+//! when health checks are on); those that leave stop getting requests while the ones
+//! in flight finish.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::SystemTime;
+
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+
+use super::State;
+use crate::config::{BackendConfig, Config, DiscoveryConfig};
+use crate::discovery::{self, Report};
+
+/// Where an upstream's discovery stands (`/status`, metrics).
+pub struct Status {
+    /// "dns", "etcd" or "file".
+    pub source: &'static str,
+    seen: Mutex<Seen>,
+    /// Answers applied.
+    pub updates: AtomicU64,
+    /// Failed attempts.
+    pub errors: AtomicU64,
+}
+
+/// The latest of what a source reported.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub phase: Phase,
+    /// When the last answer was applied.
+    pub updated: Option<SystemTime>,
+    /// The last failure, until an answer comes.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// No answer yet (no backends).
+    Pending,
+    /// The last attempt brought an answer.
+    Ok,
+    /// The last attempt failed: the last known set stays.
+    Stale,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "pending",
+            Phase::Ok => "ok",
+            Phase::Stale => "stale",
+        }
+    }
+}
+
+impl Status {
+    fn new(source: &'static str) -> Status {
+        Status {
+            source,
+            seen: Mutex::new(Seen {
+                phase: Phase::Pending,
+                updated: None,
+                error: None,
+            }),
+            updates: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+        }
+    }
+
+    pub fn seen(&self) -> Seen {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Seen> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn applied(&self) {
+        self.updates.fetch_add(1, Ordering::Relaxed);
+        let mut s = self.lock();
+        s.phase = Phase::Ok;
+        s.updated = Some(SystemTime::now());
+        s.error = None;
+    }
+
+    /// Records a failure; true if it differs from the last one (worth a log line).
+    fn failed(&self, error: String) -> bool {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        let mut s = self.lock();
+        // Before any answer it stays pending: there is no set to be stale.
+        if s.phase != Phase::Pending {
+            s.phase = Phase::Stale;
+        }
+        let new = s.error.as_deref() != Some(error.as_str());
+        s.error = Some(error);
+        new
+    }
+}
+
+/// The discovery tasks of the running configuration, by upstream name.
+#[derive(Default)]
+pub struct Discovered {
+    running: Mutex<HashMap<String, Running>>,
+}
+
+struct Running {
+    config: DiscoveryConfig,
+    status: Arc<Status>,
+    task: AbortHandle,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Discovered {
+    /// The discovery status of upstream `name`, if it is discovered.
+    pub fn status(&self, name: &str) -> Option<Arc<Status>> {
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        running.get(name).map(|r| Arc::clone(&r.status))
+    }
+
+    /// Stops every task (shutdown).
+    pub(super) fn stop(&self) {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+}
+
+impl State {
+    /// Starts, keeps or stops discovery tasks to match the running configuration: a
+    /// task whose upstream keeps the same discovery settings goes on (a reload does not
+    /// ask again), others start anew. Must run inside the runtime.
+    pub fn sync_discovery(self: &Arc<Self>) {
+        let config = self.shared.config.load();
+        let mut running = self
+            .discovered
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if self.stopped() {
+            running.clear();
+            return;
+        }
+        running.retain(|name, r| {
+            config
+                .upstreams
+                .iter()
+                .any(|u| u.name == *name && u.discovery.as_ref() == Some(&r.config))
+        });
+        for u in &config.upstreams {
+            let Some(d) = &u.discovery else { continue };
+            if running.contains_key(&u.name) {
+                continue;
+            }
+            let status = Arc::new(Status::new(d.source.kind()));
+            let task = spawn(
+                Arc::downgrade(self),
+                u.name.clone(),
+                d.clone(),
+                Arc::clone(&status),
+            );
+            running.insert(
+                u.name.clone(),
+                Running {
+                    config: d.clone(),
+                    status,
+                    task,
+                },
+            );
+        }
+    }
+
+    /// Applies a set discovered for upstream `name` by a source configured as `cfg`;
+    /// false if the upstream no longer has that source (a reload changed it).
+    fn apply_discovered(&self, name: &str, cfg: &DiscoveryConfig, set: Vec<BackendConfig>) -> bool {
+        let _edit = self.edit();
+        let current = self.shared.config.load();
+        let Some(at) = current
+            .upstreams
+            .iter()
+            .position(|u| u.name == name && u.discovery.as_ref() == Some(cfg))
+        else {
+            return false;
+        };
+        let old = &current.upstreams[at].backends;
+        if *old == set {
+            return true;
+        }
+        let (added, removed) = diff(old, &set);
+        // Requests routed before the swap hold the old snapshot, where the backends
+        // that leave are still listed: draining them keeps their retries off.
+        if let Some(u) = self.shared.snapshot.load().upstream(name) {
+            for b in u
+                .all
+                .iter()
+                .filter(|b| !set.iter().any(|n| n.url.id() == *b.id))
+            {
+                b.stats.set_draining(true);
+            }
+        }
+        let mut config: Config = (**current).clone();
+        config.upstreams[at].backends = set;
+        let total = config.upstreams[at].backends.len();
+        self.apply_edit(config);
+        tracing::info!(
+            upstream = name,
+            source = cfg.source.kind(),
+            added,
+            removed,
+            backends = total,
+            "discovered backends applied"
+        );
+        true
+    }
+}
+
+/// How many backends `new` adds to `old` and removes from it (by id; a changed weight
+/// counts as neither).
+fn diff(old: &[BackendConfig], new: &[BackendConfig]) -> (usize, usize) {
+    let has =
+        |set: &[BackendConfig], b: &BackendConfig| set.iter().any(|o| o.url.id() == b.url.id());
+    let added = new.iter().filter(|b| !has(old, b)).count();
+    let removed = old.iter().filter(|b| !has(new, b)).count();
+    (added, removed)
+}
+
+/// Carries the discovered sets of `old` over to `new` where an upstream keeps the same
+/// discovery settings (a reload: the file has no backends for them).
+pub(super) fn carry_over(old: &Config, new: &mut Config) {
+    for u in new.upstreams.iter_mut() {
+        let Some(d) = &u.discovery else { continue };
+        if let Some(o) = old
+            .upstreams
+            .iter()
+            .find(|o| o.name == u.name && o.discovery.as_ref() == Some(d))
+        {
+            u.backends = o.backends.clone();
+        }
+    }
+}
+
+/// One upstream's discovery: its source and the loop applying what it reports. Holds
+/// the state only while applying, so that a dropped state ends it.
+fn spawn(
+    state: Weak<State>,
+    name: String,
+    cfg: DiscoveryConfig,
+    status: Arc<Status>,
+) -> AbortHandle {
+    tokio::spawn(async move {
+        let (tx, mut rx) = mpsc::channel(1);
+        let source = discovery::run(cfg.clone(), tx);
+        let apply = async {
+            while let Some(report) = rx.recv().await {
+                let Some(state) = state.upgrade() else { return };
+                match report {
+                    Report::Set(set) => {
+                        if state.apply_discovered(&name, &cfg, set) {
+                            status.applied();
+                        }
+                    }
+                    Report::Failed(e) => {
+                        if status.failed(e.clone()) {
+                            tracing::warn!(
+                                upstream = %name,
+                                source = cfg.source.kind(),
+                                error = %e,
+                                "discovery failed; keeping the last known backends"
+                            );
+                        }
+                    }
+                }
+            }
+        };
+        tokio::join!(source, apply);
+    })
+    .abort_handle()
+}
