@@ -1,0 +1,235 @@
+//! Discovery from a JSON file (SPEC §6): the set follows the file within a second, a
+//! backend that stays keeps its state, an invalid file keeps the last set (`stale`), an
+//! empty one empties the upstream (503), and admin drains survive refreshes.
+
+use http::StatusCode;
+
+use crate::support::process::temp_config;
+use crate::support::*;
+
+/// Writes the file whole (a rename), as config tools do: never half a file.
+fn write(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn entries(backends: &[&TestBackend]) -> String {
+    let list: Vec<String> = backends
+        .iter()
+        .map(|b| format!("{{\"url\": \"{}\"}}", b.addr))
+        .collect();
+    format!("[{}]", list.join(", "))
+}
+
+async fn discovered(file: &std::path::Path) -> Sluice {
+    Sluice::start(&format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
+         [upstream.web.discovery]\nsource = \"file\"\npath = \"{}\"\n",
+        file.display()
+    ))
+    .await
+}
+
+/// The upstream's ids in `/status`, once `ready` holds for the status document (polled).
+async fn wait_for(
+    lb: &Sluice,
+    what: &str,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let status = lb.status().await;
+        let u = &status["upstreams"][0];
+        if ready(u) {
+            return u.clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}: {u}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+fn ids(u: &serde_json::Value) -> Vec<String> {
+    u["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_set_follows_the_file_and_survivors_keep_their_state() {
+    let (a, b) = (
+        TestBackend::replying("a").await,
+        TestBackend::replying("b").await,
+    );
+    let file = temp_config("file-follow.json", &entries(&[&a]));
+    let lb = discovered(&file).await;
+    let u = wait_for(&lb, "first answer", |u| u["discovery"]["state"] == "ok").await;
+    assert_eq!(ids(&u), [a.addr.to_string()]);
+    assert_eq!(u["discovery"]["source"], "file");
+    assert!(u["discovery"]["updated"].is_string(), "{u}");
+    assert_eq!(lb.get_many("/", 4).await, ["a"; 4]);
+
+    let started = std::time::Instant::now();
+    write(&file, &entries(&[&b, &a]));
+    let u = wait_for(&lb, "both", |u| {
+        u["backends"].as_array().unwrap().len() == 2
+    })
+    .await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(1),
+        "applied within 1 s"
+    );
+    // Listed by id whatever the file's order; `a` kept its counters.
+    let mut want = vec![a.addr.to_string(), b.addr.to_string()];
+    want.sort();
+    assert_eq!(ids(&u), want);
+    let a_status = u["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == a.addr.to_string())
+        .unwrap()
+        .clone();
+    assert_eq!(a_status["requests"], 4, "{a_status}");
+    let bodies = lb.get_many("/", 6).await;
+    assert!(
+        count(&bodies, "a") > 0 && count(&bodies, "b") > 0,
+        "{bodies:?}"
+    );
+
+    write(&file, &entries(&[&b]));
+    wait_for(&lb, "a gone", |u| ids(u) == [b.addr.to_string()]).await;
+    assert_eq!(lb.get_many("/", 3).await, ["b"; 3]);
+}
+
+#[tokio::test]
+async fn an_invalid_file_keeps_the_last_set_and_an_empty_one_empties_it() {
+    let a = TestBackend::replying("a").await;
+    let file = temp_config("file-invalid.json", &entries(&[&a]));
+    let lb = discovered(&file).await;
+    wait_for(&lb, "first answer", |u| u["discovery"]["state"] == "ok").await;
+
+    write(&file, "[{\"url\": ");
+    let u = wait_for(&lb, "stale", |u| u["discovery"]["state"] == "stale").await;
+    assert!(
+        u["discovery"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("not JSON"),
+        "{u}"
+    );
+    assert_eq!(ids(&u), [a.addr.to_string()], "the last set stays");
+    assert_eq!(lb.get("/").await.0, StatusCode::OK);
+    assert_eq!(
+        lb.metric("sluice_discovery_stale{upstream=\"web\"}").await,
+        Some(1.0)
+    );
+
+    write(&file, "[]");
+    let u = wait_for(&lb, "empty", |u| u["discovery"]["state"] == "ok").await;
+    assert!(ids(&u).is_empty());
+    assert_eq!(lb.get("/").await.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        lb.metric("sluice_discovery_stale{upstream=\"web\"}").await,
+        Some(0.0)
+    );
+    assert_eq!(
+        lb.metric("sluice_upstream_backends{upstream=\"web\"}")
+            .await,
+        Some(0.0)
+    );
+    assert!(
+        lb.metric("sluice_discovery_updates_total{upstream=\"web\"}")
+            .await
+            >= Some(2.0)
+    );
+    assert!(
+        lb.metric("sluice_discovery_errors_total{upstream=\"web\"}")
+            .await
+            >= Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn admin_edits_are_refused_and_drains_survive_refreshes() {
+    let (a, b) = (
+        TestBackend::replying("a").await,
+        TestBackend::replying("b").await,
+    );
+    let file = temp_config("file-admin.json", &entries(&[&a]));
+    let lb = discovered(&file).await;
+    wait_for(&lb, "first answer", |u| u["discovery"]["state"] == "ok").await;
+
+    let (s, body) = lb
+        .admin_with(
+            "POST",
+            "/upstreams/web/backends",
+            &format!("{{\"url\": \"{}\"}}", b.addr),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{body}");
+    let (s, _) = lb
+        .admin("DELETE", &format!("/upstreams/web/backends/{}", a.addr))
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+
+    let (s, _) = lb
+        .admin("POST", &format!("/upstreams/web/backends/{}/drain", a.addr))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    write(&file, &entries(&[&a, &b]));
+    let u = wait_for(&lb, "both", |u| {
+        u["backends"].as_array().unwrap().len() == 2
+    })
+    .await;
+    let a_state = u["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == a.addr.to_string())
+        .map(|x| x["state"].clone());
+    assert_eq!(a_state, Some("draining".into()), "{u}");
+    assert_eq!(lb.get_many("/", 4).await, ["b"; 4]);
+}
+
+#[tokio::test]
+async fn until_the_first_answer_the_upstream_is_pending_and_answers_503() {
+    let file = temp_config("file-missing.json", "");
+    std::fs::remove_file(&file).unwrap();
+    let lb = discovered(&file).await;
+    let u = wait_for(&lb, "an error", |u| !u["discovery"]["error"].is_null()).await;
+    assert_eq!(
+        u["discovery"]["state"], "pending",
+        "no set to be stale: {u}"
+    );
+    assert!(u["discovery"]["updated"].is_null());
+    assert_eq!(lb.get("/").await.0, StatusCode::SERVICE_UNAVAILABLE);
+    let a = TestBackend::replying("a").await;
+    write(&file, &entries(&[&a]));
+    wait_for(&lb, "answer", |u| u["discovery"]["state"] == "ok").await;
+    assert_eq!(lb.get("/").await.2, "a");
+}
+
+#[tokio::test]
+async fn a_request_in_flight_to_a_backend_that_leaves_completes() {
+    let gate = std::sync::Arc::new(tokio::sync::Notify::new());
+    let slow = TestBackend::held(gate.clone(), "slow").await;
+    let other = TestBackend::replying("other").await;
+    let file = temp_config("file-inflight.json", &entries(&[&slow]));
+    let lb = std::sync::Arc::new(discovered(&file).await);
+    wait_for(&lb, "first answer", |u| u["discovery"]["state"] == "ok").await;
+    let in_flight = {
+        let lb = lb.clone();
+        tokio::spawn(async move { lb.get("/").await })
+    };
+    slow.wait_hits(1, "the slow request").await;
+    write(&file, &entries(&[&other]));
+    wait_for(&lb, "slow gone", |u| ids(u) == [other.addr.to_string()]).await;
+    assert_eq!(lb.get("/").await.2, "other");
+    gate.notify_one();
+    let (s, _, body) = in_flight.await.unwrap();
+    assert_eq!((s, body.as_str()), (StatusCode::OK, "slow"));
+}
