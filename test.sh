@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The test command (README): installs what the tests need when it is missing, then runs
 # the whole suite. CI (.ci/run) calls this same script, so a fresh machine and CI agree.
-# Today the tests need only the Rust toolchain: they start their own backends and
-# sluice on 127.0.0.1. Servers that later tests talk to (dnsmasq, etcd, Redis…) are
-# installed here, with apt-get when running as root.
+# The tests start their own backends and sluice on 127.0.0.1, and the real servers
+# discovery talks to (dnsmasq, etcd) on free loopback ports; those are installed here,
+# with apt-get when running as root.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -18,5 +18,7 @@ need() { # need COMMAND DEBIAN-PACKAGE
     fi
 }
 
+need dnsmasq dnsmasq-base
+need etcd etcd-server
 
 cargo test --locked "$@"

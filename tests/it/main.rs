@@ -4,6 +4,7 @@
 mod admin;
 mod balancing;
 mod cli;
+mod discovery_dns;
 mod discovery_file;
 mod framing;
 mod fuzz_corpus;

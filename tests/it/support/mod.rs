@@ -25,6 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
+pub mod dns;
 pub mod process;
 pub mod tls;
 
@@ -90,6 +91,36 @@ impl TestBackend {
         let handler: Handler = Arc::new(move |r| Box::pin(handler(r)));
         let socket = reusable("127.0.0.1:0".parse().unwrap());
         Self::serve(socket.listen(1024).unwrap(), handler)
+    }
+
+    /// `n` backends on one port of 127.0.0.2, 127.0.0.3, … (distinct hosts, as DNS A
+    /// records give them), each answering with its own address.
+    pub async fn on_hosts(n: u8) -> Vec<TestBackend> {
+        'again: loop {
+            let first = reusable("127.0.0.2:0".parse().unwrap());
+            let port = first.local_addr().unwrap().port();
+            let mut sockets = vec![first];
+            for i in 1..n {
+                let addr = SocketAddr::from(([127, 0, 0, 2 + i], port));
+                let s = tokio::net::TcpSocket::new_v4().unwrap();
+                s.set_reuseport(true).unwrap();
+                if s.bind(addr).is_err() {
+                    continue 'again; // taken on that host: another port
+                }
+                sockets.push(s);
+            }
+            return sockets
+                .into_iter()
+                .map(|s| {
+                    let ip = s.local_addr().unwrap().ip().to_string();
+                    let handler: Handler = Arc::new(move |_r| {
+                        let ip = ip.clone();
+                        Box::pin(async move { Response::new(full(ip)) })
+                    });
+                    Self::serve(s.listen(1024).unwrap(), handler)
+                })
+                .collect();
+        }
     }
 
     /// Holds this backend's port for a restart: a second socket bound to it (both

@@ -1,0 +1,119 @@
+//! A real DNS server for discovery tests: dnsmasq (Debian `dnsmasq-base`, installed by
+//! test.sh) on a free loopback port, authoritative for `.test`. Host records come from
+//! a directory dnsmasq watches (`set_hosts` rewrites it; dnsmasq rereads it at once),
+//! SRV records from its command line. Answers carry TTL 0, so sluice's `min_ttl` paces
+//! the lookups. Killed on drop.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::DEADLINE;
+
+pub struct Dnsmasq {
+    child: Child,
+    pub addr: SocketAddr,
+    hosts: PathBuf,
+}
+
+impl Dnsmasq {
+    /// Starts dnsmasq with these SRV records (`name,target,port,priority,weight`) and
+    /// these host records (`name,address`, fixed), and an empty hosts directory.
+    pub async fn start(srv: &[String], fixed: &[String]) -> Dnsmasq {
+        let port = {
+            // A port free for UDP and TCP (dnsmasq serves both).
+            let s = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            s.local_addr().unwrap().port()
+        };
+        let dir = std::env::temp_dir().join(format!("sluice-it-{}-dns-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut cmd = Command::new("dnsmasq");
+        cmd.args([
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--listen-address=127.0.0.1",
+            "--local=/test/",
+            "--local-ttl=0",
+            "--pid-file=",
+            "--user=root",
+        ])
+        .arg(format!("--port={port}"))
+        .arg(format!("--hostsdir={}", dir.display()));
+        for s in srv {
+            cmd.arg(format!("--srv-host={s}"));
+        }
+        for h in fixed {
+            cmd.arg(format!("--host-record={h}"));
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dnsmasq (Debian package dnsmasq-base; ./test.sh installs it)");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        // Ready when its TCP side accepts.
+        tokio::time::timeout(DEADLINE, async {
+            while tokio::net::TcpStream::connect(addr).await.is_err() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("dnsmasq listening");
+        Dnsmasq {
+            child,
+            addr,
+            hosts: dir,
+        }
+    }
+
+    /// Replaces the watched host records: `name` resolves to each of `ips`.
+    pub fn set_hosts(&self, name: &str, ips: &[IpAddr]) {
+        let text: String = ips.iter().map(|ip| format!("{ip} {name}\n")).collect();
+        let tmp = self.hosts.join(".hosts.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.hosts.join("hosts")).unwrap();
+    }
+
+    /// Freezes the server (SIGSTOP): queries time out, as with a resolver that is down.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Lets a paused server answer again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig}");
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        self.resume_quietly();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.hosts);
+    }
+}
+
+impl Dnsmasq {
+    fn resume_quietly(&self) {
+        let _ = Command::new("kill")
+            .arg("-CONT")
+            .arg(self.child.id().to_string())
+            .status();
+    }
+}
