@@ -5,6 +5,7 @@ mod admin;
 mod balancing;
 mod cli;
 mod discovery_dns;
+mod discovery_etcd;
 mod discovery_file;
 mod framing;
 mod fuzz_corpus;

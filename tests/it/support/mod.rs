@@ -26,6 +26,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 pub mod dns;
+pub mod etcd;
 pub mod process;
 pub mod tls;
 
