@@ -49,12 +49,20 @@ pub(super) async fn run(src: DnsSource, scheme: Scheme, tx: Reports) {
         if tx.send(report).await.is_err() {
             return;
         }
-        let wait = jitter(wait.clamp(src.min_ttl, src.max_ttl), 10);
+        let wait = refresh_after(wait, &src);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = tx.closed() => return,
         }
     }
+}
+
+/// When to ask again after an answer valid for `ttl` (or a failure's backoff): within
+/// `[min_ttl, max_ttl]` (TTL 0 does not become a query storm, a day-long TTL does not
+/// hide changes), less up to a tenth at random so that instances spread their queries.
+fn refresh_after(ttl: Duration, src: &DnsSource) -> Duration {
+    let wait = ttl.clamp(src.min_ttl, src.max_ttl);
+    wait.saturating_sub(jitter(wait / 20, 1)).max(src.min_ttl)
 }
 
 fn resolver(src: &DnsSource) -> Result<TokioResolver, NetError> {
@@ -187,5 +195,37 @@ fn backend(scheme: Scheme, ip: IpAddr, port: u16, weight: u32, backup: bool) -> 
         },
         weight,
         backup,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_asked_again_at_their_ttl_within_bounds() {
+        let src = DnsSource {
+            name: DnsName::Srv("_x._tcp.a.test".into()),
+            resolver: None,
+            min_ttl: Duration::from_secs(1),
+            max_ttl: Duration::from_secs(60),
+        };
+        for _ in 0..100 {
+            assert_eq!(
+                refresh_after(Duration::ZERO, &src),
+                Duration::from_secs(1),
+                "TTL 0"
+            );
+            let t = refresh_after(Duration::from_secs(30), &src);
+            assert!(
+                t <= Duration::from_secs(30) && t >= Duration::from_secs(27),
+                "{t:?}"
+            );
+            let t = refresh_after(Duration::from_secs(86_400), &src);
+            assert!(
+                t <= Duration::from_secs(60) && t >= Duration::from_secs(54),
+                "{t:?}"
+            );
+        }
     }
 }

@@ -286,3 +286,64 @@ fn spawn(
     })
     .abort_handle()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(path: &str, with_backend: bool) -> Config {
+        let text = format!(
+            "[[listener]]\naddress = \"127.0.0.1:0\"\n[upstream.web.discovery]\nsource = \"file\"\npath = \"{path}\"\n"
+        );
+        let mut c = crate::config::parse_str(&text, std::path::Path::new("t.toml")).unwrap();
+        if with_backend {
+            c.upstreams[0].backends = crate::discovery::canonical(vec![BackendConfig {
+                url: crate::config::BackendUrl::parse("10.0.0.1:80").unwrap(),
+                weight: 1,
+                backup: false,
+            }]);
+        }
+        c
+    }
+
+    #[test]
+    fn a_reload_keeps_the_discovered_set_only_while_the_source_is_the_same() {
+        let running = config("a.json", true);
+        let mut same = config("a.json", false);
+        carry_over(&running, &mut same);
+        assert_eq!(same.upstreams[0].backends.len(), 1);
+        let mut changed = config("b.json", false);
+        carry_over(&running, &mut changed);
+        assert!(
+            changed.upstreams[0].backends.is_empty(),
+            "a new source starts pending"
+        );
+    }
+
+    #[test]
+    fn a_failure_makes_a_known_set_stale_but_leaves_no_set_pending() {
+        let s = Status::new("dns");
+        assert!(s.failed("timed out".into()), "the first failure is news");
+        assert!(!s.failed("timed out".into()), "the same again is not");
+        assert_eq!(s.seen().phase, Phase::Pending);
+        s.applied();
+        assert_eq!(s.seen().phase, Phase::Ok);
+        assert!(s.seen().error.is_none());
+        s.failed("timed out".into());
+        assert_eq!(s.seen().phase, Phase::Stale);
+        assert_eq!(s.errors.load(Ordering::Relaxed), 3);
+        assert_eq!(s.updates.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn the_change_counts_by_id() {
+        let b = |id: &str, w| BackendConfig {
+            url: crate::config::BackendUrl::parse(id).unwrap(),
+            weight: w,
+            backup: false,
+        };
+        let old = [b("10.0.0.1:80", 1), b("10.0.0.2:80", 1)];
+        let new = [b("10.0.0.2:80", 5), b("10.0.0.3:80", 1)];
+        assert_eq!(diff(&old, &new), (1, 1));
+    }
+}

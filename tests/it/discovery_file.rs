@@ -233,3 +233,83 @@ async fn a_request_in_flight_to_a_backend_that_leaves_completes() {
     let (s, _, body) = in_flight.await.unwrap();
     assert_eq!((s, body.as_str()), (StatusCode::OK, "slow"));
 }
+
+/// With active checks, a discovered backend is probed at once (not at the next
+/// interval, a minute away here) and serves once the probe passes.
+#[tokio::test]
+async fn a_new_backend_is_probed_at_once_when_checks_are_on() {
+    let (a, b) = (
+        TestBackend::replying("a").await,
+        TestBackend::replying("b").await,
+    );
+    let file = temp_config("file-health.json", &entries(&[&a]));
+    let lb = Sluice::start(&format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
+         [upstream.web.health]\npath = \"/health\"\ninterval = \"60s\"\n\
+         [upstream.web.discovery]\nsource = \"file\"\npath = \"{}\"\n",
+        file.display()
+    ))
+    .await;
+    wait_for(&lb, "a healthy", |u| u["backends"][0]["state"] == "healthy").await;
+    let t = std::time::Instant::now();
+    write(&file, &entries(&[&a, &b]));
+    wait_for(&lb, "b healthy", |u| {
+        u["backends"].as_array().unwrap().len() == 2
+            && u["backends"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|x| x["state"] == "healthy")
+    })
+    .await;
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(b.hits() >= 1, "probed");
+    let bodies = lb.get_many("/", 4).await;
+    assert_eq!(count(&bodies, "b"), 2, "{bodies:?}");
+}
+
+/// A reload keeps a discovered upstream's set and its running source while its
+/// discovery section is the same; a changed section starts the new source.
+#[tokio::test]
+async fn a_reload_keeps_the_set_unless_the_source_changes() {
+    let (a, b) = (
+        TestBackend::replying("a").await,
+        TestBackend::replying("b").await,
+    );
+    let (first, second) = (
+        temp_config("file-reload-1.json", &entries(&[&a])),
+        temp_config("file-reload-2.json", &entries(&[&b])),
+    );
+    let toml = |file: &std::path::Path, timeout: &str| {
+        format!(
+            "[[listener]]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
+             [upstream.web]\nresponse_timeout = \"{timeout}\"\n\
+             [upstream.web.discovery]\nsource = \"file\"\npath = \"{}\"\n",
+            file.display()
+        )
+    };
+    let config = temp_config("file-reload.toml", &toml(&first, "30s"));
+    let lb = Sluice::start_file(&config).await;
+    let u = wait_for(&lb, "first answer", |u| u["discovery"]["state"] == "ok").await;
+    let updated = u["discovery"]["updated"].clone();
+
+    // Another setting changes; the source does not: same set, same running source.
+    write(&config, &toml(&first, "20s"));
+    let (s, body) = lb.admin("POST", "/reload").await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let u = lb.status().await["upstreams"][0].clone();
+    assert_eq!(ids(&u), [a.addr.to_string()], "{u}");
+    assert_eq!(u["discovery"]["updated"], updated, "not asked again: {u}");
+    assert_eq!(lb.get("/").await.2, "a");
+
+    // The source changes: its own set.
+    write(&config, &toml(&second, "20s"));
+    let (s, _) = lb.admin("POST", "/reload").await;
+    assert_eq!(s, StatusCode::OK);
+    wait_for(&lb, "the new source", |u| ids(u) == [b.addr.to_string()]).await;
+    assert_eq!(lb.get("/").await.2, "b");
+}

@@ -224,3 +224,119 @@ fn valid_dns_name(name: &str) -> bool {
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use crate::config::discovery::{DnsName, Source};
+    use crate::config::{Config, Scheme};
+
+    const HEAD: &str = "[[listener]]\naddress = \"127.0.0.1:8080\"\n[upstream.api.discovery]\n";
+
+    fn parse(section: &str) -> Result<Config, Vec<String>> {
+        crate::config::parse_str(&format!("{HEAD}{section}"), Path::new("s.toml"))
+            .map_err(|e| e.lines())
+    }
+
+    fn errors(section: &str) -> Vec<String> {
+        parse(section).expect_err("errors")
+    }
+
+    #[test]
+    fn each_source_reads_its_keys() {
+        let c = parse("source = \"dns\"\nname = \"_http._tcp.Api.internal\"\nresolver = \"127.0.0.1:5353\"\nmin_ttl = \"2s\"\nmax_ttl = \"30s\"\n").unwrap();
+        let d = c.upstreams[0].discovery.clone().unwrap();
+        let Source::Dns(dns) = d.source else { panic!() };
+        assert_eq!(dns.name, DnsName::Srv("_http._tcp.api.internal".into()));
+        assert_eq!(dns.resolver, Some("127.0.0.1:5353".parse().unwrap()));
+        assert_eq!(
+            (dns.min_ttl, dns.max_ttl),
+            (Duration::from_secs(2), Duration::from_secs(30))
+        );
+        assert!(c.upstreams[0].backends.is_empty(), "none until discovered");
+
+        let c = parse("source = \"dns\"\nname = \"api.internal:8443\"\nscheme = \"https\"\nresolver = \"10.0.0.53\"\n").unwrap();
+        let d = c.upstreams[0].discovery.clone().unwrap();
+        assert_eq!(d.scheme, Scheme::Https);
+        let Source::Dns(dns) = d.source else { panic!() };
+        assert_eq!(
+            dns.name,
+            DnsName::Host {
+                host: "api.internal".into(),
+                port: 8443
+            }
+        );
+        assert_eq!(
+            dns.resolver,
+            Some("10.0.0.53:53".parse().unwrap()),
+            "port 53 by default"
+        );
+
+        let c = parse("source = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\", \"10.0.0.2:2379\"]\nprefix = \"/sluice/upstreams/api/\"\n").unwrap();
+        let Source::Etcd(e) = c.upstreams[0].discovery.clone().unwrap().source else {
+            panic!()
+        };
+        assert_eq!(e.endpoints.len(), 2);
+        assert_eq!(e.endpoints[1].to_string(), "http://10.0.0.2:2379");
+
+        let c = parse("source = \"file\"\npath = \"backends/api.json\"\n").unwrap();
+        let d = c.upstreams[0].discovery.clone().unwrap();
+        assert_eq!(d.source, Source::File("backends/api.json".into()));
+    }
+
+    #[test]
+    fn mistakes_are_reported_where_they_are() {
+        assert_eq!(
+            errors("source = \"consul\"\n"),
+            [
+                "s.toml:4:10: upstream \"api\": discovery.source \"consul\" is not one of dns, etcd, file"
+            ]
+        );
+        assert_eq!(
+            errors("source = \"dns\"\n"),
+            ["s.toml:3:1: missing key \"name\" in [upstream.NAME.discovery]"]
+        );
+        assert_eq!(
+            errors("source = \"dns\"\nname = \"api.internal\"\n"),
+            [
+                "s.toml:5:8: upstream \"api\": discovery.name \"api.internal\" is neither an SRV name (\"_http._tcp.api.internal\") nor host:port (\"api.internal:8080\")"
+            ]
+        );
+        assert_eq!(
+            errors("source = \"file\"\npath = \"a.json\"\nprefix = \"/x/\"\n"),
+            [
+                "s.toml:3:1: upstream \"api\": discovery key \"prefix\" does not apply to source \"file\""
+            ]
+        );
+        assert_eq!(
+            errors("source = \"dns\"\nname = \"a.b:80\"\nmin_ttl = \"10s\"\nmax_ttl = \"5s\"\n"),
+            ["s.toml:7:11: upstream \"api\": discovery.max_ttl is shorter than discovery.min_ttl"]
+        );
+        assert_eq!(
+            errors("source = \"etcd\"\nendpoints = [\"https://e:2379\"]\nprefix = \"/p/\"\n"),
+            [
+                "s.toml:5:14: upstream \"api\": discovery endpoint \"https://e:2379\" is https; sluice speaks to etcd over plain http (run it on a trusted network or through a local proxy)"
+            ]
+        );
+        let both = "[[listener]]\naddress = \"127.0.0.1:8080\"\n[upstream.api]\nbackends = [{ url = \"127.0.0.1:9\" }]\n[upstream.api.discovery]\nsource = \"file\"\npath = \"a.json\"\n";
+        let e = crate::config::parse_str(both, Path::new("s.toml"))
+            .unwrap_err()
+            .lines();
+        assert_eq!(
+            e,
+            [
+                "s.toml:5:1: upstream \"api\": has both \"backends\" and a discovery section; use one: backends listed here, or discovered"
+            ]
+        );
+        let h2 = "[[listener]]\naddress = \"127.0.0.1:8080\"\n[upstream.api]\nprotocol = \"h2\"\n[upstream.api.discovery]\nsource = \"file\"\npath = \"a.json\"\n";
+        let e = crate::config::parse_str(h2, Path::new("s.toml"))
+            .unwrap_err()
+            .lines();
+        assert_eq!(
+            e,
+            ["s.toml:5:1: upstream \"api\": protocol \"h2\" needs discovery.scheme = \"https\""]
+        );
+    }
+}

@@ -95,7 +95,9 @@ impl Etcd {
             let bytes = resp.into_body().collect().await.ok()?.to_bytes();
             serde_json::from_slice(&bytes).ok()
         };
-        tokio::time::timeout(Duration::from_secs(2), exchange).await.ok()?
+        tokio::time::timeout(Duration::from_secs(2), exchange)
+            .await
+            .ok()?
     }
 
     /// Puts `value` at `key`; the revision it made.

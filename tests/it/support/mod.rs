@@ -453,11 +453,21 @@ impl Drop for Sluice {
 impl Sluice {
     /// Parses `toml` (which must use port 0 or free ports), binds and serves.
     pub async fn start(toml: &str) -> Sluice {
+        Self::start_with(toml, None).await
+    }
+
+    /// Like `start`, from the config file at `path`, which `POST /reload` reads again.
+    pub async fn start_file(path: &Path) -> Sluice {
+        let toml = std::fs::read_to_string(path).unwrap();
+        Self::start_with(&toml, Some(path)).await
+    }
+
+    async fn start_with(toml: &str, path: Option<&Path>) -> Sluice {
         let config = match sluice::config::parse_str(toml, Path::new("test.toml")) {
             Ok(c) => c,
             Err(e) => panic!("test config invalid:\n{e}\n{toml}"),
         };
-        let state = sluice::state::State::new(config, None, None);
+        let state = sluice::state::State::new(config, path.map(Path::to_owned), None);
         let shared = state.shared.clone();
         let server = sluice::app::App::bind(state.clone()).await.expect("bind");
         let addr = server.local_addrs()[0];
