@@ -1,18 +1,19 @@
 //! Backends from DNS (hickory-resolver): the A/AAAA records of `host:port`, or an SRV
 //! name's targets. One lookup in flight per upstream, again at the answer's TTL clamped
 //! to `[min_ttl, max_ttl]` with a little jitter (no storm from TTL 0, no stale set from
-//! a long TTL). UDP first, TCP when an answer comes back truncated. NXDOMAIN or no
-//! records is an answer (an empty set); SERVFAIL, REFUSED or a timeout is a failure
-//! that keeps the last set.
+//! a long TTL). UDP first, and TCP when an answer comes back truncated or may have been
+//! cut without saying so (`may_be_cut`). NXDOMAIN or no records is an answer (an empty
+//! set); SERVFAIL, REFUSED or a timeout is a failure that keeps the last set.
 
 use std::net::IpAddr;
 use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
+use hickory_resolver::lookup::Lookup;
 use hickory_resolver::net::NetError;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use hickory_resolver::proto::rr::RData;
+use hickory_resolver::proto::rr::{RData, RecordType};
 
 use super::{Backoff, Report, Reports, canonical, jitter};
 use crate::config::discovery::{DnsName, DnsSource};
@@ -22,7 +23,7 @@ use crate::config::{BackendConfig, BackendUrl, MAX_WEIGHT, Scheme};
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub(super) async fn run(src: DnsSource, scheme: Scheme, tx: Reports) {
-    let resolver = match resolver(&src) {
+    let resolver = match Resolvers::new(&src) {
         Ok(r) => r,
         Err(e) => {
             // No resolver configuration at all: nothing will change that but a reload.
@@ -65,29 +66,74 @@ fn refresh_after(ttl: Duration, src: &DnsSource) -> Duration {
     wait.saturating_sub(jitter(wait / 20, 1)).max(src.min_ttl)
 }
 
-fn resolver(src: &DnsSource) -> Result<TokioResolver, NetError> {
-    let mut builder = match src.resolver {
-        None => TokioResolver::builder_tokio()?,
-        Some(addr) => {
-            let mut udp = ConnectionConfig::udp();
-            udp.port = addr.port();
-            let mut tcp = ConnectionConfig::tcp();
-            tcp.port = addr.port();
-            let server = NameServerConfig::new(addr.ip(), true, vec![udp, tcp]);
-            TokioResolver::builder_with_config(
-                ResolverConfig::from_name_servers(vec![server]),
+/// Two resolvers for the same servers: UDP then TCP (hickory's own fallback when an
+/// answer is marked truncated), and TCP alone, to ask again for an answer that may
+/// have been cut without being marked.
+struct Resolvers {
+    first: TokioResolver,
+    tcp: TokioResolver,
+}
+
+impl Resolvers {
+    fn new(src: &DnsSource) -> Result<Resolvers, NetError> {
+        let servers: Vec<(IpAddr, u16)> = match src.resolver {
+            Some(addr) => vec![(addr.ip(), addr.port())],
+            None => {
+                let (config, _) = hickory_resolver::system_conf::read_system_conf()?;
+                config
+                    .name_servers()
+                    .iter()
+                    .map(|ns| (ns.ip, ns.connections.first().map_or(53, |c| c.port)))
+                    .collect()
+            }
+        };
+        let build = |tcp_only: bool| {
+            let configs = servers
+                .iter()
+                .map(|&(ip, port)| {
+                    let mut tcp = ConnectionConfig::tcp();
+                    tcp.port = port;
+                    let mut udp = ConnectionConfig::udp();
+                    udp.port = port;
+                    let connections = if tcp_only { vec![tcp] } else { vec![udp, tcp] };
+                    NameServerConfig::new(ip, true, connections)
+                })
+                .collect();
+            let mut builder = TokioResolver::builder_with_config(
+                ResolverConfig::from_name_servers(configs),
                 TokioRuntimeProvider::default(),
-            )
+            );
+            let o = builder.options_mut();
+            // sluice keeps to the TTL itself; a cache would only serve old answers.
+            o.cache_size = 0;
+            o.timeout = LOOKUP_TIMEOUT;
+            o.attempts = 2;
+            o.try_tcp_on_error = true;
+            builder.build()
+        };
+        Ok(Resolvers {
+            first: build(false)?,
+            tcp: build(true)?,
+        })
+    }
+
+    /// The records of `name`, over TCP again when the UDP answer may have been cut.
+    async fn ask(&self, name: &str, rtype: RecordType) -> Result<Lookup, NetError> {
+        let answer = self.first.lookup(name, rtype).await?;
+        if may_be_cut(&answer) {
+            return self.tcp.lookup(name, rtype).await;
         }
-    };
-    let o = builder.options_mut();
-    // sluice keeps to the TTL itself; a cache would only serve old answers.
-    o.cache_size = 0;
-    o.timeout = LOOKUP_TIMEOUT;
-    o.attempts = 2;
-    o.ip_strategy = hickory_resolver::config::LookupIpStrategy::Ipv4AndIpv6;
-    o.try_tcp_on_error = true;
-    builder.build()
+        Ok(answer)
+    }
+}
+
+/// Could this UDP answer be missing records without saying so? Consul, by default,
+/// answers at most 3 records over UDP and sets no truncation bit; a server without EDNS
+/// cuts near 512 bytes. Answers of more than two records, or of more than 400 bytes,
+/// are therefore asked again over TCP (a few more queries per refresh, so that every
+/// instance sees the whole set).
+fn may_be_cut(answer: &Lookup) -> bool {
+    answer.answers().len() > 2 || answer.message().to_vec().map_or(true, |m| m.len() > 400)
 }
 
 enum Failure {
@@ -111,7 +157,7 @@ impl From<NetError> for Failure {
 
 /// The name's backends now, and how long the answer holds.
 async fn lookup(
-    r: &TokioResolver,
+    r: &Resolvers,
     name: &DnsName,
     scheme: Scheme,
 ) -> Result<(Vec<BackendConfig>, Duration), Failure> {
@@ -125,30 +171,26 @@ async fn lookup(
             Ok((canonical(set), ttl))
         }
         DnsName::Srv(srv) => {
-            let lookup = r.srv_lookup(fqdn(srv)).await?;
-            let mut ttl = u32::MAX;
+            let lookup = r.ask(&fqdn(srv), RecordType::SRV).await?;
             let records: Vec<_> = lookup
                 .answers()
                 .iter()
-                .filter_map(|rec| {
-                    ttl = ttl.min(rec.ttl);
-                    match &rec.data {
-                        RData::SRV(s) => Some(s.clone()),
-                        _ => None,
-                    }
+                .filter_map(|rec| match &rec.data {
+                    RData::SRV(s) => Some(s.clone()),
+                    _ => None,
                 })
                 .collect();
+            let mut ttl = ttl_of(&lookup);
             // SPEC §6: the lowest priority's targets are the primaries, the rest backups.
             let best = records.iter().map(|s| s.priority).min();
             let mut set = Vec::new();
-            let mut min_ttl = Duration::from_secs(u64::from(ttl));
             for s in &records {
                 // "." means the service is not offered there (RFC 2782).
                 if s.target.is_root() {
                     continue;
                 }
                 let (ips, t) = addresses(r, &s.target.to_ascii()).await?;
-                min_ttl = min_ttl.min(t);
+                ttl = ttl.min(t);
                 let weight = u32::from(s.weight).clamp(1, MAX_WEIGHT);
                 let backup = Some(s.priority) != best;
                 set.extend(
@@ -156,25 +198,51 @@ async fn lookup(
                         .map(|ip| backend(scheme, ip, s.port, weight, backup)),
                 );
             }
-            Ok((canonical(set), min_ttl))
+            Ok((canonical(set), ttl))
         }
     }
 }
 
-/// A host's addresses (A and AAAA) and their TTL. An address literal is itself.
-async fn addresses(r: &TokioResolver, host: &str) -> Result<(Vec<IpAddr>, Duration), NetError> {
+/// A host's addresses (A and AAAA) and their TTL. An address literal is itself; a name
+/// with neither record is an empty answer.
+async fn addresses(r: &Resolvers, host: &str) -> Result<(Vec<IpAddr>, Duration), Failure> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok((vec![ip], Duration::MAX));
     }
-    let lookup = r.lookup_ip(fqdn(host)).await?;
+    let name = fqdn(host);
+    let (v4, v6) = tokio::join!(r.ask(&name, RecordType::A), r.ask(&name, RecordType::AAAA));
+    let mut ips = Vec::new();
+    let mut ttl = Duration::MAX;
+    let mut empty = None;
+    for answer in [v4, v6] {
+        match answer.map_err(Failure::from) {
+            Ok(lookup) => {
+                ttl = ttl.min(ttl_of(&lookup));
+                ips.extend(lookup.answers().iter().filter_map(|rec| match &rec.data {
+                    RData::A(a) => Some(IpAddr::V4(a.0)),
+                    RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+                    _ => None,
+                }));
+            }
+            Err(Failure::Empty(t)) => empty = Some(empty.unwrap_or(t).min(t)),
+            Err(e) => return Err(e),
+        }
+    }
+    match (ips.is_empty(), empty) {
+        (true, Some(t)) => Err(Failure::Empty(t)),
+        _ => Ok((ips, ttl)),
+    }
+}
+
+/// The shortest TTL of an answer's records.
+fn ttl_of(lookup: &Lookup) -> Duration {
     let ttl = lookup
-        .as_lookup()
         .answers()
         .iter()
         .map(|rec| rec.ttl)
         .min()
         .unwrap_or(0);
-    Ok((lookup.iter().collect(), Duration::from_secs(u64::from(ttl))))
+    Duration::from_secs(u64::from(ttl))
 }
 
 /// Names are asked as written, fully qualified (no search domains).

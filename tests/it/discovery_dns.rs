@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use http::StatusCode;
 
 use crate::support::dns::Dnsmasq;
+use crate::support::fake_dns::FakeDns;
 use crate::support::*;
 
 fn ip(b: &TestBackend) -> IpAddr {
@@ -216,4 +217,64 @@ async fn a_large_answer_is_read_whole_over_tcp() {
     let lb = over_dns(&dns, "many.test:8080", "").await;
     let u = wait_for(&lb, "200 backends", |u| ids(u).len() == 200).await;
     assert_eq!(u["discovery"]["state"], "ok");
+}
+
+/// A server that cuts UDP answers to three records without saying so (Consul's
+/// default): sluice asks again over TCP, so every instance sees the whole set.
+#[tokio::test]
+async fn an_answer_cut_without_the_truncation_bit_is_asked_again_over_tcp() {
+    let ips: Vec<std::net::Ipv4Addr> = (1..=5)
+        .map(|i| std::net::Ipv4Addr::new(127, 0, 2, i))
+        .collect();
+    let fake = FakeDns::start(&ips).await;
+    let lb = over_fake(&fake).await;
+    let u = wait_for(&lb, "all five", |u| ids(u).len() == 5).await;
+    assert_eq!(u["discovery"]["state"], "ok");
+}
+
+/// SERVFAIL is a failure, not an answer: the last set stays, `stale`, until the server
+/// answers again.
+#[tokio::test]
+async fn servfail_keeps_the_last_set() {
+    let hosts = TestBackend::on_hosts(2).await;
+    let v4 = |b: &TestBackend| match b.addr.ip() {
+        IpAddr::V4(ip) => ip,
+        IpAddr::V6(_) => unreachable!(),
+    };
+    let fake = FakeDns::start(&[v4(&hosts[0]), v4(&hosts[1])]).await;
+    let lb = Sluice::start(&format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
+         [upstream.web.discovery]\nsource = \"dns\"\nname = \"api.test:{}\"\nresolver = \"{}\"\n\
+         min_ttl = \"100ms\"\nmax_ttl = \"1s\"\n",
+        hosts[0].addr.port(),
+        fake.addr
+    ))
+    .await;
+    wait_for(&lb, "both", |u| ids(u).len() == 2).await;
+    fake.servfail(true);
+    let u = wait_for(&lb, "stale", |u| u["discovery"]["state"] == "stale").await;
+    assert_eq!(ids(&u).len(), 2, "{u}");
+    assert!(
+        u["discovery"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("api.test"),
+        "{u}"
+    );
+    assert_eq!(lb.get_many("/", 4).await.len(), 4);
+    fake.set(&[v4(&hosts[1])]);
+    fake.servfail(false);
+    let u = wait_for(&lb, "answers again", |u| ids(u).len() == 1).await;
+    assert_eq!(u["discovery"]["state"], "ok");
+    assert!(u["discovery"]["error"].is_null());
+}
+
+async fn over_fake(fake: &FakeDns) -> Sluice {
+    Sluice::start(&format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
+         [upstream.web.discovery]\nsource = \"dns\"\nname = \"api.test:8080\"\nresolver = \"{}\"\n\
+         min_ttl = \"100ms\"\nmax_ttl = \"1s\"\n",
+        fake.addr
+    ))
+    .await
 }

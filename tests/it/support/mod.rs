@@ -27,6 +27,7 @@ use tokio::task::JoinHandle;
 
 pub mod dns;
 pub mod etcd;
+pub mod fake_dns;
 pub mod process;
 pub mod tls;
 
