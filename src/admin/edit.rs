@@ -25,6 +25,17 @@ struct NewBackend {
 
 /// `POST /upstreams/{name}/backends`: 201 once the backend is in rotation.
 pub fn add(state: &State, name: &str, body: &[u8]) -> Response<Full<Bytes>> {
+    // A discovered upstream refuses any add, well-formed or not.
+    let config = state.shared.config.load();
+    if let Some(refused) = config
+        .upstreams
+        .iter()
+        .find(|u| u.name == name)
+        .and_then(discovered)
+    {
+        return refused;
+    }
+    drop(config);
     let new: NewBackend = match serde_json::from_slice(body) {
         Ok(n) => n,
         Err(e) => return text(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}\n")),

@@ -23,15 +23,28 @@ use crate::config::{BackendConfig, BackendUrl, MAX_WEIGHT, Scheme};
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub(super) async fn run(src: DnsSource, scheme: Scheme, tx: Reports) {
-    let resolver = match Resolvers::new(&src) {
-        Ok(r) => r,
-        Err(e) => {
-            // No resolver configuration at all: nothing will change that but a reload.
-            let _ = tx.send(Report::Failed(format!("DNS resolver: {e}"))).await;
-            return;
+    let mut backoff = Backoff::new();
+    // No resolver configuration yet (a container whose resolv.conf comes later): a
+    // failure like any other, tried again.
+    let resolver = loop {
+        match Resolvers::new(&src) {
+            Ok(r) => break r,
+            Err(e) => {
+                if tx
+                    .send(Report::Failed(format!("DNS resolver: {e}")))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff.step()) => {}
+                    _ = tx.closed() => return,
+                }
+            }
         }
     };
-    let mut backoff = Backoff::new();
+    backoff.reset();
     loop {
         let (report, wait) = match lookup(&resolver, &src.name, scheme).await {
             Ok((set, ttl)) => {
@@ -120,10 +133,17 @@ impl Resolvers {
     /// The records of `name`, over TCP again when the UDP answer may have been cut.
     async fn ask(&self, name: &str, rtype: RecordType) -> Result<Lookup, NetError> {
         let answer = self.first.lookup(name, rtype).await?;
-        if may_be_cut(&answer) {
-            return self.tcp.lookup(name, rtype).await;
+        if !may_be_cut(&answer) {
+            return Ok(answer);
         }
-        Ok(answer)
+        match self.tcp.lookup(name, rtype).await {
+            Ok(whole) => Ok(whole),
+            // A server that does not take TCP: the UDP answer is the best there is.
+            Err(e) => {
+                tracing::debug!(name, error = %e, "DNS over TCP failed; using the UDP answer");
+                Ok(answer)
+            }
+        }
     }
 }
 
@@ -181,15 +201,21 @@ async fn lookup(
                 })
                 .collect();
             let mut ttl = ttl_of(&lookup);
+            // "." means the service is not offered there (RFC 2782); port 0 is no port.
+            let records: Vec<_> = records
+                .into_iter()
+                .filter(|s| !s.target.is_root() && s.port != 0)
+                .collect();
             // SPEC §6: the lowest priority's targets are the primaries, the rest backups.
             let best = records.iter().map(|s| s.priority).min();
             let mut set = Vec::new();
             for s in &records {
-                // "." means the service is not offered there (RFC 2782).
-                if s.target.is_root() {
-                    continue;
-                }
-                let (ips, t) = addresses(r, &s.target.to_ascii()).await?;
+                // A target without addresses is one backend fewer, not an empty set.
+                let (ips, t) = match addresses(r, &s.target.to_ascii()).await {
+                    Ok(found) => found,
+                    Err(Failure::Empty(t)) => (Vec::new(), t),
+                    Err(e) => return Err(e),
+                };
                 ttl = ttl.min(t);
                 let weight = u32::from(s.weight).clamp(1, MAX_WEIGHT);
                 let backup = Some(s.priority) != best;

@@ -5,7 +5,8 @@
 //!
 //! List the prefix at a revision, then watch from the next one; each batch of events is
 //! applied as a whole set. A compacted revision, a cancelled or broken watch, or a
-//! liveness check that fails starts over with a new list: revisions are never skipped.
+//! quiet watch that no longer matches the prefix (checked every second) starts over
+//! with a new list: revisions are never skipped.
 //! While etcd cannot be reached, the last set stays and the source is `stale`.
 
 use std::collections::BTreeMap;
@@ -46,6 +47,8 @@ enum EtcdError {
     WatchEnded(String),
     #[error("{0}: revision {1} was compacted; listing again")]
     Compacted(String, i64),
+    #[error("{0}: the watch fell behind the prefix; listing again")]
+    Behind(String),
 }
 
 /// The keys under the prefix and what each one says (None: a value that is not a
@@ -66,17 +69,13 @@ pub(super) async fn run(src: EtcdSource, scheme: Scheme, tx: Reports) {
             if tx.send(Report::Set(set_of(&keys))).await.is_err() {
                 return Ok(());
             }
-            backoff.reset();
-            watch(
+            let at = Watch {
                 endpoint,
-                &key,
-                &range_end,
-                revision + 1,
+                key: &key,
+                range_end: &range_end,
                 scheme,
-                &mut keys,
-                &tx,
-            )
-            .await
+            };
+            at.run(revision, &mut keys, &tx, &mut backoff).await
         };
         let wait = match tokio::select! {
             r = result => r,
@@ -84,7 +83,7 @@ pub(super) async fn run(src: EtcdSource, scheme: Scheme, tx: Reports) {
         } {
             Ok(()) => return, // the receiver is gone
             // Not a failure of etcd: list again at once.
-            Err(e @ EtcdError::Compacted(..)) => {
+            Err(e @ (EtcdError::Compacted(..) | EtcdError::Behind(..))) => {
                 tracing::info!(error = %e, "etcd watch restarts");
                 Duration::ZERO
             }
@@ -156,74 +155,141 @@ async fn list(
     let revision = int(&v["header"]["revision"]).ok_or_else(|| bad("has no revision"))?;
     let mut keys = Keys::new();
     for kv in v["kvs"].as_array().into_iter().flatten() {
-        let (k, value) = (bytes_of(&kv["key"]), bytes_of(&kv["value"]));
-        let (Some(k), Some(value)) = (k, value) else {
-            return Err(bad("has a key without key or value"));
+        let Some(k) = bytes_of(&kv["key"]) else {
+            return Err(bad("has an entry without a key"));
         };
+        // The gateway leaves an empty value out: not a backend, skipped like any.
+        let value = bytes_of(&kv["value"]).unwrap_or_default();
         let b = read_value(&k, &value, scheme);
         keys.insert(k, b);
     }
     Ok((keys, revision))
 }
 
-/// Watches the prefix from `from`, applying each batch of events to `keys` and
-/// reporting the set; returns Ok when the receiver is gone, else why it stopped.
-async fn watch(
-    endpoint: &EtcdEndpoint,
-    key: &[u8],
-    range_end: &[u8],
-    from: i64,
+/// A watch of the prefix on one endpoint.
+struct Watch<'a> {
+    endpoint: &'a EtcdEndpoint,
+    key: &'a [u8],
+    range_end: &'a [u8],
     scheme: Scheme,
-    keys: &mut Keys,
-    tx: &Reports,
-) -> Result<(), EtcdError> {
-    let body = json!({"create_request": {
-        "key": B64.encode(key),
-        "range_end": B64.encode(range_end),
-        "start_revision": from.to_string(),
-    }});
-    let name = endpoint.to_string();
-    let resp = tokio::time::timeout(REQUEST_TIMEOUT, post(endpoint, "/v3/watch", &body))
-        .await
-        .map_err(|_| EtcdError::Timeout(name.clone()))??;
-    let mut body = resp.into_body();
-    let mut buf = BytesMut::new();
-    let mut check = tokio::time::interval(LIVENESS);
-    check.reset();
-    loop {
-        let frame = tokio::select! {
-            f = body.frame() => f,
-            _ = check.tick() => {
-                alive(endpoint).await?;
-                continue;
-            }
-        };
-        let Some(frame) = frame else {
-            return Err(EtcdError::WatchEnded(name));
-        };
-        let frame = frame.map_err(|e| EtcdError::Http(name.clone(), e))?;
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
+}
+
+impl Watch<'_> {
+    /// Watches from the revision after `listed`, applying each batch of events to `keys`
+    /// and reporting the set; returns Ok when the receiver is gone, else why it
+    /// stopped. Every `LIVENESS` of quiet, the prefix is read again (a linearizable
+    /// read, which fails without a quorum) and compared with what the watch has seen:
+    /// a watch whose connection died silently, or on a member cut off from the
+    /// cluster, is noticed and replaced.
+    async fn run(
+        &self,
+        listed: i64,
+        keys: &mut Keys,
+        tx: &Reports,
+        backoff: &mut Backoff,
+    ) -> Result<(), EtcdError> {
+        let body = json!({"create_request": {
+            "key": B64.encode(self.key),
+            "range_end": B64.encode(self.range_end),
+            "start_revision": (listed + 1).to_string(),
+        }});
+        let name = self.endpoint.to_string();
+        let resp = tokio::time::timeout(REQUEST_TIMEOUT, post(self.endpoint, "/v3/watch", &body))
+            .await
+            .map_err(|_| EtcdError::Timeout(name.clone()))??;
+        let mut body = resp.into_body();
+        let mut buf = BytesMut::new();
+        let mut seen = listed;
+        let mut behind = 0;
+        let mut check = tokio::time::interval(LIVENESS);
         check.reset();
-        buf.extend_from_slice(&data);
-        if buf.len() > MAX_LINE {
-            return Err(EtcdError::Bad(name, "watch message too long".into()));
-        }
-        while let Some(end) = buf.iter().position(|&b| b == b'\n') {
-            let line = buf.split_to(end + 1);
-            let changed = apply(&name, &line[..end], scheme, keys)?;
-            if changed && tx.send(Report::Set(set_of(keys))).await.is_err() {
-                return Ok(());
+        loop {
+            let frame = tokio::select! {
+                f = body.frame() => f,
+                _ = check.tick() => {
+                    behind = if self.in_step(keys, seen).await? { 0 } else { behind + 1 };
+                    // Twice: an event may be on its way.
+                    if behind >= 2 {
+                        return Err(EtcdError::Behind(name));
+                    }
+                    continue;
+                }
+            };
+            let Some(frame) = frame else {
+                return Err(EtcdError::WatchEnded(name));
+            };
+            let frame = frame.map_err(|e| EtcdError::Http(name.clone(), e))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            check.reset();
+            buf.extend_from_slice(&data);
+            if buf.len() > MAX_LINE {
+                return Err(EtcdError::Bad(name, "watch message too long".into()));
+            }
+            while let Some(end) = buf.iter().position(|&b| b == b'\n') {
+                let line = buf.split_to(end + 1);
+                let got = apply(&name, &line[..end], self.scheme, keys)?;
+                // The watch works: failures from here on start the backoff afresh.
+                backoff.reset();
+                seen = seen.max(got.revision);
+                if got.changed && tx.send(Report::Set(set_of(keys))).await.is_err() {
+                    return Ok(());
+                }
             }
         }
     }
+
+    /// Does the prefix hold the keys the watch has, none changed after `seen`?
+    async fn in_step(&self, keys: &Keys, seen: i64) -> Result<bool, EtcdError> {
+        let body = json!({
+            "key": B64.encode(self.key),
+            "range_end": B64.encode(self.range_end),
+            "keys_only": true,
+        });
+        let name = self.endpoint.to_string();
+        let answer = tokio::time::timeout(REQUEST_TIMEOUT, async {
+            let resp = post(self.endpoint, "/v3/kv/range", &body).await?;
+            resp.into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .map_err(|e| EtcdError::Http(name.clone(), e))
+        })
+        .await
+        .map_err(|_| EtcdError::Timeout(name.clone()))??;
+        let v: Value = serde_json::from_slice(&answer)
+            .map_err(|_| EtcdError::Bad(name.clone(), "range answer is not JSON".into()))?;
+        let listed: Vec<(Option<Vec<u8>>, Option<i64>)> = v["kvs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|kv| (bytes_of(&kv["key"]), int(&kv["mod_revision"])))
+            .collect();
+        Ok(listed.len() == keys.len()
+            && listed.iter().all(|(k, rev)| {
+                k.as_ref().is_some_and(|k| keys.contains_key(k)) && rev.is_some_and(|r| r <= seen)
+            }))
+    }
 }
 
-/// Applies one watch message to `keys`; true if it carried events.
-fn apply(name: &str, line: &[u8], scheme: Scheme, keys: &mut Keys) -> Result<bool, EtcdError> {
+/// What one watch message did.
+#[derive(Debug, PartialEq)]
+struct Got {
+    /// It carried events.
+    changed: bool,
+    /// The newest revision it shows (0 if none).
+    revision: i64,
+}
+
+/// Applies one watch message to `keys`.
+fn apply(name: &str, line: &[u8], scheme: Scheme, keys: &mut Keys) -> Result<Got, EtcdError> {
+    let quiet = |revision| Got {
+        changed: false,
+        revision,
+    };
     if line.iter().all(u8::is_ascii_whitespace) {
-        return Ok(false);
+        return Ok(quiet(0));
     }
     let bad = |why: String| EtcdError::Bad(name.to_owned(), why);
     let v: Value = serde_json::from_slice(line).map_err(|e| bad(format!("watch message: {e}")))?;
@@ -238,11 +304,14 @@ fn apply(name: &str, line: &[u8], scheme: Scheme, keys: &mut Keys) -> Result<boo
         let reason = r["cancel_reason"].as_str().unwrap_or("no reason given");
         return Err(bad(format!("watch cancelled: {reason}")));
     }
+    let header = int(&r["header"]["revision"]).unwrap_or(0);
     let Some(events) = r["events"].as_array() else {
-        return Ok(false); // created, or progress
+        return Ok(quiet(header)); // created, or progress
     };
+    let mut revision = header;
     for ev in events {
         let kv = &ev["kv"];
+        revision = revision.max(int(&kv["mod_revision"]).unwrap_or(0));
         let Some(k) = bytes_of(&kv["key"]) else {
             continue;
         };
@@ -254,22 +323,10 @@ fn apply(name: &str, line: &[u8], scheme: Scheme, keys: &mut Keys) -> Result<boo
             keys.insert(k, b);
         }
     }
-    Ok(!events.is_empty())
-}
-
-/// Does etcd still answer? (A watch on a frozen or unplugged server stays silent.)
-async fn alive(endpoint: &EtcdEndpoint) -> Result<(), EtcdError> {
-    let name = endpoint.to_string();
-    tokio::time::timeout(REQUEST_TIMEOUT, async {
-        let resp = post(endpoint, "/v3/maintenance/status", &json!({})).await?;
-        resp.into_body()
-            .collect()
-            .await
-            .map_err(|e| EtcdError::Http(name.clone(), e))
+    Ok(Got {
+        changed: !events.is_empty(),
+        revision,
     })
-    .await
-    .map_err(|_| EtcdError::Timeout(name.clone()))??;
-    Ok(())
 }
 
 /// POSTs `body` to `path` on a new connection; the response, if it is a 200.
@@ -283,6 +340,11 @@ async fn post(
         .await
         .map_err(|e| EtcdError::Connect(name.clone(), e))?;
     let _ = tcp.set_nodelay(true);
+    // A watch is a long quiet connection: keepalives find one that died on the way.
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(10))
+        .with_interval(Duration::from_secs(5));
+    let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
         .map_err(|e| EtcdError::Http(name.clone(), e))?;
@@ -342,11 +404,29 @@ mod tests {
             )
         };
         let created = r#"{"result":{"header":{"revision":"6"},"created":true}}"#;
-        assert!(!apply("e", created.as_bytes(), Scheme::Http, &mut keys).unwrap());
+        let got = apply("e", created.as_bytes(), Scheme::Http, &mut keys).unwrap();
+        assert_eq!(
+            got,
+            Got {
+                changed: false,
+                revision: 6
+            }
+        );
         let line = put("/p/a", r#"{"url": "10.0.0.1:80"}"#);
-        assert!(apply("e", line.as_bytes(), Scheme::Http, &mut keys).unwrap());
+        let got = apply("e", line.as_bytes(), Scheme::Http, &mut keys).unwrap();
+        assert_eq!(
+            got,
+            Got {
+                changed: true,
+                revision: 7
+            }
+        );
         let line = put("/p/b", "junk");
-        assert!(apply("e", line.as_bytes(), Scheme::Http, &mut keys).unwrap());
+        assert!(
+            apply("e", line.as_bytes(), Scheme::Http, &mut keys)
+                .unwrap()
+                .changed
+        );
         assert_eq!(keys.len(), 2);
         assert_eq!(
             set_of(&keys).len(),
@@ -357,7 +437,11 @@ mod tests {
             r#"{{"result":{{"events":[{{"type":"DELETE","kv":{{"key":"{}"}}}}]}}}}"#,
             B64.encode("/p/a")
         );
-        assert!(apply("e", delete.as_bytes(), Scheme::Http, &mut keys).unwrap());
+        assert!(
+            apply("e", delete.as_bytes(), Scheme::Http, &mut keys)
+                .unwrap()
+                .changed
+        );
         assert!(set_of(&keys).is_empty());
         let compacted = r#"{"result":{"compact_revision":"5","canceled":true}}"#;
         assert!(matches!(

@@ -36,10 +36,12 @@ pub async fn run(cfg: DiscoveryConfig, tx: Reports) {
     }
 }
 
-/// A set in canonical order: sorted by id, one entry per id (the first one named), so
-/// that two instances given the same backends in any order build the same tables.
+/// A set in canonical order: sorted by id, one entry per id, so that two instances
+/// given the same backends in any order build the same tables. Of several entries for
+/// one id, a primary wins over a backup, then the higher weight: whatever order they
+/// came in (DNS servers rotate records), every instance keeps the same one.
 pub fn canonical(mut set: Vec<BackendConfig>) -> Vec<BackendConfig> {
-    set.sort_by_cached_key(|b| b.url.id());
+    set.sort_by_cached_key(|b| (b.url.id(), b.backup, std::cmp::Reverse(b.weight)));
     set.dedup_by(|b, a| b.url.id() == a.url.id());
     set
 }
@@ -133,6 +135,24 @@ mod tests {
         let two = canonical(vec![b("10.0.0.1:80"), b("10.0.0.2:80")]);
         assert_eq!(one, two);
         assert_eq!(one.len(), 2);
+        // One address named twice: the same entry wins in any order.
+        let backup = BackendConfig {
+            backup: true,
+            weight: 9,
+            ..b("10.0.0.5:80")
+        };
+        let light = BackendConfig {
+            weight: 1,
+            ..b("10.0.0.5:80")
+        };
+        let heavy = BackendConfig {
+            weight: 5,
+            ..b("10.0.0.5:80")
+        };
+        let x = canonical(vec![backup.clone(), light.clone(), heavy.clone()]);
+        let y = canonical(vec![heavy.clone(), backup, light]);
+        assert_eq!(x, y);
+        assert_eq!(x, [heavy]);
     }
 
     #[test]

@@ -52,6 +52,14 @@ fn build_with(config: &Config, previous: Option<&Snapshot>, undo_admin: bool) ->
         .upstreams
         .iter()
         .map(|cfg| {
+            // An edit (admin API, a discovered set) leaves the other upstreams as they
+            // are: the same tables, client and trust, not rebuilt or read again.
+            if let Some(same) = previous
+                .filter(|_| !undo_admin)
+                .and_then(|p| p.upstreams.iter().find(|u| u.config == *cfg))
+            {
+                return Arc::clone(same);
+            }
             let mut pools = Vec::with_capacity(cfg.backends.len());
             let all: Vec<Arc<Backend>> = cfg
                 .backends
@@ -161,6 +169,18 @@ mod tests {
             "[[listener]]\naddress = \"127.0.0.1:0\"\n[upstream.web]\nbackends = [{{ url = \"127.0.0.1:1\" }}]\n[upstream.web.retry]\nbudget_percent = {budget_percent}\n"
         );
         crate::config::parse_str(&text, std::path::Path::new("t.toml")).unwrap()
+    }
+
+    #[test]
+    fn an_edit_leaves_the_other_upstreams_as_they_are() {
+        let first = build(&config(20), None);
+        let edited = build_edited(&config(20), &first);
+        assert!(Arc::ptr_eq(&first.upstreams[0], &edited.upstreams[0]));
+        let reloaded = build(&config(20), Some(&edited));
+        assert!(
+            !Arc::ptr_eq(&edited.upstreams[0], &reloaded.upstreams[0]),
+            "a reload rebuilds (certificates, drains)"
+        );
     }
 
     #[test]

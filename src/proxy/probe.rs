@@ -6,12 +6,14 @@
 //! connection whose status must fall in `expect_status`. Only verdict changes (rise/fall)
 //! are written to the backend's state, and logged at info; single failed probes at debug.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, header};
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
+use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 
@@ -24,22 +26,29 @@ use crate::upstream::Backend;
 /// The running checkers of one snapshot; dropping this stops them.
 #[derive(Default)]
 pub struct Checkers {
-    /// Each with the upstream it checks.
-    tasks: Vec<(Arc<Served>, AbortHandle)>,
+    tasks: Vec<Checker>,
+}
+
+/// One upstream's checker: its task, and the feed that hands it the upstream as each
+/// new snapshot has it (backends come and go without stopping its rounds).
+struct Checker {
+    upstream: Arc<Served>,
+    feed: watch::Sender<Arc<Served>>,
+    task: AbortHandle,
 }
 
 impl Drop for Checkers {
     fn drop(&mut self) {
-        for (_, t) in &self.tasks {
-            t.abort();
+        for c in &self.tasks {
+            c.task.abort();
         }
     }
 }
 
 /// Starts a checker for every upstream of `snapshot` that has health checks, keeping
-/// from `previous` those whose upstream is configured exactly as before (same
-/// backends, same checks): a reload or an admin edit elsewhere does not interrupt
-/// their rounds or their rise/fall counts. Must run inside the runtime.
+/// from `previous` those whose upstream has the same checks: a reload, an admin edit or
+/// a discovered set does not interrupt their rounds or their rise/fall counts; backends
+/// new to the upstream are probed at once. Must run inside the runtime.
 pub fn start(snapshot: &Snapshot, previous: Option<Checkers>) -> Checkers {
     let mut old = previous
         .map(|mut c| std::mem::take(&mut c.tasks))
@@ -49,42 +58,80 @@ pub fn start(snapshot: &Snapshot, previous: Option<Checkers>) -> Checkers {
         .iter()
         .filter_map(|u| {
             let cfg = u.config.health.clone()?;
-            let same = old.iter().position(|(was, t)| {
-                was.name == u.name && was.config == u.config && !t.is_finished()
+            let same = old.iter().position(|c| {
+                c.upstream.name == u.name
+                    && c.upstream.config.health == u.config.health
+                    && !c.task.is_finished()
             });
             Some(match same {
-                Some(i) => old.swap_remove(i),
-                None => (
-                    Arc::clone(u),
-                    tokio::spawn(run(Arc::clone(u), cfg)).abort_handle(),
-                ),
+                Some(i) => {
+                    let mut c = old.swap_remove(i);
+                    if !Arc::ptr_eq(&c.upstream, u) {
+                        c.upstream = Arc::clone(u);
+                        c.feed.send_replace(Arc::clone(u));
+                    }
+                    c
+                }
+                None => {
+                    let (feed, rx) = watch::channel(Arc::clone(u));
+                    Checker {
+                        upstream: Arc::clone(u),
+                        feed,
+                        task: tokio::spawn(run(rx, cfg)).abort_handle(),
+                    }
+                }
             })
         })
         .collect();
     // The rest stop.
-    for (_, t) in old {
-        t.abort();
+    for c in old {
+        c.task.abort();
     }
     Checkers { tasks }
 }
 
-async fn run(upstream: Arc<Served>, cfg: HealthConfig) {
-    // Start from what is known, so a reload does not forget a backend is down.
-    let mut verdicts: Vec<RiseFall> = upstream
-        .all
-        .iter()
-        .map(|b| RiseFall::new(cfg.rise, cfg.fall, !b.stats.is_unhealthy()))
-        .collect();
+/// Rise/fall counts by backend id.
+type Verdicts = HashMap<Box<str>, RiseFall>;
+
+async fn run(mut feed: watch::Receiver<Arc<Served>>, cfg: HealthConfig) {
+    let mut verdicts = Verdicts::new();
+    let mut upstream = Arc::clone(&feed.borrow_and_update());
+    follow(&upstream, &cfg, &mut verdicts);
     // Backends added at run time wait out of rotation for their first probe: at once.
     if upstream.all.iter().any(|b| b.stats.is_pending()) {
         round(&upstream, &cfg, &mut verdicts, true).await;
     }
-    tokio::time::sleep(cfg.interval.mul_f64(fastrand::f64())).await;
+    let mut next = Instant::now() + cfg.interval.mul_f64(fastrand::f64());
     loop {
-        let start = Instant::now();
-        round(&upstream, &cfg, &mut verdicts, false).await;
-        let next = start + cfg.interval.mul_f64(0.9 + 0.2 * fastrand::f64());
-        tokio::time::sleep_until(next).await;
+        tokio::select! {
+            _ = tokio::time::sleep_until(next) => {
+                let start = Instant::now();
+                round(&upstream, &cfg, &mut verdicts, false).await;
+                next = start + cfg.interval.mul_f64(0.9 + 0.2 * fastrand::f64());
+            }
+            changed = feed.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                upstream = Arc::clone(&feed.borrow_and_update());
+                follow(&upstream, &cfg, &mut verdicts);
+                if upstream.all.iter().any(|b| b.stats.is_pending()) {
+                    round(&upstream, &cfg, &mut verdicts, true).await;
+                }
+            }
+        }
+    }
+}
+
+/// Verdicts for the upstream's backends as they are now: a new one starts from what
+/// is known of it (so a reload does not forget a backend is down), one gone is
+/// forgotten.
+fn follow(upstream: &Served, cfg: &HealthConfig, verdicts: &mut Verdicts) {
+    verdicts.retain(|id, _| upstream.all.iter().any(|b| b.id == *id));
+    for b in upstream.all.iter() {
+        verdicts
+            .entry(b.id.clone())
+            .or_insert_with(|| RiseFall::new(cfg.rise, cfg.fall, !b.stats.is_unhealthy()));
     }
 }
 
@@ -93,7 +140,7 @@ async fn run(upstream: Arc<Served>, cfg: HealthConfig) {
 async fn round(
     upstream: &Arc<Served>,
     cfg: &HealthConfig,
-    verdicts: &mut [RiseFall],
+    verdicts: &mut Verdicts,
     pending_only: bool,
 ) {
     let mut probes = JoinSet::new();
@@ -111,6 +158,9 @@ async fn round(
         if let Err(why) = &result {
             tracing::debug!(upstream = %upstream.name, backend = %b.id, error = %why, "health probe failed");
         }
+        let counts = verdicts
+            .entry(b.id.clone())
+            .or_insert_with(|| RiseFall::new(cfg.rise, cfg.fall, true));
         let verdict = if b.stats.is_pending() {
             // A first probe decides alone: passed, the backend takes requests now;
             // failed, it is unhealthy and must rise like any other.
@@ -119,10 +169,10 @@ async fn round(
                 // Its slow start begins now that it takes requests, not when added.
                 b.stats.start_warming(Instant::now());
             }
-            verdicts[i] = RiseFall::new(cfg.rise, cfg.fall, result.is_ok());
+            *counts = RiseFall::new(cfg.rise, cfg.fall, result.is_ok());
             Some(result.is_ok())
         } else {
-            verdicts[i].record(result.is_ok())
+            counts.record(result.is_ok())
         };
         if let Some(healthy) = verdict {
             b.stats.set_unhealthy(!healthy);
@@ -206,7 +256,7 @@ async fn probe(b: &Backend, client: &Client, cfg: &HealthConfig) -> Result<(), S
 mod tests {
     use super::*;
 
-    fn snapshot(a_weight: u32) -> Snapshot {
+    fn snapshot(a_weight: u32, b_interval: &str) -> Snapshot {
         let text = format!(
             "[[listener]]\naddress = \"127.0.0.1:0\"\n\
              [[route]]\npath_prefix = \"/a\"\nupstream = \"a\"\n\
@@ -214,7 +264,7 @@ mod tests {
              [upstream.a]\nbackends = [{{ url = \"127.0.0.1:1\", weight = {a_weight} }}]\n\
              [upstream.a.health]\ninterval = \"1h\"\n\
              [upstream.b]\nbackends = [{{ url = \"127.0.0.1:2\" }}]\n\
-             [upstream.b.health]\ninterval = \"1h\"\n"
+             [upstream.b.health]\ninterval = \"{b_interval}\"\n"
         );
         let config = crate::config::parse_str(&text, std::path::Path::new("t.toml")).unwrap();
         crate::proxy::build::build(&config, None)
@@ -223,25 +273,43 @@ mod tests {
     fn task_of(c: &Checkers, name: &str) -> tokio::task::Id {
         c.tasks
             .iter()
-            .find(|(u, _)| &*u.name == name)
-            .map(|(_, t)| t.id())
+            .find(|c| &*c.upstream.name == name)
+            .map(|c| c.task.id())
             .unwrap()
     }
 
     #[tokio::test]
-    async fn only_the_checkers_of_changed_upstreams_restart() {
-        let first = start(&snapshot(1), None);
+    async fn only_a_change_of_checks_restarts_a_checker() {
+        let first = start(&snapshot(1, "1h"), None);
         let (a, b) = (task_of(&first, "a"), task_of(&first, "b"));
-        let second = start(&snapshot(2), Some(first));
-        assert_ne!(
+        let second = start(&snapshot(2, "2h"), Some(first));
+        assert_eq!(
             task_of(&second, "a"),
             a,
-            "upstream a changed: a new checker"
+            "upstream a's backends changed, not its checks: the checker goes on"
         );
+        assert_ne!(task_of(&second, "b"), b, "upstream b's checks changed");
+        let fed = &second
+            .tasks
+            .iter()
+            .find(|c| &*c.upstream.name == "a")
+            .unwrap();
         assert_eq!(
-            task_of(&second, "b"),
-            b,
-            "upstream b did not: its checker goes on"
+            fed.feed.borrow().all[0].weight,
+            2,
+            "the checker sees the new upstream"
         );
+    }
+
+    #[test]
+    fn verdicts_follow_the_backends() {
+        let snap = snapshot(1, "1h");
+        let u = &snap.upstreams[0];
+        let cfg = u.config.health.clone().unwrap();
+        let mut v = Verdicts::new();
+        v.insert("10.9.9.9:80".into(), RiseFall::new(2, 3, true));
+        follow(u, &cfg, &mut v);
+        let ids: Vec<&str> = v.keys().map(|k| &**k).collect();
+        assert_eq!(ids, ["127.0.0.1:1"]);
     }
 }

@@ -146,7 +146,11 @@ pub enum TrustError {
 /// system's roots; ALPN h2 for `protocol = "h2"`, else http/1.1. None when the upstream
 /// has no https backend.
 pub fn connector(cfg: &UpstreamConfig) -> Result<Option<TlsConnector>, TrustError> {
-    if !cfg.backends.iter().any(|b| b.url.scheme == Scheme::Https) {
+    let discovered_https = cfg
+        .discovery
+        .as_ref()
+        .is_some_and(|d| d.scheme == Scheme::Https);
+    if !discovered_https && !cfg.backends.iter().any(|b| b.url.scheme == Scheme::Https) {
         return Ok(None);
     }
     let mut roots = rustls::RootCertStore::empty();

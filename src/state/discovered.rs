@@ -40,11 +40,11 @@ pub struct Seen {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
-    /// No answer yet (no backends).
+    /// Nothing heard from the source yet (no backends).
     Pending,
     /// The last attempt brought an answer.
     Ok,
-    /// The last attempt failed: the last known set stays.
+    /// The last attempt failed: the last known set (if any) stays.
     Stale,
 }
 
@@ -89,13 +89,12 @@ impl Status {
     }
 
     /// Records a failure; true if it differs from the last one (worth a log line).
+    /// SPEC §6: a source that fails is reported stale, with the set it had (none
+    /// before its first answer).
     fn failed(&self, error: String) -> bool {
         self.errors.fetch_add(1, Ordering::Relaxed);
         let mut s = self.lock();
-        // Before any answer it stays pending: there is no set to be stale.
-        if s.phase != Phase::Pending {
-            s.phase = Phase::Stale;
-        }
+        s.phase = Phase::Stale;
         let new = s.error.as_deref() != Some(error.as_str());
         s.error = Some(error);
         new
@@ -141,12 +140,13 @@ impl State {
     /// task whose upstream keeps the same discovery settings goes on (a reload does not
     /// ask again), others start anew. Must run inside the runtime.
     pub fn sync_discovery(self: &Arc<Self>) {
-        let config = self.shared.config.load();
         let mut running = self
             .discovered
             .running
             .lock()
             .unwrap_or_else(|p| p.into_inner());
+        // Read under the lock: two syncs (startup, a reload) end with the newer config.
+        let config = self.shared.config.load();
         if self.stopped() {
             running.clear();
             return;
@@ -180,23 +180,40 @@ impl State {
         }
     }
 
-    /// Applies a set discovered for upstream `name` by a source configured as `cfg`;
-    /// false if the upstream no longer has that source (a reload changed it).
-    fn apply_discovered(&self, name: &str, cfg: &DiscoveryConfig, set: Vec<BackendConfig>) -> bool {
+    /// Applies a set discovered for upstream `name` by the source whose status is
+    /// `status`, unless that source is no longer the upstream's (a reload replaced it).
+    fn apply_discovered(
+        &self,
+        name: &str,
+        status: &Arc<Status>,
+        set: Vec<BackendConfig>,
+    ) -> Applied {
         let _edit = self.edit();
+        // Checked under the edit lock: a task replaced meanwhile applies nothing.
+        if !self
+            .discovered
+            .status(name)
+            .is_some_and(|s| Arc::ptr_eq(&s, status))
+        {
+            return Applied::NotCurrent;
+        }
         let current = self.shared.config.load();
-        let Some(at) = current
-            .upstreams
-            .iter()
-            .position(|u| u.name == name && u.discovery.as_ref() == Some(cfg))
-        else {
-            return false;
+        let Some(at) = current.upstreams.iter().position(|u| u.name == name) else {
+            return Applied::NotCurrent;
         };
         let old = &current.upstreams[at].backends;
         if *old == set {
-            return true;
+            return Applied::Yes;
         }
-        let (added, removed) = diff(old, &set);
+        let mut config: Config = (**current).clone();
+        config.upstreams[at].backends = set;
+        // What an admin edit must pass: backends that fit the protocol, trust for
+        // https ones. A set that does not is not applied.
+        if let Err(e) = super::check_upstream(&config.upstreams[at]) {
+            return Applied::Refused(crate::proxy::error::chain(&e).to_string());
+        }
+        let set = &config.upstreams[at].backends;
+        let (added, removed) = diff(old, set);
         // Requests routed before the swap hold the old snapshot, where the backends
         // that leave are still listed: draining them keeps their retries off.
         if let Some(u) = self.shared.snapshot.load().upstream(name) {
@@ -208,20 +225,27 @@ impl State {
                 b.stats.set_draining(true);
             }
         }
-        let mut config: Config = (**current).clone();
-        config.upstreams[at].backends = set;
-        let total = config.upstreams[at].backends.len();
+        let total = set.len();
         self.apply_edit(config);
         tracing::info!(
             upstream = name,
-            source = cfg.source.kind(),
+            source = status.source,
             added,
             removed,
             backends = total,
             "discovered backends applied"
         );
-        true
+        Applied::Yes
     }
+}
+
+/// What became of a discovered set.
+enum Applied {
+    Yes,
+    /// The source is no longer the upstream's.
+    NotCurrent,
+    /// The set does not fit the upstream (protocol, trust): why.
+    Refused(String),
 }
 
 /// How many backends `new` adds to `old` and removes from it (by id; a changed weight
@@ -235,18 +259,32 @@ fn diff(old: &[BackendConfig], new: &[BackendConfig]) -> (usize, usize) {
 }
 
 /// Carries the discovered sets of `old` over to `new` where an upstream keeps the same
-/// discovery settings (a reload: the file has no backends for them).
+/// source (a reload: the file has no backends for them). Other discovery settings
+/// (TTL bounds, resolver, endpoints) may change: the source then starts again, from
+/// the set it had.
 pub(super) fn carry_over(old: &Config, new: &mut Config) {
     for u in new.upstreams.iter_mut() {
         let Some(d) = &u.discovery else { continue };
-        if let Some(o) = old
-            .upstreams
-            .iter()
-            .find(|o| o.name == u.name && o.discovery.as_ref() == Some(d))
-        {
+        let same = |o: &&crate::config::UpstreamConfig| {
+            o.name == u.name && o.discovery.as_ref().is_some_and(|od| same_source(od, d))
+        };
+        if let Some(o) = old.upstreams.iter().find(same) {
             u.backends = o.backends.clone();
         }
     }
+}
+
+/// Do `a` and `b` name the same set of backends (the same name, prefix or file, and
+/// the same scheme)?
+fn same_source(a: &DiscoveryConfig, b: &DiscoveryConfig) -> bool {
+    use crate::config::discovery::Source;
+    a.scheme == b.scheme
+        && match (&a.source, &b.source) {
+            (Source::Dns(x), Source::Dns(y)) => x.name == y.name,
+            (Source::Etcd(x), Source::Etcd(y)) => x.prefix == y.prefix,
+            (Source::File(x), Source::File(y)) => x == y,
+            _ => false,
+        }
 }
 
 /// One upstream's discovery: its source and the loop applying what it reports. Holds
@@ -263,22 +301,24 @@ fn spawn(
         let apply = async {
             while let Some(report) = rx.recv().await {
                 let Some(state) = state.upgrade() else { return };
-                match report {
-                    Report::Set(set) => {
-                        if state.apply_discovered(&name, &cfg, set) {
+                let failure = match report {
+                    Report::Set(set) => match state.apply_discovered(&name, &status, set) {
+                        Applied::Yes => {
                             status.applied();
+                            None
                         }
-                    }
-                    Report::Failed(e) => {
-                        if status.failed(e.clone()) {
-                            tracing::warn!(
-                                upstream = %name,
-                                source = cfg.source.kind(),
-                                error = %e,
-                                "discovery failed; keeping the last known backends"
-                            );
-                        }
-                    }
+                        Applied::NotCurrent => return,
+                        Applied::Refused(why) => Some(why),
+                    },
+                    Report::Failed(e) => Some(e),
+                };
+                if let Some(e) = failure.filter(|e| status.failed(e.clone())) {
+                    tracing::warn!(
+                        upstream = %name,
+                        source = cfg.source.kind(),
+                        error = %e,
+                        "discovery failed; keeping the last known backends"
+                    );
                 }
             }
         };
@@ -307,6 +347,29 @@ mod tests {
     }
 
     #[test]
+    fn the_set_is_carried_over_while_the_name_is_the_same() {
+        let dns = |name: &str, ttl: &str| {
+            let text = format!(
+                "[[listener]]\naddress = \"127.0.0.1:0\"\n[upstream.web.discovery]\nsource = \"dns\"\nname = \"{name}\"\nmax_ttl = \"{ttl}\"\n"
+            );
+            crate::config::parse_str(&text, std::path::Path::new("t.toml"))
+                .unwrap()
+                .upstreams[0]
+                .discovery
+                .clone()
+                .unwrap()
+        };
+        assert!(same_source(
+            &dns("a.test:80", "60s"),
+            &dns("a.test:80", "30s")
+        ));
+        assert!(!same_source(
+            &dns("a.test:80", "60s"),
+            &dns("b.test:80", "60s")
+        ));
+    }
+
+    #[test]
     fn a_reload_keeps_the_discovered_set_only_while_the_source_is_the_same() {
         let running = config("a.json", true);
         let mut same = config("a.json", false);
@@ -321,11 +384,16 @@ mod tests {
     }
 
     #[test]
-    fn a_failure_makes_a_known_set_stale_but_leaves_no_set_pending() {
+    fn failures_make_the_source_stale_and_an_answer_makes_it_ok() {
         let s = Status::new("dns");
+        assert_eq!(s.seen().phase, Phase::Pending);
         assert!(s.failed("timed out".into()), "the first failure is news");
         assert!(!s.failed("timed out".into()), "the same again is not");
-        assert_eq!(s.seen().phase, Phase::Pending);
+        assert_eq!(
+            s.seen().phase,
+            Phase::Stale,
+            "SPEC §6: a failing source is stale"
+        );
         s.applied();
         assert_eq!(s.seen().phase, Phase::Ok);
         assert!(s.seen().error.is_none());

@@ -251,7 +251,8 @@ impl BackendStats {
     pub fn state(&self, now: Instant) -> State {
         if self.is_draining() {
             State::Draining
-        } else if self.is_unhealthy() {
+        } else if self.is_unhealthy() || self.is_pending() {
+            // Waiting for its first probe: out of rotation, as an unhealthy one is.
             State::Unhealthy
         } else if self.is_ejected(now) {
             State::Ejected

@@ -1,5 +1,6 @@
 //! Discovery from DNS (SPEC §6) against a real dnsmasq: A records follow the server,
-//! SRV weights and priorities become weights and backups, NXDOMAIN empties the set, a
+//! SRV weights and priorities become weights and backups (a target without address is
+//! skipped, not the whole name), NXDOMAIN empties the set, a
 //! resolver that stops answering keeps the last set (`stale`) with no failed request,
 //! and two instances on one name agree on the members and on where each key goes.
 
@@ -97,6 +98,8 @@ async fn srv_weights_and_priorities_become_weights_and_backups() {
             format!("_http._tcp.api.test,b1.test,{port},10,3"),
             format!("_http._tcp.api.test,b2.test,{port},10,0"),
             format!("_http._tcp.api.test,b3.test,{port},20,5"),
+            // A target whose host has no address (being replaced): one backend fewer.
+            format!("_http._tcp.api.test,gone.test,{port},10,7"),
         ],
         &[
             "b1.test,127.0.0.2".into(),

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, SystemTime};
 
 use http::StatusCode;
 
@@ -66,6 +66,8 @@ async fn the_set_follows_puts_and_deletes_within_a_second() {
         TestBackend::replying("b").await,
     );
     put(&etcd, "a", &a).await;
+    // An empty value (which the gateway leaves out) is not a backend, and no obstacle.
+    etcd.put(&format!("{PREFIX}empty"), "").await;
     // Keys outside the prefix are not backends.
     etcd.put(
         "/sluice/upstreams/webx/a",
@@ -78,17 +80,17 @@ async fn the_set_follows_puts_and_deletes_within_a_second() {
     assert_eq!(u["discovery"]["source"], "etcd");
     assert_eq!(lb.get_many("/", 3).await, ["a"; 3]);
 
-    let t = Instant::now();
+    let t = SystemTime::now();
     put(&etcd, "b", &b).await;
-    wait_for(&lb, "b added", |u| ids(u).len() == 2).await;
-    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    let u = wait_for(&lb, "b added", |u| ids(u).len() == 2).await;
+    assert!(applied_after(&u, t) < Duration::from_secs(1), "{u}");
 
     // A value that is not a backend is skipped; the rest applies.
     etcd.put(&format!("{PREFIX}junk"), "not json").await;
-    let t = Instant::now();
+    let t = SystemTime::now();
     etcd.delete(&format!("{PREFIX}a")).await;
     let u = wait_for(&lb, "a deleted", |u| ids(u) == [b.addr.to_string()]).await;
-    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    assert!(applied_after(&u, t) < Duration::from_secs(1), "{u}");
     assert_eq!(u["discovery"]["state"], "ok");
     assert_eq!(lb.get_many("/", 3).await, ["b"; 3]);
 
@@ -97,8 +99,11 @@ async fn the_set_follows_puts_and_deletes_within_a_second() {
     assert_eq!(lb.get("/").await.0, StatusCode::SERVICE_UNAVAILABLE);
 }
 
+/// A compaction of the history behind a live watch does not disturb it. (A watch
+/// that must start from a compacted revision lists again: unit-tested in etcd.rs,
+/// since sluice never resumes a watch from an old revision.)
 #[tokio::test]
-async fn compaction_does_not_lose_changes() {
+async fn a_compaction_does_not_disturb_the_watch() {
     let etcd = Etcd::start().await;
     let (a, b) = (
         TestBackend::replying("a").await,
@@ -188,6 +193,7 @@ async fn three_instances_on_one_prefix_agree_within_a_second() {
     let names = ["a", "b", "c"];
     // Each step: which backends are in etcd.
     for step in [vec![0, 1], vec![0, 1, 2], vec![1, 2], vec![2, 0, 1]] {
+        let t = SystemTime::now();
         for (i, b) in backends.iter().enumerate() {
             if step.contains(&i) {
                 put(&etcd, names[i], b).await;
@@ -195,13 +201,12 @@ async fn three_instances_on_one_prefix_agree_within_a_second() {
                 etcd.delete(&format!("{PREFIX}{}", names[i])).await;
             }
         }
-        let t = Instant::now();
         let mut members = Vec::new();
         for lb in &fleet {
             let u = wait_for(lb, "step", |u| ids(u).len() == step.len()).await;
+            assert!(applied_after(&u, t) < Duration::from_secs(1), "{u}");
             members.push(u["members"].clone());
         }
-        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
         assert!(members.windows(2).all(|w| w[0] == w[1]), "{members:?}");
         for key in 0..1000 {
             let first = keyed(&fleet[0], key).await;

@@ -21,10 +21,13 @@ impl Dnsmasq {
     /// Starts dnsmasq with these SRV records (`name,target,port,priority,weight`) and
     /// these host records (`name,address`, fixed), and an empty hosts directory.
     pub async fn start(srv: &[String], fixed: &[String]) -> Dnsmasq {
-        let port = {
-            // A port free for UDP and TCP (dnsmasq serves both).
-            let s = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            s.local_addr().unwrap().port()
+        // A port free for UDP and TCP (dnsmasq serves both).
+        let port = loop {
+            let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = tcp.local_addr().unwrap().port();
+            if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+                break port;
+            }
         };
         let dir = std::env::temp_dir().join(format!("sluice-it-{}-dns-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -20,17 +20,19 @@ pub struct Etcd {
     dir: PathBuf,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Two distinct free ports (both held until both are chosen).
+fn free_ports() -> (u16, u16) {
+    let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    (
+        a.local_addr().unwrap().port(),
+        b.local_addr().unwrap().port(),
+    )
 }
 
 impl Etcd {
     pub async fn start() -> Etcd {
-        let (client_port, peer_port) = (free_port(), free_port());
+        let (client_port, peer_port) = free_ports();
         let dir = std::env::temp_dir().join(format!(
             "sluice-it-{}-etcd-{client_port}",
             std::process::id()

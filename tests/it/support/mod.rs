@@ -684,3 +684,13 @@ pub fn echoed_header(j: &serde_json::Value, name: &str) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// How long after `since` a discovered upstream's set was applied, by the server's own
+/// clock (`discovery.updated` in its `/status` entry `u`): a measure that the test's
+/// own polling, slowed by a busy machine, does not inflate.
+pub fn applied_after(u: &serde_json::Value, since: std::time::SystemTime) -> Duration {
+    let updated = u["discovery"]["updated"].as_str().expect("applied");
+    let at = humantime::parse_rfc3339(updated).expect("RFC 3339");
+    // `updated` has millisecond precision: round `since` down alike.
+    at.duration_since(since).unwrap_or_default()
+}
