@@ -318,3 +318,26 @@ async fn a_reload_keeps_the_set_unless_the_source_changes() {
     wait_for(&lb, "the new source", |u| ids(u) == [b.addr.to_string()]).await;
     assert_eq!(lb.get("/").await.2, "b");
 }
+
+/// A set that does not fit its upstream (here an https entry for an h2c upstream) is
+/// not applied: the last set stays, and the source is stale with the reason.
+#[tokio::test]
+async fn a_set_that_does_not_fit_the_upstream_is_not_applied() {
+    let a = TestBackend::replying("a").await;
+    let file = temp_config("file-misfit.json", &entries(&[&a]));
+    let lb = Sluice::start(&format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
+         [upstream.web]\nprotocol = \"h2c\"\n\
+         [upstream.web.discovery]\nsource = \"file\"\npath = \"{}\"\n",
+        file.display()
+    ))
+    .await;
+    wait_for(&lb, "first answer", |u| u["discovery"]["state"] == "ok").await;
+    write(&file, "[{\"url\": \"https://127.0.0.1:9\"}]");
+    let u = wait_for(&lb, "refused", |u| u["discovery"]["state"] == "stale").await;
+    assert!(
+        u["discovery"]["error"].as_str().unwrap().contains("h2c"),
+        "{u}"
+    );
+    assert_eq!(ids(&u), [a.addr.to_string()]);
+}
