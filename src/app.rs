@@ -64,8 +64,12 @@ impl App {
         self.proxy
             .serve(async move {
                 // Started once the proxy's listeners are (they log first).
-                let admin = admin
-                    .map(|l| tokio::spawn(crate::admin::serve(l, Arc::clone(&control), stop_rx)));
+                // Always: a reload may add the admin API, or move it.
+                let admin = Some(tokio::spawn(crate::admin::serve(
+                    admin,
+                    Arc::clone(&control),
+                    stop_rx,
+                )));
                 shutdown.await;
                 control.stop_health_checks();
                 let _ = stop_tx.send(true);

@@ -14,7 +14,7 @@ use hyper_util::server::conn::auto::Builder;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::state::State;
+use crate::state::{AdminListener, State};
 
 mod edit;
 mod report;
@@ -23,15 +23,32 @@ pub use report::{metrics_text, status_json};
 
 const DASHBOARD: &str = include_str!("dashboard.html");
 
-/// Serves the admin API on `listener` until `stop` turns true.
-pub async fn serve(listener: TcpListener, state: Arc<State>, mut stop: watch::Receiver<bool>) {
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(address = %addr, "admin listening");
+/// Serves the admin API on `listener` (none: not yet) until `stop` turns true, moving
+/// to the listener a reload binds (`State::admin_moves`). Connections already open
+/// finish on the old one.
+pub async fn serve(
+    mut listener: Option<TcpListener>,
+    state: Arc<State>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let log = |l: &TcpListener| {
+        if let Ok(addr) = l.local_addr() {
+            tracing::info!(address = %addr, "admin listening");
+        }
+    };
+    if let Some(l) = &listener {
+        log(l);
     }
     let builder = Builder::new(TokioExecutor::new());
     loop {
+        let accept = async {
+            match &listener {
+                Some(l) => l.accept().await,
+                None => std::future::pending().await,
+            }
+        };
         let (stream, _) = tokio::select! {
-            r = listener.accept() => match r {
+            r = accept => match r {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!(error = %e, "admin accept failed");
@@ -39,6 +56,26 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, mut stop: watch::Re
                     continue;
                 }
             },
+            _ = state.admin_moves.moved.notified() => {
+                listener = match state.admin_moves.take() {
+                    Some(AdminListener::At(l)) => match TcpListener::from_std(l) {
+                        Ok(l) => {
+                            log(&l);
+                            Some(l)
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "admin listener unusable");
+                            listener
+                        }
+                    },
+                    Some(AdminListener::Off) => {
+                        tracing::info!("admin API off");
+                        None
+                    }
+                    None => listener,
+                };
+                continue;
+            }
             _ = stop.changed() => return,
         };
         let state = Arc::clone(&state);

@@ -12,6 +12,7 @@ pub mod forward;
 pub mod h1;
 pub mod head;
 pub mod headers;
+pub mod listeners;
 pub mod memory;
 pub mod park;
 pub mod pool;
@@ -49,6 +50,8 @@ pub struct Shared {
     pub connections: std::sync::OnceLock<(Arc<tokio::sync::Semaphore>, usize)>,
     /// Permits held by accept loops waiting for a client, not by connections.
     pub accepting: std::sync::atomic::AtomicUsize,
+    /// The listeners while the proxy serves (a reload changes them).
+    pub listeners: listeners::Listeners,
 }
 
 impl Shared {
@@ -63,6 +66,7 @@ impl Shared {
             refused: Default::default(),
             connections: std::sync::OnceLock::new(),
             accepting: Default::default(),
+            listeners: Default::default(),
         })
     }
 

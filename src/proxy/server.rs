@@ -18,6 +18,7 @@ use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use bytes::{Bytes, BytesMut};
 use hyper::body::Incoming;
 use hyper::server::conn::http2;
@@ -33,6 +34,7 @@ use super::Shared;
 use super::body::{ClientBody, ResponseBody};
 use super::conn::{Activity, Expired, Timers, Tracked, Verdict};
 use super::forward::{Answer, ConnInfo, handle_boxed};
+use super::listeners::{AcceptCtx, Bound};
 use super::park::{Lot, Woken};
 use super::server_tls::serve_tls;
 use super::{h1, upgrade};
@@ -63,8 +65,7 @@ pub enum BindError {
 /// Bound listeners, ready to serve.
 pub struct Server {
     shared: Arc<Shared>,
-    /// Each with its TLS acceptor when it is a TLS listener.
-    listeners: Vec<(TcpListener, Option<TlsAcceptor>)>,
+    listeners: Vec<Bound>,
 }
 
 pub(crate) async fn bind_one(addr: SocketAddr) -> Result<TcpListener, BindError> {
@@ -78,18 +79,11 @@ impl Server {
     /// app's: app.rs).
     pub async fn bind(shared: Arc<Shared>) -> Result<Server, BindError> {
         let config = shared.config.load_full();
-        let mut listeners = Vec::new();
-        for l in &config.listeners {
-            // Certificates first: a bad one should not leave a port bound.
-            let tls = match &l.tls {
-                Some(t) => Some(super::tls::acceptor(t).map_err(|source| BindError::Tls {
-                    addr: l.address,
-                    source,
-                })?),
-                None => None,
-            };
-            listeners.push((bind_one(l.address).await?, tls));
-        }
+        let listeners = config
+            .listeners
+            .iter()
+            .map(Bound::bind)
+            .collect::<Result<_, _>>()?;
         Ok(Server { shared, listeners })
     }
 
@@ -97,7 +91,7 @@ impl Server {
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners
             .iter()
-            .filter_map(|(l, _)| l.local_addr().ok())
+            .filter_map(Bound::local_addr)
             .collect()
     }
 
@@ -115,7 +109,6 @@ impl Server {
             .set((Arc::clone(&permits), max as usize));
         let protocols = Arc::new(Protocols::new(limits.max_header_bytes));
 
-        let mut loops = Vec::new();
         let (shared, protos, stop) = (
             Arc::clone(&self.shared),
             Arc::clone(&protocols),
@@ -144,22 +137,21 @@ impl Server {
                 (None, None)
             }
         };
-        for (listener, tls) in self.listeners {
-            loops.push(tokio::spawn(accept_loop(
-                listener,
-                tls,
-                Arc::clone(&self.shared),
-                Arc::clone(&permits),
-                Arc::clone(&protocols),
-                lot.clone(),
-                stop_rx.clone(),
-            )));
-        }
+        let ctx = AcceptCtx {
+            permits: Arc::clone(&permits),
+            protocols,
+            lot,
+        };
+        self.shared
+            .listeners
+            .start(ctx, self.listeners, &self.shared);
         shutdown.await;
         tracing::info!("shutting down: no new connections, draining open requests");
+        // Woken parked connections see this one; the others their listener's.
         let _ = stop_tx.send(true);
+        drop(stop_rx);
         drop(closer); // closes the parked connections
-        for l in loops {
+        for l in self.shared.listeners.stop_all() {
             let _ = l.await;
         }
         let timeout = self.shared.config.load().server.shutdown_timeout;
@@ -191,9 +183,9 @@ impl Protocols {
     }
 }
 
-async fn accept_loop(
+pub(super) async fn accept_loop(
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Arc<ArcSwapOption<TlsAcceptor>>,
     shared: Arc<Shared>,
     permits: Arc<Semaphore>,
     protocols: Arc<Protocols>,
@@ -201,7 +193,7 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(address = %addr, tls = tls.is_some(), "listening");
+        tracing::info!(address = %addr, tls = tls.load().is_some(), "listening");
     }
     loop {
         // Over max_connections, stop accepting: new clients wait in the kernel backlog.
@@ -237,9 +229,10 @@ async fn accept_loop(
             permit,
             lot: lot.clone(),
         };
-        match &tls {
+        // Read at each accept: a reload may have changed the certificates.
+        match tls.load_full() {
             None => tokio::spawn(serve_connection(stream, ctx)),
-            Some(acceptor) => tokio::spawn(serve_tls(stream, acceptor.clone(), ctx)),
+            Some(acceptor) => tokio::spawn(serve_tls(stream, (*acceptor).clone(), ctx)),
         };
     }
 }

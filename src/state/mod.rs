@@ -31,6 +31,36 @@ pub struct State {
     checkers: Mutex<Option<Option<crate::proxy::probe::Checkers>>>,
     /// The discovery tasks of discovered upstreams (discovered.rs).
     pub discovered: Discovered,
+    /// A new admin listener a reload bound, for the admin side to take.
+    pub admin_moves: AdminMoves,
+}
+
+/// Where the admin API listens after a reload that moved it.
+pub enum AdminListener {
+    At(std::net::TcpListener),
+    /// The `[admin]` section is gone: stop listening.
+    Off,
+}
+
+/// The hand-over of a moved admin listener: a reload binds it (so that a bind failure
+/// refuses the reload) and the admin side, above this layer, takes it.
+#[derive(Default)]
+pub struct AdminMoves {
+    next: Mutex<Option<AdminListener>>,
+    /// Signalled when `next` is filled.
+    pub moved: tokio::sync::Notify,
+}
+
+impl AdminMoves {
+    /// The admin listener to switch to, if a reload moved it.
+    pub fn take(&self) -> Option<AdminListener> {
+        self.next.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    fn hand_over(&self, to: AdminListener) {
+        *self.next.lock().unwrap_or_else(|p| p.into_inner()) = Some(to);
+        self.moved.notify_one();
+    }
 }
 
 /// Why a reload did not happen.
@@ -44,6 +74,14 @@ pub enum ReloadError {
     Override(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error(transparent)]
     Unsupported(#[from] CheckError),
+    #[error(transparent)]
+    Listener(#[from] crate::proxy::server::BindError),
+    #[error("cannot move the admin API to {addr}")]
+    Admin {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// An upstream whose backends cannot be used though its config file parsed.
@@ -81,6 +119,7 @@ impl State {
             edits: Mutex::new(()),
             checkers: Mutex::new(Some(None)),
             discovered: Discovered::default(),
+            admin_moves: AdminMoves::default(),
         })
     }
 
@@ -150,12 +189,15 @@ impl State {
         check_supported(&config)?;
         let old = self.shared.config.load();
         discovered::carry_over(&old, &mut config);
-        if old.listeners != config.listeners
-            || old.admin.as_ref().map(|a| a.address) != config.admin.as_ref().map(|a| a.address)
-        {
-            tracing::warn!("listener and admin address changes take effect at the next restart");
-        }
+        // Everything that can fail comes first: new listeners bound, certificates read,
+        // a moved admin address bound. Then nothing can.
+        let listeners = self.shared.listeners.prepare(&config.listeners)?;
+        let admin = admin_move(&old, &config)?;
         self.apply(config);
+        self.shared.listeners.commit(listeners, &self.shared);
+        if let Some(to) = admin {
+            self.admin_moves.hand_over(to);
+        }
         self.sync_discovery();
         tracing::info!(path = %path.display(), "configuration reloaded");
         Ok(())
@@ -194,4 +236,23 @@ pub fn check_upstream(u: &UpstreamConfig) -> Result<(), CheckError> {
     // Trust for https backends: ca_file readable, or system roots present.
     crate::proxy::stream::connector(u).map_err(|e| fail(e.into()))?;
     Ok(())
+}
+
+/// The admin listener a reload from `old` to `new` moves to, bound; None when the
+/// admin address stays.
+fn admin_move(old: &Config, new: &Config) -> Result<Option<AdminListener>, ReloadError> {
+    let (from, to) = (
+        old.admin.as_ref().map(|a| a.address),
+        new.admin.as_ref().map(|a| a.address),
+    );
+    if from == to {
+        return Ok(None);
+    }
+    let Some(addr) = to else {
+        return Ok(Some(AdminListener::Off));
+    };
+    std::net::TcpListener::bind(addr)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map(|l| Some(AdminListener::At(l)))
+        .map_err(|source| ReloadError::Admin { addr, source })
 }

@@ -20,6 +20,7 @@ mod outlier;
 mod parking;
 mod proxying;
 mod refusals;
+mod reload;
 mod retries;
 mod support;
 mod tls;

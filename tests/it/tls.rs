@@ -6,20 +6,12 @@ use std::time::Duration;
 
 use http::StatusCode;
 use http_body_util::BodyExt;
-use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
 
 use crate::support::process::{run, temp_config};
-use crate::support::tls::{cert_der, connect, data, tls_sluice, tls_sluice_with};
+use crate::support::tls::{cert_der, connect, data, sent_cert, tls_sluice, tls_sluice_with};
 use crate::support::*;
-
-fn sent_cert(s: &TlsStream<TcpStream>) -> CertificateDer<'static> {
-    s.get_ref().1.peer_certificates().unwrap()[0]
-        .clone()
-        .into_owned()
-}
 
 #[tokio::test]
 async fn the_certificate_is_chosen_by_sni_and_the_first_serves_the_rest() {

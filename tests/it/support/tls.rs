@@ -116,3 +116,10 @@ pub async fn connect(lb: &Sluice, sni: Option<&str>, alpn: &[&[u8]]) -> TlsStrea
     .expect("handshake in time")
     .expect("handshake")
 }
+
+/// The certificate the server sent.
+pub fn sent_cert(s: &TlsStream<TcpStream>) -> CertificateDer<'static> {
+    s.get_ref().1.peer_certificates().unwrap()[0]
+        .clone()
+        .into_owned()
+}

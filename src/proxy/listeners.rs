@@ -1,0 +1,213 @@
+//! The proxy's listeners while sluice runs, and what a reload does to them (SPEC §7): a
+//! new address is bound before anything else changes (a bind failure, or a certificate
+//! that cannot be read, refuses the whole reload); a removed one stops accepting and its
+//! connections drain as at shutdown; one that stays keeps its socket and connections and
+//! takes the new TLS settings for its next handshakes.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwapOption;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+use super::Shared;
+use super::park::Lot;
+use super::server::{BindError, Protocols, accept_loop};
+use crate::config::ListenerConfig;
+
+/// A listener bound and its certificates read, not yet accepting.
+pub struct Bound {
+    pub(super) config: ListenerConfig,
+    pub(super) socket: TcpListener,
+    pub(super) tls: Option<TlsAcceptor>,
+}
+
+impl Bound {
+    /// Binds `config`'s address and reads its certificates (first: a bad one leaves
+    /// no port bound).
+    pub fn bind(config: &ListenerConfig) -> Result<Bound, BindError> {
+        let tls = acceptor_of(config)?;
+        let addr = config.address;
+        let socket = std::net::TcpListener::bind(addr)
+            .and_then(|l| {
+                l.set_nonblocking(true)?;
+                TcpListener::from_std(l)
+            })
+            .map_err(|source| BindError::Io { addr, source })?;
+        Ok(Bound {
+            config: config.clone(),
+            socket,
+            tls,
+        })
+    }
+
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.socket.local_addr().ok()
+    }
+}
+
+fn acceptor_of(config: &ListenerConfig) -> Result<Option<TlsAcceptor>, BindError> {
+    config
+        .tls
+        .as_ref()
+        .map(|t| {
+            super::tls::acceptor(t).map_err(|source| BindError::Tls {
+                addr: config.address,
+                source,
+            })
+        })
+        .transpose()
+}
+
+/// What accept loops share, set once the proxy serves.
+pub(super) struct AcceptCtx {
+    pub(super) permits: Arc<Semaphore>,
+    pub(super) protocols: Arc<Protocols>,
+    pub(super) lot: Option<Arc<Lot>>,
+}
+
+/// A listener accepting.
+struct Listening {
+    config: ListenerConfig,
+    local: Option<SocketAddr>,
+    /// Read at each accept: plain HTTP, or TLS with these certificates.
+    tls: Arc<ArcSwapOption<TlsAcceptor>>,
+    /// Stops the accept loop and drains the listener's connections.
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+/// The listeners of a running proxy.
+#[derive(Default)]
+pub struct Listeners {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    running: Vec<Listening>,
+    ctx: Option<AcceptCtx>,
+}
+
+/// A reload's listener changes, prepared: what is new is bound, every certificate read.
+pub struct Plan {
+    new: Vec<Bound>,
+    /// Listeners that stay, with their TLS settings from now on.
+    kept: Vec<(SocketAddr, Option<TlsAcceptor>)>,
+}
+
+impl Listeners {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Prepares `configs` against the running listeners: binds the addresses not
+    /// listened on yet and reads the certificates of every TLS listener, kept ones
+    /// included (files may have changed at the same paths). Nothing changes yet; an
+    /// error leaves everything as it is.
+    pub fn prepare(&self, configs: &[ListenerConfig]) -> Result<Plan, BindError> {
+        let running: Vec<SocketAddr> = self
+            .lock()
+            .running
+            .iter()
+            .map(|l| l.config.address)
+            .collect();
+        let mut plan = Plan {
+            new: Vec::new(),
+            kept: Vec::new(),
+        };
+        for c in configs {
+            if running.contains(&c.address) {
+                plan.kept.push((c.address, acceptor_of(c)?));
+            } else {
+                plan.new.push(Bound::bind(c)?);
+            }
+        }
+        Ok(plan)
+    }
+
+    /// Applies a prepared plan: new listeners accept, kept ones take their TLS settings
+    /// for the next handshakes, the others stop accepting and drain.
+    pub fn commit(&self, plan: Plan, shared: &Arc<Shared>) {
+        let mut inner = self.lock();
+        let Inner { running, ctx } = &mut *inner;
+        let Some(ctx) = ctx.as_ref() else {
+            return; // not serving (yet, or any more)
+        };
+        let mut removed = Vec::new();
+        running.retain(|l| {
+            let keep = plan.kept.iter().any(|(a, _)| *a == l.config.address);
+            if !keep {
+                let _ = l.stop.send(true);
+                removed.push(l.local);
+            }
+            keep
+        });
+        for (addr, tls) in plan.kept {
+            if let Some(l) = running.iter().find(|l| l.config.address == addr) {
+                l.tls.store(tls.map(Arc::new));
+            }
+        }
+        for b in plan.new {
+            running.push(spawn(b, ctx, shared));
+        }
+        for addr in removed.into_iter().flatten() {
+            tracing::info!(address = %addr, "listener removed: no new connections, draining");
+        }
+    }
+
+    /// Starts accepting on `bound` with `ctx` (the proxy begins to serve).
+    pub(super) fn start(&self, ctx: AcceptCtx, bound: Vec<Bound>, shared: &Arc<Shared>) {
+        let mut inner = self.lock();
+        for b in bound {
+            let l = spawn(b, &ctx, shared);
+            inner.running.push(l);
+        }
+        inner.ctx = Some(ctx);
+    }
+
+    /// Stops every listener (shutdown): no new connections, open ones drain. The accept
+    /// loops, to wait for.
+    pub(super) fn stop_all(&self) -> Vec<JoinHandle<()>> {
+        let mut inner = self.lock();
+        inner.ctx = None;
+        inner
+            .running
+            .drain(..)
+            .map(|l| {
+                let _ = l.stop.send(true);
+                l.task
+            })
+            .collect()
+    }
+
+    /// The addresses listened on, in the order listeners were started.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.lock().running.iter().filter_map(|l| l.local).collect()
+    }
+}
+
+fn spawn(b: Bound, ctx: &AcceptCtx, shared: &Arc<Shared>) -> Listening {
+    let (stop, stop_rx) = watch::channel(false);
+    let local = b.local_addr();
+    let tls = Arc::new(ArcSwapOption::new(b.tls.map(Arc::new)));
+    let task = tokio::spawn(accept_loop(
+        b.socket,
+        Arc::clone(&tls),
+        Arc::clone(shared),
+        Arc::clone(&ctx.permits),
+        Arc::clone(&ctx.protocols),
+        ctx.lot.clone(),
+        stop_rx,
+    ));
+    Listening {
+        config: b.config,
+        local,
+        tls,
+        stop,
+        task,
+    }
+}

@@ -1,0 +1,316 @@
+//! A reload applies everything (SPEC §7): listeners added, removed and kept, TLS
+//! certificates read again at the same paths, the admin address moved; WebSocket
+//! tunnels and HTTP/2 connections on listeners that stay are not cut; a listener that
+//! cannot be bound refuses the whole reload.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use http::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::process::temp_config;
+use crate::support::tls::{cert_der, data};
+use crate::support::*;
+
+fn write(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// A config with these `[[listener]]` addresses (`tls`: with this certificate pair),
+/// an admin API and one upstream over `backend`.
+fn config(listeners: &[(&str, Option<(&Path, &Path)>)], admin: &str, backend: &str) -> String {
+    let mut text = String::new();
+    for (addr, tls) in listeners {
+        text += &format!("[[listener]]\naddress = \"{addr}\"\n");
+        if let Some((cert, key)) = tls {
+            text += &format!(
+                "tls = {{ certificates = [{{ cert = \"{}\", key = \"{}\" }}] }}\n",
+                cert.display(),
+                key.display()
+            );
+        }
+    }
+    text + &format!(
+        "[admin]\naddress = \"{admin}\"\n[upstream.web]\nbackends = [{{ url = \"{backend}\" }}]\n"
+    )
+}
+
+async fn reload(lb: &Sluice) -> (StatusCode, String) {
+    lb.admin("POST", "/reload").await
+}
+
+/// A GET on a new plain connection to `addr`; the body, or None if refused.
+async fn get_at(addr: SocketAddr) -> Option<String> {
+    let mut s = TcpStream::connect(addr).await.ok()?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let got = read_until_close(&mut s, DEADLINE).await;
+    Some(body_of(&got).to_owned())
+}
+
+/// The address the listener on `ip` (configured with port 0) is bound to, once it
+/// accepts (the proxy starts serving on its own task).
+async fn bound_on(lb: &Sluice, ip: &str) -> SocketAddr {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let found = lb
+            .shared
+            .listeners
+            .local_addrs()
+            .into_iter()
+            .find(|a| a.ip().to_string() == ip);
+        if let Some(a) = found {
+            return a;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no listener on {ip}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn listeners_are_added_removed_and_kept_by_a_reload() {
+    let (a, b) = (
+        TestBackend::replying("a").await,
+        TestBackend::replying("b").await,
+    );
+    let path = temp_config(
+        "reload-listeners.toml",
+        &config(&[("127.0.0.1:0", None)], "127.0.0.1:0", &a.url()),
+    );
+    let lb = Sluice::start_file(&path).await;
+    let first = bound_on(&lb, "127.0.0.1").await;
+    // A keep-alive connection on the listener that stays.
+    let mut kept = TcpStream::connect(first).await.unwrap();
+    kept.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_head(&mut kept).await.starts_with("HTTP/1.1 200"));
+
+    write(
+        &path,
+        &config(
+            &[("127.0.0.1:0", None), ("127.0.0.2:0", None)],
+            "127.0.0.1:0",
+            &b.url(),
+        ),
+    );
+    let (s, body) = reload(&lb).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let second = bound_on(&lb, "127.0.0.2").await;
+    assert_eq!(
+        get_at(second).await.as_deref(),
+        Some("b"),
+        "the new listener serves"
+    );
+    assert_eq!(
+        bound_on(&lb, "127.0.0.1").await,
+        first,
+        "the kept listener keeps its socket"
+    );
+    // The connection opened before the reload goes on, under the new upstreams.
+    let mut buf = [0u8; 256];
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(50), kept.read(&mut buf)).await;
+    kept.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_head(&mut kept).await.starts_with("HTTP/1.1 200"));
+
+    write(
+        &path,
+        &config(&[("127.0.0.2:0", None)], "127.0.0.1:0", &b.url()),
+    );
+    let (s, _) = reload(&lb).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        get_at(first).await.is_none(),
+        "the removed listener no longer accepts"
+    );
+    assert!(
+        closes_within(&mut kept, DEADLINE).await,
+        "its idle connection is closed"
+    );
+    assert_eq!(get_at(second).await.as_deref(), Some("b"));
+}
+
+#[tokio::test]
+async fn a_listener_that_cannot_be_bound_refuses_the_whole_reload() {
+    let (a, b) = (
+        TestBackend::replying("a").await,
+        TestBackend::replying("b").await,
+    );
+    let taken = tokio::net::TcpListener::bind("127.0.0.3:0").await.unwrap();
+    let taken_addr = taken.local_addr().unwrap().to_string();
+    let path = temp_config(
+        "reload-taken.toml",
+        &config(&[("127.0.0.1:0", None)], "127.0.0.1:0", &a.url()),
+    );
+    let lb = Sluice::start_file(&path).await;
+    write(
+        &path,
+        &config(
+            &[("127.0.0.1:0", None), (&taken_addr, None)],
+            "127.0.0.1:0",
+            &b.url(),
+        ),
+    );
+    let (s, body) = reload(&lb).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(body.contains(&taken_addr), "{body}");
+    assert_eq!(lb.get("/").await.2, "a", "the running config stays whole");
+}
+
+#[tokio::test]
+async fn a_tunnel_and_an_http2_connection_on_a_kept_listener_survive_reloads() {
+    let ws = TestBackend::upgrade_echo().await;
+    let (one, two) = (
+        TestBackend::replying("one").await,
+        TestBackend::replying("two").await,
+    );
+    let path = temp_config(
+        "reload-tunnel.toml",
+        &config(&[("127.0.0.1:0", None)], "127.0.0.1:0", &ws.url()),
+    );
+    let lb = Sluice::start_file(&path).await;
+    let mut tunnel = TcpStream::connect(lb.addr).await.unwrap();
+    tunnel
+        .write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_head(&mut tunnel).await.starts_with("HTTP/1.1 101"));
+    // An HTTP/2 (h2c) connection, kept open across the reloads.
+    let tcp = TcpStream::connect(lb.addr).await.unwrap();
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    for i in 0..5 {
+        let backends = if i % 2 == 0 { one.url() } else { two.url() };
+        let extra = if i % 2 == 0 {
+            vec![("127.0.0.1:0", None), ("127.0.0.2:0", None)]
+        } else {
+            vec![("127.0.0.1:0", None)]
+        };
+        write(&path, &config(&extra, "127.0.0.1:0", &backends));
+        assert_eq!(reload(&lb).await.0, StatusCode::OK);
+        tunnel
+            .write_all(format!("ping{i}").as_bytes())
+            .await
+            .unwrap();
+        let mut got = [0u8; 5];
+        tokio::time::timeout(DEADLINE, tunnel.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&got, format!("PING{i}").as_bytes(), "the tunnel goes on");
+        let req = http::Request::get(format!("http://{}/", lb.addr))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = tokio::time::timeout(DEADLINE, h2.send_request(req))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            resp.status(),
+            StatusCode::OK,
+            "the HTTP/2 connection goes on"
+        );
+    }
+}
+
+#[tokio::test]
+async fn certificates_are_read_again_on_reload_and_new_handshakes_use_them() {
+    let be = TestBackend::replying("tls").await;
+    let dir = std::env::temp_dir().join(format!("sluice-it-{}-certs", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key): (PathBuf, PathBuf) = (dir.join("live.pem"), dir.join("live.key"));
+    std::fs::copy(data("a.pem"), &cert).unwrap();
+    std::fs::copy(data("a.key"), &key).unwrap();
+    let path = temp_config(
+        "reload-certs.toml",
+        &config(
+            &[("127.0.0.1:0", Some((&cert, &key)))],
+            "127.0.0.1:0",
+            &be.url(),
+        ),
+    );
+    let lb = Sluice::start_file(&path).await;
+    let old = crate::support::tls::connect(&lb, None, &[b"http/1.1"]).await;
+    assert!(crate::support::tls::sent_cert(&old) == cert_der("a.pem"));
+    // Rotation: new files at the same paths, then a reload.
+    std::fs::copy(data("b.pem"), &cert).unwrap();
+    std::fs::copy(data("b.key"), &key).unwrap();
+    assert_eq!(reload(&lb).await.0, StatusCode::OK);
+    let new = crate::support::tls::connect(&lb, None, &[b"http/1.1"]).await;
+    assert!(
+        crate::support::tls::sent_cert(&new) == cert_der("b.pem"),
+        "new handshakes use the new certificate"
+    );
+    // The connection made before goes on.
+    let mut old = old;
+    old.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, old.read_to_end(&mut got)).await;
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
+    // A key that does not match refuses the reload; the running certificate stays.
+    std::fs::copy(data("a.key"), &key).unwrap();
+    assert_eq!(reload(&lb).await.0, StatusCode::BAD_REQUEST);
+    let again = crate::support::tls::connect(&lb, None, &[b"http/1.1"]).await;
+    assert!(crate::support::tls::sent_cert(&again) == cert_der("b.pem"));
+}
+
+#[tokio::test]
+async fn the_admin_api_moves_with_a_reload() {
+    let be = TestBackend::replying("a").await;
+    let path = temp_config(
+        "reload-admin.toml",
+        &config(&[("127.0.0.1:0", None)], "127.0.0.1:0", &be.url()),
+    );
+    let lb = Sluice::start_file(&path).await;
+    let old_admin = lb.admin.unwrap();
+    // A free port on another loopback address for the admin API to move to.
+    let to = {
+        let probe = std::net::TcpListener::bind("127.0.0.4:0").unwrap();
+        probe.local_addr().unwrap()
+    };
+    write(
+        &path,
+        &config(&[("127.0.0.1:0", None)], &to.to_string(), &be.url()),
+    );
+    assert_eq!(reload(&lb).await.0, StatusCode::OK);
+    let c = client();
+    let status = |addr: SocketAddr| {
+        let req = http::Request::get(format!("http://{addr}/healthz"))
+            .body(Default::default())
+            .unwrap();
+        c.request(req)
+    };
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if let Ok(r) = status(to).await {
+            assert_eq!(r.status(), StatusCode::OK);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the admin API never moved"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(
+        TcpStream::connect(old_admin).await.is_err(),
+        "the old admin address is closed"
+    );
+}
