@@ -276,6 +276,24 @@ pub fn metrics_text(state: &State) -> String {
     }
 
     t.family(
+        "sluice_drained_connections_total",
+        "counter",
+        "Client connections closed by a drain (shutdown, upgrade, a removed listener): \
+         clean (idle, after Connection: close, after GOAWAY, a tunnel that ended) or cut (busy at shutdown_timeout).",
+    );
+    let d = &state.shared.drains;
+    t.sample(
+        "sluice_drained_connections_total",
+        &[("how", "clean")],
+        d.clean.load(Ordering::Relaxed),
+    );
+    t.sample(
+        "sluice_drained_connections_total",
+        &[("how", "cut")],
+        d.cut.load(Ordering::Relaxed),
+    );
+
+    t.family(
         "sluice_refused_total",
         "counter",
         "Requests and connections sluice refused itself, by reason; the access or event log line of each carries the same reason.",

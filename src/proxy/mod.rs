@@ -52,6 +52,18 @@ pub struct Shared {
     pub accepting: std::sync::atomic::AtomicUsize,
     /// The listeners while the proxy serves (a reload changes them).
     pub listeners: listeners::Listeners,
+    /// Client connections closed by drains (shutdown, upgrade, removed listeners).
+    pub drains: Drains,
+}
+
+/// How drained client connections ended (`/metrics`).
+#[derive(Default)]
+pub struct Drains {
+    /// Closed between requests, after an answer that said `Connection: close`, after
+    /// GOAWAY once their streams finished, or a tunnel that ended by itself.
+    pub clean: std::sync::atomic::AtomicU64,
+    /// Still busy at `shutdown_timeout` (a request, a tunnel): cut.
+    pub cut: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -67,6 +79,7 @@ impl Shared {
             connections: std::sync::OnceLock::new(),
             accepting: Default::default(),
             listeners: Default::default(),
+            drains: Default::default(),
         })
     }
 

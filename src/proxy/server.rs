@@ -160,11 +160,23 @@ impl Server {
             .await
             .is_err()
         {
+            let open = (max as usize).saturating_sub(permits.available_permits());
+            self.shared
+                .drains
+                .cut
+                .fetch_add(open as u64, Ordering::Relaxed);
             tracing::warn!(
                 timeout_ms = timeout.as_millis() as u64,
+                connections = open,
                 "shutdown_timeout reached; closing remaining connections"
             );
         }
+        let d = &self.shared.drains;
+        tracing::info!(
+            clean = d.clean.load(Ordering::Relaxed),
+            cut = d.cut.load(Ordering::Relaxed),
+            "drained"
+        );
     }
 }
 
@@ -279,9 +291,17 @@ pub(super) fn service(
 }
 
 /// A new connection: HTTP/2 with prior knowledge or HTTP/1.1, told by its first bytes.
-async fn serve_connection(stream: TcpStream, ctx: ConnCtx) {
+async fn serve_connection(stream: TcpStream, mut ctx: ConnCtx) {
     let timers = ctx.timers();
-    match tokio::time::timeout(timers.header_read, is_h2(&stream)).await {
+    let first = tokio::select! {
+        first = tokio::time::timeout(timers.header_read, is_h2(&stream)) => first,
+        // A drain closes a connection that has sent nothing yet, as an idle one.
+        _ = ctx.stop.wait_for(|stop| *stop) => {
+            ctx.shared.drains.clean.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    };
+    match first {
         // Boxed: hyper's HTTP/2 connection is large, and every connection task would
         // otherwise reserve room for it, HTTP/1 ones included.
         Ok(Ok(Some(true))) => Box::pin(serve_h2(stream, ctx)).await,
@@ -320,7 +340,7 @@ async fn is_h2(stream: &TcpStream) -> io::Result<Option<bool>> {
 /// this task ends), or is upgraded (then it becomes a tunnel). `tls`: the connection's
 /// activity since its accept (the handshake counts against `header_read_timeout`), for
 /// a TLS connection, which is never parked: its session lives in user space.
-pub(super) async fn serve_h1(mut sock: h1::Sock, tls: Option<Arc<Activity>>, ctx: ConnCtx) {
+pub(super) async fn serve_h1(mut sock: h1::Sock, tls: Option<Arc<Activity>>, mut ctx: ConnCtx) {
     let timers = ctx.timers();
     let https = tls.is_some();
     let activity = tls.unwrap_or_else(|| Arc::new(Activity::new()));
@@ -384,6 +404,11 @@ pub(super) async fn serve_h1(mut sock: h1::Sock, tls: Option<Arc<Activity>>, ctx
     };
     // The loop's buffers are gone, or about to be.
     super::memory::note_freed();
+    // Closed by a drain (shutdown, upgrade, a removed listener): idle, or right after
+    // an answer that said `Connection: close`.
+    if flags.closing() && matches!(end, None | Some(h1::End::Close | h1::End::Linger)) {
+        ctx.shared.drains.clean.fetch_add(1, Ordering::Relaxed);
+    }
     match end {
         // Shutdown or a timer: drop the connection as it stands.
         None => {}
@@ -393,11 +418,11 @@ pub(super) async fn serve_h1(mut sock: h1::Sock, tls: Option<Arc<Activity>>, ctx
         Some(h1::End::Upgrade(backend)) => match sock.into_stream() {
             Some((h1::Stream::Tcp(stream), buf)) => {
                 let client = Tracked::new(stream, activity, buf.freeze());
-                upgrade::tunnel(client, backend).await;
+                tunnel(upgrade::tunnel(client, backend), &mut ctx).await;
             }
             Some((h1::Stream::Tls(stream), buf)) => {
                 let client = Tracked::new(*stream, activity, buf.freeze());
-                upgrade::tunnel(client, backend).await;
+                tunnel(upgrade::tunnel(client, backend), &mut ctx).await;
             }
             None => {}
         },
@@ -410,6 +435,25 @@ pub(super) async fn serve_h1(mut sock: h1::Sock, tls: Option<Arc<Activity>>, ctx
             }
         }
     }
+}
+
+/// Runs a tunnel (an upgraded connection) to its end. A drain lets it go on for
+/// `shutdown_timeout`, then closes it: a WebSocket has no way to be asked to finish.
+async fn tunnel(run: impl Future<Output = ()>, ctx: &mut ConnCtx) {
+    tokio::pin!(run);
+    tokio::select! {
+        () = &mut run => return,
+        _ = ctx.stop.wait_for(|stop| *stop) => {}
+    }
+    let grace = ctx.shared.config.load().server.shutdown_timeout;
+    let drains = &ctx.shared.drains;
+    match tokio::time::timeout(grace, run).await {
+        Ok(()) => drains.clean.fetch_add(1, Ordering::Relaxed),
+        Err(_) => {
+            tracing::info!(client = %ctx.client, "tunnel closed at shutdown_timeout");
+            drains.cut.fetch_add(1, Ordering::Relaxed)
+        }
+    };
 }
 
 /// HTTP/2 (h2c): hyper multiplexes the streams; no parking.
@@ -466,6 +510,10 @@ pub(super) async fn drive<C, E>(
             r = &mut conn => {
                 if let Err(e) = r {
                     tracing::debug!(client = %ctx.client, error = %e, "connection ended with an error");
+                }
+                // After GOAWAY, its open streams finished.
+                if closing {
+                    ctx.shared.drains.clean.fetch_add(1, Ordering::Relaxed);
                 }
                 return;
             }

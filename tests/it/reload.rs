@@ -314,3 +314,79 @@ async fn the_admin_api_moves_with_a_reload() {
         "the old admin address is closed"
     );
 }
+
+/// A removed listener drains as at shutdown (SPEC §7): its idle connection closes, a
+/// busy one finishes its answer with `Connection: close`, a tunnel goes on until
+/// `shutdown_timeout` and is then closed; the metric counts clean and cut closes.
+#[tokio::test]
+async fn a_removed_listener_drains_by_protocol() {
+    let gate = std::sync::Arc::new(tokio::sync::Notify::new());
+    let slow = TestBackend::held(gate.clone(), "slow").await;
+    let ws = TestBackend::upgrade_echo().await;
+    let text = |listeners: &[&str]| {
+        let mut t = String::from("[server]\nshutdown_timeout = \"1500ms\"\n");
+        for l in listeners {
+            t += &format!("[[listener]]\naddress = \"{l}\"\n");
+        }
+        t + &format!(
+            "[admin]\naddress = \"127.0.0.1:0\"\n\
+             [[route]]\npath_prefix = \"/ws\"\nupstream = \"ws\"\n\
+             [[route]]\nupstream = \"slow\"\n\
+             [upstream.ws]\nbackends = [{{ url = \"{}\" }}]\n\
+             [upstream.slow]\nbackends = [{{ url = \"{}\" }}]\n",
+            ws.url(),
+            slow.url()
+        )
+    };
+    let path = temp_config("reload-drain.toml", &text(&["127.0.0.1:0", "127.0.0.2:0"]));
+    let lb = std::sync::Arc::new(Sluice::start_file(&path).await);
+    let gone = bound_on(&lb, "127.0.0.2").await;
+    // On the listener to be removed: an idle keep-alive connection, a tunnel, and a
+    // request in flight.
+    let mut idle = TcpStream::connect(gone).await.unwrap();
+    let mut tunnel = TcpStream::connect(gone).await.unwrap();
+    tunnel
+        .write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_head(&mut tunnel).await.starts_with("HTTP/1.1 101"));
+    let mut busy = TcpStream::connect(gone).await.unwrap();
+    busy.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    slow.wait_hits(1, "the busy request").await;
+    // Idle for real: nothing read or written on it yet, nothing in flight.
+    idle.write_all(b"").await.unwrap();
+
+    write(&path, &text(&["127.0.0.1:0"]));
+    assert_eq!(reload(&lb).await.0, StatusCode::OK);
+    assert!(closes_within(&mut idle, DEADLINE).await, "idle: closed");
+    gate.notify_one();
+    let answer = read_until_close(&mut busy, DEADLINE)
+        .await
+        .to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    assert!(
+        answer.contains("connection: close"),
+        "busy: told to close: {answer}"
+    );
+    // The tunnel still works during the grace time, then is closed.
+    tunnel.write_all(b"hi").await.unwrap();
+    let mut got = [0u8; 2];
+    tunnel.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"HI");
+    assert!(
+        closes_within(&mut tunnel, DEADLINE).await,
+        "tunnel: closed at shutdown_timeout"
+    );
+    assert!(
+        lb.metric("sluice_drained_connections_total{how=\"clean\"}")
+            .await
+            >= Some(2.0)
+    );
+    assert_eq!(
+        lb.metric("sluice_drained_connections_total{how=\"cut\"}")
+            .await,
+        Some(1.0)
+    );
+}
