@@ -27,16 +27,46 @@ pub struct App {
     admin: Option<TcpListener>,
 }
 
+/// Listening sockets taken over from a running sluice (an upgrade), by the address its
+/// configuration gives them.
+#[derive(Default)]
+pub struct Inherited {
+    pub listeners: Vec<(SocketAddr, std::net::TcpListener)>,
+    pub admin: Option<(SocketAddr, std::net::TcpListener)>,
+}
+
 impl App {
     /// Binds the proxy listeners, then the admin listener. Port 0 binds a free port; the
     /// bound addresses are then known (`local_addrs`, `admin_addr`).
     pub async fn bind(state: Arc<State>) -> Result<App, StartError> {
-        crate::state::check_supported(&state.shared.config.load())?;
-        let proxy = Server::bind(Arc::clone(&state.shared)).await?;
-        let admin = match &state.shared.config.load().admin {
-            Some(a) => Some(bind_one(a.address).await?),
+        Self::bind_inherited(state, Inherited::default()).await
+    }
+
+    /// Like `bind`, serving on the sockets `inherited` holds for configured addresses
+    /// and binding the others (sockets left over close).
+    pub async fn bind_inherited(
+        state: Arc<State>,
+        mut inherited: Inherited,
+    ) -> Result<App, StartError> {
+        let config = state.shared.config.load_full();
+        crate::state::check_supported(&config)?;
+        let proxy = Server::bind_inherited(Arc::clone(&state.shared), &mut inherited.listeners)?;
+        let admin = match &config.admin {
+            Some(a) => Some(match inherited.admin.take() {
+                Some((at, l)) if at == a.address => l
+                    .set_nonblocking(true)
+                    .and_then(|()| TcpListener::from_std(l))
+                    .map_err(|source| BindError::Io {
+                        addr: a.address,
+                        source,
+                    })?,
+                _ => bind_one(a.address).await?,
+            }),
             None => None,
         };
+        if let (Some(l), Some(a)) = (&admin, &config.admin) {
+            state.set_admin_socket(a.address, l);
+        }
         Ok(App {
             state,
             proxy,
@@ -56,27 +86,40 @@ impl App {
     /// Serves until `shutdown` resolves; then the admin API stops and the proxy drains
     /// (SPEC §4, `shutdown_timeout`).
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+        self.serve_telling(shutdown, None).await
+    }
+
+    /// `serve`, telling `started` once every listener accepts (an upgrade waits for
+    /// that before the old process stops accepting).
+    pub async fn serve_telling(
+        self,
+        shutdown: impl Future<Output = ()>,
+        started: Option<tokio::sync::oneshot::Sender<()>>,
+    ) {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (admin, state) = (self.admin, self.state);
         state.restart_health_checks();
         state.sync_discovery();
         let control = Arc::clone(&state);
         self.proxy
-            .serve(async move {
-                // Started once the proxy's listeners are (they log first).
-                // Always: a reload may add the admin API, or move it.
-                let admin = Some(tokio::spawn(crate::admin::serve(
-                    admin,
-                    Arc::clone(&control),
-                    stop_rx,
-                )));
-                shutdown.await;
-                control.stop_health_checks();
-                let _ = stop_tx.send(true);
-                if let Some(admin) = admin {
-                    let _ = admin.await;
-                }
-            })
+            .serve(
+                async move {
+                    // Started once the proxy's listeners are (they log first).
+                    // Always: a reload may add the admin API, or move it.
+                    let admin = Some(tokio::spawn(crate::admin::serve(
+                        admin,
+                        Arc::clone(&control),
+                        stop_rx,
+                    )));
+                    shutdown.await;
+                    control.stop_health_checks();
+                    let _ = stop_tx.send(true);
+                    if let Some(admin) = admin {
+                        let _ = admin.await;
+                    }
+                },
+                started,
+            )
             .await;
     }
 }

@@ -96,6 +96,14 @@ pub struct RunArgs {
     /// One log line per request
     #[arg(long, value_enum, default_value_t = OnOff::On)]
     pub access_log: OnOff,
+
+    /// Unix socket for handing the listeners to a new process (SPEC §7)
+    #[arg(long, value_name = "PATH")]
+    pub upgrade_socket: Option<PathBuf>,
+
+    /// Take over the listeners of the sluice running on the upgrade socket
+    #[arg(long)]
+    pub upgrade: bool,
 }
 
 /// The strategy names as clap's possible values, so `--help` and errors list them.
@@ -192,6 +200,9 @@ impl RunArgs {
         }
         if let Some(w) = self.workers {
             config.server.workers = Some(usize::from(w));
+        }
+        if let Some(path) = &self.upgrade_socket {
+            config.server.upgrade_socket = Some(path.clone());
         }
         let touches_upstream = !self.backend.is_empty()
             || self.strategy.is_some()

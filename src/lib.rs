@@ -14,6 +14,7 @@ pub mod config;
 pub mod demo;
 pub mod discovery;
 pub mod fuzzing;
+pub mod handover;
 pub mod health;
 pub mod metrics;
 pub mod proxy;

@@ -5,12 +5,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use sluice::app::App;
+use sluice::app::{App, Inherited};
 use sluice::cli::{Cli, Command, OnOff, RunArgs};
 use sluice::config::{self, LoadError};
 use sluice::proxy::error::chain;
 use sluice::state::{Overrides, State};
-use sluice::{demo, telemetry};
+use sluice::{demo, handover, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -140,6 +140,17 @@ fn run(args: RunArgs) -> Result<(), String> {
     for w in args.warnings(&config).into_iter().chain(config.warnings()) {
         tracing::warn!("{w}");
     }
+    let upgrade_socket = config.server.upgrade_socket.clone();
+    // An upgrade takes the running sluice's sockets first: without one, nothing starts.
+    let taken = match (args.upgrade, &upgrade_socket) {
+        (false, _) => None,
+        (true, None) => {
+            return Err(
+                "--upgrade needs --upgrade-socket PATH (or [server] upgrade_socket)".into(),
+            );
+        }
+        (true, Some(path)) => Some(handover::take(path).map_err(|e| chain(&e))?),
+    };
     let rt = runtime(config.server.workers)?;
     let path = args.config.clone();
     let overrides: Overrides = {
@@ -148,11 +159,60 @@ fn run(args: RunArgs) -> Result<(), String> {
     };
     rt.block_on(async move {
         let state = State::new(config, path, Some(overrides));
-        let server = App::bind(Arc::clone(&state)).await.map_err(|e| chain(&e))?;
-        tokio::spawn(reload_on_sighup(state));
-        server.serve(shutdown_signal()).await;
+        let (inherited, taking) = match taken {
+            Some((inherited, taking)) => (inherited, Some(taking)),
+            None => (Inherited::default(), None),
+        };
+        // Failing here leaves a running sluice as it was: it has not been told.
+        let server = App::bind_inherited(Arc::clone(&state), inherited)
+            .await
+            .map_err(|e| chain(&e))?;
+        tokio::spawn(reload_on_sighup(Arc::clone(&state)));
+        let handed_over = Arc::new(tokio::sync::Notify::new());
+        let (started, serving) = tokio::sync::oneshot::channel();
+        if let Some(path) = upgrade_socket {
+            let (state, done) = (Arc::clone(&state), Arc::clone(&handed_over));
+            tokio::spawn(upgrades(path, state, taking, serving, done));
+        }
+        let shutdown = async {
+            tokio::select! {
+                _ = shutdown_signal() => {}
+                _ = handed_over.notified() => {}
+            }
+        };
+        server.serve_telling(shutdown, Some(started)).await;
         Ok(())
     })
+}
+
+/// The upgrade socket's side of a running sluice: once this process serves, it tells
+/// the process it took over from (if any), then offers its own sockets to the next
+/// one; `done` is told when a next one has taken over.
+async fn upgrades(
+    path: std::path::PathBuf,
+    state: Arc<State>,
+    taking: Option<handover::Taking>,
+    serving: tokio::sync::oneshot::Receiver<()>,
+    done: Arc<tokio::sync::Notify>,
+) {
+    if serving.await.is_err() {
+        return;
+    }
+    if let Some(taking) = taking {
+        match tokio::task::spawn_blocking(move || taking.serving()).await {
+            Ok(Ok(_)) => tracing::info!("upgrade complete: serving the listeners taken over"),
+            Ok(Err(e)) => {
+                tracing::error!(error = %chain(&e), "upgrade: the old process did not let go")
+            }
+            Err(_) => return,
+        }
+    }
+    match handover::offer(path, state).await {
+        Ok(()) => done.notify_one(),
+        Err(e) => {
+            tracing::error!(error = %chain(&e), "no upgrades: the upgrade socket cannot be used")
+        }
+    }
 }
 
 async fn reload_on_sighup(state: Arc<State>) {

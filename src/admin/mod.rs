@@ -61,6 +61,9 @@ pub async fn serve(
                     Some(AdminListener::At(l)) => match TcpListener::from_std(l) {
                         Ok(l) => {
                             log(&l);
+                            if let Some(a) = &state.shared.config.load().admin {
+                                state.set_admin_socket(a.address, &l);
+                            }
                             Some(l)
                         }
                         Err(e) => {
@@ -70,6 +73,7 @@ pub async fn serve(
                     },
                     Some(AdminListener::Off) => {
                         tracing::info!("admin API off");
+                        state.clear_admin_socket();
                         None
                     }
                     None => listener,

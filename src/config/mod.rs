@@ -68,6 +68,8 @@ pub struct ServerConfig {
     /// None: one worker per CPU core.
     pub workers: Option<usize>,
     pub shutdown_timeout: Duration,
+    /// The Unix socket a new process takes the listeners over from (SPEC §7).
+    pub upgrade_socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -463,6 +465,7 @@ impl Default for ServerConfig {
         ServerConfig {
             workers: None,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            upgrade_socket: None,
         }
     }
 }

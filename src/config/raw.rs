@@ -32,6 +32,7 @@ pub(super) struct RawConfig {
 pub(super) struct RawServer {
     pub workers: Option<Spanned<i64>>,
     pub shutdown_timeout: Option<Spanned<DurationValue>>,
+    pub upgrade_socket: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

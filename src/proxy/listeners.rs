@@ -5,6 +5,7 @@
 //! takes the new TLS settings for its next handshakes.
 
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwapOption;
@@ -36,6 +37,25 @@ impl Bound {
                 l.set_nonblocking(true)?;
                 TcpListener::from_std(l)
             })
+            .map_err(|source| BindError::Io { addr, source })?;
+        Ok(Bound {
+            config: config.clone(),
+            socket,
+            tls,
+        })
+    }
+
+    /// Serves `config` on `socket`, a listening socket taken over from another
+    /// process (an upgrade), reading its certificates as `bind` does.
+    pub fn adopt(
+        config: &ListenerConfig,
+        socket: std::net::TcpListener,
+    ) -> Result<Bound, BindError> {
+        let tls = acceptor_of(config)?;
+        let addr = config.address;
+        let socket = socket
+            .set_nonblocking(true)
+            .and_then(|()| TcpListener::from_std(socket))
             .map_err(|source| BindError::Io { addr, source })?;
         Ok(Bound {
             config: config.clone(),
@@ -78,6 +98,9 @@ struct Listening {
     /// Stops the accept loop and drains the listener's connections.
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    /// The listening socket, for handing it to a new process (an upgrade); dropped
+    /// with the listener, so that a removed one stops listening.
+    fd: Option<OwnedFd>,
 }
 
 /// The listeners of a running proxy.
@@ -188,11 +211,22 @@ impl Listeners {
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.lock().running.iter().filter_map(|l| l.local).collect()
     }
+
+    /// Each listener's configured address and a copy of its listening socket, for a
+    /// new process to take over (an upgrade).
+    pub fn sockets(&self) -> Vec<(SocketAddr, OwnedFd)> {
+        self.lock()
+            .running
+            .iter()
+            .filter_map(|l| Some((l.config.address, l.fd.as_ref()?.try_clone().ok()?)))
+            .collect()
+    }
 }
 
 fn spawn(b: Bound, ctx: &AcceptCtx, shared: &Arc<Shared>) -> Listening {
     let (stop, stop_rx) = watch::channel(false);
     let local = b.local_addr();
+    let fd = b.socket.as_fd().try_clone_to_owned().ok();
     let tls = Arc::new(ArcSwapOption::new(b.tls.map(Arc::new)));
     let task = tokio::spawn(accept_loop(
         b.socket,
@@ -209,5 +243,6 @@ fn spawn(b: Bound, ctx: &AcceptCtx, shared: &Arc<Shared>) -> Listening {
         tls,
         stop,
         task,
+        fd,
     }
 }

@@ -78,11 +78,25 @@ impl Server {
     /// Opens every proxy listener of the running config (the admin listener is the
     /// app's: app.rs).
     pub async fn bind(shared: Arc<Shared>) -> Result<Server, BindError> {
+        Self::bind_inherited(shared, &mut Vec::new())
+    }
+
+    /// Like `bind`, serving a configured address on a socket `inherited` holds for it
+    /// (taken over from a running sluice; taken out of the list) and binding the rest.
+    pub fn bind_inherited(
+        shared: Arc<Shared>,
+        inherited: &mut Vec<(SocketAddr, std::net::TcpListener)>,
+    ) -> Result<Server, BindError> {
         let config = shared.config.load_full();
         let listeners = config
             .listeners
             .iter()
-            .map(Bound::bind)
+            .map(
+                |c| match inherited.iter().position(|(a, _)| *a == c.address) {
+                    Some(i) => Bound::adopt(c, inherited.swap_remove(i).1),
+                    None => Bound::bind(c),
+                },
+            )
             .collect::<Result<_, _>>()?;
         Ok(Server { shared, listeners })
     }
@@ -96,8 +110,13 @@ impl Server {
     }
 
     /// Serves until `shutdown` resolves, then stops accepting and lets open requests
-    /// finish for up to `shutdown_timeout`.
-    pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+    /// finish for up to `shutdown_timeout`. `started` is told once every listener
+    /// accepts.
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()>,
+        started: Option<tokio::sync::oneshot::Sender<()>>,
+    ) {
         let (stop_tx, stop_rx) = watch::channel(false);
         let limits = self.shared.limits.load_full();
         // acquire_many takes a u32; no machine holds that many sockets anyway.
@@ -145,6 +164,9 @@ impl Server {
         self.shared
             .listeners
             .start(ctx, self.listeners, &self.shared);
+        if let Some(started) = started {
+            let _ = started.send(());
+        }
         shutdown.await;
         tracing::info!("shutting down: no new connections, draining open requests");
         // Woken parked connections see this one; the others their listener's.

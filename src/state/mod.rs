@@ -33,6 +33,9 @@ pub struct State {
     pub discovered: Discovered,
     /// A new admin listener a reload bound, for the admin side to take.
     pub admin_moves: AdminMoves,
+    /// The admin listener's configured address and a copy of its socket, for a new
+    /// process to take over (an upgrade).
+    admin_socket: Mutex<Option<(std::net::SocketAddr, std::os::fd::OwnedFd)>>,
 }
 
 /// Where the admin API listens after a reload that moved it.
@@ -120,7 +123,31 @@ impl State {
             checkers: Mutex::new(Some(None)),
             discovered: Discovered::default(),
             admin_moves: AdminMoves::default(),
+            admin_socket: Mutex::new(None),
         })
+    }
+
+    /// Records the admin listener for an upgrade to hand over (None: no admin API).
+    pub fn set_admin_socket(
+        &self,
+        configured: std::net::SocketAddr,
+        socket: &impl std::os::fd::AsFd,
+    ) {
+        let copy = socket.as_fd().try_clone_to_owned().ok();
+        *self.admin_socket.lock().unwrap_or_else(|p| p.into_inner()) =
+            copy.map(|fd| (configured, fd));
+    }
+
+    /// Forgets the admin listener (the API was turned off).
+    pub fn clear_admin_socket(&self) {
+        *self.admin_socket.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// The admin listener's configured address and a copy of its socket.
+    pub fn admin_socket(&self) -> Option<(std::net::SocketAddr, std::os::fd::OwnedFd)> {
+        let slot = self.admin_socket.lock().unwrap_or_else(|p| p.into_inner());
+        let (addr, fd) = slot.as_ref()?;
+        Some((*addr, fd.try_clone().ok()?))
     }
 
     /// Holds off other changes (reloads, edits) while the caller makes one.

@@ -16,7 +16,7 @@ const LAYERS: &[&[&str]] = &[
     &["state"],
     &["admin"],
     &["app"],
-    &["cli", "demo", "fuzzing"],
+    &["cli", "demo", "fuzzing", "handover"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

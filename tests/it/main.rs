@@ -24,4 +24,5 @@ mod reload;
 mod retries;
 mod support;
 mod tls;
+mod upgrade;
 mod wire;

@@ -162,6 +162,10 @@ impl Check<'_> {
                 DEFAULT_SHUTDOWN_TIMEOUT,
                 false,
             ),
+            upgrade_socket: raw
+                .upgrade_socket
+                .as_ref()
+                .map(|p| self.file_path("server.upgrade_socket", p)),
         }
     }
 

@@ -1,0 +1,277 @@
+//! Upgrades without a restart (SPEC §7): a running sluice offers its listening sockets
+//! on a Unix socket; a new process (`--upgrade`) takes them (SCM_RIGHTS), serves on
+//! them, and says so; the old one then stops accepting, lets go of the Unix socket, and
+//! drains like at SIGTERM. Both processes hold the same listening sockets during the
+//! handover, so the kernel's accept queue never closes: no connection is refused.
+//!
+//! The exchange, one line of JSON and then short text lines:
+//! 1. old → new: `{"listeners": [ADDR, ...], "admin": ADDR | null}` with the sockets,
+//!    in that order, as ancillary data;
+//! 2. new → old: `serving` once it accepts on them;
+//! 3. old → new: `released` once it stopped accepting and removed the Unix socket,
+//!    which the new process then listens on for the next upgrade.
+//!
+//! A new process that fails before step 2 (a bad config, a crash) leaves the old one
+//! as it was.
+
+use std::io::{self, BufRead, BufReader, IoSlice, IoSliceMut, Write};
+use std::mem::MaybeUninit;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags, recvmsg, sendmsg,
+};
+
+use crate::app::Inherited;
+use crate::state::State;
+
+/// The most sockets one handover carries.
+const MAX_SOCKETS: usize = 128;
+/// How long the new process may take from receiving the sockets to serving on them
+/// (reading its config and certificates, binding new addresses).
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the old process may take to let go of the Unix socket.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandoverError {
+    #[error("no sluice is running on the upgrade socket {path}: {source}")]
+    NotRunning {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("upgrade socket {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("upgrade socket {path}: {why}")]
+    Protocol { path: PathBuf, why: String },
+    #[error(
+        "upgrade socket {path} is in use by a running sluice; start the new one with --upgrade"
+    )]
+    InUse { path: PathBuf },
+}
+
+/// What the old process offers: the configured address of each socket, in order.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Offer {
+    listeners: Vec<SocketAddr>,
+    admin: Option<SocketAddr>,
+}
+
+/// The new process's side of a handover under way.
+pub struct Taking {
+    stream: UnixStream,
+    path: PathBuf,
+}
+
+/// Connects to the sluice running on `path` and takes its listening sockets. Blocking.
+pub fn take(path: &Path) -> Result<(Inherited, Taking), HandoverError> {
+    let stream = UnixStream::connect(path).map_err(|source| HandoverError::NotRunning {
+        path: path.to_owned(),
+        source,
+    })?;
+    let io_err = |source| HandoverError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    stream
+        .set_read_timeout(Some(RELEASE_TIMEOUT))
+        .map_err(io_err)?;
+    let mut header = vec![0u8; 64 * 1024];
+    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_SOCKETS))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let got = recvmsg(
+        &stream,
+        &mut [IoSliceMut::new(&mut header)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )
+    .map_err(|e| io_err(e.into()))?;
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = message {
+            fds.extend(received);
+        }
+    }
+    let bad = |why: String| HandoverError::Protocol {
+        path: path.to_owned(),
+        why,
+    };
+    let offer: Offer = serde_json::from_slice(&header[..got.bytes])
+        .map_err(|e| bad(format!("unreadable offer: {e}")))?;
+    let expected = offer.listeners.len() + usize::from(offer.admin.is_some());
+    if fds.len() != expected {
+        return Err(bad(format!(
+            "{} sockets for {expected} addresses",
+            fds.len()
+        )));
+    }
+    let mut fds = fds.into_iter();
+    let mut inherited = Inherited::default();
+    for addr in offer.listeners {
+        if let Some(fd) = fds.next() {
+            inherited
+                .listeners
+                .push((addr, std::net::TcpListener::from(fd)));
+        }
+    }
+    if let (Some(addr), Some(fd)) = (offer.admin, fds.next()) {
+        inherited.admin = Some((addr, std::net::TcpListener::from(fd)));
+    }
+    Ok((
+        inherited,
+        Taking {
+            stream,
+            path: path.to_owned(),
+        },
+    ))
+}
+
+impl Taking {
+    /// Tells the old process that this one serves, and waits until it has let go of
+    /// the Unix socket (which this one may then listen on). Blocking.
+    pub fn serving(self) -> Result<PathBuf, HandoverError> {
+        let path = self.path;
+        let io_err = |source| HandoverError::Io {
+            path: path.clone(),
+            source,
+        };
+        (&self.stream).write_all(b"serving\n").map_err(io_err)?;
+        let mut line = String::new();
+        BufReader::new(&self.stream)
+            .read_line(&mut line)
+            .map_err(io_err)?;
+        if line.trim() != "released" {
+            return Err(HandoverError::Protocol {
+                path,
+                why: format!("expected \"released\", got {:?}", line.trim()),
+            });
+        }
+        Ok(path)
+    }
+}
+
+/// Listens on `path` for a new process to take over (the running process's side).
+/// Returns once one has: the caller then stops accepting and drains. A new process
+/// that gives up before serving changes nothing; the next one may try.
+pub async fn offer(path: PathBuf, state: Arc<State>) -> Result<(), HandoverError> {
+    let listener = listen(&path)?;
+    tracing::info!(path = %path.display(), "upgrade socket listening");
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "upgrade socket accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let stream = match stream
+            .into_std()
+            .and_then(|s| s.set_nonblocking(false).map(|()| s))
+        {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "upgrade socket unusable connection");
+                continue;
+            }
+        };
+        let sockets = Sockets::of(&state);
+        let exchange = tokio::task::spawn_blocking(move || hand_over(stream, sockets)).await;
+        let stream = match exchange {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "upgrade abandoned by the new process; still serving");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "upgrade failed; still serving");
+                continue;
+            }
+        };
+        // The new process serves: let go of the Unix socket for it, then tell it.
+        drop(listener);
+        let _ = std::fs::remove_file(&path);
+        let _ = tokio::task::spawn_blocking(move || (&stream).write_all(b"released\n")).await;
+        tracing::info!("upgrade: the new process serves; draining");
+        return Ok(());
+    }
+}
+
+/// Binds the Unix socket at `path`, replacing a stale file, refusing one in use.
+fn listen(path: &Path) -> Result<tokio::net::UnixListener, HandoverError> {
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(HandoverError::InUse {
+                path: path.to_owned(),
+            });
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    tokio::net::UnixListener::bind(path).map_err(|source| HandoverError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// The sockets to hand over, with their configured addresses.
+struct Sockets {
+    listeners: Vec<(SocketAddr, OwnedFd)>,
+    admin: Option<(SocketAddr, OwnedFd)>,
+}
+
+impl Sockets {
+    fn of(state: &State) -> Sockets {
+        Sockets {
+            listeners: state.shared.listeners.sockets(),
+            admin: state.admin_socket(),
+        }
+    }
+}
+
+/// Sends the offer and waits for the new process to serve. Blocking.
+fn hand_over(stream: UnixStream, sockets: Sockets) -> io::Result<UnixStream> {
+    let offer = Offer {
+        listeners: sockets.listeners.iter().map(|(a, _)| *a).collect(),
+        admin: sockets.admin.as_ref().map(|(a, _)| *a),
+    };
+    let header = serde_json::to_vec(&offer).map_err(io::Error::other)?;
+    let fds: Vec<_> = sockets
+        .listeners
+        .iter()
+        .map(|(_, fd)| fd.as_fd())
+        .chain(sockets.admin.as_ref().map(|(_, fd)| fd.as_fd()))
+        .collect();
+    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len().max(1)))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+        return Err(io::Error::other("too many sockets for one message"));
+    }
+    sendmsg(
+        &stream,
+        &[IoSlice::new(&header)],
+        &mut control,
+        SendFlags::empty(),
+    )?;
+    stream.set_read_timeout(Some(START_TIMEOUT))?;
+    let mut line = String::new();
+    BufReader::new(&stream).read_line(&mut line)?;
+    match line.trim() {
+        "serving" => Ok(stream),
+        "" => Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the new process left before serving",
+        )),
+        other => Err(io::Error::other(format!("unexpected {other:?}"))),
+    }
+}

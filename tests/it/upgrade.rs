@@ -1,0 +1,305 @@
+//! Upgrades without a restart (SPEC §7), with the real binary: a new process started
+//! with `--upgrade` takes the listening sockets of the running one over its upgrade
+//! socket, and the old one drains and exits 0. Under steady load, ten handovers in a
+//! row refuse no connection and fail no request for clients that, like browsers and
+//! common HTTP libraries, send a request once more when a reused keep-alive connection
+//! closes before any byte of the answer.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::process::{Proc, run, temp_config};
+use crate::support::*;
+
+/// The load's outcome.
+#[derive(Default)]
+struct Counts {
+    ok: AtomicUsize,
+    refused: AtomicUsize,
+    failed: AtomicUsize,
+    /// Sent again after a reused connection closed before any byte of an answer.
+    resent: AtomicUsize,
+}
+
+/// One request on `conn` (a new connection when None). Ok(None): the connection closed
+/// before any byte of an answer (a client may send it again); Ok(Some(keep)): 200.
+async fn exchange(conn: &mut TcpStream) -> std::io::Result<Option<bool>> {
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = conn.read(&mut buf).await?;
+        if n == 0 {
+            return if got.is_empty() {
+                Ok(None)
+            } else {
+                Err(std::io::ErrorKind::UnexpectedEof.into())
+            };
+        }
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got);
+        if let Some(end) = text.find("\r\n\r\n") {
+            let head = text[..end].to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if got.len() >= end + 4 + len {
+                if !head.starts_with("http/1.1 200") {
+                    return Err(std::io::Error::other(head));
+                }
+                return Ok(Some(!head.contains("connection: close")));
+            }
+        }
+    }
+}
+
+/// A client that keeps a connection alive, opening a new one when the server closes it.
+async fn keep_alive_client(addr: std::net::SocketAddr, stop: Arc<AtomicBool>, counts: Arc<Counts>) {
+    let mut conn: Option<TcpStream> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let reused = conn.is_some();
+        let mut c = match conn.take() {
+            Some(c) => c,
+            None => match TcpStream::connect(addr).await {
+                Ok(c) => c,
+                Err(_) => {
+                    counts.refused.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            },
+        };
+        match exchange(&mut c).await {
+            Ok(Some(keep)) => {
+                counts.ok.fetch_add(1, Ordering::Relaxed);
+                if keep {
+                    conn = Some(c);
+                }
+            }
+            // Closed before answering a request on a reused connection: send it once
+            // more on a new one, as browsers do.
+            Ok(None) | Err(_) if reused => {
+                counts.resent.fetch_add(1, Ordering::Relaxed);
+                let again = match TcpStream::connect(addr).await {
+                    Ok(mut fresh) => exchange(&mut fresh)
+                        .await
+                        .ok()
+                        .flatten()
+                        .map(|keep| (fresh, keep)),
+                    Err(_) => {
+                        counts.refused.fetch_add(1, Ordering::Relaxed);
+                        None
+                    }
+                };
+                match again {
+                    Some((fresh, keep)) => {
+                        counts.ok.fetch_add(1, Ordering::Relaxed);
+                        if keep {
+                            conn = Some(fresh);
+                        }
+                    }
+                    None => {
+                        counts.failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            _ => {
+                counts.failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// A client that opens a new connection for every request.
+async fn new_connection_client(
+    addr: std::net::SocketAddr,
+    stop: Arc<AtomicBool>,
+    counts: Arc<Counts>,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(mut c) = TcpStream::connect(addr).await else {
+            counts.refused.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let _ = c
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await;
+        let got = read_until_close(&mut c, DEADLINE).await;
+        if got.starts_with("HTTP/1.1 200") {
+            counts.ok.fetch_add(1, Ordering::Relaxed);
+        } else {
+            counts.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn config(backend: &str) -> String {
+    format!(
+        "[server]\nshutdown_timeout = \"5s\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n\
+         [upstream.web]\nbackends = [{{ url = \"{backend}\" }}]\n"
+    )
+}
+
+/// Starts sluice on `config` with the upgrade socket (taking over with `upgrade`),
+/// and returns it once it serves, with the address it listens on.
+async fn start(
+    config: &std::path::Path,
+    socket: &std::path::Path,
+    upgrade: bool,
+) -> (Proc, std::net::SocketAddr) {
+    let (config, socket) = (config.display().to_string(), socket.display().to_string());
+    tokio::task::spawn_blocking(move || {
+        let mut args = vec![
+            "-c",
+            &config,
+            "--upgrade-socket",
+            &socket,
+            "--log-format",
+            "json",
+        ];
+        if upgrade {
+            args.push("--upgrade");
+        }
+        let p = Proc::spawn(&args);
+        // Serving, and (after an upgrade) the old process let go: both events, in
+        // either order.
+        let (mut addr, mut offering) = (None, false);
+        while addr.is_none() || !offering {
+            let line = p.line_with("listening");
+            let j: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if j["event"] == "listening" {
+                addr = j["address"].as_str().and_then(|a| a.parse().ok());
+            }
+            offering |= j["event"] == "upgrade socket listening";
+        }
+        (p, addr.unwrap())
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn ten_handovers_under_load_refuse_nothing_and_fail_nothing() {
+    let be = TestBackend::replying("a").await;
+    let dir = std::env::temp_dir().join(format!("sluice-it-{}-upgrade", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("ten.sock");
+    let cfg = temp_config("upgrade-ten.toml", &config(&be.url()));
+    let (mut old, addr) = start(&cfg, &socket, false).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let counts = Arc::new(Counts::default());
+    let mut clients = Vec::new();
+    for i in 0..6 {
+        let (stop, counts) = (stop.clone(), counts.clone());
+        clients.push(if i % 2 == 0 {
+            tokio::spawn(keep_alive_client(addr, stop, counts))
+        } else {
+            tokio::spawn(new_connection_client(addr, stop, counts))
+        });
+    }
+    for round in 0..10 {
+        let before = counts.ok.load(Ordering::Relaxed);
+        let (new, same) = start(&cfg, &socket, true).await;
+        assert_eq!(same, addr, "the same socket, taken over");
+        let code = tokio::task::spawn_blocking(move || old.wait())
+            .await
+            .unwrap();
+        assert_eq!(code, 0, "round {round}: the old process exits 0");
+        old = new;
+        // Traffic flows through the new process before the next round.
+        while counts.ok.load(Ordering::Relaxed) < before + 20 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    old.signal("TERM");
+    let _ = tokio::task::spawn_blocking(move || old.wait()).await;
+    let (ok, refused, failed, resent) = (
+        counts.ok.load(Ordering::Relaxed),
+        counts.refused.load(Ordering::Relaxed),
+        counts.failed.load(Ordering::Relaxed),
+        counts.resent.load(Ordering::Relaxed),
+    );
+    eprintln!(
+        "ten handovers: {ok} requests answered, {resent} sent again, {refused} refused, {failed} failed"
+    );
+    assert!(ok > 200, "{ok} requests");
+    assert_eq!(
+        (refused, failed),
+        (0, 0),
+        "refused, failed ({ok} ok, {resent} sent again)"
+    );
+}
+
+#[tokio::test]
+async fn a_new_process_that_fails_leaves_the_old_one_serving() {
+    let be = TestBackend::replying("a").await;
+    let dir = std::env::temp_dir().join(format!("sluice-it-{}-upgrade", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("broken.sock");
+    let cfg = temp_config("upgrade-broken-ok.toml", &config(&be.url()));
+    let (mut old, addr) = start(&cfg, &socket, false).await;
+    let broken = temp_config(
+        "upgrade-broken.toml",
+        "[[listener]]\naddress = \"nowhere\"\n",
+    );
+    let (broken_s, socket_s) = (broken.display().to_string(), socket.display().to_string());
+    let (code, _, stderr) = tokio::task::spawn_blocking(move || {
+        run(&["-c", &broken_s, "--upgrade-socket", &socket_s, "--upgrade"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    // The old one serves on, and can still be taken over.
+    for _ in 0..20 {
+        let got = raw_exchange(
+            addr,
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            DEADLINE,
+        )
+        .await;
+        assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    }
+    let (mut new, _) = start(&cfg, &socket, true).await;
+    let code = tokio::task::spawn_blocking(move || old.wait())
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    new.signal("TERM");
+    let _ = tokio::task::spawn_blocking(move || new.wait()).await;
+}
+
+#[test]
+fn upgrade_without_a_running_sluice_is_one_line_and_exit_1() {
+    let be = "127.0.0.1:9";
+    let cfg = temp_config("upgrade-none.toml", &config(be));
+    let socket = std::env::temp_dir().join(format!("sluice-it-{}-none.sock", std::process::id()));
+    let (code, _, stderr) = run(&[
+        "-c",
+        cfg.to_str().unwrap(),
+        "--upgrade-socket",
+        socket.to_str().unwrap(),
+        "--upgrade",
+    ]);
+    assert_eq!(code, 1);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("no sluice is running on the upgrade socket"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = run(&["-c", cfg.to_str().unwrap(), "--upgrade"]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("--upgrade needs --upgrade-socket"),
+        "{stderr}"
+    );
+}
