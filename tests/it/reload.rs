@@ -390,3 +390,221 @@ async fn a_removed_listener_drains_by_protocol() {
         Some(1.0)
     );
 }
+
+/// Twenty reloads alternating two configurations (one adds and removes a listener,
+/// both change the upstream) under steady mixed load on the listener that stays:
+/// keep-alive and new connections, an HTTP/2 connection, and twenty WebSockets
+/// exchanging messages. Nothing fails and no WebSocket is cut.
+#[tokio::test]
+async fn twenty_reloads_under_mixed_load_fail_nothing() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let ws = TestBackend::upgrade_echo().await;
+    let (one, two) = (
+        TestBackend::replying("one").await,
+        TestBackend::replying("two").await,
+    );
+    let text = |extra_listener: bool, web: &TestBackend| {
+        let mut t = String::from("[[listener]]\naddress = \"127.0.0.1:0\"\n");
+        if extra_listener {
+            t += "[[listener]]\naddress = \"127.0.0.2:0\"\n";
+        }
+        t + &format!(
+            "[admin]\naddress = \"127.0.0.1:0\"\n\
+             [[route]]\npath_prefix = \"/ws\"\nupstream = \"ws\"\n\
+             [[route]]\nupstream = \"web\"\n\
+             [upstream.ws]\nbackends = [{{ url = \"{}\" }}]\n\
+             [upstream.web]\nbackends = [{{ url = \"{}\" }}]\n",
+            ws.url(),
+            web.url()
+        )
+    };
+    let path = temp_config("reload-twenty.toml", &text(false, &one));
+    let lb = Sluice::start_file(&path).await;
+    let addr = lb.addr;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut tasks = Vec::new();
+    // Keep-alive clients.
+    for _ in 0..2 {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                let sent = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+                let head = if sent.is_ok() {
+                    read_head(&mut s).await
+                } else {
+                    String::new()
+                };
+                let mut body = [0u8; 3];
+                let read = s.read_exact(&mut body).await;
+                if head.starts_with("HTTP/1.1 200") && read.is_ok() {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+        }));
+    }
+    // A client opening a new connection for every request.
+    {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match get_at(addr).await {
+                    Some(b) if b == "one" || b == "two" => ok.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    // One HTTP/2 connection.
+    {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (mut h2, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let req = http::Request::get(format!("http://{addr}/"))
+                    .body(http_body_util::Empty::<bytes::Bytes>::new())
+                    .unwrap();
+                match h2.send_request(req).await {
+                    Ok(r) if r.status() == StatusCode::OK => ok.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    // Twenty WebSockets (an echo tunnel each), exchanging messages.
+    let cut = Arc::new(AtomicUsize::new(0));
+    for i in 0..20 {
+        let (stop, ok, cut) = (stop.clone(), ok.clone(), cut.clone());
+        let mut t = TcpStream::connect(addr).await.unwrap();
+        t.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(read_head(&mut t).await.starts_with("HTTP/1.1 101"));
+        tasks.push(tokio::spawn(async move {
+            let msg = format!("m{i:02}");
+            while !stop.load(Ordering::Relaxed) {
+                let mut got = [0u8; 3];
+                let echoed = async {
+                    t.write_all(msg.as_bytes()).await?;
+                    t.read_exact(&mut got).await
+                };
+                match tokio::time::timeout(DEADLINE, echoed).await {
+                    Ok(Ok(_)) if got == msg.to_ascii_uppercase().as_bytes() => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {
+                        cut.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }));
+    }
+    for round in 0..20 {
+        let before = ok.load(Ordering::Relaxed);
+        let web = if round % 2 == 0 { &two } else { &one };
+        write(&path, &text(round % 2 == 0, web));
+        let (s, body) = reload(&lb).await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        while ok.load(Ordering::Relaxed) < before + 30 {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (ok, failed, cut) = (
+        ok.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed),
+        cut.load(Ordering::Relaxed),
+    );
+    assert!(ok > 600, "{ok}");
+    assert_eq!(
+        (failed, cut),
+        (0, 0),
+        "failed requests, cut WebSockets ({ok} ok)"
+    );
+}
+
+/// Certificates rotated back and forth under a steady stream of TLS handshakes: no
+/// handshake fails, and after each reload new handshakes see the new certificate.
+#[tokio::test]
+async fn certificate_rotation_under_tls_load_fails_no_handshake() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let be = TestBackend::replying("tls").await;
+    let dir = std::env::temp_dir().join(format!("sluice-it-{}-rotate", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key): (PathBuf, PathBuf) = (dir.join("live.pem"), dir.join("live.key"));
+    std::fs::copy(data("a.pem"), &cert).unwrap();
+    std::fs::copy(data("a.key"), &key).unwrap();
+    let path = temp_config(
+        "reload-rotate.toml",
+        &config(
+            &[("127.0.0.1:0", Some((&cert, &key)))],
+            "127.0.0.1:0",
+            &be.url(),
+        ),
+    );
+    let lb = Arc::new(Sluice::start_file(&path).await);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut tasks = Vec::new();
+    for _ in 0..3 {
+        let (lb, stop, ok, failed) = (lb.clone(), stop.clone(), ok.clone(), failed.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let mut s = crate::support::tls::connect(&lb, None, &[b"http/1.1"]).await;
+                let sent = s
+                    .write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+                    .await;
+                let mut got = Vec::new();
+                let _ = tokio::time::timeout(DEADLINE, s.read_to_end(&mut got)).await;
+                if sent.is_ok() && got.starts_with(b"HTTP/1.1 200") {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for round in 0..6 {
+        let name = if round % 2 == 0 { "b" } else { "a" };
+        std::fs::copy(data(&format!("{name}.pem")), &cert).unwrap();
+        std::fs::copy(data(&format!("{name}.key")), &key).unwrap();
+        let before = ok.load(Ordering::Relaxed);
+        assert_eq!(reload(&lb).await.0, StatusCode::OK);
+        let s = crate::support::tls::connect(&lb, None, &[b"http/1.1"]).await;
+        assert!(
+            crate::support::tls::sent_cert(&s) == cert_der(&format!("{name}.pem")),
+            "round {round}"
+        );
+        while ok.load(Ordering::Relaxed) < before + 10 {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "{} ok",
+        ok.load(Ordering::Relaxed)
+    );
+}
