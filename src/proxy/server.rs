@@ -313,17 +313,11 @@ pub(super) fn service(
 }
 
 /// A new connection: HTTP/2 with prior knowledge or HTTP/1.1, told by its first bytes.
-async fn serve_connection(stream: TcpStream, mut ctx: ConnCtx) {
+async fn serve_connection(stream: TcpStream, ctx: ConnCtx) {
     let timers = ctx.timers();
-    let first = tokio::select! {
-        first = tokio::time::timeout(timers.header_read, is_h2(&stream)) => first,
-        // A drain closes a connection that has sent nothing yet, as an idle one.
-        _ = ctx.stop.wait_for(|stop| *stop) => {
-            ctx.shared.drains.clean.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-    };
-    match first {
+    // A new connection's first request may be on its way: even when draining, it is
+    // waited for (within `header_read_timeout`) and answered, with `Connection: close`.
+    match tokio::time::timeout(timers.header_read, is_h2(&stream)).await {
         // Boxed: hyper's HTTP/2 connection is large, and every connection task would
         // otherwise reserve room for it, HTTP/1 ones included.
         Ok(Ok(Some(true))) => Box::pin(serve_h2(stream, ctx)).await,
@@ -395,8 +389,11 @@ pub(super) async fn serve_h1(mut sock: h1::Sock, tls: Option<Arc<Activity>>, mut
             if !flags.closing() && (!stop_armed || ctx.stop.has_changed().unwrap_or(true)) {
                 stop_armed = true;
                 if stop.as_mut().poll(cx).is_ready() {
+                    // Between requests: close now. Otherwise the request under way (or
+                    // a new connection's first, on its way) is answered with
+                    // `Connection: close`.
                     flags.close();
-                    if flags.idle() {
+                    if flags.between_requests() {
                         return Poll::Ready(None);
                     }
                 }

@@ -27,16 +27,7 @@ pub(super) async fn serve_tls(stream: TcpStream, acceptor: TlsAcceptor, mut ctx:
         let counts = &ctx.shared.refused;
         telemetry::refused_connection(counts, ctx.client, Refusal::TlsHandshake, Some(&e));
     };
-    let first = tokio::select! {
-        first = tokio::time::timeout_at(deadline, opening(&stream)) => first,
-        // A drain closes a connection that has sent nothing yet, as an idle one.
-        _ = ctx.stop.wait_for(|stop| *stop) => {
-            let drains = &ctx.shared.drains;
-            drains.clean.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return;
-        }
-    };
-    match first {
+    match tokio::time::timeout_at(deadline, opening(&stream)).await {
         Ok(Opening::Tls) => {}
         Ok(Opening::PlainHttp) => return refuse_plain_http(stream, &ctx).await,
         Ok(Opening::Nothing) => return,

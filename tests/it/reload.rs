@@ -323,6 +323,7 @@ async fn a_removed_listener_drains_by_protocol() {
     let gate = std::sync::Arc::new(tokio::sync::Notify::new());
     let slow = TestBackend::held(gate.clone(), "slow").await;
     let ws = TestBackend::upgrade_echo().await;
+    let fast = TestBackend::replying("fast").await;
     let text = |listeners: &[&str]| {
         let mut t = String::from("[server]\nshutdown_timeout = \"1500ms\"\n");
         for l in listeners {
@@ -331,10 +332,13 @@ async fn a_removed_listener_drains_by_protocol() {
         t + &format!(
             "[admin]\naddress = \"127.0.0.1:0\"\n\
              [[route]]\npath_prefix = \"/ws\"\nupstream = \"ws\"\n\
+             [[route]]\npath_prefix = \"/fast\"\nupstream = \"fast\"\n\
              [[route]]\nupstream = \"slow\"\n\
              [upstream.ws]\nbackends = [{{ url = \"{}\" }}]\n\
+             [upstream.fast]\nbackends = [{{ url = \"{}\" }}]\n\
              [upstream.slow]\nbackends = [{{ url = \"{}\" }}]\n",
             ws.url(),
+            fast.url(),
             slow.url()
         )
     };
@@ -355,13 +359,33 @@ async fn a_removed_listener_drains_by_protocol() {
         .await
         .unwrap();
     slow.wait_hits(1, "the busy request").await;
-    // Idle for real: nothing read or written on it yet, nothing in flight.
-    idle.write_all(b"").await.unwrap();
+    // Idle between requests: it has had an answer, and nothing is in flight.
+    idle.write_all(b"GET /fast HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_head(&mut idle).await.starts_with("HTTP/1.1 200"));
+    let mut body = [0u8; 4];
+    idle.read_exact(&mut body).await.unwrap();
+    // A new connection whose first request is on its way when the drain begins: it
+    // is answered (then closed), not dropped.
+    let mut fresh = TcpStream::connect(gone).await.unwrap();
 
     write(&path, &text(&["127.0.0.1:0"]));
     assert_eq!(reload(&lb).await.0, StatusCode::OK);
     assert!(closes_within(&mut idle, DEADLINE).await, "idle: closed");
+    fresh
+        .write_all(b"GET /fast HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     gate.notify_one();
+    let first = read_until_close(&mut fresh, DEADLINE)
+        .await
+        .to_ascii_lowercase();
+    assert!(
+        first.starts_with("http/1.1 200"),
+        "a new connection's first request: {first}"
+    );
+    assert!(first.contains("connection: close"), "{first}");
     let answer = read_until_close(&mut busy, DEADLINE)
         .await
         .to_ascii_lowercase();
