@@ -80,6 +80,8 @@ pub struct Activity {
     idle_since: AtomicU64,
     /// When the first byte of a pending request head arrived (ms); 0 = none pending.
     head_since: AtomicU64,
+    /// A request was answered (see `answered`).
+    answered: std::sync::atomic::AtomicBool,
     /// Watchdog checks in a row that found a request active.
     busy_checks: AtomicU32,
     /// HTTP/2: bytes between requests are frames (WINDOW_UPDATE, PING), not the start
@@ -117,6 +119,7 @@ impl Activity {
             active: AtomicU32::new(0),
             idle_since: AtomicU64::new(now),
             head_since: AtomicU64::new(now),
+            answered: std::sync::atomic::AtomicBool::new(false),
             busy_checks: AtomicU32::new(0),
             multiplexed: std::sync::atomic::AtomicBool::new(false),
         }
@@ -139,7 +142,15 @@ impl Activity {
     /// `end_request`, with the clock read by the caller.
     pub fn end_request_at(&self, now: Instant) {
         self.idle_since.store(ms_of(now), Ordering::Relaxed);
+        self.answered.store(true, Ordering::Relaxed);
         self.active.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Has the connection answered a request? Idle after that means between requests,
+    /// where a drain may close it: a client sends a request again when a reused
+    /// connection closes, not when a new one does.
+    pub fn answered(&self) -> bool {
+        self.answered.load(Ordering::Relaxed)
     }
 
     /// Bytes arrived. While no request is active they belong to a new request head.

@@ -393,7 +393,7 @@ pub(super) async fn serve_h1(mut sock: h1::Sock, tls: Option<Arc<Activity>>, mut
                     // a new connection's first, on its way) is answered with
                     // `Connection: close`.
                     flags.close();
-                    if flags.between_requests() {
+                    if flags.idle() && activity.answered() {
                         return Poll::Ready(None);
                     }
                 }
@@ -436,12 +436,13 @@ pub(super) async fn serve_h1(mut sock: h1::Sock, tls: Option<Arc<Activity>>, mut
         Some(h1::End::Reset) => sock.reset(),
         Some(h1::End::Upgrade(backend)) => match sock.into_stream() {
             Some((h1::Stream::Tcp(stream), buf)) => {
+                // Boxed: rare, and it would make every connection's task larger.
                 let client = Tracked::new(stream, activity, buf.freeze());
-                tunnel(upgrade::tunnel(client, backend), &mut ctx).await;
+                Box::pin(tunnel(upgrade::tunnel(client, backend), &mut ctx)).await;
             }
             Some((h1::Stream::Tls(stream), buf)) => {
                 let client = Tracked::new(*stream, activity, buf.freeze());
-                tunnel(upgrade::tunnel(client, backend), &mut ctx).await;
+                Box::pin(tunnel(upgrade::tunnel(client, backend), &mut ctx)).await;
             }
             None => {}
         },

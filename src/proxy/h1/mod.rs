@@ -40,10 +40,6 @@ pub struct Flags {
     idle: AtomicBool,
     /// Shutdown: finish the request under way, then close.
     closing: AtomicBool,
-    /// At least one answer was written: idle now means between requests, where a
-    /// drain may close the connection (a client resends on a reused connection, not on
-    /// a new one whose first request may be on its way).
-    answered: AtomicBool,
 }
 
 impl Flags {
@@ -57,11 +53,6 @@ impl Flags {
 
     pub fn close(&self) {
         self.closing.store(true, Ordering::Relaxed);
-    }
-
-    /// Idle between requests: waiting for the next one after an answer.
-    pub fn between_requests(&self) -> bool {
-        self.idle() && self.answered.load(Ordering::Relaxed)
     }
 
     fn set_idle(&self, idle: bool) {
@@ -102,7 +93,7 @@ pub async fn serve(sock: &mut Sock, shared: &Shared, info: &Arc<ConnInfo>, flags
                     Ok(None) => {}
                     Err(e) => return refuse_head(sock, shared, info, &mut out, e).await,
                 }
-            } else if flags.closing() && flags.answered.load(Ordering::Relaxed) {
+            } else if flags.closing() && info.activity.answered() {
                 // Draining, between requests. (A new connection's first request is
                 // still read and answered.)
                 return End::Close;
@@ -176,7 +167,6 @@ pub async fn serve(sock: &mut Sock, shared: &Shared, info: &Arc<ConnInfo>, flags
         // Emptied now: its values hold on to the backend connection's read buffer.
         parts.headers.clear();
         spare = Some(parts.headers);
-        flags.answered.store(true, Ordering::Relaxed);
         // Writing may still end the connection: the client or the backend cut it, or
         // the answer's framing ends with the connection.
         let still_keep = match written {
