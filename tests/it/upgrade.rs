@@ -1,9 +1,10 @@
 //! Upgrades without a restart (SPEC §7), with the real binary: a new process started
 //! with `--upgrade` takes the listening sockets of the running one over its upgrade
-//! socket, and the old one drains and exits 0. Under steady load, ten handovers in a
-//! row refuse no connection and fail no request for clients that, like browsers and
-//! common HTTP libraries, send a request once more when a reused keep-alive connection
-//! closes before any byte of the answer.
+//! socket, and the old one drains and exits 0. Under steady load (HTTP/1.1 keep-alive,
+//! a new connection per request, HTTP/2), ten handovers in a row refuse no connection
+//! and fail no request for clients that, like browsers and common HTTP libraries, send
+//! a request once more when a reused connection closes before any byte of the answer
+//! (or, in HTTP/2, when a draining connection refuses it).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -137,6 +138,68 @@ async fn new_connection_client(
     }
 }
 
+/// An HTTP/2 (h2c) client: one connection for as long as it lasts; when the server
+/// ends it (GOAWAY at a drain), a new one, and a request refused by a closing
+/// connection is sent once more on it, as HTTP/2 clients do.
+async fn h2_client(addr: std::net::SocketAddr, stop: Arc<AtomicBool>, counts: Arc<Counts>) {
+    use hyper::client::conn::http2::SendRequest;
+    async fn open(
+        addr: std::net::SocketAddr,
+    ) -> Option<SendRequest<http_body_util::Empty<bytes::Bytes>>> {
+        let tcp = TcpStream::connect(addr).await.ok()?;
+        let (send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .ok()?;
+        tokio::spawn(conn);
+        Some(send)
+    }
+    let req = || {
+        http::Request::get(format!("http://{addr}/"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+    let mut conn = None;
+    while !stop.load(Ordering::Relaxed) {
+        let mut send = match conn.take() {
+            Some(s) => s,
+            None => match open(addr).await {
+                Some(s) => s,
+                None => {
+                    counts.refused.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            },
+        };
+        let first = if send.is_closed() {
+            None
+        } else {
+            send.send_request(req()).await.ok()
+        };
+        let answer = match first {
+            Some(a) => Some((a, send)),
+            None => {
+                counts.resent.fetch_add(1, Ordering::Relaxed);
+                match open(addr).await {
+                    Some(mut fresh) => fresh.send_request(req()).await.ok().map(|a| (a, fresh)),
+                    None => None,
+                }
+            }
+        };
+        match answer {
+            Some((a, send)) if a.status() == http::StatusCode::OK => {
+                counts.ok.fetch_add(1, Ordering::Relaxed);
+                conn = Some(send);
+            }
+            _ => {
+                counts.failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
 fn config(backend: &str) -> String {
     format!(
         "[server]\nshutdown_timeout = \"5s\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n\
@@ -196,10 +259,10 @@ async fn ten_handovers_under_load_refuse_nothing_and_fail_nothing() {
     let mut clients = Vec::new();
     for i in 0..6 {
         let (stop, counts) = (stop.clone(), counts.clone());
-        clients.push(if i % 2 == 0 {
-            tokio::spawn(keep_alive_client(addr, stop, counts))
-        } else {
-            tokio::spawn(new_connection_client(addr, stop, counts))
+        clients.push(match i % 3 {
+            0 => tokio::spawn(keep_alive_client(addr, stop, counts)),
+            1 => tokio::spawn(new_connection_client(addr, stop, counts)),
+            _ => tokio::spawn(h2_client(addr, stop, counts)),
         });
     }
     for round in 0..10 {
