@@ -177,6 +177,14 @@ impl Listeners {
         for b in plan.new {
             running.push(spawn(b, ctx, shared));
         }
+        // Idle connections of removed listeners waiting in the parking lot close now.
+        if let Some(lot) = ctx.lot.as_ref().filter(|_| !removed.is_empty()) {
+            let closed = lot.close_stopped() as u64;
+            let drains = &shared.drains;
+            drains
+                .clean
+                .fetch_add(closed, std::sync::atomic::Ordering::Relaxed);
+        }
         for addr in removed.into_iter().flatten() {
             tracing::info!(address = %addr, "listener removed: no new connections, draining");
         }

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, watch};
 
 use super::conn::now_ms;
 
@@ -33,6 +33,8 @@ struct Parked {
     stream: mio::net::TcpStream,
     client: SocketAddr,
     permit: OwnedSemaphorePermit,
+    /// Its listener's stop signal: a removed listener's parked connections close.
+    stop: watch::Receiver<bool>,
 }
 
 /// One place in the table. `generation` tells a stale deadline (of an earlier occupant)
@@ -90,6 +92,7 @@ pub struct Woken {
     pub stream: std::net::TcpStream,
     pub client: SocketAddr,
     pub permit: OwnedSemaphorePermit,
+    pub stop: watch::Receiver<bool>,
 }
 
 /// The token of the lot's own wakeups (a new earliest deadline, or closing).
@@ -144,6 +147,7 @@ impl Lot {
         stream: TcpStream,
         client: SocketAddr,
         permit: OwnedSemaphorePermit,
+        stop: watch::Receiver<bool>,
         deadline_ms: u64,
     ) {
         let Ok(std) = stream.into_std() else {
@@ -180,6 +184,7 @@ impl Lot {
             stream,
             client,
             permit,
+            stop,
         });
         let generation = slot.generation;
         let sooner = table
@@ -205,6 +210,27 @@ impl Lot {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Closes the parked connections whose listener was stopped (removed by a reload):
+    /// idle, they drain at once. How many.
+    pub fn close_stopped(&self) -> usize {
+        let mut table = self.table();
+        let stopped: Vec<(u32, u32)> = table
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.parked.as_ref().is_some_and(|p| *p.stop.borrow()))
+            .map(|(i, s)| (i as u32, s.generation))
+            .collect();
+        let mut closed = 0;
+        for (idx, generation) in stopped {
+            if let Some(mut p) = table.take(idx, Some(generation)) {
+                let _ = self.registry.deregister(&mut p.stream);
+                closed += 1;
+            }
+        }
+        closed
     }
 
     /// Closes every parked connection and ends the thread; later parking closes.
@@ -262,6 +288,7 @@ impl Lot {
                     stream: p.stream.into(),
                     client: p.client,
                     permit: p.permit,
+                    stop: p.stop,
                 };
                 serve(woken, &self);
             }
@@ -300,6 +327,7 @@ mod tests {
 
     use super::{Lot, Woken};
     use crate::proxy::conn::now_ms;
+    use tokio::sync::watch;
 
     const DEADLINE: Duration = Duration::from_secs(5);
 
@@ -335,7 +363,8 @@ mod tests {
         let (server, mut client) = pair().await;
         let addr = client.local_addr().unwrap();
         let permit = Arc::clone(&permits).acquire_owned().await.unwrap();
-        lot.park(server, addr, permit, now_ms() + 60_000);
+        let (_stop, stop) = watch::channel(false);
+        lot.park(server, addr, permit, stop, now_ms() + 60_000);
         assert_eq!((lot.len(), permits.available_permits()), (1, 0));
         client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
         let w = tokio::time::timeout(DEADLINE, woken.recv())
@@ -351,15 +380,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_parked_connections_of_a_stopped_listener_close() {
+        let (lot, _closer, _woken) = lot();
+        let permits = Arc::new(Semaphore::new(2));
+        let (removed, removed_rx) = watch::channel(false);
+        let (_kept, kept_rx) = watch::channel(false);
+        let mut clients = Vec::new();
+        for stop in [removed_rx, kept_rx] {
+            let (server, client) = pair().await;
+            let permit = Arc::clone(&permits).acquire_owned().await.unwrap();
+            let addr = client.local_addr().unwrap();
+            lot.park(server, addr, permit, stop, now_ms() + 60_000);
+            clients.push(client);
+        }
+        assert_eq!(lot.close_stopped(), 0, "no listener stopped yet");
+        removed.send(true).unwrap();
+        assert_eq!(lot.close_stopped(), 1);
+        assert!(
+            eof(&mut clients[0]).await,
+            "its listener's connection closed"
+        );
+        assert_eq!((lot.len(), permits.available_permits()), (1, 1));
+    }
+
+    #[tokio::test]
     async fn idle_past_the_deadline_or_hung_up_it_is_closed_and_its_permit_returned() {
         let (lot, closer, mut woken) = lot();
         let permits = Arc::new(Semaphore::new(3));
+        let (_stopper, stop) = watch::channel(false);
         let mut clients = Vec::new();
         for deadline in [now_ms() + 50, now_ms() + 60_000, now_ms() + 60_000] {
             let (server, client) = pair().await;
             let permit = Arc::clone(&permits).acquire_owned().await.unwrap();
             let addr = client.local_addr().unwrap();
-            lot.park(server, addr, permit, deadline);
+            lot.park(server, addr, permit, stop.clone(), deadline);
             clients.push(client);
         }
         assert_eq!(lot.len(), 3);

@@ -117,7 +117,6 @@ impl Server {
         shutdown: impl Future<Output = ()>,
         started: Option<tokio::sync::oneshot::Sender<()>>,
     ) {
-        let (stop_tx, stop_rx) = watch::channel(false);
         let limits = self.shared.limits.load_full();
         // acquire_many takes a u32; no machine holds that many sockets anyway.
         let max = u32::try_from(limits.max_connections).unwrap_or(u32::MAX >> 3);
@@ -128,18 +127,15 @@ impl Server {
             .set((Arc::clone(&permits), max as usize));
         let protocols = Arc::new(Protocols::new(limits.max_header_bytes));
 
-        let (shared, protos, stop) = (
-            Arc::clone(&self.shared),
-            Arc::clone(&protocols),
-            stop_rx.clone(),
-        );
+        let (shared, protos) = (Arc::clone(&self.shared), Arc::clone(&protocols));
         let handle = tokio::runtime::Handle::current();
         let lot = Lot::start(move |woken: Woken, lot: &Arc<Lot>| {
             let ctx = ConnCtx {
                 client: woken.client,
                 shared: Arc::clone(&shared),
                 protocols: Arc::clone(&protos),
-                stop: stop.clone(),
+                // Its listener's: a removed listener drains its woken connections too.
+                stop: woken.stop,
                 permit: woken.permit,
                 lot: Some(Arc::clone(lot)),
             };
@@ -169,9 +165,6 @@ impl Server {
         }
         shutdown.await;
         tracing::info!("shutting down: no new connections, draining open requests");
-        // Woken parked connections see this one; the others their listener's.
-        let _ = stop_tx.send(true);
-        drop(stop_rx);
         drop(closer); // closes the parked connections
         for l in self.shared.listeners.stop_all() {
             let _ = l.await;
@@ -451,7 +444,7 @@ pub(super) async fn serve_h1(mut sock: h1::Sock, tls: Option<Arc<Activity>>, mut
             let deadline = activity.idle_deadline_ms(timers);
             let stream = sock.into_stream();
             if let (Some(lot), Some((h1::Stream::Tcp(stream), _))) = (ctx.lot.as_deref(), stream) {
-                lot.park(stream, ctx.client, ctx.permit, deadline);
+                lot.park(stream, ctx.client, ctx.permit, ctx.stop.clone(), deadline);
             }
         }
     }
