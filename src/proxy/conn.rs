@@ -49,9 +49,14 @@ pub(crate) fn now_ms() -> u64 {
 
 /// `now_ms` at `at`, for a caller that has read the clock already.
 fn ms_of(at: Instant) -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    let epoch = *EPOCH.get_or_init(|| Instant::now() - Duration::from_millis(1));
-    at.saturating_duration_since(epoch).as_millis() as u64
+    // Real time, an hour back: an instant read from a paused clock (tests) before or
+    // after this is first used still counts from it, never as 0 ("none").
+    static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(|| {
+        let now = std::time::Instant::now();
+        now.checked_sub(Duration::from_secs(3600)).unwrap_or(now)
+    });
+    at.into_std().saturating_duration_since(epoch).as_millis() as u64
 }
 
 fn instant_of(ms: u64) -> Instant {
