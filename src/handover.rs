@@ -8,11 +8,15 @@
 //! 1. old → new: `{"listeners": [ADDR, ...], "admin": ADDR | null}` with the sockets,
 //!    in that order, as ancillary data;
 //! 2. new → old: `serving` once it accepts on them;
-//! 3. old → new: `released` once it stopped accepting and removed the Unix socket,
-//!    which the new process then listens on for the next upgrade.
+//! 3. old → new: `released` once it let go of the Unix socket, which the new process
+//!    then listens on for the next upgrade;
+//! 4. new → old: `ok`; only then does the old process stop accepting and drain.
 //!
-//! A new process that fails before step 2 (a bad config, a crash) leaves the old one
-//! as it was.
+//! A new process that fails (a bad config, a crash) before step 4 leaves the old one
+//! serving, listening on the Unix socket again. The old process waits for each step
+//! as long as the new one lives: it gives up only when the connection closes, never
+//! on a timer that a slow but healthy new process could outlast (two processes would
+//! then serve for good). The Unix socket is made accessible to its owner only.
 
 use std::io::{self, BufRead, BufReader, IoSlice, IoSliceMut, Write};
 use std::mem::MaybeUninit;
@@ -33,10 +37,7 @@ use crate::state::State;
 
 /// The most sockets one handover carries.
 const MAX_SOCKETS: usize = 128;
-/// How long the new process may take from receiving the sockets to serving on them
-/// (reading its config and certificates, binding new addresses).
-const START_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long the old process may take to let go of the Unix socket.
+/// How long the old process may take to answer the new one.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +60,8 @@ pub enum HandoverError {
         "upgrade socket {path} is in use by a running sluice; start the new one with --upgrade"
     )]
     InUse { path: PathBuf },
+    #[error("upgrade socket {path}: a file that is not a socket is in the way")]
+    NotASocket { path: PathBuf },
 }
 
 /// What the old process offers: the configured address of each socket, in order.
@@ -138,9 +141,10 @@ pub fn take(path: &Path) -> Result<(Inherited, Taking), HandoverError> {
 }
 
 impl Taking {
-    /// Tells the old process that this one serves, and waits until it has let go of
-    /// the Unix socket (which this one may then listen on). Blocking.
-    pub fn serving(self) -> Result<PathBuf, HandoverError> {
+    /// Tells the old process that this one serves, waits until it has let go of the
+    /// Unix socket, listens on it, and tells the old process to drain. Blocking; the
+    /// Unix socket comes back to serve the next upgrade on.
+    pub fn serving(self) -> Result<std::os::unix::net::UnixListener, HandoverError> {
         let path = self.path;
         let io_err = |source| HandoverError::Io {
             path: path.clone(),
@@ -157,36 +161,46 @@ impl Taking {
                 why: format!("expected \"released\", got {:?}", line.trim()),
             });
         }
-        Ok(path)
+        let listener = bind_owner_only(&path)?;
+        (&self.stream).write_all(b"ok\n").map_err(io_err)?;
+        Ok(listener)
     }
 }
 
 /// Listens on `path` for a new process to take over (the running process's side).
 /// Returns once one has: the caller then stops accepting and drains. A new process
-/// that gives up before serving changes nothing; the next one may try.
+/// that gives up changes nothing; the next one may try. Dropping the future (at
+/// shutdown) removes the Unix socket.
 pub async fn offer(path: PathBuf, state: Arc<State>) -> Result<(), HandoverError> {
     let listener = listen(&path)?;
+    offer_on(listener, path, state).await
+}
+
+/// `offer`, on a Unix socket already bound (by a process that took over).
+pub async fn offer_on(
+    listener: std::os::unix::net::UnixListener,
+    path: PathBuf,
+    state: Arc<State>,
+) -> Result<(), HandoverError> {
+    let io_err = |source| HandoverError::Io {
+        path: path.clone(),
+        source,
+    };
+    let mut socket = OwnedSocket::new(listener, &path).map_err(io_err)?;
     tracing::info!(path = %path.display(), "upgrade socket listening");
     loop {
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
+        let stream = match socket.accept().await {
+            Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "upgrade socket accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
-        let stream = match stream
-            .into_std()
-            .and_then(|s| s.set_nonblocking(false).map(|()| s))
-        {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "upgrade socket unusable connection");
-                continue;
-            }
-        };
         let sockets = Sockets::of(&state);
+        if sockets.listeners.is_empty() {
+            continue; // not serving (starting, or draining): nothing to hand over
+        }
         let exchange = tokio::task::spawn_blocking(move || hand_over(stream, sockets)).await;
         let stream = match exchange {
             Ok(Ok(stream)) => stream,
@@ -199,18 +213,68 @@ pub async fn offer(path: PathBuf, state: Arc<State>) -> Result<(), HandoverError
                 continue;
             }
         };
-        // The new process serves: let go of the Unix socket for it, then tell it.
-        drop(listener);
-        let _ = std::fs::remove_file(&path);
-        let _ = tokio::task::spawn_blocking(move || (&stream).write_all(b"released\n")).await;
-        tracing::info!("upgrade: the new process serves; draining");
-        return Ok(());
+        // The new process serves: let go of the Unix socket for it, tell it, and wait
+        // until it listens there. If it dies meanwhile, take the socket back.
+        drop(socket);
+        let released = tokio::task::spawn_blocking(move || {
+            (&stream).write_all(b"released\n")?;
+            let mut line = String::new();
+            BufReader::new(&stream).read_line(&mut line)?;
+            Ok::<_, io::Error>(line.trim() == "ok")
+        })
+        .await;
+        if let Ok(Ok(true)) = released {
+            tracing::info!("upgrade: the new process serves; draining");
+            return Ok(());
+        }
+        tracing::warn!(
+            "upgrade abandoned by the new process before it took the socket; still serving"
+        );
+        socket = OwnedSocket::new(listen(&path)?, &path).map_err(io_err)?;
     }
 }
 
-/// Binds the Unix socket at `path`, replacing a stale file, refusing one in use.
-fn listen(path: &Path) -> Result<tokio::net::UnixListener, HandoverError> {
-    if path.exists() {
+/// The Unix socket this process listens on; its file is removed when this is dropped
+/// (handed over, or shutdown).
+struct OwnedSocket {
+    listener: tokio::net::UnixListener,
+    path: PathBuf,
+}
+
+impl OwnedSocket {
+    fn new(listener: std::os::unix::net::UnixListener, path: &Path) -> io::Result<OwnedSocket> {
+        listener.set_nonblocking(true)?;
+        Ok(OwnedSocket {
+            listener: tokio::net::UnixListener::from_std(listener)?,
+            path: path.to_owned(),
+        })
+    }
+
+    /// The next connection, as a blocking std stream (the exchange is a few lines).
+    async fn accept(&self) -> io::Result<UnixStream> {
+        let (stream, _) = self.listener.accept().await?;
+        let stream = stream.into_std()?;
+        stream.set_nonblocking(false)?;
+        Ok(stream)
+    }
+}
+
+impl Drop for OwnedSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Binds the Unix socket at `path`, replacing a stale socket file, refusing one in use
+/// or a file that is not a socket.
+fn listen(path: &Path) -> Result<std::os::unix::net::UnixListener, HandoverError> {
+    use std::os::unix::fs::FileTypeExt;
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(HandoverError::NotASocket {
+                path: path.to_owned(),
+            });
+        }
         if UnixStream::connect(path).is_ok() {
             return Err(HandoverError::InUse {
                 path: path.to_owned(),
@@ -218,10 +282,20 @@ fn listen(path: &Path) -> Result<tokio::net::UnixListener, HandoverError> {
         }
         let _ = std::fs::remove_file(path);
     }
-    tokio::net::UnixListener::bind(path).map_err(|source| HandoverError::Io {
+    bind_owner_only(path)
+}
+
+/// Binds a Unix socket at `path` that only this user may connect to: whoever connects
+/// receives the listening sockets.
+fn bind_owner_only(path: &Path) -> Result<std::os::unix::net::UnixListener, HandoverError> {
+    use std::os::unix::fs::PermissionsExt;
+    let io_err = |source| HandoverError::Io {
         path: path.to_owned(),
         source,
-    })
+    };
+    let listener = std::os::unix::net::UnixListener::bind(path).map_err(io_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_err)?;
+    Ok(listener)
 }
 
 /// The sockets to hand over, with their configured addresses.
@@ -239,31 +313,37 @@ impl Sockets {
     }
 }
 
-/// Sends the offer and waits for the new process to serve. Blocking.
+/// Sends the offer and waits for the new process to serve, as long as it lives.
+/// Blocking.
 fn hand_over(stream: UnixStream, sockets: Sockets) -> io::Result<UnixStream> {
     let offer = Offer {
         listeners: sockets.listeners.iter().map(|(a, _)| *a).collect(),
         admin: sockets.admin.as_ref().map(|(a, _)| *a),
     };
     let header = serde_json::to_vec(&offer).map_err(io::Error::other)?;
-    let fds: Vec<_> = sockets
-        .listeners
-        .iter()
-        .map(|(_, fd)| fd.as_fd())
-        .chain(sockets.admin.as_ref().map(|(_, fd)| fd.as_fd()))
-        .collect();
-    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len().max(1)))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(&fds)) {
-        return Err(io::Error::other("too many sockets for one message"));
+    {
+        let fds: Vec<_> = sockets
+            .listeners
+            .iter()
+            .map(|(_, fd)| fd.as_fd())
+            .chain(sockets.admin.as_ref().map(|(_, fd)| fd.as_fd()))
+            .collect();
+        let mut space =
+            vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len().max(1)))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+            return Err(io::Error::other("too many sockets for one message"));
+        }
+        sendmsg(
+            &stream,
+            &[IoSlice::new(&header)],
+            &mut control,
+            SendFlags::empty(),
+        )?;
     }
-    sendmsg(
-        &stream,
-        &[IoSlice::new(&header)],
-        &mut control,
-        SendFlags::empty(),
-    )?;
-    stream.set_read_timeout(Some(START_TIMEOUT))?;
+    // Our copies go now: a listener a reload removes meanwhile must not stay open.
+    drop(sockets);
+    stream.set_read_timeout(None)?;
     let mut line = String::new();
     BufReader::new(&stream).read_line(&mut line)?;
     match line.trim() {

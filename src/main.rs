@@ -170,14 +170,18 @@ fn run(args: RunArgs) -> Result<(), String> {
         tokio::spawn(reload_on_sighup(Arc::clone(&state)));
         let handed_over = Arc::new(tokio::sync::Notify::new());
         let (started, serving) = tokio::sync::oneshot::channel();
-        if let Some(path) = upgrade_socket {
+        let offering = upgrade_socket.map(|path| {
             let (state, done) = (Arc::clone(&state), Arc::clone(&handed_over));
-            tokio::spawn(upgrades(path, state, taking, serving, done));
-        }
+            tokio::spawn(upgrades(path, state, taking, serving, done))
+        });
         let shutdown = async {
             tokio::select! {
                 _ = shutdown_signal() => {}
                 _ = handed_over.notified() => {}
+            }
+            // Draining: no more upgrades (the Unix socket is removed with the task).
+            if let Some(task) = &offering {
+                task.abort();
             }
         };
         server.serve_telling(shutdown, Some(started)).await;
@@ -198,16 +202,22 @@ async fn upgrades(
     if serving.await.is_err() {
         return;
     }
-    if let Some(taking) = taking {
-        match tokio::task::spawn_blocking(move || taking.serving()).await {
-            Ok(Ok(_)) => tracing::info!("upgrade complete: serving the listeners taken over"),
+    let offered = match taking {
+        Some(taking) => match tokio::task::spawn_blocking(move || taking.serving()).await {
+            Ok(Ok(socket)) => {
+                tracing::info!("upgrade complete: serving the listeners taken over");
+                handover::offer_on(socket, path, state).await
+            }
             Ok(Err(e)) => {
-                tracing::error!(error = %chain(&e), "upgrade: the old process did not let go")
+                // The old process died during the exchange: this one serves on alone.
+                tracing::error!(error = %chain(&e), "upgrade: the old process did not answer; serving on");
+                handover::offer(path, state).await
             }
             Err(_) => return,
-        }
-    }
-    match handover::offer(path, state).await {
+        },
+        None => handover::offer(path, state).await,
+    };
+    match offered {
         Ok(()) => done.notify_one(),
         Err(e) => {
             tracing::error!(error = %chain(&e), "no upgrades: the upgrade socket cannot be used")

@@ -215,6 +215,12 @@ impl Listeners {
             .collect()
     }
 
+    /// Is the proxy serving (started, and not draining)? A reload changes listeners
+    /// only then.
+    pub fn serving(&self) -> bool {
+        self.lock().ctx.is_some()
+    }
+
     /// The addresses listened on, in the order listeners were started.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.lock().running.iter().filter_map(|l| l.local).collect()

@@ -79,6 +79,8 @@ pub enum ReloadError {
     Unsupported(#[from] CheckError),
     #[error(transparent)]
     Listener(#[from] crate::proxy::server::BindError),
+    #[error("sluice is starting or shutting down; reload once it serves")]
+    NotServing,
     #[error("cannot move the admin API to {addr}")]
     Admin {
         addr: std::net::SocketAddr,
@@ -208,6 +210,10 @@ impl State {
     /// configuration stays.
     pub fn reload(self: &Arc<Self>) -> Result<(), ReloadError> {
         let _edit = self.edit();
+        // Listener changes need the running proxy (and a draining one takes none).
+        if !self.shared.listeners.serving() {
+            return Err(ReloadError::NotServing);
+        }
         let path = self.config_path.as_deref().ok_or(ReloadError::NoFile)?;
         let mut config = config::load(path)?;
         if let Some(overrides) = &self.overrides {

@@ -81,9 +81,9 @@ async fn keep_alive_client(addr: std::net::SocketAddr, stop: Arc<AtomicBool>, co
                     conn = Some(c);
                 }
             }
-            // Closed before answering a request on a reused connection: send it once
-            // more on a new one, as browsers do.
-            Ok(None) | Err(_) if reused => {
+            // Closed before any byte of an answer to a request on a reused connection:
+            // send it once more on a new one, as browsers do. (Anything else fails.)
+            Ok(None) if reused => {
                 counts.resent.fetch_add(1, Ordering::Relaxed);
                 let again = match TcpStream::connect(addr).await {
                     Ok(mut fresh) => exchange(&mut fresh)
@@ -173,10 +173,19 @@ async fn h2_client(addr: std::net::SocketAddr, stop: Arc<AtomicBool>, counts: Ar
                 }
             },
         };
+        // Refused by a connection that is closing (GOAWAY): sent once more on a new one.
+        // Any other error fails.
         let first = if send.is_closed() {
             None
         } else {
-            send.send_request(req()).await.ok()
+            match send.send_request(req()).await {
+                Ok(a) => Some(a),
+                Err(e) if e.is_canceled() || e.is_closed() => None,
+                Err(_) => {
+                    counts.failed.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            }
         };
         let answer = match first {
             Some(a) => Some((a, send)),
@@ -275,7 +284,12 @@ async fn ten_handovers_under_load_refuse_nothing_and_fail_nothing() {
         assert_eq!(code, 0, "round {round}: the old process exits 0");
         old = new;
         // Traffic flows through the new process before the next round.
+        let deadline = tokio::time::Instant::now() + DEADLINE;
         while counts.ok.load(Ordering::Relaxed) < before + 20 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "round {round}: no traffic"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
     }
@@ -310,9 +324,16 @@ async fn a_new_process_that_fails_leaves_the_old_one_serving() {
     let socket = dir.join("broken.sock");
     let cfg = temp_config("upgrade-broken-ok.toml", &config(&be.url()));
     let (mut old, addr) = start(&cfg, &socket, false).await;
+    // A config that reads well but cannot start (a certificate file that is not
+    // there): the new process takes the sockets, then fails before it serves.
     let broken = temp_config(
         "upgrade-broken.toml",
-        "[[listener]]\naddress = \"nowhere\"\n",
+        &format!(
+            "[[listener]]\naddress = \"127.0.0.1:0\"\n\
+             tls = {{ certificates = [{{ cert = \"/nonexistent/c.pem\", key = \"/nonexistent/c.key\" }}] }}\n\
+             [upstream.web]\nbackends = [{{ url = \"{}\" }}]\n",
+            be.url()
+        ),
     );
     let (broken_s, socket_s) = (broken.display().to_string(), socket.display().to_string());
     let (code, _, stderr) = tokio::task::spawn_blocking(move || {

@@ -481,6 +481,14 @@ impl Sluice {
                 })
                 .await;
         });
+        // Serving (its listeners accept, a reload may change them) before the test goes on.
+        tokio::time::timeout(DEADLINE, async {
+            while !shared.listeners.serving() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("serving");
         Sluice {
             addr,
             admin,
