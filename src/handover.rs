@@ -119,17 +119,30 @@ pub fn take(path: &Path) -> Result<(Inherited, Taking), HandoverError> {
             fds.len()
         )));
     }
+    // Each must be a listening TCP socket on the address it is offered for.
+    let listening = |addr: SocketAddr, fd: OwnedFd| {
+        let accepts = rustix::net::sockopt::socket_acceptconn(&fd).unwrap_or(false);
+        let socket = std::net::TcpListener::from(fd);
+        let fits = socket.local_addr().ok().is_some_and(|on| {
+            on.ip() == addr.ip() && (addr.port() == 0 || on.port() == addr.port())
+        });
+        if accepts && fits {
+            Ok(socket)
+        } else {
+            Err(bad(format!(
+                "the socket offered for {addr} is not listening there"
+            )))
+        }
+    };
     let mut fds = fds.into_iter();
     let mut inherited = Inherited::default();
     for addr in offer.listeners {
         if let Some(fd) = fds.next() {
-            inherited
-                .listeners
-                .push((addr, std::net::TcpListener::from(fd)));
+            inherited.listeners.push((addr, listening(addr, fd)?));
         }
     }
     if let (Some(addr), Some(fd)) = (offer.admin, fds.next()) {
-        inherited.admin = Some((addr, std::net::TcpListener::from(fd)));
+        inherited.admin = Some((addr, listening(addr, fd)?));
     }
     Ok((
         inherited,
