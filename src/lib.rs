@@ -17,6 +17,7 @@ pub mod fuzzing;
 pub mod handover;
 pub mod health;
 pub mod metrics;
+pub mod notify;
 pub mod proxy;
 pub mod state;
 pub mod telemetry;

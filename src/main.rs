@@ -10,7 +10,7 @@ use sluice::cli::{Cli, Command, OnOff, RunArgs};
 use sluice::config::{self, LoadError};
 use sluice::proxy::error::chain;
 use sluice::state::{Overrides, State};
-use sluice::{demo, handover, telemetry};
+use sluice::{demo, handover, notify, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -170,10 +170,20 @@ fn run(args: RunArgs) -> Result<(), String> {
         tokio::spawn(reload_on_sighup(Arc::clone(&state)));
         let handed_over = Arc::new(tokio::sync::Notify::new());
         let (started, serving) = tokio::sync::oneshot::channel();
-        let offering = upgrade_socket.map(|path| {
-            let (state, done) = (Arc::clone(&state), Arc::clone(&handed_over));
-            tokio::spawn(upgrades(path, state, taking, serving, done))
-        });
+        let offering = match upgrade_socket {
+            Some(path) => {
+                let (state, done) = (Arc::clone(&state), Arc::clone(&handed_over));
+                Some(tokio::spawn(upgrades(path, state, taking, serving, done)))
+            }
+            None => {
+                tokio::spawn(async move {
+                    if serving.await.is_ok() {
+                        notify::serving(false);
+                    }
+                });
+                None
+            }
+        };
         let shutdown = async {
             tokio::select! {
                 _ = shutdown_signal() => {}
@@ -206,16 +216,21 @@ async fn upgrades(
         Some(taking) => match tokio::task::spawn_blocking(move || taking.serving()).await {
             Ok(Ok(socket)) => {
                 tracing::info!("upgrade complete: serving the listeners taken over");
+                notify::serving(true);
                 handover::offer_on(socket, path, state).await
             }
             Ok(Err(e)) => {
                 // The old process died during the exchange: this one serves on alone.
                 tracing::error!(error = %chain(&e), "upgrade: the old process did not answer; serving on");
+                notify::serving(true);
                 handover::offer(path, state).await
             }
             Err(_) => return,
         },
-        None => handover::offer(path, state).await,
+        None => {
+            notify::serving(false);
+            handover::offer(path, state).await
+        }
     };
     match offered {
         Ok(()) => done.notify_one(),

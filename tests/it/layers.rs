@@ -16,7 +16,7 @@ const LAYERS: &[&[&str]] = &[
     &["state"],
     &["admin"],
     &["app"],
-    &["cli", "demo", "fuzzing", "handover"],
+    &["cli", "demo", "fuzzing", "handover", "notify"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

@@ -223,6 +223,17 @@ async fn start(
     socket: &std::path::Path,
     upgrade: bool,
 ) -> (Proc, std::net::SocketAddr) {
+    start_with_env(config, socket, upgrade, None).await
+}
+
+/// `start`, with `NOTIFY_SOCKET` set to `notify` (systemd's readiness protocol).
+async fn start_with_env(
+    config: &std::path::Path,
+    socket: &std::path::Path,
+    upgrade: bool,
+    notify: Option<&std::path::Path>,
+) -> (Proc, std::net::SocketAddr) {
+    let notify = notify.map(|p| p.display().to_string());
     let (config, socket) = (config.display().to_string(), socket.display().to_string());
     tokio::task::spawn_blocking(move || {
         let mut args = vec![
@@ -236,7 +247,11 @@ async fn start(
         if upgrade {
             args.push("--upgrade");
         }
-        let p = Proc::spawn(&args);
+        let env: Vec<(&str, &str)> = notify
+            .iter()
+            .map(|n| ("NOTIFY_SOCKET", n.as_str()))
+            .collect();
+        let p = Proc::spawn_with_env(&args, &env);
         // Serving, and (after an upgrade) the old process let go: both events, in
         // either order.
         let (mut addr, mut offering) = (None, false);
@@ -386,4 +401,34 @@ fn upgrade_without_a_running_sluice_is_one_line_and_exit_1() {
         stderr.contains("--upgrade needs --upgrade-socket"),
         "{stderr}"
     );
+}
+
+/// With `NOTIFY_SOCKET` set (systemd `Type=notify`, `NotifyAccess=all`), sluice says
+/// READY=1 once it serves, and a process that took over says MAINPID= with its own id.
+#[tokio::test]
+async fn systemd_is_told_ready_and_the_new_main_pid() {
+    let be = TestBackend::replying("a").await;
+    let dir = std::env::temp_dir().join(format!("sluice-it-{}-upgrade", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (socket, notify) = (dir.join("notify-up.sock"), dir.join("notify.sock"));
+    let _ = std::fs::remove_file(&notify);
+    let manager = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    manager.set_read_timeout(Some(DEADLINE)).unwrap();
+    let cfg = temp_config("upgrade-notify.toml", &config(&be.url()));
+    let (mut old, _) = start_with_env(&cfg, &socket, false, Some(&notify)).await;
+    let mut buf = [0u8; 256];
+    let n = manager.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"READY=1\n");
+    let (mut new, _) = start_with_env(&cfg, &socket, true, Some(&notify)).await;
+    let n = manager.recv(&mut buf).unwrap();
+    let said = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert_eq!(said, format!("MAINPID={}\nREADY=1\n", new.child.id()));
+    assert_eq!(
+        tokio::task::spawn_blocking(move || old.wait())
+            .await
+            .unwrap(),
+        0
+    );
+    new.signal("TERM");
+    let _ = tokio::task::spawn_blocking(move || new.wait()).await;
 }

@@ -63,7 +63,16 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(args: &[&str]) -> Proc {
-        let mut child = command(args).spawn().expect("spawn sluice");
+        Self::spawn_with_env(args, &[])
+    }
+
+    /// `spawn`, with these environment variables set.
+    pub fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> Proc {
+        let mut command = command(args);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("spawn sluice");
         let stdout: ChildStdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
