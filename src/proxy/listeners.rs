@@ -119,7 +119,22 @@ struct Inner {
 pub struct Plan {
     new: Vec<Bound>,
     /// Listeners that stay, with their TLS settings from now on.
-    kept: Vec<(SocketAddr, Option<TlsAcceptor>)>,
+    kept: Vec<(Key, Option<TlsAcceptor>)>,
+}
+
+/// Which listener a config entry is: its address, and which of the entries with that
+/// address (the same `:0` may be configured twice) in order.
+type Key = (SocketAddr, usize);
+
+fn keys(addrs: impl Iterator<Item = SocketAddr>) -> Vec<Key> {
+    let mut seen: Vec<SocketAddr> = Vec::new();
+    addrs
+        .map(|a| {
+            let nth = seen.iter().filter(|s| **s == a).count();
+            seen.push(a);
+            (a, nth)
+        })
+        .collect()
 }
 
 impl Listeners {
@@ -132,19 +147,14 @@ impl Listeners {
     /// included (files may have changed at the same paths). Nothing changes yet; an
     /// error leaves everything as it is.
     pub fn prepare(&self, configs: &[ListenerConfig]) -> Result<Plan, BindError> {
-        let running: Vec<SocketAddr> = self
-            .lock()
-            .running
-            .iter()
-            .map(|l| l.config.address)
-            .collect();
+        let running = keys(self.lock().running.iter().map(|l| l.config.address));
         let mut plan = Plan {
             new: Vec::new(),
             kept: Vec::new(),
         };
-        for c in configs {
-            if running.contains(&c.address) {
-                plan.kept.push((c.address, acceptor_of(c)?));
+        for (c, key) in configs.iter().zip(keys(configs.iter().map(|c| c.address))) {
+            if running.contains(&key) {
+                plan.kept.push((key, acceptor_of(c)?));
             } else {
                 plan.new.push(Bound::bind(c)?);
             }
@@ -161,19 +171,21 @@ impl Listeners {
             return; // not serving (yet, or any more)
         };
         let mut removed = Vec::new();
+        let mut current = keys(running.iter().map(|l| l.config.address)).into_iter();
         running.retain(|l| {
-            let keep = plan.kept.iter().any(|(a, _)| *a == l.config.address);
-            if !keep {
-                let _ = l.stop.send(true);
-                removed.push(l.local);
+            let key = current.next();
+            match plan.kept.iter().find(|(k, _)| Some(*k) == key) {
+                Some((_, tls)) => {
+                    l.tls.store(tls.clone().map(Arc::new));
+                    true
+                }
+                None => {
+                    let _ = l.stop.send(true);
+                    removed.push(l.local);
+                    false
+                }
             }
-            keep
         });
-        for (addr, tls) in plan.kept {
-            if let Some(l) = running.iter().find(|l| l.config.address == addr) {
-                l.tls.store(tls.map(Arc::new));
-            }
-        }
         for b in plan.new {
             running.push(spawn(b, ctx, shared));
         }
@@ -258,5 +270,15 @@ fn spawn(b: Bound, ctx: &AcceptCtx, shared: &Arc<Shared>) -> Listening {
         stop,
         task,
         fd,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_same_address_twice_is_two_listeners_in_order() {
+        let a: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let b: std::net::SocketAddr = "127.0.0.2:0".parse().unwrap();
+        assert_eq!(super::keys([a, b, a].into_iter()), [(a, 0), (b, 0), (a, 1)]);
     }
 }

@@ -93,7 +93,8 @@ impl Server {
             .iter()
             .map(
                 |c| match inherited.iter().position(|(a, _)| *a == c.address) {
-                    Some(i) => Bound::adopt(c, inherited.swap_remove(i).1),
+                    // In order: the same address configured twice maps first to first.
+                    Some(i) => Bound::adopt(c, inherited.remove(i).1),
                     None => Bound::bind(c),
                 },
             )
