@@ -133,6 +133,8 @@ pub struct UpstreamStats {
     pub retries: AtomicU64,
     /// Requests the upstream answered without any backend (no healthy backend).
     pub unpicked: CodeCounts,
+    /// Requests its routes' access lists refused (`sluice_denied_total`).
+    pub denied_acl: AtomicU64,
 }
 
 impl UpstreamStats {
@@ -142,6 +144,7 @@ impl UpstreamStats {
             duration: Histogram::default(),
             retries: AtomicU64::new(0),
             unpicked: CodeCounts::default(),
+            denied_acl: AtomicU64::new(0),
         }
     }
 }

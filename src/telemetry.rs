@@ -48,11 +48,13 @@ pub enum Refusal {
     PlainHttpOnTls,
     /// 405: `CONNECT`, which a reverse proxy does not tunnel.
     MethodNotAllowed,
+    /// 403: the route's access list does not admit the client.
+    Acl,
 }
 
 impl Refusal {
     /// Every label, in `index` order.
-    pub const LABELS: [&'static str; 8] = [
+    pub const LABELS: [&'static str; 9] = [
         "bad_request",
         "header_too_large",
         "body_too_large",
@@ -61,6 +63,7 @@ impl Refusal {
         "tls_handshake",
         "plain_http_on_tls",
         "method_not_allowed",
+        "acl",
     ];
 
     pub fn index(self) -> usize {
@@ -73,6 +76,7 @@ impl Refusal {
             Refusal::TlsHandshake => 5,
             Refusal::PlainHttpOnTls => 6,
             Refusal::MethodNotAllowed => 7,
+            Refusal::Acl => 8,
         }
     }
 

@@ -276,6 +276,20 @@ pub fn metrics_text(state: &State) -> String {
     }
 
     t.family(
+        "sluice_denied_total",
+        "counter",
+        "Requests a route's policy refused, by the route's upstream and reason (acl: 403).",
+    );
+    for u in snap.upstreams.iter() {
+        let n = u.stats.denied_acl.load(Ordering::Relaxed);
+        t.sample(
+            "sluice_denied_total",
+            &[("upstream", &u.name), ("reason", "acl")],
+            n,
+        );
+    }
+
+    t.family(
         "sluice_drained_connections_total",
         "counter",
         "Client connections closed by a drain (shutdown, upgrade, a removed listener): \

@@ -113,6 +113,9 @@ pub struct RouteConfig {
     pub path_prefix: Option<String>,
     pub strip_prefix: bool,
     pub upstream: String,
+    /// Clients allowed (empty: all) and denied (deny wins), SPEC §8.
+    pub allow: Vec<ipnet::IpNet>,
+    pub deny: Vec<ipnet::IpNet>,
 }
 
 /// A route's host: compared case-insensitively and without the port.

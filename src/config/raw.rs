@@ -81,6 +81,8 @@ pub(super) struct RawRoute {
     pub path_prefix: Option<Spanned<String>>,
     pub strip_prefix: Option<bool>,
     pub upstream: Option<Spanned<String>>,
+    pub allow: Option<Vec<Spanned<String>>>,
+    pub deny: Option<Vec<Spanned<String>>>,
 }
 
 /// `[upstream.NAME]` tables in file order, with the span of each name.

@@ -9,6 +9,8 @@ pub enum ProxyError {
     BadRequest(&'static str),
     #[error("no route matches")]
     NoRoute,
+    #[error("the route's access list does not admit the client")]
+    Forbidden,
     #[error("CONNECT: sluice is a reverse proxy, not a tunnel")]
     Connect405,
     #[error("request body larger than max_body_bytes")]
@@ -31,6 +33,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::Forbidden => StatusCode::FORBIDDEN,
             ProxyError::Connect405 => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -47,6 +50,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(why) => Some(Refusal::BadRequest(why)),
             ProxyError::NoRoute => Some(Refusal::NoRoute),
+            ProxyError::Forbidden => Some(Refusal::Acl),
             ProxyError::Connect405 => Some(Refusal::MethodNotAllowed),
             ProxyError::BodyTooLarge => Some(Refusal::BodyTooLarge),
             ProxyError::HeadTooLarge => Some(Refusal::HeaderTooLarge),
@@ -59,6 +63,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => "400 bad request\n",
             ProxyError::NoRoute => "404 no route matches this request\n",
+            ProxyError::Forbidden => "403 forbidden\n",
             ProxyError::Connect405 => "405 CONNECT is not allowed: this is a reverse proxy\n",
             ProxyError::BodyTooLarge => "413 request body too large\n",
             ProxyError::HeadTooLarge => "431 request header fields too large\n",

@@ -84,7 +84,7 @@ pub(super) fn prepare(
     request_id: &HeaderValue,
 ) -> Result<Prepared, ProxyError> {
     let max_body_bytes = check_limits(shared, conn, &req, raw.as_ref())?;
-    let (upstream, rewritten) = route(shared, &req, raw.as_ref())?;
+    let (upstream, rewritten) = route(shared, &req, raw.as_ref(), conn.client.ip())?;
     done.upstream = Some(Arc::clone(&upstream.stats));
     let now = done.started;
     upstream.budget.record_request(now);
@@ -205,6 +205,7 @@ fn route(
     shared: &Shared,
     req: &Request<ClientBody>,
     raw: Option<&RawRequest>,
+    client: std::net::IpAddr,
 ) -> Result<(Arc<Served>, Option<PathAndQuery>), ProxyError> {
     let snap = shared.snapshot.load();
     let path = req.uri().path();
@@ -213,6 +214,16 @@ fn route(
         None => request_host(req),
     };
     let (route, upstream) = snap.route(host, path).ok_or(ProxyError::NoRoute)?;
+    // SPEC §8: the access list before anything else about the route.
+    if let Some(acl) = &route.acl {
+        if !acl.permits(client) {
+            upstream
+                .stats
+                .denied_acl
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(ProxyError::Forbidden);
+        }
+    }
     let rewritten = route.rewrite(path).and_then(|p| {
         let pq = match req.uri().query() {
             Some(q) => format!("{p}?{q}"),

@@ -11,15 +11,43 @@ pub struct Route {
     prefix: Option<Box<str>>,
     strip: bool,
     pub upstream: usize,
+    /// Who may use the route (SPEC §8); None: everyone, at no cost per request.
+    pub acl: Option<Box<Acl>>,
+}
+
+/// A route's access list: `deny` wins over `allow`; an empty `allow` allows all.
+#[derive(Debug)]
+pub struct Acl {
+    allow: Box<[ipnet::IpNet]>,
+    deny: Box<[ipnet::IpNet]>,
+}
+
+impl Acl {
+    pub fn permits(&self, client: std::net::IpAddr) -> bool {
+        // An IPv4 client on an IPv6 socket is matched as IPv4.
+        let client = match client {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(client, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        !self.deny.iter().any(|n| n.contains(&client))
+            && (self.allow.is_empty() || self.allow.iter().any(|n| n.contains(&client)))
+    }
 }
 
 impl Route {
     pub fn new(cfg: &RouteConfig, upstream: usize) -> Route {
+        let acl = (!cfg.allow.is_empty() || !cfg.deny.is_empty()).then(|| {
+            Box::new(Acl {
+                allow: cfg.allow.clone().into_boxed_slice(),
+                deny: cfg.deny.clone().into_boxed_slice(),
+            })
+        });
         Route {
             host: cfg.host.clone(),
             prefix: cfg.path_prefix.as_deref().map(Into::into),
             strip: cfg.strip_prefix,
             upstream,
+            acl,
         }
     }
 
@@ -30,6 +58,7 @@ impl Route {
             prefix: None,
             strip: false,
             upstream,
+            acl: None,
         }
     }
 
@@ -112,7 +141,29 @@ mod tests {
             prefix: prefix.map(Into::into),
             strip,
             upstream: 0,
+            acl: None,
         }
+    }
+
+    #[test]
+    fn deny_wins_over_allow_and_no_allow_means_everyone() {
+        let net = |s: &str| s.parse::<ipnet::IpNet>().unwrap();
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let acl = Acl {
+            allow: vec![net("10.0.0.0/8"), net("2001:db8::/32")].into(),
+            deny: vec![net("10.1.2.3/32")].into(),
+        };
+        assert!(acl.permits(ip("10.9.9.9")));
+        assert!(acl.permits(ip("2001:db8::1")));
+        assert!(acl.permits(ip("::ffff:10.0.0.1")), "IPv4 on an IPv6 socket");
+        assert!(!acl.permits(ip("10.1.2.3")), "deny wins");
+        assert!(!acl.permits(ip("192.168.0.1")), "not allowed");
+        let deny_only = Acl {
+            allow: Vec::new().into(),
+            deny: vec![net("192.168.0.0/16")].into(),
+        };
+        assert!(deny_only.permits(ip("10.0.0.1")));
+        assert!(!deny_only.permits(ip("192.168.3.4")));
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod limits;
 mod metrics;
 mod outlier;
 mod parking;
+mod policy;
 mod proxying;
 mod refusals;
 mod reload;

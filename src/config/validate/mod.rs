@@ -350,7 +350,32 @@ impl Check<'_> {
             path_prefix,
             strip_prefix: raw.strip_prefix.unwrap_or(false),
             upstream: given.map(|g| g.get_ref().clone()).unwrap_or_default(),
+            allow: self.networks("route.allow", raw.allow.as_deref().unwrap_or_default()),
+            deny: self.networks("route.deny", raw.deny.as_deref().unwrap_or_default()),
         }
+    }
+
+    /// CIDRs (`10.0.0.0/8`, `2001:db8::/32`) or single addresses (`127.0.0.1`, as /32
+    /// or /128).
+    fn networks(&mut self, key: &str, raw: &[Spanned<String>]) -> Vec<ipnet::IpNet> {
+        raw.iter()
+            .filter_map(|v| {
+                let text = v.get_ref().trim();
+                let net = text
+                    .parse::<ipnet::IpNet>()
+                    .ok()
+                    .or_else(|| text.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from));
+                if net.is_none() {
+                    self.report(
+                        v.span(),
+                        format!(
+                            "{key}: \"{text}\" is not an address or network; expected e.g. \"10.0.0.0/8\", \"2001:db8::/32\" or \"127.0.0.1\""
+                        ),
+                    );
+                }
+                net.map(|n| n.trunc())
+            })
+            .collect()
     }
 
     fn socket_addr(&mut self, key: &str, v: &Spanned<String>) -> Option<SocketAddr> {

@@ -160,6 +160,8 @@ fn spec_example_parses_with_default_values() {
             path_prefix: Some("/api".into()),
             strip_prefix: false,
             upstream: "api".into(),
+            allow: Vec::new(),
+            deny: Vec::new(),
         }]
     );
 
@@ -471,7 +473,7 @@ backend = []
         &[
             "2:1: unknown key \"port\" in [[listener]]; expected address or tls",
             "3:1: missing key \"address\" in [admin]",
-            "6:1: unknown key \"upstrem\" in [[route]]; expected one of host, path_prefix, strip_prefix, upstream",
+            "6:1: unknown key \"upstrem\" in [[route]]; expected one of host, path_prefix, strip_prefix, upstream, allow, deny",
             "8:13: missing key \"url\" in upstream backend ({ url = \"host:port\" })",
             "8:37: upstream \"web\": backend url \"bad url\" has no port; expected host:port",
             "10:1: unknown key \"backend\" in [upstream.api]; expected one of strategy, hash_key, backends, host_header, protocol, ca_file, connect_timeout, response_timeout, max_idle_per_backend, slow_start, sticky, health, outlier, retry, discovery",
@@ -892,4 +894,22 @@ fn status_ranges() {
         assert_eq!(status_range(&StrOrInt::Str(bad.into())), None, "{bad:?}");
     }
     assert_eq!(status_range(&StrOrInt::Int(-1)), None);
+}
+
+#[test]
+fn golden_access_lists() {
+    golden(
+        "[[listener]]\naddress = \"127.0.0.1:8080\"\n[upstream.web]\nbackends = [{ url = \"127.0.0.1:9\" }]\n[[route]]\nallow = [\"10.0.0.0/8\", \"10.0.0.300\"]\ndeny = [\"::1\", \"office\"]\nupstream = \"web\"\n",
+        &[
+            "6:24: route.allow: \"10.0.0.300\" is not an address or network; expected e.g. \"10.0.0.0/8\", \"2001:db8::/32\" or \"127.0.0.1\"",
+            "7:16: route.deny: \"office\" is not an address or network; expected e.g. \"10.0.0.0/8\", \"2001:db8::/32\" or \"127.0.0.1\"",
+        ],
+    );
+    let c = parse(
+        "[[listener]]\naddress = \"127.0.0.1:8080\"\n[upstream.web]\nbackends = [{ url = \"127.0.0.1:9\" }]\n[[route]]\nallow = [\"10.1.2.3/8\", \"2001:db8::1\"]\nupstream = \"web\"\n",
+        Path::new(FILE),
+    )
+    .unwrap();
+    let allow: Vec<String> = c.routes[0].allow.iter().map(|n| n.to_string()).collect();
+    assert_eq!(allow, ["10.0.0.0/8", "2001:db8::1/128"]);
 }

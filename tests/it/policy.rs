@@ -1,0 +1,74 @@
+//! Traffic policy (SPEC §8): route access lists. Clients come from distinct loopback
+//! addresses (127.0.0.2, 127.0.0.3…), as distinct hosts would.
+
+use std::net::SocketAddr;
+
+use tokio::io::AsyncWriteExt;
+
+use crate::support::*;
+
+/// A GET of `path` from the local address `from`; the status line and the body.
+async fn get_from(from: &str, to: SocketAddr, path: &str) -> String {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let mut s = socket.connect(to).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    read_until_close(&mut s, DEADLINE).await
+}
+
+#[tokio::test]
+async fn access_lists_admit_allowed_clients_and_deny_wins() {
+    let be = TestBackend::replying("ok").await;
+    let lb = Sluice::start(&format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
+         [[route]]\npath_prefix = \"/office\"\nallow = [\"127.0.0.2\", \"10.0.0.0/8\"]\nupstream = \"web\"\n\
+         [[route]]\npath_prefix = \"/public\"\ndeny = [\"127.0.0.3/32\"]\nupstream = \"web\"\n\
+         [[route]]\npath_prefix = \"/both\"\nallow = [\"127.0.0.0/8\"]\ndeny = [\"127.0.0.4\"]\nupstream = \"web\"\n\
+         [[route]]\nupstream = \"web\"\n\
+         [upstream.web]\nbackends = [{{ url = \"{}\" }}]\n",
+        be.url()
+    ))
+    .await;
+    let status = |got: &str| got.split(' ').nth(1).unwrap_or("").to_owned();
+    assert_eq!(
+        status(&get_from("127.0.0.2", lb.addr, "/office").await),
+        "200"
+    );
+    let refused = get_from("127.0.0.5", lb.addr, "/office").await;
+    assert_eq!(status(&refused), "403", "{refused}");
+    assert!(refused.ends_with("403 forbidden\n"), "{refused}");
+    assert_eq!(
+        status(&get_from("127.0.0.2", lb.addr, "/public").await),
+        "200"
+    );
+    assert_eq!(
+        status(&get_from("127.0.0.3", lb.addr, "/public").await),
+        "403"
+    );
+    assert_eq!(
+        status(&get_from("127.0.0.5", lb.addr, "/both").await),
+        "200"
+    );
+    assert_eq!(
+        status(&get_from("127.0.0.4", lb.addr, "/both").await),
+        "403",
+        "deny wins"
+    );
+    assert_eq!(
+        status(&get_from("127.0.0.4", lb.addr, "/other").await),
+        "200",
+        "no list: all"
+    );
+    assert_eq!(be.hits(), 4, "nothing refused reached the backend");
+    assert_eq!(
+        lb.metric("sluice_denied_total{upstream=\"web\",reason=\"acl\"}")
+            .await,
+        Some(3.0)
+    );
+    assert_eq!(
+        lb.metric("sluice_refused_total{reason=\"acl\"}").await,
+        Some(3.0)
+    );
+}
