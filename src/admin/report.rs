@@ -280,6 +280,12 @@ pub fn metrics_text(state: &State) -> String {
         "counter",
         "Requests a route's policy refused, by the route's upstream and reason (acl: 403).",
     );
+    let unrouted = state.shared.denied_acl_unrouted.load(Ordering::Relaxed);
+    t.sample(
+        "sluice_denied_total",
+        &[("upstream", ""), ("reason", "acl")],
+        unrouted,
+    );
     for u in snap.upstreams.iter() {
         let n = u.stats.denied_acl.load(Ordering::Relaxed);
         t.sample(

@@ -116,6 +116,17 @@ pub struct RouteConfig {
     /// Clients allowed (empty: all) and denied (deny wins), SPEC §8.
     pub allow: Vec<ipnet::IpNet>,
     pub deny: Vec<ipnet::IpNet>,
+    /// Answer with a redirect instead of proxying (SPEC §8); `upstream` is then unused.
+    pub redirect: Option<RedirectConfig>,
+}
+
+/// `redirect = { to = "https://{host}{uri}", status = 308 }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedirectConfig {
+    /// The Location, with `{host}`, `{uri}` and `{scheme}` in it.
+    pub to: String,
+    /// 301, 302, 307 or 308.
+    pub status: u16,
 }
 
 /// A route's host: compared case-insensitively and without the port.

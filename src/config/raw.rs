@@ -83,6 +83,14 @@ pub(super) struct RawRoute {
     pub upstream: Option<Spanned<String>>,
     pub allow: Option<Vec<Spanned<String>>>,
     pub deny: Option<Vec<Spanned<String>>>,
+    pub redirect: Option<Spanned<RawRedirect>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRedirect {
+    pub to: Option<Spanned<String>>,
+    pub status: Option<Spanned<i64>>,
 }
 
 /// `[upstream.NAME]` tables in file order, with the span of each name.

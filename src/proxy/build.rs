@@ -150,7 +150,11 @@ fn build_with(config: &Config, previous: Option<&Snapshot>, undo_admin: bool) ->
         config
             .routes
             .iter()
-            .filter_map(|r| Some(Route::new(r, index(&r.upstream)?)))
+            .filter_map(|r| {
+                let upstream = index(&r.upstream);
+                // Validation leaves no route without an upstream but a redirect.
+                (upstream.is_some() || r.redirect.is_some()).then(|| Route::new(r, upstream))
+            })
             .collect()
     };
 

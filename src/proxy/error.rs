@@ -11,6 +11,9 @@ pub enum ProxyError {
     NoRoute,
     #[error("the route's access list does not admit the client")]
     Forbidden,
+    /// Not a failure: the route answers with a redirect (status, Location).
+    #[error("redirect")]
+    Redirect(u16, http::HeaderValue),
     #[error("CONNECT: sluice is a reverse proxy, not a tunnel")]
     Connect405,
     #[error("request body larger than max_body_bytes")]
@@ -34,6 +37,9 @@ impl ProxyError {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::Forbidden => StatusCode::FORBIDDEN,
+            ProxyError::Redirect(status, _) => {
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::MOVED_PERMANENTLY)
+            }
             ProxyError::Connect405 => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -64,6 +70,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "400 bad request\n",
             ProxyError::NoRoute => "404 no route matches this request\n",
             ProxyError::Forbidden => "403 forbidden\n",
+            ProxyError::Redirect(..) => "",
             ProxyError::Connect405 => "405 CONNECT is not allowed: this is a reverse proxy\n",
             ProxyError::BodyTooLarge => "413 request body too large\n",
             ProxyError::HeadTooLarge => "431 request header fields too large\n",

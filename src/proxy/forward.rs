@@ -193,6 +193,9 @@ fn respond(
                 HeaderValue::from_static("text/plain; charset=utf-8"),
             );
             h.insert(&X_REQUEST_ID, request_id);
+            if let ProxyError::Redirect(_, location) = &e {
+                h.insert(header::LOCATION, location.clone());
+            }
             if matches!(e, ProxyError::Connect405) {
                 // RFC 9110 §15.5.6: a 405 lists the methods that are allowed.
                 h.insert(

@@ -54,6 +54,8 @@ pub struct Shared {
     pub listeners: listeners::Listeners,
     /// Client connections closed by drains (shutdown, upgrade, removed listeners).
     pub drains: Drains,
+    /// Requests refused by the access list of a route that has no upstream.
+    pub denied_acl_unrouted: std::sync::atomic::AtomicU64,
 }
 
 /// How drained client connections ended (`/metrics`).
@@ -80,6 +82,7 @@ impl Shared {
             accepting: Default::default(),
             listeners: Default::default(),
             drains: Default::default(),
+            denied_acl_unrouted: Default::default(),
         })
     }
 

@@ -84,7 +84,7 @@ pub(super) fn prepare(
     request_id: &HeaderValue,
 ) -> Result<Prepared, ProxyError> {
     let max_body_bytes = check_limits(shared, conn, &req, raw.as_ref())?;
-    let (upstream, rewritten) = route(shared, &req, raw.as_ref(), conn.client.ip())?;
+    let (upstream, rewritten) = route(shared, &req, raw.as_ref(), conn.client.ip(), conn.https)?;
     done.upstream = Some(Arc::clone(&upstream.stats));
     let now = done.started;
     upstream.budget.record_request(now);
@@ -206,6 +206,7 @@ fn route(
     req: &Request<ClientBody>,
     raw: Option<&RawRequest>,
     client: std::net::IpAddr,
+    https: bool,
 ) -> Result<(Arc<Served>, Option<PathAndQuery>), ProxyError> {
     let snap = shared.snapshot.load();
     let path = req.uri().path();
@@ -214,16 +215,21 @@ fn route(
         None => request_host(req),
     };
     let (route, upstream) = snap.route(host, path).ok_or(ProxyError::NoRoute)?;
-    // SPEC §8: the access list before anything else about the route.
+    // SPEC §8: the access list, then a redirect, before the upstream.
     if let Some(acl) = &route.acl {
         if !acl.permits(client) {
-            upstream
-                .stats
-                .denied_acl
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let counts = match upstream {
+                Some(u) => &u.stats.denied_acl,
+                None => &shared.denied_acl_unrouted,
+            };
+            counts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Err(ProxyError::Forbidden);
         }
     }
+    if let Some(r) = &route.redirect {
+        return Err(redirect(r, req, host, https));
+    }
+    let upstream = upstream.ok_or(ProxyError::NoRoute)?;
     let rewritten = route.rewrite(path).and_then(|p| {
         let pq = match req.uri().query() {
             Some(q) => format!("{p}?{q}"),
@@ -232,6 +238,31 @@ fn route(
         PathAndQuery::try_from(pq).ok()
     });
     Ok((Arc::clone(upstream), rewritten))
+}
+
+/// A route's redirect for this request: `{host}` (without its port), `{uri}` (path and
+/// query as received) and `{scheme}` filled in.
+#[cold]
+fn redirect(
+    r: &crate::config::RedirectConfig,
+    req: &Request<ClientBody>,
+    host: Option<&str>,
+    https: bool,
+) -> ProxyError {
+    let host = host.map_or("", |h| {
+        h.rsplit_once(':')
+            .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(h, |(h, _)| h)
+    });
+    let uri = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let to =
+        r.to.replace("{host}", host)
+            .replace("{uri}", uri)
+            .replace("{scheme}", if https { "https" } else { "http" });
+    match HeaderValue::try_from(to) {
+        Ok(location) => ProxyError::Redirect(r.status, location),
+        Err(_) => ProxyError::BadRequest("a redirect target that is not a valid URL"),
+    }
 }
 
 /// An upstream that reads the request's headers gets them in the map after all; so

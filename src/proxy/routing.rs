@@ -18,9 +18,11 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// The first route matching `host` and `path`, with its upstream.
-    pub fn route(&self, host: Option<&str>, path: &str) -> Option<(&Route, &Arc<Served>)> {
+    /// The route a request for `host` and `path` takes, and its upstream (none for a
+    /// route that only redirects).
+    pub fn route(&self, host: Option<&str>, path: &str) -> Option<(&Route, Option<&Arc<Served>>)> {
         let r = self.routes.iter().find(|r| r.matches(host, path))?;
-        Some((r, &self.upstreams[r.upstream]))
+        Some((r, r.upstream.and_then(|i| self.upstreams.get(i))))
     }
 
     pub fn upstream(&self, name: &str) -> Option<&Arc<Served>> {

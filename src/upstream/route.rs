@@ -10,9 +10,12 @@ pub struct Route {
     /// Normalised: no trailing '/' unless "/" itself.
     prefix: Option<Box<str>>,
     strip: bool,
-    pub upstream: usize,
+    /// None for a route that only redirects.
+    pub upstream: Option<usize>,
     /// Who may use the route (SPEC §8); None: everyone, at no cost per request.
     pub acl: Option<Box<Acl>>,
+    /// Answer with a redirect instead of proxying (SPEC §8).
+    pub redirect: Option<Box<crate::config::RedirectConfig>>,
 }
 
 /// A route's access list: `deny` wins over `allow`; an empty `allow` allows all.
@@ -35,7 +38,7 @@ impl Acl {
 }
 
 impl Route {
-    pub fn new(cfg: &RouteConfig, upstream: usize) -> Route {
+    pub fn new(cfg: &RouteConfig, upstream: Option<usize>) -> Route {
         let acl = (!cfg.allow.is_empty() || !cfg.deny.is_empty()).then(|| {
             Box::new(Acl {
                 allow: cfg.allow.clone().into_boxed_slice(),
@@ -48,6 +51,7 @@ impl Route {
             strip: cfg.strip_prefix,
             upstream,
             acl,
+            redirect: cfg.redirect.clone().map(Box::new),
         }
     }
 
@@ -57,8 +61,9 @@ impl Route {
             host: None,
             prefix: None,
             strip: false,
-            upstream,
+            upstream: Some(upstream),
             acl: None,
+            redirect: None,
         }
     }
 
@@ -140,8 +145,9 @@ mod tests {
             host,
             prefix: prefix.map(Into::into),
             strip,
-            upstream: 0,
+            upstream: Some(0),
             acl: None,
+            redirect: None,
         }
     }
 

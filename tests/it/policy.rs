@@ -72,3 +72,62 @@ async fn access_lists_admit_allowed_clients_and_deny_wins() {
         Some(3.0)
     );
 }
+
+#[tokio::test]
+async fn redirects_answer_at_once_with_the_placeholders_filled_in() {
+    let be = TestBackend::replying("ok").await;
+    let lb = Sluice::start(&format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n\
+         [[route]]\nhost = \"plain.test\"\nredirect = {{ to = \"https://{{host}}{{uri}}\", status = 308 }}\n\
+         [[route]]\npath_prefix = \"/old\"\nredirect = {{ to = \"{{scheme}}://new.test/moved\" }}\n\
+         [[route]]\npath_prefix = \"/private\"\nallow = [\"127.0.0.9\"]\nredirect = {{ to = \"https://x.test/\" }}\n\
+         [[route]]\nupstream = \"web\"\n\
+         [upstream.web]\nbackends = [{{ url = \"{}\" }}]\n",
+        be.url()
+    ))
+    .await;
+    let head = |raw: &str| {
+        raw.split("\r\n\r\n")
+            .next()
+            .unwrap_or("")
+            .to_ascii_lowercase()
+    };
+    let got = raw_exchange(
+        lb.addr,
+        b"GET /a/b?c=1 HTTP/1.1\r\nHost: plain.test:8080\r\nConnection: close\r\n\r\n",
+        DEADLINE,
+    )
+    .await;
+    assert!(got.starts_with("HTTP/1.1 308"), "{got}");
+    assert!(
+        head(&got).contains("\r\nlocation: https://plain.test/a/b?c=1"),
+        "{got}"
+    );
+    let got = raw_exchange(
+        lb.addr,
+        b"GET /old/page HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        DEADLINE,
+    )
+    .await;
+    assert!(got.starts_with("HTTP/1.1 301"), "the default status: {got}");
+    assert!(
+        head(&got).contains("\r\nlocation: http://new.test/moved"),
+        "{got}"
+    );
+    // The access list comes first.
+    let got = raw_exchange(
+        lb.addr,
+        b"GET /private HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        DEADLINE,
+    )
+    .await;
+    assert!(got.starts_with("HTTP/1.1 403"), "{got}");
+    assert_eq!(be.hits(), 0, "redirects need no upstream");
+    let got = raw_exchange(
+        lb.addr,
+        b"GET /else HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        DEADLINE,
+    )
+    .await;
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+}

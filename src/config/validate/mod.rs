@@ -111,7 +111,11 @@ impl Check<'_> {
             .iter()
             .map(|(n, _)| n.get_ref().as_str())
             .collect();
+        // A config whose routes all redirect (an HTTP-to-HTTPS listener) needs none.
+        let only_redirects =
+            !raw.route.is_empty() && raw.route.iter().all(|r| r.get_ref().redirect.is_some());
         match raw.upstream.0.as_slice() {
+            [] if only_redirects => {}
             [] => self.report(
                 0..0,
                 "no upstream is defined; add one, e.g. [upstream.web] with backends = [{ url = \"127.0.0.1:9000\" }]".to_owned(),
@@ -330,7 +334,13 @@ impl Check<'_> {
                     None
                 }
             });
-        let given = self.required(&raw.upstream, "upstream", "[[route]]", at);
+        let redirect = raw.redirect.as_ref().and_then(|r| self.redirect(r));
+        // A redirect answers by itself: no upstream needed.
+        let given = if raw.redirect.is_some() {
+            raw.upstream.as_ref()
+        } else {
+            self.required(&raw.upstream, "upstream", "[[route]]", at)
+        };
         if let Some(given) = given {
             let upstream = given.get_ref();
             if !upstreams.contains(&upstream.as_str()) {
@@ -352,7 +362,56 @@ impl Check<'_> {
             upstream: given.map(|g| g.get_ref().clone()).unwrap_or_default(),
             allow: self.networks("route.allow", raw.allow.as_deref().unwrap_or_default()),
             deny: self.networks("route.deny", raw.deny.as_deref().unwrap_or_default()),
+            redirect,
         }
+    }
+
+    fn redirect(
+        &mut self,
+        raw: &Spanned<crate::config::raw::RawRedirect>,
+    ) -> Option<crate::config::RedirectConfig> {
+        let r = raw.get_ref();
+        let to = self.required(&r.to, "to", "route.redirect", raw.span())?;
+        let text = to.get_ref();
+        // Only the SPEC's placeholders, and a whole Location.
+        let mut rest = text.as_str();
+        while let Some(open) = rest.find('{') {
+            let close = rest[open..].find('}').map(|c| open + c);
+            let name = close.map(|c| &rest[open + 1..c]);
+            if !matches!(name, Some("host" | "uri" | "scheme")) {
+                self.report(
+                    to.span(),
+                    format!("route.redirect.to: \"{text}\" has an unknown placeholder; use {{host}}, {{uri}} or {{scheme}}"),
+                );
+                return None;
+            }
+            rest = &rest[close.map_or(rest.len(), |c| c + 1)..];
+        }
+        if text.is_empty() || text.chars().any(|c| c.is_ascii_control() || c == ' ') {
+            self.report(
+                to.span(),
+                format!("route.redirect.to: \"{text}\" is not a URL"),
+            );
+            return None;
+        }
+        let status = match &r.status {
+            None => 301,
+            Some(s) if matches!(*s.get_ref(), 301 | 302 | 307 | 308) => *s.get_ref() as u16,
+            Some(s) => {
+                self.report(
+                    s.span(),
+                    format!(
+                        "route.redirect.status: {} is not one of 301, 302, 307, 308",
+                        s.get_ref()
+                    ),
+                );
+                return None;
+            }
+        };
+        Some(crate::config::RedirectConfig {
+            to: text.clone(),
+            status,
+        })
     }
 
     /// CIDRs (`10.0.0.0/8`, `2001:db8::/32`) or single addresses (`127.0.0.1`, as /32

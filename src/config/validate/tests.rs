@@ -162,6 +162,7 @@ fn spec_example_parses_with_default_values() {
             upstream: "api".into(),
             allow: Vec::new(),
             deny: Vec::new(),
+            redirect: None,
         }]
     );
 
@@ -473,7 +474,7 @@ backend = []
         &[
             "2:1: unknown key \"port\" in [[listener]]; expected address or tls",
             "3:1: missing key \"address\" in [admin]",
-            "6:1: unknown key \"upstrem\" in [[route]]; expected one of host, path_prefix, strip_prefix, upstream, allow, deny",
+            "6:1: unknown key \"upstrem\" in [[route]]; expected one of host, path_prefix, strip_prefix, upstream, allow, deny, redirect",
             "8:13: missing key \"url\" in upstream backend ({ url = \"host:port\" })",
             "8:37: upstream \"web\": backend url \"bad url\" has no port; expected host:port",
             "10:1: unknown key \"backend\" in [upstream.api]; expected one of strategy, hash_key, backends, host_header, protocol, ca_file, connect_timeout, response_timeout, max_idle_per_backend, slow_start, sticky, health, outlier, retry, discovery",
@@ -912,4 +913,27 @@ fn golden_access_lists() {
     .unwrap();
     let allow: Vec<String> = c.routes[0].allow.iter().map(|n| n.to_string()).collect();
     assert_eq!(allow, ["10.0.0.0/8", "2001:db8::1/128"]);
+}
+
+#[test]
+fn golden_redirects() {
+    golden(
+        "[[listener]]\naddress = \"127.0.0.1:8080\"\n[[route]]\nredirect = { to = \"https://{hots}{uri}\" }\n[[route]]\nredirect = { to = \"https://a/\", status = 303 }\n[[route]]\npath_prefix = \"/x\"\n[upstream.web]\nbackends = [{ url = \"127.0.0.1:9\" }]\n",
+        &[
+            "4:19: route.redirect.to: \"https://{hots}{uri}\" has an unknown placeholder; use {host}, {uri} or {scheme}",
+            "6:42: route.redirect.status: 303 is not one of 301, 302, 307, 308",
+            "7:1: missing key \"upstream\" in [[route]]",
+        ],
+    );
+}
+
+#[test]
+fn a_config_that_only_redirects_needs_no_upstream() {
+    let c = parse(
+        "[[listener]]\naddress = \"127.0.0.1:8080\"\n[[route]]\nredirect = { to = \"https://{host}{uri}\", status = 308 }\n",
+        Path::new(FILE),
+    )
+    .unwrap();
+    assert!(c.upstreams.is_empty());
+    assert_eq!(c.routes[0].redirect.as_ref().unwrap().status, 308);
 }
