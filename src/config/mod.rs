@@ -118,6 +118,37 @@ pub struct RouteConfig {
     pub deny: Vec<ipnet::IpNet>,
     /// Answer with a redirect instead of proxying (SPEC §8); `upstream` is then unused.
     pub redirect: Option<RedirectConfig>,
+    /// Header rules for requests on their way to the backend, and for answers on their
+    /// way to the client (sluice's own included).
+    pub request_headers: HeaderRules,
+    pub response_headers: HeaderRules,
+}
+
+/// `{ set = { NAME = VALUE }, add = { NAME = VALUE }, remove = [NAME] }` (SPEC §8).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HeaderRules {
+    pub set: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub add: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub remove: Vec<http::HeaderName>,
+}
+
+impl HeaderRules {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+
+    /// Applies the rules to `headers`: remove, then set (replacing), then add.
+    pub fn apply(&self, headers: &mut http::HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (name, value) in &self.set {
+            headers.insert(name.clone(), value.clone());
+        }
+        for (name, value) in &self.add {
+            headers.append(name.clone(), value.clone());
+        }
+    }
 }
 
 /// `redirect = { to = "https://{host}{uri}", status = 308 }`.

@@ -84,6 +84,16 @@ pub(super) struct RawRoute {
     pub allow: Option<Vec<Spanned<String>>>,
     pub deny: Option<Vec<Spanned<String>>>,
     pub redirect: Option<Spanned<RawRedirect>>,
+    pub request_headers: Option<Spanned<RawHeaderRules>>,
+    pub response_headers: Option<Spanned<RawHeaderRules>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHeaderRules {
+    pub set: Option<std::collections::BTreeMap<Spanned<String>, Spanned<String>>>,
+    pub add: Option<std::collections::BTreeMap<Spanned<String>, Spanned<String>>>,
+    pub remove: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -149,6 +149,8 @@ pub struct Completion {
     /// Present when the access log is on. Boxed: this struct travels inside every
     /// request's future and response body, which are moved several times.
     pub record: Option<Box<AccessRecord>>,
+    /// The matched route's header rules, if it has any: its answer gets them.
+    pub headers: Option<Arc<crate::upstream::RouteHeaders>>,
 }
 
 impl Completion {
@@ -161,6 +163,7 @@ impl Completion {
             status: 0,
             backend: None,
             record: None,
+            headers: None,
         }
     }
 

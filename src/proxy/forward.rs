@@ -154,6 +154,9 @@ fn respond(
                 After::Reuse
             };
             parts.headers.insert(&X_REQUEST_ID, request_id);
+            if let Some(rules) = &done.headers {
+                rules.response.apply(&mut parts.headers);
+            }
             done.status = parts.status.as_u16();
             if let Some(r) = done.record.as_mut() {
                 r.status = done.status;
@@ -185,6 +188,7 @@ fn respond(
                 r.status = done.status;
                 r.reason = refusal;
             }
+            let rules = done.headers.clone();
             let mut resp = Response::new(ResponseBody::local(e.body(), Some(done)));
             *resp.status_mut() = status;
             let h = resp.headers_mut();
@@ -195,6 +199,9 @@ fn respond(
             h.insert(&X_REQUEST_ID, request_id);
             if let ProxyError::Redirect(_, location) = &e {
                 h.insert(header::LOCATION, location.clone());
+            }
+            if let Some(rules) = &rules {
+                rules.response.apply(h);
             }
             if matches!(e, ProxyError::Connect405) {
                 // RFC 9110 §15.5.6: a 405 lists the methods that are allowed.
@@ -234,6 +241,8 @@ async fn attempts(
         // Not a backend's failure: no pick, no retry, nothing counted against one.
         return Err(ProxyError::BrokeOff(SendError::UpgradeToH2));
     }
+    // A response whose route has header rules comes as a map, not as raw lines.
+    let raw_ok = !conn.via_hyper && done.headers.as_ref().is_none_or(|h| h.response.is_empty());
     let mut tried = Tried::default();
     let (mut tries, mut retries, mut fresh, mut stale_retried) = (0u32, 0u32, false, false);
     let mut counted = 0u32;
@@ -269,7 +278,7 @@ async fn attempts(
             upgrade,
             fresh,
             recycle: policy.recycle,
-            raw_ok: !conn.via_hyper,
+            raw_ok,
             now: started,
         };
         let deadline = started + upstream.config.response_timeout;

@@ -84,14 +84,20 @@ pub(super) fn prepare(
     request_id: &HeaderValue,
 ) -> Result<Prepared, ProxyError> {
     let max_body_bytes = check_limits(shared, conn, &req, raw.as_ref())?;
-    let (upstream, rewritten) = route(shared, &req, raw.as_ref(), conn.client.ip(), conn.https)?;
+    let (upstream, rewritten) = route(shared, &req, raw.as_ref(), conn, done)?;
     done.upstream = Some(Arc::clone(&upstream.stats));
     let now = done.started;
     upstream.budget.record_request(now);
     let hashing = upstream.config.strategy == StrategyKind::ConsistentHash;
     let sticky_cookie = upstream.config.sticky.as_ref().map(|s| s.cookie.as_str());
+    let request_rules = done
+        .headers
+        .as_ref()
+        .filter(|h| !h.request.is_empty())
+        .cloned();
     let raw = match raw {
-        Some(r) if reads_headers(&upstream) => {
+        // Header rules work on the map, like upstreams that read headers.
+        Some(r) if reads_headers(&upstream) || request_rules.is_some() => {
             r.fill_map(req.headers_mut());
             None
         }
@@ -144,6 +150,10 @@ pub(super) fn prepare(
                 client_host,
                 backend_host,
             );
+            // SPEC §8: after sluice's own rules.
+            if let Some(rules) = &request_rules {
+                rules.request.apply(&mut parts.headers);
+            }
             None
         }
     };
@@ -205,9 +215,10 @@ fn route(
     shared: &Shared,
     req: &Request<ClientBody>,
     raw: Option<&RawRequest>,
-    client: std::net::IpAddr,
-    https: bool,
+    conn: &ConnInfo,
+    done: &mut Completion,
 ) -> Result<(Arc<Served>, Option<PathAndQuery>), ProxyError> {
+    let (client, https) = (conn.client.ip(), conn.https);
     let snap = shared.snapshot.load();
     let path = req.uri().path();
     let host = match raw {
@@ -215,6 +226,8 @@ fn route(
         None => request_host(req),
     };
     let (route, upstream) = snap.route(host, path).ok_or(ProxyError::NoRoute)?;
+    // Its answer, whatever it is (403 and redirects included), gets its header rules.
+    done.headers = route.headers.clone();
     // SPEC §8: the access list, then a redirect, before the upstream.
     if let Some(acl) = &route.acl {
         if !acl.permits(client) {

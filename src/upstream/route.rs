@@ -16,6 +16,15 @@ pub struct Route {
     pub acl: Option<Box<Acl>>,
     /// Answer with a redirect instead of proxying (SPEC §8).
     pub redirect: Option<Box<crate::config::RedirectConfig>>,
+    /// Header rules (SPEC §8); None when the route has none.
+    pub headers: Option<std::sync::Arc<RouteHeaders>>,
+}
+
+/// A route's header rules, for requests and for answers.
+#[derive(Debug)]
+pub struct RouteHeaders {
+    pub request: crate::config::HeaderRules,
+    pub response: crate::config::HeaderRules,
 }
 
 /// A route's access list: `deny` wins over `allow`; an empty `allow` allows all.
@@ -52,6 +61,14 @@ impl Route {
             upstream,
             acl,
             redirect: cfg.redirect.clone().map(Box::new),
+            headers: (!cfg.request_headers.is_empty() || !cfg.response_headers.is_empty()).then(
+                || {
+                    std::sync::Arc::new(RouteHeaders {
+                        request: cfg.request_headers.clone(),
+                        response: cfg.response_headers.clone(),
+                    })
+                },
+            ),
         }
     }
 
@@ -64,6 +81,7 @@ impl Route {
             upstream: Some(upstream),
             acl: None,
             redirect: None,
+            headers: None,
         }
     }
 
@@ -148,6 +166,7 @@ mod tests {
             upstream: Some(0),
             acl: None,
             redirect: None,
+            headers: None,
         }
     }
 

@@ -131,3 +131,45 @@ async fn redirects_answer_at_once_with_the_placeholders_filled_in() {
     .await;
     assert!(got.starts_with("HTTP/1.1 200"), "{got}");
 }
+
+#[tokio::test]
+async fn header_rules_shape_requests_and_answers_sluices_own_included() {
+    let be = TestBackend::echo().await;
+    let lb = Sluice::start(&format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n\
+         [[route]]\npath_prefix = \"/closed\"\nallow = [\"10.0.0.0/8\"]\nupstream = \"web\"\n\
+         response_headers = {{ set = {{ \"Strict-Transport-Security\" = \"max-age=63072000\" }} }}\n\
+         [[route]]\nupstream = \"web\"\n\
+         request_headers = {{ set = {{ \"X-Env\" = \"prod\" }}, add = {{ \"Via\" = \"sluice\" }}, remove = [\"X-Debug\"] }}\n\
+         response_headers = {{ set = {{ \"Strict-Transport-Security\" = \"max-age=63072000\" }}, remove = [\"Content-Type\"] }}\n\
+         [upstream.web]\nbackends = [{{ url = \"{}\" }}]\n",
+        be.url()
+    ))
+    .await;
+    let req = http::Request::get("/x")
+        .header("x-env", "dev")
+        .header("via", "1.1 edge")
+        .header("x-debug", "1")
+        .body(http_body_util::Full::default())
+        .unwrap();
+    let (s, h, body) = lb.send(req).await;
+    assert_eq!(s, http::StatusCode::OK);
+    let j = echoed(&body);
+    assert_eq!(echoed_header(&j, "x-env"), ["prod"], "set replaces");
+    assert_eq!(
+        echoed_header(&j, "via"),
+        ["1.1 edge", "sluice"],
+        "add appends"
+    );
+    assert!(echoed_header(&j, "x-debug").is_empty(), "removed");
+    assert!(
+        !echoed_header(&j, "x-forwarded-for").is_empty(),
+        "sluice's own rules still apply"
+    );
+    assert_eq!(h["strict-transport-security"], "max-age=63072000");
+    assert!(h.get("content-type").is_none(), "removed from the answer");
+    // sluice's own answer (403) gets its route's response rules too.
+    let (s, h, _) = lb.get("/closed").await;
+    assert_eq!(s, http::StatusCode::FORBIDDEN);
+    assert_eq!(h["strict-transport-security"], "max-age=63072000");
+}

@@ -363,7 +363,82 @@ impl Check<'_> {
             allow: self.networks("route.allow", raw.allow.as_deref().unwrap_or_default()),
             deny: self.networks("route.deny", raw.deny.as_deref().unwrap_or_default()),
             redirect,
+            request_headers: self.header_rules(
+                "route.request_headers",
+                raw.request_headers.as_ref(),
+                true,
+            ),
+            response_headers: self.header_rules(
+                "route.response_headers",
+                raw.response_headers.as_ref(),
+                false,
+            ),
         }
+    }
+
+    /// Header rules; names that would change the routing (`Host`, in requests), the
+    /// framing or a hop-by-hop header are refused.
+    fn header_rules(
+        &mut self,
+        key: &str,
+        raw: Option<&Spanned<crate::config::raw::RawHeaderRules>>,
+        request: bool,
+    ) -> crate::config::HeaderRules {
+        let mut rules = crate::config::HeaderRules::default();
+        let Some(raw) = raw else { return rules };
+        let raw = raw.get_ref();
+        const FORBIDDEN: &[&str] = &[
+            "content-length",
+            "transfer-encoding",
+            "connection",
+            "keep-alive",
+            "te",
+            "trailer",
+            "upgrade",
+            "proxy-connection",
+            "proxy-authenticate",
+            "proxy-authorization",
+        ];
+        let name_of = |this: &mut Self, n: &Spanned<String>| -> Option<http::HeaderName> {
+            let Ok(name) = http::HeaderName::from_bytes(n.get_ref().as_bytes()) else {
+                this.report(
+                    n.span(),
+                    format!("{key}: \"{}\" is not a header name", n.get_ref()),
+                );
+                return None;
+            };
+            if FORBIDDEN.contains(&name.as_str()) || (request && name == http::header::HOST) {
+                this.report(
+                    n.span(),
+                    format!(
+                        "{key}: \"{}\" cannot be changed here: it frames or routes the message",
+                        n.get_ref()
+                    ),
+                );
+                return None;
+            }
+            Some(name)
+        };
+        let pairs = |this: &mut Self, map: &Option<std::collections::BTreeMap<Spanned<String>, Spanned<String>>>| {
+            let mut out = Vec::new();
+            for (n, v) in map.iter().flatten() {
+                let Some(name) = name_of(this, n) else { continue };
+                match http::HeaderValue::from_str(v.get_ref()) {
+                    Ok(value) => out.push((name, value)),
+                    Err(_) => this.report(v.span(), format!("{key}: the value of \"{}\" is not a valid header value", n.get_ref())),
+                }
+            }
+            out
+        };
+        rules.set = pairs(self, &raw.set);
+        rules.add = pairs(self, &raw.add);
+        rules.remove = raw
+            .remove
+            .iter()
+            .flatten()
+            .filter_map(|n| name_of(self, n))
+            .collect();
+        rules
     }
 
     fn redirect(

@@ -163,6 +163,8 @@ fn spec_example_parses_with_default_values() {
             allow: Vec::new(),
             deny: Vec::new(),
             redirect: None,
+            request_headers: Default::default(),
+            response_headers: Default::default(),
         }]
     );
 
@@ -474,7 +476,7 @@ backend = []
         &[
             "2:1: unknown key \"port\" in [[listener]]; expected address or tls",
             "3:1: missing key \"address\" in [admin]",
-            "6:1: unknown key \"upstrem\" in [[route]]; expected one of host, path_prefix, strip_prefix, upstream, allow, deny, redirect",
+            "6:1: unknown key \"upstrem\" in [[route]]; expected one of host, path_prefix, strip_prefix, upstream, allow, deny, redirect, request_headers, response_headers",
             "8:13: missing key \"url\" in upstream backend ({ url = \"host:port\" })",
             "8:37: upstream \"web\": backend url \"bad url\" has no port; expected host:port",
             "10:1: unknown key \"backend\" in [upstream.api]; expected one of strategy, hash_key, backends, host_header, protocol, ca_file, connect_timeout, response_timeout, max_idle_per_backend, slow_start, sticky, health, outlier, retry, discovery",
@@ -936,4 +938,16 @@ fn a_config_that_only_redirects_needs_no_upstream() {
     .unwrap();
     assert!(c.upstreams.is_empty());
     assert_eq!(c.routes[0].redirect.as_ref().unwrap().status, 308);
+}
+
+#[test]
+fn golden_header_rules() {
+    golden(
+        "[[listener]]\naddress = \"127.0.0.1:8080\"\n[upstream.web]\nbackends = [{ url = \"127.0.0.1:9\" }]\n[[route]]\nupstream = \"web\"\nrequest_headers = { set = { \"Host\" = \"x\" }, remove = [\"Content-Length\", \"bad name\"] }\n",
+        &[
+            "7:29: route.request_headers: \"Host\" cannot be changed here: it frames or routes the message",
+            "7:55: route.request_headers: \"Content-Length\" cannot be changed here: it frames or routes the message",
+            "7:73: route.request_headers: \"bad name\" is not a header name",
+        ],
+    );
 }
