@@ -218,7 +218,6 @@ fn route(
     conn: &ConnInfo,
     done: &mut Completion,
 ) -> Result<(Arc<Served>, Option<PathAndQuery>), ProxyError> {
-    let (client, https) = (conn.client.ip(), conn.https);
     let snap = shared.snapshot.load();
     let path = req.uri().path();
     let host = match raw {
@@ -226,21 +225,8 @@ fn route(
         None => request_host(req),
     };
     let (route, upstream) = snap.route(host, path).ok_or(ProxyError::NoRoute)?;
-    // Its answer, whatever it is (403 and redirects included), gets its header rules.
-    done.headers = route.headers.clone();
-    // SPEC §8: the access list, then a redirect, before the upstream.
-    if let Some(acl) = &route.acl {
-        if !acl.permits(client) {
-            let counts = match upstream {
-                Some(u) => &u.stats.denied_acl,
-                None => &shared.denied_acl_unrouted,
-            };
-            counts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return Err(ProxyError::Forbidden);
-        }
-    }
-    if let Some(r) = &route.redirect {
-        return Err(redirect(r, req, host, https));
+    if let Some(policy) = &route.policy {
+        apply_policy(policy, upstream, shared, req, host, conn, done)?;
     }
     let upstream = upstream.ok_or(ProxyError::NoRoute)?;
     let rewritten = route.rewrite(path).and_then(|p| {
@@ -251,6 +237,36 @@ fn route(
         PathAndQuery::try_from(pq).ok()
     });
     Ok((Arc::clone(upstream), rewritten))
+}
+
+/// A route's policy, before its upstream (SPEC §8): its header rules noted for the
+/// answer (whatever it is: 403 and redirects included), the access list, a redirect.
+/// Out of line: a route without policy does not pay for it.
+#[inline(never)]
+fn apply_policy(
+    policy: &crate::upstream::Policy,
+    upstream: Option<&Arc<Served>>,
+    shared: &Shared,
+    req: &Request<ClientBody>,
+    host: Option<&str>,
+    conn: &ConnInfo,
+    done: &mut Completion,
+) -> Result<(), ProxyError> {
+    done.headers = policy.headers.clone();
+    if let Some(acl) = &policy.acl {
+        if !acl.permits(conn.client.ip()) {
+            let counts = match upstream {
+                Some(u) => &u.stats.denied_acl,
+                None => &shared.denied_acl_unrouted,
+            };
+            counts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(ProxyError::Forbidden);
+        }
+    }
+    match &policy.redirect {
+        Some(r) => Err(redirect(r, req, host, conn.https)),
+        None => Ok(()),
+    }
 }
 
 /// A route's redirect for this request: `{host}` (without its port), `{uri}` (path and

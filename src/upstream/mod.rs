@@ -9,7 +9,7 @@ pub mod retry;
 mod route;
 
 pub use backend::{Backend, BackendStats, State, literal_addr};
-pub use route::{Route, RouteHeaders, host_of, request_host};
+pub use route::{Policy, Route, RouteHeaders, host_of, request_host};
 
 /// The `members` fingerprint of an upstream (SPEC §6): FNV-1a (64 bits) over its sorted
 /// `(id, weight, backup)` list, as 16 hex digits. Two instances that see the same

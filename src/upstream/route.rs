@@ -12,11 +12,19 @@ pub struct Route {
     strip: bool,
     /// None for a route that only redirects.
     pub upstream: Option<usize>,
-    /// Who may use the route (SPEC §8); None: everyone, at no cost per request.
-    pub acl: Option<Box<Acl>>,
-    /// Answer with a redirect instead of proxying (SPEC §8).
-    pub redirect: Option<Box<crate::config::RedirectConfig>>,
-    /// Header rules (SPEC §8); None when the route has none.
+    /// Its traffic policy (SPEC §8); None for a route without any, which then costs
+    /// one branch per request.
+    pub policy: Option<Box<Policy>>,
+}
+
+/// A route's traffic policy.
+#[derive(Debug)]
+pub struct Policy {
+    /// Who may use the route.
+    pub acl: Option<Acl>,
+    /// Answer with a redirect instead of proxying.
+    pub redirect: Option<crate::config::RedirectConfig>,
+    /// Header rules for requests and answers.
     pub headers: Option<std::sync::Arc<RouteHeaders>>,
 }
 
@@ -48,19 +56,12 @@ impl Acl {
 
 impl Route {
     pub fn new(cfg: &RouteConfig, upstream: Option<usize>) -> Route {
-        let acl = (!cfg.allow.is_empty() || !cfg.deny.is_empty()).then(|| {
-            Box::new(Acl {
+        let policy = Policy {
+            acl: (!cfg.allow.is_empty() || !cfg.deny.is_empty()).then(|| Acl {
                 allow: cfg.allow.clone().into_boxed_slice(),
                 deny: cfg.deny.clone().into_boxed_slice(),
-            })
-        });
-        Route {
-            host: cfg.host.clone(),
-            prefix: cfg.path_prefix.as_deref().map(Into::into),
-            strip: cfg.strip_prefix,
-            upstream,
-            acl,
-            redirect: cfg.redirect.clone().map(Box::new),
+            }),
+            redirect: cfg.redirect.clone(),
             headers: (!cfg.request_headers.is_empty() || !cfg.response_headers.is_empty()).then(
                 || {
                     std::sync::Arc::new(RouteHeaders {
@@ -69,6 +70,14 @@ impl Route {
                     })
                 },
             ),
+        };
+        let any = policy.acl.is_some() || policy.redirect.is_some() || policy.headers.is_some();
+        Route {
+            host: cfg.host.clone(),
+            prefix: cfg.path_prefix.as_deref().map(Into::into),
+            strip: cfg.strip_prefix,
+            upstream,
+            policy: any.then(|| Box::new(policy)),
         }
     }
 
@@ -79,9 +88,7 @@ impl Route {
             prefix: None,
             strip: false,
             upstream: Some(upstream),
-            acl: None,
-            redirect: None,
-            headers: None,
+            policy: None,
         }
     }
 
@@ -164,9 +171,7 @@ mod tests {
             prefix: prefix.map(Into::into),
             strip,
             upstream: Some(0),
-            acl: None,
-            redirect: None,
-            headers: None,
+            policy: None,
         }
     }
 
