@@ -135,6 +135,8 @@ pub struct UpstreamStats {
     pub unpicked: CodeCounts,
     /// Requests its routes' access lists refused (`sluice_denied_total`).
     pub denied_acl: AtomicU64,
+    /// Requests its routes' rate limits refused.
+    pub denied_rate: AtomicU64,
 }
 
 impl UpstreamStats {
@@ -145,6 +147,7 @@ impl UpstreamStats {
             retries: AtomicU64::new(0),
             unpicked: CodeCounts::default(),
             denied_acl: AtomicU64::new(0),
+            denied_rate: AtomicU64::new(0),
         }
     }
 }

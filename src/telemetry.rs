@@ -50,11 +50,13 @@ pub enum Refusal {
     MethodNotAllowed,
     /// 403: the route's access list does not admit the client.
     Acl,
+    /// 429: over the route's rate limit.
+    RateLimit,
 }
 
 impl Refusal {
     /// Every label, in `index` order.
-    pub const LABELS: [&'static str; 9] = [
+    pub const LABELS: [&'static str; 10] = [
         "bad_request",
         "header_too_large",
         "body_too_large",
@@ -64,6 +66,7 @@ impl Refusal {
         "plain_http_on_tls",
         "method_not_allowed",
         "acl",
+        "rate_limit",
     ];
 
     pub fn index(self) -> usize {
@@ -77,6 +80,7 @@ impl Refusal {
             Refusal::PlainHttpOnTls => 6,
             Refusal::MethodNotAllowed => 7,
             Refusal::Acl => 8,
+            Refusal::RateLimit => 9,
         }
     }
 

@@ -293,6 +293,12 @@ pub fn metrics_text(state: &State) -> String {
             &[("upstream", &u.name), ("reason", "acl")],
             n,
         );
+        let n = u.stats.denied_rate.load(Ordering::Relaxed);
+        t.sample(
+            "sluice_denied_total",
+            &[("upstream", &u.name), ("reason", "rate_limit")],
+            n,
+        );
     }
 
     t.family(

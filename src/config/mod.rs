@@ -122,6 +122,24 @@ pub struct RouteConfig {
     /// way to the client (sluice's own included).
     pub request_headers: HeaderRules,
     pub response_headers: HeaderRules,
+    /// A token bucket per key (SPEC §8).
+    pub rate_limit: Option<RateLimitConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimitConfig {
+    pub key: RateKey,
+    /// Tokens per second.
+    pub per_sec: f64,
+    pub burst: u32,
+}
+
+/// What a request is limited by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateKey {
+    ClientIp,
+    /// A request without the header is limited by its client's address.
+    Header(http::HeaderName),
 }
 
 /// `{ set = { NAME = VALUE }, add = { NAME = VALUE }, remove = [NAME] }` (SPEC §8).

@@ -86,6 +86,16 @@ pub(super) struct RawRoute {
     pub redirect: Option<Spanned<RawRedirect>>,
     pub request_headers: Option<Spanned<RawHeaderRules>>,
     pub response_headers: Option<Spanned<RawHeaderRules>>,
+    pub rate_limit: Option<Spanned<RawRateLimit>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRateLimit {
+    pub key: Option<Spanned<String>>,
+    pub rate: Option<Spanned<String>>,
+    pub burst: Option<Spanned<i64>>,
+    pub shared: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

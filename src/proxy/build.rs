@@ -150,10 +150,13 @@ fn build_with(config: &Config, previous: Option<&Snapshot>, undo_admin: bool) ->
         config
             .routes
             .iter()
-            .filter_map(|r| {
+            .enumerate()
+            .filter_map(|(i, r)| {
                 let upstream = index(&r.upstream);
+                let before = previous.and_then(|p| p.routes.get(i));
                 // Validation leaves no route without an upstream but a redirect.
-                (upstream.is_some() || r.redirect.is_some()).then(|| Route::new(r, upstream))
+                (upstream.is_some() || r.redirect.is_some())
+                    .then(|| Route::new(r, upstream, before))
             })
             .collect()
     };

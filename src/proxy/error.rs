@@ -11,6 +11,8 @@ pub enum ProxyError {
     NoRoute,
     #[error("the route's access list does not admit the client")]
     Forbidden,
+    #[error("over the route's rate limit")]
+    RateLimited(u64),
     /// Not a failure: the route answers with a redirect (status, Location).
     #[error("redirect")]
     Redirect(u16, http::HeaderValue),
@@ -37,6 +39,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::Forbidden => StatusCode::FORBIDDEN,
+            ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Redirect(status, _) => {
                 StatusCode::from_u16(*status).unwrap_or(StatusCode::MOVED_PERMANENTLY)
             }
@@ -57,6 +60,7 @@ impl ProxyError {
             ProxyError::BadRequest(why) => Some(Refusal::BadRequest(why)),
             ProxyError::NoRoute => Some(Refusal::NoRoute),
             ProxyError::Forbidden => Some(Refusal::Acl),
+            ProxyError::RateLimited(_) => Some(Refusal::RateLimit),
             ProxyError::Connect405 => Some(Refusal::MethodNotAllowed),
             ProxyError::BodyTooLarge => Some(Refusal::BodyTooLarge),
             ProxyError::HeadTooLarge => Some(Refusal::HeaderTooLarge),
@@ -70,6 +74,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "400 bad request\n",
             ProxyError::NoRoute => "404 no route matches this request\n",
             ProxyError::Forbidden => "403 forbidden\n",
+            ProxyError::RateLimited(_) => "429 too many requests\n",
             ProxyError::Redirect(..) => "",
             ProxyError::Connect405 => "405 CONNECT is not allowed: this is a reverse proxy\n",
             ProxyError::BodyTooLarge => "413 request body too large\n",

@@ -200,6 +200,9 @@ fn respond(
             if let ProxyError::Redirect(_, location) = &e {
                 h.insert(header::LOCATION, location.clone());
             }
+            if let ProxyError::RateLimited(secs) = &e {
+                h.insert(header::RETRY_AFTER, HeaderValue::from(*secs));
+            }
             if let Some(rules) = &rules {
                 rules.response.apply(h);
             }

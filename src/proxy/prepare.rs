@@ -226,7 +226,7 @@ fn route(
     };
     let (route, upstream) = snap.route(host, path).ok_or(ProxyError::NoRoute)?;
     if let Some(policy) = &route.policy {
-        apply_policy(policy, upstream, shared, req, host, conn, done)?;
+        apply_policy(policy, upstream, shared, (req, raw), host, conn, done)?;
     }
     let upstream = upstream.ok_or(ProxyError::NoRoute)?;
     let rewritten = route.rewrite(path).and_then(|p| {
@@ -247,7 +247,7 @@ fn apply_policy(
     policy: &crate::upstream::Policy,
     upstream: Option<&Arc<Served>>,
     shared: &Shared,
-    req: &Request<ClientBody>,
+    (req, raw): (&Request<ClientBody>, Option<&RawRequest>),
     host: Option<&str>,
     conn: &ConnInfo,
     done: &mut Completion,
@@ -263,10 +263,30 @@ fn apply_policy(
             return Err(ProxyError::Forbidden);
         }
     }
-    match &policy.redirect {
-        Some(r) => Err(redirect(r, req, host, conn.https)),
-        None => Ok(()),
+    if let Some(r) = &policy.redirect {
+        return Err(redirect(r, req, host, conn.https));
     }
+    if let Some(limit) = &policy.rate {
+        use crate::upstream::rate::RateKey;
+        let ip = conn.client_ip.as_bytes();
+        let key = match &limit.key {
+            RateKey::ClientIp => ip,
+            RateKey::Header(name) => match raw {
+                Some(r) => r.get(name),
+                None => req.headers().get(name).map(HeaderValue::as_bytes),
+            }
+            .unwrap_or(ip),
+        };
+        if let Err(secs) = limit.take(key, std::time::Instant::now()) {
+            if let Some(u) = upstream {
+                u.stats
+                    .denied_rate
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            return Err(ProxyError::RateLimited(secs));
+        }
+    }
+    Ok(())
 }
 
 /// A route's redirect for this request: `{host}` (without its port), `{uri}` (path and

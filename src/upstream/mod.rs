@@ -5,6 +5,7 @@
 //! snapshot).
 
 mod backend;
+pub mod rate;
 pub mod retry;
 mod route;
 

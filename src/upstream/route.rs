@@ -26,6 +26,9 @@ pub struct Policy {
     pub redirect: Option<crate::config::RedirectConfig>,
     /// Header rules for requests and answers.
     pub headers: Option<std::sync::Arc<RouteHeaders>>,
+    /// A token bucket per key; shared with the previous snapshot's route while its
+    /// settings stay (an edit or a discovered set does not reset the buckets).
+    pub rate: Option<std::sync::Arc<super::rate::RateLimit>>,
 }
 
 /// A route's header rules, for requests and for answers.
@@ -55,7 +58,7 @@ impl Acl {
 }
 
 impl Route {
-    pub fn new(cfg: &RouteConfig, upstream: Option<usize>) -> Route {
+    pub fn new(cfg: &RouteConfig, upstream: Option<usize>, previous: Option<&Route>) -> Route {
         let policy = Policy {
             acl: (!cfg.allow.is_empty() || !cfg.deny.is_empty()).then(|| Acl {
                 allow: cfg.allow.clone().into_boxed_slice(),
@@ -70,8 +73,24 @@ impl Route {
                     })
                 },
             ),
+            rate: cfg.rate_limit.as_ref().map(|r| {
+                let kept = previous
+                    .and_then(|p| p.policy.as_ref()?.rate.as_ref())
+                    .filter(|old| old.same_settings(r));
+                match kept {
+                    Some(old) => std::sync::Arc::clone(old),
+                    None => std::sync::Arc::new(super::rate::RateLimit::new(
+                        r.key.clone(),
+                        r.per_sec,
+                        r.burst,
+                    )),
+                }
+            }),
         };
-        let any = policy.acl.is_some() || policy.redirect.is_some() || policy.headers.is_some();
+        let any = policy.acl.is_some()
+            || policy.redirect.is_some()
+            || policy.headers.is_some()
+            || policy.rate.is_some();
         Route {
             host: cfg.host.clone(),
             prefix: cfg.path_prefix.as_deref().map(Into::into),

@@ -173,3 +173,45 @@ async fn header_rules_shape_requests_and_answers_sluices_own_included() {
     assert_eq!(s, http::StatusCode::FORBIDDEN);
     assert_eq!(h["strict-transport-security"], "max-age=63072000");
 }
+
+#[tokio::test]
+async fn rate_limits_answer_429_with_retry_after_per_key() {
+    let be = TestBackend::replying("ok").await;
+    let lb = Sluice::start(&format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
+         [[route]]\npath_prefix = \"/api\"\nrate_limit = {{ key = \"header:x-api-key\", rate = \"1/m\", burst = 2 }}\nupstream = \"web\"\n\
+         [[route]]\nrate_limit = {{ rate = \"1/h\", burst = 3 }}\nupstream = \"web\"\n\
+         [upstream.web]\nbackends = [{{ url = \"{}\" }}]\n",
+        be.url()
+    ))
+    .await;
+    let keyed = |key: &str| {
+        http::Request::get("/api/x")
+            .header("x-api-key", key)
+            .body(http_body_util::Full::default())
+            .unwrap()
+    };
+    for _ in 0..2 {
+        assert_eq!(lb.send(keyed("alice")).await.0, http::StatusCode::OK);
+    }
+    let (s, h, body) = lb.send(keyed("alice")).await;
+    assert_eq!(s, http::StatusCode::TOO_MANY_REQUESTS, "{body}");
+    let wait: u64 = h["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    assert_eq!(
+        lb.send(keyed("bob")).await.0,
+        http::StatusCode::OK,
+        "another key"
+    );
+    // By client address: three, then 429.
+    for _ in 0..3 {
+        assert_eq!(lb.get("/").await.0, http::StatusCode::OK);
+    }
+    assert_eq!(lb.get("/").await.0, http::StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(be.hits(), 6, "nothing over the limit reached the backend");
+    assert_eq!(
+        lb.metric("sluice_denied_total{upstream=\"web\",reason=\"rate_limit\"}")
+            .await,
+        Some(2.0)
+    );
+}

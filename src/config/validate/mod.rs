@@ -373,7 +373,70 @@ impl Check<'_> {
                 raw.response_headers.as_ref(),
                 false,
             ),
+            rate_limit: raw.rate_limit.as_ref().and_then(|r| self.rate_limit(r)),
         }
+    }
+
+    fn rate_limit(
+        &mut self,
+        raw: &Spanned<crate::config::raw::RawRateLimit>,
+    ) -> Option<crate::config::RateLimitConfig> {
+        use crate::config::{RateKey, RateLimitConfig};
+        let r = raw.get_ref();
+        if let Some(s) = &r.shared {
+            self.report(
+                s.span(),
+                "route.rate_limit.shared: limits shared through Redis are not built yet; the limit is per instance".to_owned(),
+            );
+        }
+        let key = match r.key.as_ref().map(|k| (k.get_ref().as_str(), k.span())) {
+            None | Some(("client_ip", _)) => RateKey::ClientIp,
+            Some((k, span)) => match k
+                .strip_prefix("header:")
+                .and_then(|n| http::HeaderName::from_bytes(n.as_bytes()).ok())
+            {
+                Some(name) => RateKey::Header(name),
+                None => {
+                    self.report(
+                        span,
+                        format!(
+                            "route.rate_limit.key \"{k}\" is not one of client_ip, header:NAME"
+                        ),
+                    );
+                    return None;
+                }
+            },
+        };
+        let rate = self.required(&r.rate, "rate", "route.rate_limit", raw.span())?;
+        let parsed = rate.get_ref().split_once('/').and_then(|(n, per)| {
+            let n: u32 = n.trim().parse().ok().filter(|n| *n > 0)?;
+            let secs = match per.trim() {
+                "s" => 1.0,
+                "m" => 60.0,
+                "h" => 3600.0,
+                _ => return None,
+            };
+            Some((n, f64::from(n) / secs))
+        });
+        let Some((n, per_sec)) = parsed else {
+            self.report(
+                rate.span(),
+                format!("route.rate_limit.rate \"{}\" is not a rate; expected e.g. \"100/s\", \"600/m\" or \"1000/h\"", rate.get_ref()),
+            );
+            return None;
+        };
+        let burst = self.int_in(
+            "route.rate_limit.burst",
+            r.burst.as_ref(),
+            1,
+            i64::from(u32::MAX),
+            i64::from(n),
+        );
+        Some(RateLimitConfig {
+            key,
+            per_sec,
+            burst: u32::try_from(burst).unwrap_or(n),
+        })
     }
 
     /// Header rules; names that would change the routing (`Host`, in requests), the

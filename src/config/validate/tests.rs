@@ -165,6 +165,7 @@ fn spec_example_parses_with_default_values() {
             redirect: None,
             request_headers: Default::default(),
             response_headers: Default::default(),
+            rate_limit: None,
         }]
     );
 
@@ -476,7 +477,7 @@ backend = []
         &[
             "2:1: unknown key \"port\" in [[listener]]; expected address or tls",
             "3:1: missing key \"address\" in [admin]",
-            "6:1: unknown key \"upstrem\" in [[route]]; expected one of host, path_prefix, strip_prefix, upstream, allow, deny, redirect, request_headers, response_headers",
+            "6:1: unknown key \"upstrem\" in [[route]]; expected one of host, path_prefix, strip_prefix, upstream, allow, deny, redirect, request_headers, response_headers, rate_limit",
             "8:13: missing key \"url\" in upstream backend ({ url = \"host:port\" })",
             "8:37: upstream \"web\": backend url \"bad url\" has no port; expected host:port",
             "10:1: unknown key \"backend\" in [upstream.api]; expected one of strategy, hash_key, backends, host_header, protocol, ca_file, connect_timeout, response_timeout, max_idle_per_backend, slow_start, sticky, health, outlier, retry, discovery",
@@ -948,6 +949,22 @@ fn golden_header_rules() {
             "7:29: route.request_headers: \"Host\" cannot be changed here: it frames or routes the message",
             "7:55: route.request_headers: \"Content-Length\" cannot be changed here: it frames or routes the message",
             "7:73: route.request_headers: \"bad name\" is not a header name",
+        ],
+    );
+}
+
+#[test]
+fn golden_rate_limits() {
+    golden(
+        "[[listener]]\naddress = \"127.0.0.1:8080\"\n[upstream.web]\nbackends = [{ url = \"127.0.0.1:9\" }]\n[[route]]\nupstream = \"web\"\nrate_limit = { key = \"cookie:x\", rate = \"10/d\", burst = 0 }\n",
+        &[
+            "7:22: route.rate_limit.key \"cookie:x\" is not one of client_ip, header:NAME",
+        ],
+    );
+    golden(
+        "[[listener]]\naddress = \"127.0.0.1:8080\"\n[upstream.web]\nbackends = [{ url = \"127.0.0.1:9\" }]\n[[route]]\nupstream = \"web\"\nrate_limit = { rate = \"10/d\" }\n",
+        &[
+            "7:23: route.rate_limit.rate \"10/d\" is not a rate; expected e.g. \"100/s\", \"600/m\" or \"1000/h\"",
         ],
     );
 }

@@ -35,6 +35,18 @@ impl RawRequest {
         self.lines.write_to(out);
     }
 
+    /// The value of the first header line named `name` (a rate limit's key).
+    pub fn get(&self, name: &HeaderName) -> Option<&[u8]> {
+        let lines = self.lines.all();
+        lines.split(|&b| b == b'\n').find_map(|line| {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let colon = line.iter().position(|&b| b == b':')?;
+            line[..colon]
+                .eq_ignore_ascii_case(name.as_str().as_bytes())
+                .then(|| line[colon + 1..].trim_ascii())
+        })
+    }
+
     /// Puts every header line into `map`, as the map's path expects a request.
     pub fn fill_map(&self, map: &mut HeaderMap) {
         let lines = self.lines.all();
