@@ -957,9 +957,7 @@ fn golden_header_rules() {
 fn golden_rate_limits() {
     golden(
         "[[listener]]\naddress = \"127.0.0.1:8080\"\n[upstream.web]\nbackends = [{ url = \"127.0.0.1:9\" }]\n[[route]]\nupstream = \"web\"\nrate_limit = { key = \"cookie:x\", rate = \"10/d\", burst = 0 }\n",
-        &[
-            "7:22: route.rate_limit.key \"cookie:x\" is not one of client_ip, header:NAME",
-        ],
+        &["7:22: route.rate_limit.key \"cookie:x\" is not one of client_ip, header:NAME"],
     );
     golden(
         "[[listener]]\naddress = \"127.0.0.1:8080\"\n[upstream.web]\nbackends = [{ url = \"127.0.0.1:9\" }]\n[[route]]\nupstream = \"web\"\nrate_limit = { rate = \"10/d\" }\n",
