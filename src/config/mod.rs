@@ -70,6 +70,8 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// The Unix socket a new process takes the listeners over from (SPEC §7).
     pub upgrade_socket: Option<PathBuf>,
+    /// Peers whose X-Forwarded-For names the client (SPEC §8).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -529,6 +531,7 @@ impl Default for ServerConfig {
             workers: None,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             upgrade_socket: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -33,6 +33,7 @@ pub(super) struct RawServer {
     pub workers: Option<Spanned<i64>>,
     pub shutdown_timeout: Option<Spanned<DurationValue>>,
     pub upgrade_socket: Option<Spanned<String>>,
+    pub trusted_proxies: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -164,6 +164,7 @@ fn build_with(config: &Config, previous: Option<&Snapshot>, undo_admin: bool) ->
     Snapshot {
         routes: routes.into_boxed_slice(),
         upstreams: upstreams.into_boxed_slice(),
+        trusted: config.server.trusted_proxies.clone().into_boxed_slice(),
     }
 }
 

@@ -84,7 +84,7 @@ pub(super) fn prepare(
     request_id: &HeaderValue,
 ) -> Result<Prepared, ProxyError> {
     let max_body_bytes = check_limits(shared, conn, &req, raw.as_ref())?;
-    let (upstream, rewritten) = route(shared, &req, raw.as_ref(), conn, done)?;
+    let (upstream, rewritten, client) = route(shared, &req, raw.as_ref(), conn, done)?;
     done.upstream = Some(Arc::clone(&upstream.stats));
     let now = done.started;
     upstream.budget.record_request(now);
@@ -103,7 +103,7 @@ pub(super) fn prepare(
         }
         r => r,
     };
-    let key = hashing.then(|| hash_key::of(&upstream.config.hash_key, &req, conn.client.ip()));
+    let key = hashing.then(|| hash_key::of(&upstream.config.hash_key, &req, client));
     // The backend the client's sticky cookie names, if any.
     let carried: Option<Arc<Backend>> = sticky_cookie
         .and_then(|name| sticky::chosen(req.headers(), name, &upstream.all))
@@ -217,16 +217,42 @@ fn route(
     raw: Option<&RawRequest>,
     conn: &ConnInfo,
     done: &mut Completion,
-) -> Result<(Arc<Served>, Option<PathAndQuery>), ProxyError> {
+) -> Result<(Arc<Served>, Option<PathAndQuery>, std::net::IpAddr), ProxyError> {
     let snap = shared.snapshot.load();
     let path = req.uri().path();
     let host = match raw {
         Some(r) => host_of(req.uri(), r.host.as_ref()),
         None => request_host(req),
     };
+    // The client: the peer, or whom a trusted proxy's X-Forwarded-For names.
+    let peer = conn.client.ip();
+    let client = if snap.trusted.is_empty() {
+        peer
+    } else {
+        let forwarded = match raw {
+            Some(r) => r.forwarded_for.as_ref().map(HeaderValue::as_bytes),
+            None => req
+                .headers()
+                .get(&headers::X_FORWARDED_FOR)
+                .map(HeaderValue::as_bytes),
+        };
+        let client = snap.client(peer, forwarded);
+        if let Some(r) = done.record.as_mut().filter(|_| client != peer) {
+            r.client = std::net::SocketAddr::new(client, 0);
+        }
+        client
+    };
     let (route, upstream) = snap.route(host, path).ok_or(ProxyError::NoRoute)?;
     if let Some(policy) = &route.policy {
-        apply_policy(policy, upstream, shared, (req, raw), host, conn, done)?;
+        apply_policy(
+            policy,
+            upstream,
+            shared,
+            (req, raw),
+            host,
+            (conn, client),
+            done,
+        )?;
     }
     let upstream = upstream.ok_or(ProxyError::NoRoute)?;
     let rewritten = route.rewrite(path).and_then(|p| {
@@ -236,7 +262,7 @@ fn route(
         };
         PathAndQuery::try_from(pq).ok()
     });
-    Ok((Arc::clone(upstream), rewritten))
+    Ok((Arc::clone(upstream), rewritten, client))
 }
 
 /// A route's policy, before its upstream (SPEC §8): its header rules noted for the
@@ -249,12 +275,12 @@ fn apply_policy(
     shared: &Shared,
     (req, raw): (&Request<ClientBody>, Option<&RawRequest>),
     host: Option<&str>,
-    conn: &ConnInfo,
+    (conn, client): (&ConnInfo, std::net::IpAddr),
     done: &mut Completion,
 ) -> Result<(), ProxyError> {
     done.headers = policy.headers.clone();
     if let Some(acl) = &policy.acl {
-        if !acl.permits(conn.client.ip()) {
+        if !acl.permits(client) {
             let counts = match upstream {
                 Some(u) => &u.stats.denied_acl,
                 None => &shared.denied_acl_unrouted,
@@ -268,7 +294,11 @@ fn apply_policy(
     }
     if let Some(limit) = &policy.rate {
         use crate::upstream::rate::RateKey;
-        let ip = conn.client_ip.as_bytes();
+        let octets = match client {
+            std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+            std::net::IpAddr::V6(v6) => v6.octets(),
+        };
+        let ip = &octets[..];
         let key = match &limit.key {
             RateKey::ClientIp => ip,
             RateKey::Header(name) => match raw {

@@ -14,6 +14,38 @@ use crate::upstream::Route;
 pub struct Snapshot {
     pub routes: Box<[Route]>,
     pub upstreams: Box<[Arc<Served>]>,
+    /// `[server] trusted_proxies` (SPEC §8); empty: every peer is the client.
+    pub trusted: Box<[ipnet::IpNet]>,
+}
+
+impl Snapshot {
+    /// The client a request comes from: its peer, or, when the peer is a trusted
+    /// proxy, the right-most address of `forwarded_for` (X-Forwarded-For) that is not
+    /// one (the left-most when all are). An entry that is not an address ends the walk
+    /// there: the client is then the last trusted hop's right neighbour, or the peer.
+    pub fn client(&self, peer: std::net::IpAddr, forwarded_for: Option<&[u8]>) -> std::net::IpAddr {
+        let trusted = |ip: &std::net::IpAddr| self.trusted.iter().any(|n| n.contains(ip));
+        if self.trusted.is_empty() || !trusted(&peer) {
+            return peer;
+        }
+        let Some(list) = forwarded_for.and_then(|v| std::str::from_utf8(v).ok()) else {
+            return peer;
+        };
+        let mut client = peer;
+        for entry in list.rsplit(',') {
+            let entry = entry.trim();
+            let ip = entry
+                .parse::<std::net::IpAddr>()
+                .ok()
+                .or_else(|| entry.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()));
+            let Some(ip) = ip else { break };
+            client = ip;
+            if !trusted(&ip) {
+                break;
+            }
+        }
+        client
+    }
 }
 
 impl Snapshot {

@@ -215,3 +215,47 @@ async fn rate_limits_answer_429_with_retry_after_per_key() {
         Some(2.0)
     );
 }
+
+/// SPEC §8 `trusted_proxies`: a trusted peer's X-Forwarded-For names the client (the
+/// right-most entry that is not a trusted proxy), for access lists and rate limits;
+/// from any other peer it is not believed.
+#[tokio::test]
+async fn only_trusted_proxies_name_the_client() {
+    let be = TestBackend::replying("ok").await;
+    let config = |trusted: &str| {
+        format!(
+            "[server]\ntrusted_proxies = [{trusted}]\n[[listener]]\naddress = \"127.0.0.1:0\"\n\
+             [[route]]\nallow = [\"203.0.113.0/24\"]\nupstream = \"web\"\n\
+             [upstream.web]\nbackends = [{{ url = \"{}\" }}]\n",
+            be.url()
+        )
+    };
+
+    let behind = Sluice::start(&config("\"127.0.0.0/8\", \"10.0.0.0/8\"")).await;
+    assert_eq!(
+        with_xff(&behind, "203.0.113.7, 10.0.0.1").await.0,
+        http::StatusCode::OK
+    );
+    assert_eq!(
+        with_xff(&behind, "203.0.113.7, 198.51.100.1, 10.0.0.1")
+            .await
+            .0,
+        http::StatusCode::FORBIDDEN,
+        "the right-most untrusted entry is the client"
+    );
+    // The peer (127.0.0.1) is not trusted here: its X-Forwarded-For is not believed.
+    let direct = Sluice::start(&config("\"10.0.0.0/8\"")).await;
+    assert_eq!(
+        with_xff(&direct, "203.0.113.7").await.0,
+        http::StatusCode::FORBIDDEN
+    );
+}
+
+/// A GET through `lb` carrying `X-Forwarded-For: xff`.
+async fn with_xff(lb: &Sluice, xff: &str) -> (http::StatusCode, http::HeaderMap, String) {
+    let req = http::Request::get("/")
+        .header("x-forwarded-for", xff)
+        .body(http_body_util::Full::default())
+        .unwrap();
+    lb.send(req).await
+}

@@ -170,6 +170,10 @@ impl Check<'_> {
                 .upgrade_socket
                 .as_ref()
                 .map(|p| self.file_path("server.upgrade_socket", p)),
+            trusted_proxies: self.networks(
+                "server.trusted_proxies",
+                raw.trusted_proxies.as_deref().unwrap_or_default(),
+            ),
         }
     }
 
