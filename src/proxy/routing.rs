@@ -75,3 +75,52 @@ impl Deref for Served {
         &self.upstream
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_trusted(nets: &[&str]) -> Snapshot {
+        Snapshot {
+            routes: Box::new([]),
+            upstreams: Box::new([]),
+            trusted: nets.iter().map(|n| n.parse().unwrap()).collect(),
+        }
+    }
+
+    #[test]
+    fn the_client_is_the_right_most_untrusted_forwarded_address() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let s = with_trusted(&["10.0.0.0/8"]);
+        let peer = ip("10.0.0.1");
+        assert_eq!(
+            s.client(peer, Some(b"1.1.1.1, 2.2.2.2, 10.0.0.2")),
+            ip("2.2.2.2")
+        );
+        assert_eq!(
+            s.client(peer, Some(b"10.0.0.3, 10.0.0.2")),
+            ip("10.0.0.3"),
+            "all trusted: the left-most"
+        );
+        assert_eq!(
+            s.client(peer, Some(b"1.1.1.1, junk, 10.0.0.2")),
+            ip("10.0.0.2"),
+            "the walk stops at junk"
+        );
+        assert_eq!(
+            s.client(peer, Some(b"[2001:db8::1]:443")),
+            ip("2001:db8::1")
+        );
+        assert_eq!(s.client(peer, None), peer);
+        assert_eq!(
+            s.client(ip("192.0.2.1"), Some(b"1.1.1.1")),
+            ip("192.0.2.1"),
+            "an untrusted peer"
+        );
+        assert_eq!(
+            with_trusted(&[]).client(peer, Some(b"1.1.1.1")),
+            peer,
+            "no list"
+        );
+    }
+}
