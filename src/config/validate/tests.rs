@@ -3,8 +3,9 @@
 
 use super::*;
 use crate::config::{
-    BackendConfig, BackendUrl, HashKey, HealthConfig, HostHeader, MAX_WEIGHT, OutlierConfig,
-    Protocol, RetryConfig, RetryOn, StickyConfig, StrategyKind, UpstreamConfig,
+    BackendConfig, BackendUrl, HashKey, HealthConfig, HostHeader, HostPattern, MAX_WEIGHT,
+    OutlierConfig, Protocol, RetryConfig, RetryOn, RouteConfig, StickyConfig, StrategyKind,
+    UpstreamConfig,
 };
 
 const FILE: &str = "conf/sluice.toml";
