@@ -12,6 +12,7 @@ use http::StatusCode;
 
 use crate::support::dns::Dnsmasq;
 use crate::support::fake_dns::FakeDns;
+use crate::support::upstream::{ids, wait_for};
 use crate::support::*;
 
 fn ip(b: &TestBackend) -> IpAddr {
@@ -29,32 +30,6 @@ async fn over_dns(dns: &Dnsmasq, name: &str, extra: &str) -> Sluice {
         dns.addr
     ))
     .await
-}
-
-async fn wait_for(
-    lb: &Sluice,
-    what: &str,
-    ready: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let status = lb.status().await;
-        let u = &status["upstreams"][0];
-        if ready(u) {
-            return u.clone();
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{what}: {u}");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-}
-
-fn ids(u: &serde_json::Value) -> Vec<String> {
-    u["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["id"].as_str().unwrap().to_owned())
-        .collect()
 }
 
 #[tokio::test]

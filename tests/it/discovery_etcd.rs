@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 use http::StatusCode;
 
 use crate::support::etcd::Etcd;
+use crate::support::upstream::{ids, wait_for};
 use crate::support::*;
 
 const PREFIX: &str = "/sluice/upstreams/web/";
@@ -22,32 +23,6 @@ async fn over_etcd(etcd: &Etcd, extra: &str) -> Sluice {
         etcd.url()
     ))
     .await
-}
-
-async fn wait_for(
-    lb: &Sluice,
-    what: &str,
-    ready: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let status = lb.status().await;
-        let u = &status["upstreams"][0];
-        if ready(u) {
-            return u.clone();
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{what}: {u}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-fn ids(u: &serde_json::Value) -> Vec<String> {
-    u["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["id"].as_str().unwrap().to_owned())
-        .collect()
 }
 
 async fn put(etcd: &Etcd, name: &str, b: &TestBackend) {

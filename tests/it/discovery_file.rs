@@ -5,6 +5,7 @@
 use http::StatusCode;
 
 use crate::support::process::temp_config;
+use crate::support::upstream::{ids, wait_for};
 use crate::support::*;
 
 /// Writes the file whole (a rename), as config tools do: never half a file.
@@ -29,33 +30,6 @@ async fn discovered(file: &std::path::Path) -> Sluice {
         file.display()
     ))
     .await
-}
-
-/// The upstream's ids in `/status`, once `ready` holds for the status document (polled).
-async fn wait_for(
-    lb: &Sluice,
-    what: &str,
-    ready: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let status = lb.status().await;
-        let u = &status["upstreams"][0];
-        if ready(u) {
-            return u.clone();
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{what}: {u}");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-}
-
-fn ids(u: &serde_json::Value) -> Vec<String> {
-    u["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["id"].as_str().unwrap().to_owned())
-        .collect()
 }
 
 #[tokio::test]

@@ -30,6 +30,7 @@ pub mod etcd;
 pub mod fake_dns;
 pub mod process;
 pub mod tls;
+pub mod upstream;
 
 /// Upper bound for any single wait in a test.
 pub const DEADLINE: Duration = Duration::from_secs(10);
