@@ -4,16 +4,9 @@
 
 use http::StatusCode;
 
-use crate::support::process::temp_config;
+use crate::support::process::{replace_file as write, temp_config};
 use crate::support::upstream::{ids, wait_for};
 use crate::support::*;
-
-/// Writes the file whole (a rename), as config tools do: never half a file.
-fn write(path: &std::path::Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
 
 fn entries(backends: &[&TestBackend]) -> String {
     let list: Vec<String> = backends

@@ -10,14 +10,29 @@ use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::process::temp_config;
+use crate::support::process::{replace_file as write, temp_config};
 use crate::support::tls::{cert_der, data};
 use crate::support::*;
 
-fn write(path: &Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
+/// A config over `backend` with one TLS listener whose certificate pair sits at paths
+/// of its own (`tag` names them), starting as `a.pem`; the config's path and the pair.
+fn live_tls(tag: &str, backend: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("sluice-it-{}-{tag}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("live.pem"), dir.join("live.key"));
+    install("a", &cert, &key);
+    let text = config(
+        &[("127.0.0.1:0", Some((&cert, &key)))],
+        "127.0.0.1:0",
+        backend,
+    );
+    (temp_config(&format!("reload-{tag}.toml"), &text), cert, key)
+}
+
+/// Copies the test pair `name`.pem / `name`.key over the live paths.
+fn install(name: &str, cert: &Path, key: &Path) {
+    std::fs::copy(data(&format!("{name}.pem")), cert).unwrap();
+    std::fs::copy(data(&format!("{name}.key")), key).unwrap();
 }
 
 /// A config with these `[[listener]]` addresses (`tls`: with this certificate pair),
@@ -238,25 +253,12 @@ async fn a_tunnel_and_an_http2_connection_on_a_kept_listener_survive_reloads() {
 #[tokio::test]
 async fn certificates_are_read_again_on_reload_and_new_handshakes_use_them() {
     let be = TestBackend::replying("tls").await;
-    let dir = std::env::temp_dir().join(format!("sluice-it-{}-certs", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (cert, key): (PathBuf, PathBuf) = (dir.join("live.pem"), dir.join("live.key"));
-    std::fs::copy(data("a.pem"), &cert).unwrap();
-    std::fs::copy(data("a.key"), &key).unwrap();
-    let path = temp_config(
-        "reload-certs.toml",
-        &config(
-            &[("127.0.0.1:0", Some((&cert, &key)))],
-            "127.0.0.1:0",
-            &be.url(),
-        ),
-    );
+    let (path, cert, key) = live_tls("certs", &be.url());
     let lb = Sluice::start_file(&path).await;
     let old = crate::support::tls::connect(&lb, None, &[b"http/1.1"]).await;
     assert!(crate::support::tls::sent_cert(&old) == cert_der("a.pem"));
     // Rotation: new files at the same paths, then a reload.
-    std::fs::copy(data("b.pem"), &cert).unwrap();
-    std::fs::copy(data("b.key"), &key).unwrap();
+    install("b", &cert, &key);
     assert_eq!(reload(&lb).await.0, StatusCode::OK);
     let new = crate::support::tls::connect(&lb, None, &[b"http/1.1"]).await;
     assert!(
@@ -580,19 +582,7 @@ async fn certificate_rotation_under_tls_load_fails_no_handshake() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let be = TestBackend::replying("tls").await;
-    let dir = std::env::temp_dir().join(format!("sluice-it-{}-rotate", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (cert, key): (PathBuf, PathBuf) = (dir.join("live.pem"), dir.join("live.key"));
-    std::fs::copy(data("a.pem"), &cert).unwrap();
-    std::fs::copy(data("a.key"), &key).unwrap();
-    let path = temp_config(
-        "reload-rotate.toml",
-        &config(
-            &[("127.0.0.1:0", Some((&cert, &key)))],
-            "127.0.0.1:0",
-            &be.url(),
-        ),
-    );
+    let (path, cert, key) = live_tls("rotate", &be.url());
     let lb = Arc::new(Sluice::start_file(&path).await);
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -617,8 +607,7 @@ async fn certificate_rotation_under_tls_load_fails_no_handshake() {
     }
     for round in 0..6 {
         let name = if round % 2 == 0 { "b" } else { "a" };
-        std::fs::copy(data(&format!("{name}.pem")), &cert).unwrap();
-        std::fs::copy(data(&format!("{name}.key")), &key).unwrap();
+        install(name, &cert, &key);
         let before = ok.load(Ordering::Relaxed);
         assert_eq!(reload(&lb).await.0, StatusCode::OK);
         let s = crate::support::tls::connect(&lb, None, &[b"http/1.1"]).await;

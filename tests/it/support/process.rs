@@ -19,6 +19,14 @@ pub fn temp_config(name: &str, text: &str) -> std::path::PathBuf {
     path
 }
 
+/// Replaces the file at `path` whole (a write, then a rename), as config tools do: a
+/// reader never sees half a file.
+pub fn replace_file(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_sluice")
 }
