@@ -65,8 +65,7 @@ impl RateLimit {
             tokens: self.burst,
             at: now,
         });
-        let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
-        b.tokens = (b.tokens + elapsed * self.per_sec).min(self.burst);
+        b.tokens = self.tokens_at(b, now).min(self.burst);
         b.at = now;
         if b.tokens >= 1.0 {
             b.tokens -= 1.0;
@@ -80,11 +79,7 @@ impl RateLimit {
     /// Forgets the keys whose buckets have refilled (they would start full anyway),
     /// and if that is not enough, the least recently used tenth.
     fn make_room(&self, buckets: &mut HashMap<u64, Bucket>, now: Instant) {
-        let full_after = self.burst / self.per_sec;
-        buckets.retain(|_, b| {
-            now.saturating_duration_since(b.at).as_secs_f64() * self.per_sec + b.tokens < self.burst
-                && now.saturating_duration_since(b.at).as_secs_f64() < full_after
-        });
+        buckets.retain(|_, b| self.tokens_at(b, now) < self.burst);
         if buckets.len() >= self.max_keys {
             let mut ages: Vec<(Instant, u64)> = buckets.iter().map(|(k, b)| (b.at, *k)).collect();
             ages.sort_unstable();
@@ -92,6 +87,11 @@ impl RateLimit {
                 buckets.remove(k);
             }
         }
+    }
+
+    /// The tokens `b` would hold at `now` without the cap at `burst`.
+    fn tokens_at(&self, b: &Bucket, now: Instant) -> f64 {
+        b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * self.per_sec
     }
 
     pub fn len(&self) -> usize {
