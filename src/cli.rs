@@ -170,10 +170,9 @@ impl RunArgs {
                 }
                 Config {
                     server: Default::default(),
-                    listeners: vec![ListenerConfig {
-                        address: DEFAULT_LISTEN.parse().map_err(|_| "bad default listener")?,
-                        tls: None,
-                    }],
+                    listeners: vec![ListenerConfig::plain(
+                        DEFAULT_LISTEN.parse().map_err(|_| "bad default listener")?,
+                    )],
                     admin: None,
                     limits: Default::default(),
                     routes: Vec::new(),
@@ -191,7 +190,7 @@ impl RunArgs {
             config.listeners = self
                 .listen
                 .iter()
-                .map(|&address| ListenerConfig { address, tls: None })
+                .map(|&address| ListenerConfig::plain(address))
                 .collect();
         }
         if let Some(address) = self.admin {

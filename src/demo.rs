@@ -97,10 +97,7 @@ pub async fn run(
     }
     let config = Config {
         server: Default::default(),
-        listeners: vec![ListenerConfig {
-            address: listen,
-            tls: None,
-        }],
+        listeners: vec![ListenerConfig::plain(listen)],
         admin: Some(AdminConfig {
             address: admin,
             token: None,

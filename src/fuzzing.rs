@@ -158,3 +158,28 @@ pub fn config(data: &[u8]) {
         }
     }
 }
+
+/// A PROXY header (listeners with `proxy_protocol`): each prefix of the bytes waits for
+/// more, or gives the same outcome as the whole, so the split into reads cannot change
+/// the client address or the refusal; a header never claims more bytes than it saw.
+pub fn proxy_header(data: &[u8]) {
+    use crate::proxy::proxy_header::{Parsed, parse};
+    let whole = parse(data);
+    if let Parsed::Header { len, .. } = whole {
+        assert!(len <= data.len(), "a header longer than its bytes");
+    }
+    for cut in 0..data.len() {
+        let part = parse(&data[..cut]);
+        match (&whole, &part) {
+            (_, Parsed::Incomplete { .. }) => {}
+            (Parsed::Header { len, .. }, _) if cut >= *len => {
+                assert_eq!(part, whole, "a longer read changed the header")
+            }
+            (Parsed::Invalid(_), Parsed::Invalid(_)) => {}
+            _ => panic!(
+                "{cut} bytes gave {part:?}, all {} gave {whole:?}",
+                data.len()
+            ),
+        }
+    }
+}

@@ -52,11 +52,13 @@ pub enum Refusal {
     Acl,
     /// 429: over the route's rate limit.
     RateLimit,
+    /// A `proxy_protocol` listener's connection without a valid PROXY header: closed.
+    ProxyHeader,
 }
 
 impl Refusal {
     /// Every label, in `index` order.
-    pub const LABELS: [&'static str; 10] = [
+    pub const LABELS: [&'static str; 11] = [
         "bad_request",
         "header_too_large",
         "body_too_large",
@@ -67,6 +69,7 @@ impl Refusal {
         "method_not_allowed",
         "acl",
         "rate_limit",
+        "proxy_header",
     ];
 
     pub fn index(self) -> usize {
@@ -81,6 +84,7 @@ impl Refusal {
             Refusal::MethodNotAllowed => 7,
             Refusal::Acl => 8,
             Refusal::RateLimit => 9,
+            Refusal::ProxyHeader => 10,
         }
     }
 

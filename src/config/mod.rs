@@ -78,6 +78,19 @@ pub struct ServerConfig {
 pub struct ListenerConfig {
     pub address: SocketAddr,
     pub tls: Option<TlsConfig>,
+    /// Each connection opens with a PROXY v1 or v2 header naming the client (SPEC §8).
+    pub proxy_protocol: bool,
+}
+
+impl ListenerConfig {
+    /// Plain HTTP on `address`, without a PROXY header.
+    pub fn plain(address: SocketAddr) -> ListenerConfig {
+        ListenerConfig {
+            address,
+            tls: None,
+            proxy_protocol: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -43,6 +43,7 @@ pub(super) struct RawListener {
     /// checks after it still run (as for the other required keys below).
     pub address: Option<Spanned<String>>,
     pub tls: Option<Spanned<RawTls>>,
+    pub proxy_protocol: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -2,13 +2,13 @@
 //! new address is bound before anything else changes (a bind failure, or a certificate
 //! that cannot be read, refuses the whole reload); a removed one stops accepting and its
 //! connections drain as at shutdown; one that stays keeps its socket and connections and
-//! takes the new TLS settings for its next handshakes.
+//! takes the new TLS and PROXY protocol settings for its next connections.
 
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
-use arc_swap::ArcSwapOption;
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
@@ -23,14 +23,22 @@ use crate::config::ListenerConfig;
 pub struct Bound {
     pub(super) config: ListenerConfig,
     pub(super) socket: TcpListener,
+    pub(super) setup: Setup,
+}
+
+/// How a listener takes each new connection; a reload replaces it for the next ones.
+pub(super) struct Setup {
+    /// Plain HTTP, or TLS with these certificates.
     pub(super) tls: Option<TlsAcceptor>,
+    /// Every connection opens with a PROXY header naming the client.
+    pub(super) proxy_protocol: bool,
 }
 
 impl Bound {
     /// Binds `config`'s address and reads its certificates (first: a bad one leaves
     /// no port bound).
     pub fn bind(config: &ListenerConfig) -> Result<Bound, BindError> {
-        let tls = acceptor_of(config)?;
+        let setup = setup_of(config)?;
         let addr = config.address;
         let socket = std::net::TcpListener::bind(addr)
             .and_then(|l| {
@@ -41,7 +49,7 @@ impl Bound {
         Ok(Bound {
             config: config.clone(),
             socket,
-            tls,
+            setup,
         })
     }
 
@@ -51,7 +59,7 @@ impl Bound {
         config: &ListenerConfig,
         socket: std::net::TcpListener,
     ) -> Result<Bound, BindError> {
-        let tls = acceptor_of(config)?;
+        let setup = setup_of(config)?;
         let addr = config.address;
         let socket = socket
             .set_nonblocking(true)
@@ -60,7 +68,7 @@ impl Bound {
         Ok(Bound {
             config: config.clone(),
             socket,
-            tls,
+            setup,
         })
     }
 
@@ -69,8 +77,8 @@ impl Bound {
     }
 }
 
-fn acceptor_of(config: &ListenerConfig) -> Result<Option<TlsAcceptor>, BindError> {
-    config
+fn setup_of(config: &ListenerConfig) -> Result<Setup, BindError> {
+    let tls = config
         .tls
         .as_ref()
         .map(|t| {
@@ -79,7 +87,11 @@ fn acceptor_of(config: &ListenerConfig) -> Result<Option<TlsAcceptor>, BindError
                 source,
             })
         })
-        .transpose()
+        .transpose()?;
+    Ok(Setup {
+        tls,
+        proxy_protocol: config.proxy_protocol,
+    })
 }
 
 /// What accept loops share, set once the proxy serves.
@@ -93,8 +105,8 @@ pub(super) struct AcceptCtx {
 struct Listening {
     config: ListenerConfig,
     local: Option<SocketAddr>,
-    /// Read at each accept: plain HTTP, or TLS with these certificates.
-    tls: Arc<ArcSwapOption<TlsAcceptor>>,
+    /// Read at each accept.
+    setup: Arc<ArcSwap<Setup>>,
     /// Stops the accept loop and drains the listener's connections.
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
@@ -118,8 +130,8 @@ struct Inner {
 /// A reload's listener changes, prepared: what is new is bound, every certificate read.
 pub struct Plan {
     new: Vec<Bound>,
-    /// Listeners that stay, with their TLS settings from now on.
-    kept: Vec<(Key, Option<TlsAcceptor>)>,
+    /// Listeners that stay, with their settings from now on.
+    kept: Vec<(Key, Setup)>,
 }
 
 /// Which listener a config entry is: its address, and which of the entries with that
@@ -154,7 +166,7 @@ impl Listeners {
         };
         for (c, key) in configs.iter().zip(keys(configs.iter().map(|c| c.address))) {
             if running.contains(&key) {
-                plan.kept.push((key, acceptor_of(c)?));
+                plan.kept.push((key, setup_of(c)?));
             } else {
                 plan.new.push(Bound::bind(c)?);
             }
@@ -162,8 +174,8 @@ impl Listeners {
         Ok(plan)
     }
 
-    /// Applies a prepared plan: new listeners accept, kept ones take their TLS settings
-    /// for the next handshakes, the others stop accepting and drain.
+    /// Applies a prepared plan: new listeners accept, kept ones take their settings for
+    /// the next connections, the others stop accepting and drain.
     pub fn commit(&self, plan: Plan, shared: &Arc<Shared>) {
         let mut inner = self.lock();
         let Inner { running, ctx } = &mut *inner;
@@ -172,11 +184,13 @@ impl Listeners {
         };
         let mut removed = Vec::new();
         let mut current = keys(running.iter().map(|l| l.config.address)).into_iter();
+        let mut kept = plan.kept;
         running.retain(|l| {
             let key = current.next();
-            match plan.kept.iter().find(|(k, _)| Some(*k) == key) {
-                Some((_, tls)) => {
-                    l.tls.store(tls.clone().map(Arc::new));
+            match kept.iter().position(|(k, _)| Some(*k) == key) {
+                Some(i) => {
+                    let (_, setup) = kept.swap_remove(i);
+                    l.setup.store(Arc::new(setup));
                     true
                 }
                 None => {
@@ -253,10 +267,10 @@ fn spawn(b: Bound, ctx: &AcceptCtx, shared: &Arc<Shared>) -> Listening {
     let (stop, stop_rx) = watch::channel(false);
     let local = b.local_addr();
     let fd = b.socket.as_fd().try_clone_to_owned().ok();
-    let tls = Arc::new(ArcSwapOption::new(b.tls.map(Arc::new)));
+    let setup = Arc::new(ArcSwap::from_pointee(b.setup));
     let task = tokio::spawn(accept_loop(
         b.socket,
-        Arc::clone(&tls),
+        Arc::clone(&setup),
         Arc::clone(shared),
         Arc::clone(&ctx.permits),
         Arc::clone(&ctx.protocols),
@@ -266,7 +280,7 @@ fn spawn(b: Bound, ctx: &AcceptCtx, shared: &Arc<Shared>) -> Listening {
     Listening {
         config: b.config,
         local,
-        tls,
+        setup,
         stop,
         task,
         fd,

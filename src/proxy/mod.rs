@@ -18,6 +18,7 @@ pub mod park;
 pub mod pool;
 pub mod prepare;
 pub mod probe;
+pub mod proxy_header;
 pub mod routing;
 pub mod server;
 mod server_tls;

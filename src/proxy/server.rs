@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
+use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
 use hyper::body::Incoming;
 use hyper::server::conn::http2;
@@ -26,7 +26,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
-use tokio_rustls::TlsAcceptor;
 
 use crate::telemetry::{self, Refusal};
 
@@ -34,10 +33,10 @@ use super::Shared;
 use super::body::{ClientBody, ResponseBody};
 use super::conn::{Activity, Expired, Timers, Tracked, Verdict};
 use super::forward::{Answer, ConnInfo, handle_boxed};
-use super::listeners::{AcceptCtx, Bound};
+use super::listeners::{AcceptCtx, Bound, Setup};
 use super::park::{Lot, Woken};
 use super::server_tls::serve_tls;
-use super::{h1, upgrade};
+use super::{h1, proxy_header, upgrade};
 
 /// After an accept error (e.g. out of file descriptors), wait before trying again so
 /// the loop does not spin.
@@ -213,7 +212,7 @@ impl Protocols {
 
 pub(super) async fn accept_loop(
     listener: TcpListener,
-    tls: Arc<ArcSwapOption<TlsAcceptor>>,
+    setup: Arc<ArcSwap<Setup>>,
     shared: Arc<Shared>,
     permits: Arc<Semaphore>,
     protocols: Arc<Protocols>,
@@ -221,7 +220,9 @@ pub(super) async fn accept_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(address = %addr, tls = tls.load().is_some(), "listening");
+        let s = setup.load();
+        let (tls, proxy_protocol) = (s.tls.is_some(), s.proxy_protocol);
+        tracing::info!(address = %addr, tls, proxy_protocol, "listening");
     }
     loop {
         // Over max_connections, stop accepting: new clients wait in the kernel backlog.
@@ -257,11 +258,37 @@ pub(super) async fn accept_loop(
             permit,
             lot: lot.clone(),
         };
-        // Read at each accept: a reload may have changed the certificates.
-        match tls.load_full() {
-            None => tokio::spawn(serve_connection(stream, ctx)),
-            Some(acceptor) => tokio::spawn(serve_tls(stream, (*acceptor).clone(), ctx)),
-        };
+        // Read at each accept: a reload may have changed it.
+        let setup = setup.load_full();
+        if setup.proxy_protocol {
+            tokio::spawn(behind_proxy(stream, setup, ctx));
+        } else {
+            match &setup.tls {
+                None => tokio::spawn(serve_connection(stream, ctx)),
+                Some(acceptor) => tokio::spawn(serve_tls(stream, acceptor.clone(), ctx)),
+            };
+        }
+    }
+}
+
+/// A connection on a `proxy_protocol` listener: its PROXY header first (within
+/// `header_read_timeout`, which then also bounds what follows), which names the client;
+/// without a valid one it is closed.
+async fn behind_proxy(mut stream: TcpStream, setup: Arc<Setup>, mut ctx: ConnCtx) {
+    let header_read = ctx.timers().header_read;
+    let refuse = |ctx: &ConnCtx, e: &dyn std::fmt::Display| {
+        let counts = &ctx.shared.refused;
+        telemetry::refused_connection(counts, ctx.client, Refusal::ProxyHeader, Some(e));
+    };
+    match tokio::time::timeout(header_read, proxy_header::read(&mut stream)).await {
+        Ok(Ok(source)) => ctx.client = source.unwrap_or(ctx.client),
+        Ok(Err(proxy_header::ReadError::Closed)) => return,
+        Ok(Err(e)) => return refuse(&ctx, &e),
+        Err(_) => return refuse(&ctx, &"timed out (header_read_timeout)"),
+    }
+    match &setup.tls {
+        None => serve_connection(stream, ctx).await,
+        Some(acceptor) => serve_tls(stream, acceptor.clone(), ctx).await,
     }
 }
 

@@ -49,3 +49,8 @@ fn chunked_seeds() {
 fn config_seeds() {
     replay("config", sluice::fuzzing::config);
 }
+
+#[test]
+fn proxy_header_seeds() {
+    replay("proxy_header", sluice::fuzzing::proxy_header);
+}

@@ -19,6 +19,7 @@ mod metrics;
 mod outlier;
 mod parking;
 mod policy;
+mod proxy_protocol;
 mod proxying;
 mod refusals;
 mod reload;

@@ -206,7 +206,11 @@ impl Check<'_> {
             }
             let tls = listener.tls.as_ref().and_then(|tls| self.tls(tls));
             if let Some(address) = address {
-                out.push(ListenerConfig { address, tls });
+                out.push(ListenerConfig {
+                    address,
+                    tls,
+                    proxy_protocol: listener.proxy_protocol.unwrap_or(false),
+                });
             }
         }
         out
@@ -475,5 +479,7 @@ fn status_range(v: &StrOrInt) -> Option<(u16, u16)> {
     (code.contains(&lo) && code.contains(&hi) && lo <= hi).then_some((lo, hi))
 }
 
+#[cfg(test)]
+mod policy_tests;
 #[cfg(test)]
 mod tests;

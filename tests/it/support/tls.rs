@@ -97,6 +97,11 @@ impl ServerCertVerifier for AnyCert {
 
 /// A TLS connection to `lb` sending `sni` (None: no SNI) and offering `alpn`.
 pub async fn connect(lb: &Sluice, sni: Option<&str>, alpn: &[&[u8]]) -> TlsStream<TcpStream> {
+    handshake(TcpStream::connect(lb.addr).await.unwrap(), sni, alpn).await
+}
+
+/// A TLS handshake on `tcp`, an open connection, as `connect` makes it.
+pub async fn handshake(tcp: TcpStream, sni: Option<&str>, alpn: &[&[u8]]) -> TlsStream<TcpStream> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -107,7 +112,6 @@ pub async fn connect(lb: &Sluice, sni: Option<&str>, alpn: &[&[u8]]) -> TlsStrea
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     config.enable_sni = sni.is_some();
     let name = ServerName::try_from(sni.unwrap_or("unused.test").to_owned()).unwrap();
-    let tcp = TcpStream::connect(lb.addr).await.unwrap();
     tokio::time::timeout(
         DEADLINE,
         tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp),

@@ -1,0 +1,92 @@
+//! Tests of `parse` for traffic policy (SPEC §8): route access lists, redirects, header
+//! rules and rate limits, listener PROXY headers, trusted proxies, backend queues.
+
+use std::path::Path;
+
+use super::parse;
+use super::tests::{FILE, golden, ok};
+
+#[test]
+fn golden_access_lists() {
+    golden(
+        "[[listener]]\naddress = \"127.0.0.1:8080\"\n[upstream.web]\nbackends = [{ url = \"127.0.0.1:9\" }]\n[[route]]\nallow = [\"10.0.0.0/8\", \"10.0.0.300\"]\ndeny = [\"::1\", \"office\"]\nupstream = \"web\"\n",
+        &[
+            "6:24: route.allow: \"10.0.0.300\" is not an address or network; expected e.g. \"10.0.0.0/8\", \"2001:db8::/32\" or \"127.0.0.1\"",
+            "7:16: route.deny: \"office\" is not an address or network; expected e.g. \"10.0.0.0/8\", \"2001:db8::/32\" or \"127.0.0.1\"",
+        ],
+    );
+    let c = parse(
+        "[[listener]]\naddress = \"127.0.0.1:8080\"\n[upstream.web]\nbackends = [{ url = \"127.0.0.1:9\" }]\n[[route]]\nallow = [\"10.1.2.3/8\", \"2001:db8::1\"]\nupstream = \"web\"\n",
+        Path::new(FILE),
+    )
+    .unwrap();
+    let allow: Vec<String> = c.routes[0].allow.iter().map(|n| n.to_string()).collect();
+    assert_eq!(allow, ["10.0.0.0/8", "2001:db8::1/128"]);
+}
+
+#[test]
+fn golden_redirects() {
+    golden(
+        "[[listener]]\naddress = \"127.0.0.1:8080\"\n[[route]]\nredirect = { to = \"https://{hots}{uri}\" }\n[[route]]\nredirect = { to = \"https://a/\", status = 303 }\n[[route]]\npath_prefix = \"/x\"\n[upstream.web]\nbackends = [{ url = \"127.0.0.1:9\" }]\n",
+        &[
+            "4:19: route.redirect.to: \"https://{hots}{uri}\" has an unknown placeholder; use {host}, {uri} or {scheme}",
+            "6:42: route.redirect.status: 303 is not one of 301, 302, 307, 308",
+            "7:1: missing key \"upstream\" in [[route]]",
+        ],
+    );
+}
+
+#[test]
+fn a_config_that_only_redirects_needs_no_upstream() {
+    let c = parse(
+        "[[listener]]\naddress = \"127.0.0.1:8080\"\n[[route]]\nredirect = { to = \"https://{host}{uri}\", status = 308 }\n",
+        Path::new(FILE),
+    )
+    .unwrap();
+    assert!(c.upstreams.is_empty());
+    assert_eq!(c.routes[0].redirect.as_ref().unwrap().status, 308);
+}
+
+#[test]
+fn golden_header_rules() {
+    golden(
+        "[[listener]]\naddress = \"127.0.0.1:8080\"\n[upstream.web]\nbackends = [{ url = \"127.0.0.1:9\" }]\n[[route]]\nupstream = \"web\"\nrequest_headers = { set = { \"Host\" = \"x\" }, remove = [\"Content-Length\", \"bad name\"] }\n",
+        &[
+            "7:29: route.request_headers: \"Host\" cannot be changed here: it frames or routes the message",
+            "7:55: route.request_headers: \"Content-Length\" cannot be changed here: it frames or routes the message",
+            "7:73: route.request_headers: \"bad name\" is not a header name",
+        ],
+    );
+}
+
+#[test]
+fn golden_rate_limits() {
+    golden(
+        "[[listener]]\naddress = \"127.0.0.1:8080\"\n[upstream.web]\nbackends = [{ url = \"127.0.0.1:9\" }]\n[[route]]\nupstream = \"web\"\nrate_limit = { key = \"cookie:x\", rate = \"10/d\", burst = 0 }\n",
+        &["7:22: route.rate_limit.key \"cookie:x\" is not one of client_ip, header:NAME"],
+    );
+    golden(
+        "[[listener]]\naddress = \"127.0.0.1:8080\"\n[upstream.web]\nbackends = [{ url = \"127.0.0.1:9\" }]\n[[route]]\nupstream = \"web\"\nrate_limit = { rate = \"10/d\" }\n",
+        &[
+            "7:23: route.rate_limit.rate \"10/d\" is not a rate; expected e.g. \"100/s\", \"600/m\" or \"1000/h\"",
+        ],
+    );
+}
+
+#[test]
+fn listener_proxy_protocol_is_a_bool() {
+    let c = ok(
+        "[[listener]]\naddress = \"127.0.0.1:8080\"\nproxy_protocol = true\n[upstream.web]\nbackends = [{ url = \"127.0.0.1:9\" }]\n",
+    );
+    assert!(c.listeners[0].proxy_protocol);
+    let c = ok(
+        "[[listener]]\naddress = \"127.0.0.1:8080\"\n[upstream.web]\nbackends = [{ url = \"127.0.0.1:9\" }]\n",
+    );
+    assert!(!c.listeners[0].proxy_protocol, "off by default");
+    golden(
+        "[[listener]]\naddress = \"127.0.0.1:8080\"\nproxy_protocol = \"v2\"\n[upstream.web]\nbackends = [{ url = \"127.0.0.1:9\" }]\n",
+        &[
+            "3:18: listener.proxy_protocol has the wrong type: found string \"v2\", expected a boolean",
+        ],
+    );
+}
