@@ -301,6 +301,44 @@ pub fn metrics_text(state: &State) -> String {
         );
     }
 
+    let queued: Vec<_> = snap
+        .upstreams
+        .iter()
+        .filter_map(|u| Some((&*u.name, u.queue.as_ref()?)))
+        .collect();
+    t.family(
+        "sluice_queue_depth",
+        "gauge",
+        "Requests waiting for a backend under max_inflight_per_backend, by upstream.",
+    );
+    for (name, q) in &queued {
+        t.sample("sluice_queue_depth", &[("upstream", name)], q.depth());
+    }
+    t.family(
+        "sluice_queue_timeouts_total",
+        "counter",
+        "Requests answered 503 after waiting queue.timeout, by upstream.",
+    );
+    for (name, q) in &queued {
+        t.sample(
+            "sluice_queue_timeouts_total",
+            &[("upstream", name)],
+            q.timeouts(),
+        );
+    }
+    t.family(
+        "sluice_queue_full_total",
+        "counter",
+        "Requests answered 503 at once because queue.max were already waiting, by upstream.",
+    );
+    for (name, q) in &queued {
+        t.sample(
+            "sluice_queue_full_total",
+            &[("upstream", name)],
+            q.turned_away(),
+        );
+    }
+
     t.family(
         "sluice_drained_connections_total",
         "counter",

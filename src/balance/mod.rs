@@ -6,6 +6,7 @@
 //! Backups are a separate tier with its own strategy instance; `Upstream::pick` falls back
 //! to it, so no strategy has to know what a backup is.
 
+mod admit;
 mod first;
 pub mod hash_key;
 mod least_conn;
@@ -24,6 +25,7 @@ use tokio::time::Instant;
 use crate::config::StrategyKind;
 use crate::upstream::Backend;
 
+pub use admit::{Admit, NoBackend};
 pub use first::First;
 pub use least_conn::LeastConn;
 pub use maglev::Maglev;
@@ -87,10 +89,11 @@ pub struct PickCtx<'a> {
 }
 
 impl PickCtx<'_> {
-    /// Can `b` take this request: available and not already tried by it?
+    /// Can `b` take this request: available, with room under its in-flight limit, and
+    /// not already tried by it?
     #[inline]
     pub fn usable(&self, b: &Backend) -> bool {
-        b.available(self.now) && !self.tried.contains(b)
+        b.available(self.now) && b.has_room() && !self.tried.contains(b)
     }
 }
 

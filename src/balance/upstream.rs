@@ -7,6 +7,7 @@ use std::sync::Arc;
 use super::{PickCtx, Strategy, Tried};
 use crate::config::UpstreamConfig;
 use crate::upstream::Backend;
+use crate::upstream::queue::Queue;
 use crate::upstream::retry::Budget;
 
 /// One tier (primaries or backups) with the strategy built over it.
@@ -46,13 +47,22 @@ pub struct Upstream {
     pub backups: Tier,
     /// Retries of every kind stay within this (SPEC §2 `budget_percent`).
     pub budget: Arc<Budget>,
+    /// Where requests wait while every backend is full; None without
+    /// `max_inflight_per_backend`.
+    pub queue: Option<Arc<Queue>>,
 }
 
 impl Upstream {
-    /// Picks a usable primary, or a backup when no primary is usable.
+    /// Picks a usable primary, or a backup when no primary is usable. Backups stand in
+    /// for primaries that are down, not for ones that are merely full: a request then
+    /// waits for a primary.
     #[inline]
     pub fn pick(&self, ctx: &PickCtx<'_>) -> Option<&Arc<Backend>> {
-        self.primaries.pick(ctx).or_else(|| self.backups.pick(ctx))
+        self.primaries.pick(ctx).or_else(|| {
+            let full = self.queue.is_some()
+                && self.primaries.backends.iter().any(|b| b.available(ctx.now));
+            if full { None } else { self.backups.pick(ctx) }
+        })
     }
 
     /// Is a backend this request has not tried yet available now? Bounds the retries

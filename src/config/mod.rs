@@ -222,6 +222,29 @@ pub struct UpstreamConfig {
     /// Backends from DNS, etcd or a file (SPEC §6); `backends` then holds the last set
     /// discovered (none until the first answer).
     pub discovery: Option<DiscoveryConfig>,
+    /// 0: unlimited. Else a backend with this many requests in flight takes no more,
+    /// and when every backend is full requests wait in `queue` (SPEC §8).
+    pub max_inflight_per_backend: u32,
+    pub queue: QueueConfig,
+}
+
+/// Where requests wait while every backend of an upstream is at
+/// `max_inflight_per_backend`, first come first served.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueConfig {
+    /// Over this many waiting, a request gets 503 at once; 0: no queue.
+    pub max: usize,
+    /// A request waiting longer gets 503.
+    pub timeout: Duration,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            max: 1000,
+            timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 impl UpstreamConfig {
@@ -244,6 +267,8 @@ impl UpstreamConfig {
             outlier: OutlierConfig::default(),
             retry: RetryConfig::default(),
             discovery: None,
+            max_inflight_per_backend: 0,
+            queue: QueueConfig::default(),
         }
     }
 }

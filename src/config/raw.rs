@@ -137,6 +137,15 @@ pub(super) struct RawUpstream {
     pub outlier: Option<RawOutlier>,
     pub retry: Option<RawRetry>,
     pub discovery: Option<Spanned<RawDiscovery>>,
+    pub max_inflight_per_backend: Option<Spanned<i64>>,
+    pub queue: Option<Spanned<RawQueue>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawQueue {
+    pub max: Option<Spanned<i64>>,
+    pub timeout: Option<Spanned<DurationValue>>,
 }
 
 /// `[upstream.NAME.discovery]`: the keys of every source; which belong to the chosen

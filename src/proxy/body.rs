@@ -144,8 +144,10 @@ pub struct Completion {
     pub started: tokio::time::Instant,
     /// The status the client was answered with; 0 until one is chosen.
     pub status: u16,
-    /// The backend whose in-flight count this request holds.
+    /// The backend of the request's last attempt (for the log and its counters).
     pub backend: Option<Arc<Backend>>,
+    /// Does the request hold a slot of `backend`'s in-flight count?
+    holding: bool,
     /// Present when the access log is on. Boxed: this struct travels inside every
     /// request's future and response body, which are moved several times.
     pub record: Option<Box<AccessRecord>>,
@@ -162,17 +164,28 @@ impl Completion {
             started: tokio::time::Instant::now(),
             status: 0,
             backend: None,
+            holding: false,
             record: None,
             headers: None,
         }
     }
 
-    /// Takes a slot of `backend`'s in-flight count until this completion drops.
+    /// Holds the slot of `backend`'s in-flight count the request took
+    /// (`Backend::take_slot`) until this completion drops or `let_go`.
     pub fn hold(&mut self, backend: &Arc<Backend>) {
-        backend.stats.inflight.fetch_add(1, Ordering::Relaxed);
         backend.stats.requests.fetch_add(1, Ordering::Relaxed);
-        if let Some(old) = self.backend.replace(Arc::clone(backend)) {
-            old.stats.inflight.fetch_sub(1, Ordering::Relaxed);
+        self.let_go();
+        self.backend = Some(Arc::clone(backend));
+        self.holding = true;
+    }
+
+    /// Gives back the slot held (an attempt is over: before a retry takes another).
+    #[inline]
+    pub fn let_go(&mut self) {
+        if std::mem::take(&mut self.holding) {
+            if let Some(b) = &self.backend {
+                b.release_slot();
+            }
         }
     }
 }
@@ -202,9 +215,7 @@ impl Drop for Completion {
                 self.backend.as_ref().map_or("-", |b| &b.id),
             );
         }
-        if let Some(b) = self.backend.take() {
-            b.stats.inflight.fetch_sub(1, Ordering::Relaxed);
-        }
+        self.let_go();
         self.activity.end_request_at(now);
     }
 }

@@ -60,6 +60,13 @@ fn build_with(config: &Config, previous: Option<&Snapshot>, undo_admin: bool) ->
             {
                 return Arc::clone(same);
             }
+            // Its queue carries over too, with its waiters, while it has a limit.
+            let queue = (cfg.max_inflight_per_backend > 0).then(|| {
+                previous
+                    .and_then(|p| p.upstreams.iter().find(|u| *u.name == *cfg.name))
+                    .and_then(|u| u.queue.clone())
+                    .unwrap_or_default()
+            });
             let mut pools = Vec::with_capacity(cfg.backends.len());
             let all: Vec<Arc<Backend>> = cfg
                 .backends
@@ -106,6 +113,8 @@ fn build_with(config: &Config, previous: Option<&Snapshot>, undo_admin: bool) ->
                     backend.sticky_id = crate::balance::sticky::id_of(&backend.id).into();
                     // Its connections: the client's pool of the same slot.
                     backend.slot = slot;
+                    backend.max_inflight = cfg.max_inflight_per_backend;
+                    backend.queue = queue.clone();
                     pools.push(pool);
                     Arc::new(backend)
                 })
@@ -137,6 +146,7 @@ fn build_with(config: &Config, previous: Option<&Snapshot>, undo_admin: bool) ->
                 backups: Tier::new(cfg, backups),
                 all: all.into_boxed_slice(),
                 budget,
+                queue,
             };
             Arc::new(Served { upstream, client })
         })

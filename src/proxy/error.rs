@@ -24,6 +24,10 @@ pub enum ProxyError {
     HeadTooLarge,
     #[error("no healthy backend in upstream")]
     NoHealthyBackend,
+    #[error("every backend at max_inflight_per_backend and queue.max requests waiting")]
+    QueueFull,
+    #[error("waited queue.timeout for a backend under max_inflight_per_backend")]
+    QueueTimeout,
     #[error("backend unreachable")]
     Connect(#[source] super::client::SendError),
     #[error("backend broke off")]
@@ -46,7 +50,9 @@ impl ProxyError {
             ProxyError::Connect405 => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            ProxyError::NoHealthyBackend => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoHealthyBackend | ProxyError::QueueFull | ProxyError::QueueTimeout => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::Connect(_) | ProxyError::BrokeOff(_) => StatusCode::BAD_GATEWAY,
             ProxyError::ResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -80,8 +86,20 @@ impl ProxyError {
             ProxyError::BodyTooLarge => "413 request body too large\n",
             ProxyError::HeadTooLarge => "431 request header fields too large\n",
             ProxyError::NoHealthyBackend => "503 no healthy backend available\n",
+            ProxyError::QueueFull | ProxyError::QueueTimeout => "503 every backend is busy\n",
             ProxyError::Connect(_) | ProxyError::BrokeOff(_) => "502 bad gateway\n",
             ProxyError::ResponseTimeout => "504 gateway timeout\n",
+        }
+    }
+}
+
+impl From<crate::balance::NoBackend> for ProxyError {
+    fn from(e: crate::balance::NoBackend) -> Self {
+        use crate::balance::NoBackend;
+        match e {
+            NoBackend::Unavailable => ProxyError::NoHealthyBackend,
+            NoBackend::QueueFull => ProxyError::QueueFull,
+            NoBackend::QueueTimeout => ProxyError::QueueTimeout,
         }
     }
 }

@@ -22,7 +22,7 @@ use super::headers::{self, X_REQUEST_ID};
 use super::prepare::{Prepared, prepare};
 use super::wire::WireError;
 use crate::balance::Upstream;
-use crate::balance::{PickCtx, Tried, sticky};
+use crate::balance::{Admit, Tried, sticky};
 use crate::config::{RetryOn, StrategyKind};
 use crate::health::outlier::{self, Outcome};
 use crate::telemetry::{self, AccessRecord};
@@ -250,12 +250,24 @@ async fn attempts(
     let (mut tries, mut retries, mut fresh, mut stale_retried) = (0u32, 0u32, false, false);
     let mut counted = 0u32;
     loop {
-        let started = if tries == 0 { now } else { Instant::now() };
+        let mut started = if tries == 0 { now } else { Instant::now() };
+        // A retry gives back its last attempt's in-flight slot before taking another.
+        done.let_go();
         // A sticky client's backend (or the one a stale connection failed on) first,
-        // while it may serve (a backup only while no primary can); else the strategy.
+        // while it may serve (a backup only while no primary can) and has room; else
+        // the strategy, or a wait in the queue when every backend is full.
         let backend = match pinned.take() {
-            Some(b) if upstream.may_serve(&b, started) => b,
-            _ => pick(upstream, key, &tried, started)?,
+            Some(b) if upstream.may_serve(&b, started) && b.take_slot() => b,
+            _ => match upstream.admit(key, &tried, started) {
+                Admit::Backend(b) => b,
+                Admit::Unavailable => return Err(ProxyError::NoHealthyBackend),
+                Admit::Wait => {
+                    let b = upstream.wait(key, &tried, started).await?;
+                    // The wait is not the backend's time: its timeout starts now.
+                    started = Instant::now();
+                    b
+                }
+            },
         };
         tried.insert(&backend);
         if retries > counted {
@@ -484,33 +496,6 @@ fn note_send_failure(upstream: &Upstream, backend: &Backend, error: &SendError) 
     } else {
         note_failure(upstream, backend, Outcome::Failure);
     }
-}
-
-/// A usable backend not tried yet by this request, or when every one was tried, any
-/// usable backend again.
-fn pick(
-    upstream: &Upstream,
-    key: Option<u64>,
-    tried: &Tried,
-    now: Instant,
-) -> Result<Arc<Backend>, ProxyError> {
-    let ctx = PickCtx { key, tried, now };
-    if let Some(b) = upstream.pick(&ctx) {
-        return Ok(Arc::clone(b));
-    }
-    if tried.is_empty() {
-        return Err(ProxyError::NoHealthyBackend);
-    }
-    let none = Tried::default();
-    let ctx = PickCtx {
-        key,
-        tried: &none,
-        now,
-    };
-    upstream
-        .pick(&ctx)
-        .map(Arc::clone)
-        .ok_or(ProxyError::NoHealthyBackend)
 }
 
 /// Counts a failed attempt on `backend` (its `failures`, and outlier detection),

@@ -41,6 +41,10 @@ pub struct Backend {
     pub slot: usize,
     /// The address to connect to when the host is an IP literal (no lookup needed).
     pub socket_addr: Option<std::net::SocketAddr>,
+    /// The upstream's `max_inflight_per_backend` (0: unlimited).
+    pub max_inflight: u32,
+    /// The upstream's queue, woken when this backend frees a slot; None without a limit.
+    pub queue: Option<Arc<super::queue::Queue>>,
 }
 
 /// What `/status` reports as a backend's `state` (SPEC §5).
@@ -329,6 +333,8 @@ impl Backend {
             sticky_id: Box::default(),
             socket_addr: literal_addr(&url.host, url.port),
             slot: 0,
+            max_inflight: 0,
+            queue: None,
             authority,
             host_value,
             id: id.into_boxed_str(),
@@ -369,6 +375,36 @@ impl Backend {
 
     pub fn inflight(&self) -> u32 {
         self.stats.inflight.load(Ordering::Relaxed)
+    }
+
+    /// Can it take one more request under `max_inflight_per_backend`?
+    #[inline]
+    pub fn has_room(&self) -> bool {
+        self.max_inflight == 0 || self.inflight() < self.max_inflight
+    }
+
+    /// Takes a slot of its in-flight count for a request; false when the backend is
+    /// full (another request took its last slot since the pick).
+    #[inline]
+    pub fn take_slot(&self) -> bool {
+        let n = &self.stats.inflight;
+        if self.max_inflight == 0 {
+            n.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        n.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |c| {
+            (c < self.max_inflight).then_some(c + 1)
+        })
+        .is_ok()
+    }
+
+    /// Gives back a slot taken by `take_slot`, waking a queued request if any waits.
+    #[inline]
+    pub fn release_slot(&self) {
+        self.stats.inflight.fetch_sub(1, Ordering::AcqRel);
+        if let Some(q) = &self.queue {
+            q.wake_one();
+        }
     }
 }
 

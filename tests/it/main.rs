@@ -21,6 +21,7 @@ mod parking;
 mod policy;
 mod proxy_protocol;
 mod proxying;
+mod queue;
 mod refusals;
 mod reload;
 mod retries;

@@ -90,3 +90,30 @@ fn listener_proxy_protocol_is_a_bool() {
         ],
     );
 }
+
+#[test]
+fn golden_backend_limits_and_queues() {
+    let c = ok(
+        "[[listener]]\naddress = \"127.0.0.1:8080\"\n[upstream.web]\nbackends = [{ url = \"127.0.0.1:9\" }]\nmax_inflight_per_backend = 50\nqueue = { max = 20, timeout = \"2s\" }\n",
+    );
+    let u = &c.upstreams[0];
+    assert_eq!(u.max_inflight_per_backend, 50);
+    assert_eq!((u.queue.max, u.queue.timeout.as_millis()), (20, 2000));
+    golden(
+        "[[listener]]\naddress = \"127.0.0.1:8080\"\n[upstream.web]\nbackends = [{ url = \"127.0.0.1:9\" }]\nqueue = { max = -1, timeout = \"0s\", maxx = 1 }\n",
+        &[
+            "5:9: upstream \"web\": queue needs max_inflight_per_backend (requests queue only when every backend is at it)",
+            "5:17: upstream \"web\": queue.max: -1 is out of range; expected 0 to 1000000",
+            "5:31: upstream \"web\": queue.timeout: \"0s\" must be greater than zero",
+            "5:37: unknown key \"maxx\" in upstream.web.queue; expected max or timeout",
+        ],
+    );
+    golden(
+        "[[listener]]\naddress = \"127.0.0.1:8080\"\n[upstream.web]\nbackends = [{ url = \"127.0.0.1:9\" }]\nmax_inflight_per_backend = -3\nqueue = { max = -1, timeout = \"0s\" }\n",
+        &[
+            "5:28: upstream \"web\": max_inflight_per_backend: -3 is too small; expected at least 0",
+            "6:17: upstream \"web\": queue.max: -1 is out of range; expected 0 to 1000000",
+            "6:31: upstream \"web\": queue.timeout: \"0s\" must be greater than zero",
+        ],
+    );
+}

@@ -445,7 +445,7 @@ strategy = "fastest"
 backends = [{ url = "127.0.0.1:9001", wieght = 2 }, { url = "ftp://x:1" }]
 "#,
         &[
-            "2:1: unknown key \"adress\" in [[listener]]; expected address or tls",
+            "2:1: unknown key \"adress\" in [[listener]]; expected one of address, tls, proxy_protocol",
             "3:11: listener.address: \"127.0.0.1:99999\" is not a socket address; expected IP:PORT such as \"127.0.0.1:8080\" or \"[::1]:8080\"",
             "6:16: limits.idle_timeout: \"forever\" is not a duration; expected e.g. \"250ms\", \"5s\", \"2m\"",
             "7:1: unknown key \"max_conection\" in [limits]; expected one of max_header_bytes, max_body_bytes, header_read_timeout, idle_timeout, max_connections",
@@ -473,12 +473,12 @@ backends = [{ weight = 2 }, { url = "bad url" }]
 backend = []
 "#,
         &[
-            "2:1: unknown key \"port\" in [[listener]]; expected address or tls",
+            "2:1: unknown key \"port\" in [[listener]]; expected one of address, tls, proxy_protocol",
             "3:1: missing key \"address\" in [admin]",
             "6:1: unknown key \"upstrem\" in [[route]]; expected one of host, path_prefix, strip_prefix, upstream, allow, deny, redirect, request_headers, response_headers, rate_limit",
             "8:13: missing key \"url\" in upstream backend ({ url = \"host:port\" })",
             "8:37: upstream \"web\": backend url \"bad url\" has no port; expected host:port",
-            "10:1: unknown key \"backend\" in [upstream.api]; expected one of strategy, hash_key, backends, host_header, protocol, ca_file, connect_timeout, response_timeout, max_idle_per_backend, slow_start, sticky, health, outlier, retry, discovery",
+            "10:1: unknown key \"backend\" in [upstream.api]; expected one of strategy, hash_key, backends, host_header, protocol, ca_file, connect_timeout, response_timeout, max_idle_per_backend, slow_start, sticky, health, outlier, retry, discovery, max_inflight_per_backend, queue",
         ],
     );
 }

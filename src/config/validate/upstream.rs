@@ -11,7 +11,8 @@ use crate::config::raw::{RawBackend, RawHealth, RawOutlier, RawRetry, RawUpstrea
 use crate::config::{
     BackendConfig, BackendUrl, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_IDLE_PER_BACKEND,
     DEFAULT_RESPONSE_TIMEOUT, HashKey, HealthConfig, HostHeader, MAX_WEIGHT, OutlierConfig,
-    Protocol, RetryConfig, RetryOn, Scheme, StickyConfig, StrategyKind, UpstreamConfig,
+    Protocol, QueueConfig, RetryConfig, RetryOn, Scheme, StickyConfig, StrategyKind,
+    UpstreamConfig,
 };
 
 impl Check<'_> {
@@ -144,6 +145,7 @@ impl Check<'_> {
             };
             StickyConfig { cookie }
         });
+        self.queue(&ctx, &mut u, &raw);
         u.health = raw.health.map(|h| self.health(&ctx, h.into_inner()));
         u.outlier = self.outlier(&ctx, raw.outlier.unwrap_or_default());
         u.retry = self.retry(&ctx, raw.retry.unwrap_or_default());
@@ -170,6 +172,41 @@ impl Check<'_> {
             }
         }
         u
+    }
+
+    /// `max_inflight_per_backend` and its `queue`, which means nothing without it.
+    fn queue(&mut self, ctx: &str, u: &mut UpstreamConfig, raw: &RawUpstream) {
+        let max = self.int_in(
+            &format!("{ctx} max_inflight_per_backend"),
+            raw.max_inflight_per_backend.as_ref(),
+            0,
+            i64::from(u32::MAX),
+            0,
+        );
+        u.max_inflight_per_backend = u32::try_from(max).unwrap_or(u32::MAX);
+        let Some(q) = &raw.queue else { return };
+        let given = raw.max_inflight_per_backend.as_ref().map(|m| *m.get_ref());
+        if given.is_none_or(|m| m == 0) {
+            self.report(
+                q.span(),
+                format!("{ctx} queue needs max_inflight_per_backend (requests queue only when every backend is at it)"),
+            );
+        }
+        let q = q.get_ref();
+        let waiting = self.int_in(
+            &format!("{ctx} queue.max"),
+            q.max.as_ref(),
+            0,
+            1_000_000,
+            QueueConfig::default().max as i64,
+        );
+        u.queue.max = usize::try_from(waiting).unwrap_or(0);
+        u.queue.timeout = self.duration(
+            &format!("{ctx} queue.timeout"),
+            q.timeout.as_ref(),
+            QueueConfig::default().timeout,
+            true,
+        );
     }
 
     fn backends(&mut self, ctx: &str, raw: &[Spanned<RawBackend>]) -> Vec<BackendConfig> {
