@@ -2,7 +2,8 @@
 # The test command (README): installs what the tests need when it is missing, then runs
 # the whole suite. CI (.ci/run) calls this same script, so a fresh machine and CI agree.
 # The tests start their own backends and sluice on 127.0.0.1, and the real servers
-# discovery talks to (dnsmasq, etcd) on free loopback ports; those are installed here,
+# sluice talks to (dnsmasq and etcd for discovery, Redis for shared rate limits) on free
+# loopback ports; those are installed here,
 # with apt-get when running as root.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -20,5 +21,6 @@ need() { # need COMMAND DEBIAN-PACKAGE
 
 need dnsmasq dnsmasq-base
 need etcd etcd-server
+need redis-server redis-server
 
 cargo test --locked "$@"

@@ -137,6 +137,9 @@ pub struct UpstreamStats {
     pub denied_acl: AtomicU64,
     /// Requests its routes' rate limits refused.
     pub denied_rate: AtomicU64,
+    /// Requests a shared rate limit judged with this instance's buckets because its
+    /// store (Redis) did not answer.
+    pub shared_rate_fallbacks: AtomicU64,
 }
 
 impl UpstreamStats {
@@ -148,6 +151,7 @@ impl UpstreamStats {
             unpicked: CodeCounts::default(),
             denied_acl: AtomicU64::new(0),
             denied_rate: AtomicU64::new(0),
+            shared_rate_fallbacks: AtomicU64::new(0),
         }
     }
 }

@@ -301,6 +301,20 @@ pub fn metrics_text(state: &State) -> String {
         );
     }
 
+    t.family(
+        "sluice_rate_limit_fallbacks_total",
+        "counter",
+        "Requests a shared rate limit judged with this instance's own buckets because Redis did not answer, by upstream.",
+    );
+    for u in snap.upstreams.iter() {
+        let n = u.stats.shared_rate_fallbacks.load(Ordering::Relaxed);
+        t.sample(
+            "sluice_rate_limit_fallbacks_total",
+            &[("upstream", &u.name)],
+            n,
+        );
+    }
+
     let queued: Vec<_> = snap
         .upstreams
         .iter()

@@ -38,10 +38,10 @@ impl Upstream {
     /// A backend for this request now, if one has room and nobody waits before it.
     #[inline]
     pub fn admit(&self, key: Option<u64>, tried: &Tried, now: Instant) -> Admit {
-        if let Some(q) = &self.queue {
-            if Place::others_waiting(q) {
-                return Admit::Wait;
-            }
+        if let Some(q) = &self.queue
+            && Place::others_waiting(q)
+        {
+            return Admit::Wait;
         }
         self.take(key, tried, now)
     }

@@ -66,16 +66,17 @@ impl Pick for RoundRobin {
         for step in 0..self.max_walk {
             let i = self.cycle[pos] as usize;
             // `get`: a tier that does not match the build must not panic the request path.
-            if let Some(b) = tier.get(i) {
-                if ctx.usable(b) && warm(b, ctx.now) {
-                    if step > 0 {
-                        // Move the cursor past the skipped entries too. Otherwise the
-                        // backend after a down one inherits all its turns: with a, b, c
-                        // and b down, a plain walk would send c twice as much as a.
-                        self.cursor.fetch_add(step, Ordering::Relaxed);
-                    }
-                    return Some(i);
+            if let Some(b) = tier.get(i)
+                && ctx.usable(b)
+                && warm(b, ctx.now)
+            {
+                if step > 0 {
+                    // Move the cursor past the skipped entries too. Otherwise the
+                    // backend after a down one inherits all its turns: with a, b, c
+                    // and b down, a plain walk would send c twice as much as a.
+                    self.cursor.fetch_add(step, Ordering::Relaxed);
                 }
+                return Some(i);
             }
             pos += 1;
             if pos == len {

@@ -51,13 +51,14 @@ impl Config {
     /// and printed by `sluice check`.
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
-        if let Some(a) = &self.admin {
-            if a.token.is_none() && !a.address.ip().is_loopback() {
-                out.push(format!(
+        if let Some(a) = &self.admin
+            && a.token.is_none()
+            && !a.address.ip().is_loopback()
+        {
+            out.push(format!(
                     "the admin API on {} has no token: anyone who can reach it can drain backends and reload; set [admin] token or listen on 127.0.0.1",
                     a.address
                 ));
-            }
         }
         out
     }
@@ -147,6 +148,8 @@ pub struct RateLimitConfig {
     /// Tokens per second.
     pub per_sec: f64,
     pub burst: u32,
+    /// `redis://…`: the buckets live in this Redis, shared by every instance using it.
+    pub shared: Option<String>,
 }
 
 /// What a request is limited by.

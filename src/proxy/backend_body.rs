@@ -125,10 +125,9 @@ impl BackendBody {
         self.state = Framed::Done;
         if let (Some(Source::Conn(conn)), Some((pool, max_idle))) =
             (self.src.take(), self.reuse.take())
+            && conn.buf.is_empty()
         {
-            if conn.buf.is_empty() {
-                pool.put(conn, max_idle);
-            }
+            pool.put(conn, max_idle);
         }
     }
 

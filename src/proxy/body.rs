@@ -182,10 +182,10 @@ impl Completion {
     /// Gives back the slot held (an attempt is over: before a retry takes another).
     #[inline]
     pub fn let_go(&mut self) {
-        if std::mem::take(&mut self.holding) {
-            if let Some(b) = &self.backend {
-                b.release_slot();
-            }
+        if std::mem::take(&mut self.holding)
+            && let Some(b) = &self.backend
+        {
+            b.release_slot();
         }
     }
 }

@@ -10,9 +10,11 @@ use std::sync::Arc;
 use super::client::Client;
 use super::pool::Pool;
 use super::routing::{Served, Snapshot};
+use super::shared_rate::RedisBuckets;
 use crate::balance::{Tier, Upstream};
 use crate::config::{Config, Protocol, Scheme};
 use crate::metrics::UpstreamStats;
+use crate::upstream::rate::SharedBuckets;
 use crate::upstream::retry::Budget;
 use crate::upstream::{Backend, BackendStats, Route};
 
@@ -152,6 +154,17 @@ fn build_with(config: &Config, previous: Option<&Snapshot>, undo_admin: bool) ->
         })
         .collect();
 
+    // Shared rate limits: one store per URL, the same one the previous snapshot used.
+    let mut stores: HashMap<String, Arc<dyn SharedBuckets>> = previous
+        .into_iter()
+        .flat_map(|p| p.routes.iter())
+        .filter_map(|r| r.policy.as_ref()?.rate.as_ref()?.store().cloned())
+        .map(|s| (s.url().to_owned(), s))
+        .collect();
+    let mut store_at = |url: &str| -> Arc<dyn SharedBuckets> {
+        let made = || RedisBuckets::new(url) as Arc<dyn SharedBuckets>;
+        Arc::clone(stores.entry(url.to_owned()).or_insert_with(made))
+    };
     let index = |name: &str| upstreams.iter().position(|u| &*u.name == name);
     let routes: Vec<Route> = if config.routes.is_empty() {
         // Validation guarantees exactly one upstream when there are no routes.
@@ -166,7 +179,7 @@ fn build_with(config: &Config, previous: Option<&Snapshot>, undo_admin: bool) ->
                 let before = previous.and_then(|p| p.routes.get(i));
                 // Validation leaves no route without an upstream but a redirect.
                 (upstream.is_some() || r.redirect.is_some())
-                    .then(|| Route::new(r, upstream, before))
+                    .then(|| Route::new(r, upstream, before, &mut store_at))
             })
             .collect()
     };

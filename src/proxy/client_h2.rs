@@ -162,12 +162,12 @@ impl Client {
                 .connect_stream(backend)
                 .await
                 .map_err(SendError::Connect)?;
-            if let Stream::Tls(tls) = &stream {
-                if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
-                    return Err(SendError::Connect(io::Error::other(
-                        "the backend did not agree to HTTP/2 (ALPN h2)",
-                    )));
-                }
+            if let Stream::Tls(tls) = &stream
+                && tls.get_ref().1.alpn_protocol() != Some(b"h2")
+            {
+                return Err(SendError::Connect(io::Error::other(
+                    "the backend did not agree to HTTP/2 (ALPN h2)",
+                )));
             }
             let mut builder =
                 hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());

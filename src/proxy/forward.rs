@@ -128,7 +128,16 @@ pub fn handle(
     let conn = Arc::clone(conn);
     async move {
         let result = match prepared {
-            Ok(ref mut p) => attempts(&conn, p, &mut done).await,
+            Ok(ref mut p) => {
+                let allowed = match p.shared_limit.take() {
+                    Some(check) => check.ask(&p.upstream).await,
+                    None => Ok(()),
+                };
+                match allowed {
+                    Ok(()) => attempts(&conn, p, &mut done).await,
+                    Err(e) => Err(e),
+                }
+            }
             Err(e) => Err(e),
         };
         respond(result, done, request_id, &conn.refused)

@@ -56,10 +56,10 @@ pub fn remove_connection_named(headers: &mut HeaderMap, connection: &[u8], upgra
         {
             continue;
         }
-        if let Ok(name) = HeaderName::from_bytes(t) {
-            if !(upgrade && name == header::UPGRADE) {
-                headers.remove(name);
-            }
+        if let Ok(name) = HeaderName::from_bytes(t)
+            && !(upgrade && name == header::UPGRADE)
+        {
+            headers.remove(name);
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod proxy_header;
 pub mod routing;
 pub mod server;
 mod server_tls;
+mod shared_rate;
 pub mod stream;
 pub mod tls;
 pub mod upgrade;

@@ -252,12 +252,12 @@ impl Lot {
         let mut next: Option<u64> = None;
         loop {
             let timeout = next.map(|ms| Duration::from_millis(ms.saturating_sub(now_ms())));
-            if let Err(e) = poll.poll(&mut events, timeout) {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    tracing::warn!(error = %e, "parked connections can no longer be watched");
-                    self.close();
-                    return;
-                }
+            if let Err(e) = poll.poll(&mut events, timeout)
+                && e.kind() != io::ErrorKind::Interrupted
+            {
+                tracing::warn!(error = %e, "parked connections can no longer be watched");
+                self.close();
+                return;
             }
             let now = now_ms();
             {

@@ -72,6 +72,34 @@ pub(super) struct Prepared {
     /// `host_header = "backend"`: each attempt sets its backend's Host.
     pub(super) backend_host: bool,
     pub(super) now: Instant,
+    /// A rate limit the fleet shares, still to be asked (a round trip to its store).
+    pub(super) shared_limit: Option<Box<SharedCheck>>,
+}
+
+/// A shared rate limit's question for one request: made while preparing, asked when the
+/// request's future first runs.
+pub(super) struct SharedCheck {
+    limit: Arc<crate::upstream::rate::RateLimit>,
+    key: Vec<u8>,
+}
+
+impl SharedCheck {
+    /// Ok, or the 429 to answer. A store that does not answer is counted; the limit
+    /// was then this instance's own.
+    pub(super) async fn ask(self: Box<Self>, upstream: &Served) -> Result<(), ProxyError> {
+        let (verdict, fell_back) = self.limit.take_shared(&self.key).await;
+        if fell_back {
+            upstream
+                .stats
+                .shared_rate_fallbacks
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        verdict.map_err(|secs| {
+            let denied = &upstream.stats.denied_rate;
+            denied.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            ProxyError::RateLimited(secs)
+        })
+    }
 }
 
 /// Checks framing and limits, routes, and rewrites the head for the backend.
@@ -84,7 +112,8 @@ pub(super) fn prepare(
     request_id: &HeaderValue,
 ) -> Result<Prepared, ProxyError> {
     let max_body_bytes = check_limits(shared, conn, &req, raw.as_ref())?;
-    let (upstream, rewritten, client) = route(shared, &req, raw.as_ref(), conn, done)?;
+    let (upstream, rewritten, client, shared_limit) =
+        route(shared, &req, raw.as_ref(), conn, done)?;
     done.upstream = Some(Arc::clone(&upstream.stats));
     let now = done.started;
     upstream.budget.record_request(now);
@@ -170,6 +199,7 @@ pub(super) fn prepare(
         upgrade,
         backend_host,
         now,
+        shared_limit,
     })
 }
 
@@ -217,7 +247,7 @@ fn route(
     raw: Option<&RawRequest>,
     conn: &ConnInfo,
     done: &mut Completion,
-) -> Result<(Arc<Served>, Option<PathAndQuery>, std::net::IpAddr), ProxyError> {
+) -> Result<Routed, ProxyError> {
     let snap = shared.snapshot.load();
     let path = req.uri().path();
     let host = match raw {
@@ -243,8 +273,9 @@ fn route(
         client
     };
     let (route, upstream) = snap.route(host, path).ok_or(ProxyError::NoRoute)?;
+    let mut shared_limit = None;
     if let Some(policy) = &route.policy {
-        apply_policy(
+        shared_limit = apply_policy(
             policy,
             upstream,
             shared,
@@ -262,8 +293,17 @@ fn route(
         };
         PathAndQuery::try_from(pq).ok()
     });
-    Ok((Arc::clone(upstream), rewritten, client))
+    Ok((Arc::clone(upstream), rewritten, client, shared_limit))
 }
+
+/// Where a request goes: its upstream, its rewritten path, its client, and a shared
+/// rate limit still to ask.
+type Routed = (
+    Arc<Served>,
+    Option<PathAndQuery>,
+    std::net::IpAddr,
+    Option<Box<SharedCheck>>,
+);
 
 /// A route's policy, before its upstream (SPEC §8): its header rules noted for the
 /// answer (whatever it is: 403 and redirects included), the access list, a redirect.
@@ -277,17 +317,17 @@ fn apply_policy(
     host: Option<&str>,
     (conn, client): (&ConnInfo, std::net::IpAddr),
     done: &mut Completion,
-) -> Result<(), ProxyError> {
+) -> Result<Option<Box<SharedCheck>>, ProxyError> {
     done.headers = policy.headers.clone();
-    if let Some(acl) = &policy.acl {
-        if !acl.permits(client) {
-            let counts = match upstream {
-                Some(u) => &u.stats.denied_acl,
-                None => &shared.denied_acl_unrouted,
-            };
-            counts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return Err(ProxyError::Forbidden);
-        }
+    if let Some(acl) = &policy.acl
+        && !acl.permits(client)
+    {
+        let counts = match upstream {
+            Some(u) => &u.stats.denied_acl,
+            None => &shared.denied_acl_unrouted,
+        };
+        counts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return Err(ProxyError::Forbidden);
     }
     if let Some(r) = &policy.redirect {
         return Err(redirect(r, req, host, conn.https));
@@ -299,14 +339,18 @@ fn apply_policy(
             std::net::IpAddr::V6(v6) => v6.octets(),
         };
         let ip = &octets[..];
-        let key = match &limit.key {
-            RateKey::ClientIp => ip,
+        let header = match &limit.key {
+            RateKey::ClientIp => None,
             RateKey::Header(name) => match raw {
                 Some(r) => r.get(name),
                 None => req.headers().get(name).map(HeaderValue::as_bytes),
-            }
-            .unwrap_or(ip),
+            },
         };
+        if let Some(key) = limit.shared_key(header, client) {
+            let limit = Arc::clone(limit);
+            return Ok(Some(Box::new(SharedCheck { limit, key })));
+        }
+        let key = header.unwrap_or(ip);
         if let Err(secs) = limit.take(key, std::time::Instant::now()) {
             if let Some(u) = upstream {
                 u.stats
@@ -316,7 +360,7 @@ fn apply_policy(
             return Err(ProxyError::RateLimited(secs));
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// A route's redirect for this request: `{host}` (without its port), `{uri}` (path and

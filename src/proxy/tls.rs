@@ -134,15 +134,13 @@ impl BySni {
 
 impl ResolvesServerCert for BySni {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        if self.certs.len() > 1 {
-            if let Some(name) = hello
+        if self.certs.len() > 1
+            && let Some(name) = hello
                 .server_name()
                 .and_then(|n| ServerName::try_from(n).ok())
-            {
-                if let Some(ck) = self.certs.iter().find(|ck| Self::covers(ck, &name)) {
-                    return Some(Arc::clone(ck));
-                }
-            }
+            && let Some(ck) = self.certs.iter().find(|ck| Self::covers(ck, &name))
+        {
+            return Some(Arc::clone(ck));
         }
         self.certs.first().cloned()
     }

@@ -257,14 +257,14 @@ pub fn check_upstream(u: &UpstreamConfig) -> Result<(), CheckError> {
         Protocol::H2 => Some((Scheme::Http, "h2", "https")),
         Protocol::H2c => Some((Scheme::Https, "h2c", "plain http")),
     };
-    if let Some((scheme, protocol, needs)) = wrong {
-        if let Some(b) = u.backends.iter().find(|b| b.url.scheme == scheme) {
-            return Err(fail(UpstreamError::Protocol {
-                protocol,
-                needs,
-                backend: b.url.to_string(),
-            }));
-        }
+    if let Some((scheme, protocol, needs)) = wrong
+        && let Some(b) = u.backends.iter().find(|b| b.url.scheme == scheme)
+    {
+        return Err(fail(UpstreamError::Protocol {
+            protocol,
+            needs,
+            backend: b.url.to_string(),
+        }));
     }
     // Trust for https backends: ca_file readable, or system roots present.
     crate::proxy::stream::connector(u).map_err(|e| fail(e.into()))?;

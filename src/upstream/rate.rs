@@ -3,16 +3,43 @@
 //! held as 64-bit hashes in a map of bounded size: when it is full, buckets that have
 //! refilled (idle keys) are forgotten first, then the oldest; a flood of distinct keys
 //! cannot exhaust memory.
+//!
+//! A limit with `shared` keeps its buckets in a store the fleet shares (Redis, reached
+//! through proxy/shared_rate.rs behind `SharedBuckets`); when the store does not answer,
+//! the limit falls back to this instance's own buckets for that request.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::hash::Hasher;
-use std::sync::Mutex;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// The most keys one limit remembers.
 pub const MAX_KEYS: usize = 100_000;
 
 pub use crate::config::RateKey;
+
+/// A shared store's answer: Ok(verdict) (Ok: take; Err: seconds until a token), or
+/// Err when it did not answer.
+pub type StoreAnswer = Result<Result<(), u64>, ()>;
+
+/// Where a fleet keeps a limit's buckets together.
+pub trait SharedBuckets: Send + Sync + std::fmt::Debug {
+    /// The store's address as configured (one store serves every limit on it).
+    fn url(&self) -> &str;
+    /// Takes a token for `key` in one atomic round trip: Ok(Ok) within the limit,
+    /// Ok(Err(seconds until a token is there)) over it, Err when the store did not
+    /// answer (it logs why).
+    fn take<'a>(
+        &'a self,
+        key: &'a [u8],
+        per_sec: f64,
+        burst: u32,
+    ) -> Pin<Box<dyn Future<Output = StoreAnswer> + Send + 'a>>;
+}
+
+type Shared = (Arc<dyn SharedBuckets>, Box<[u8]>);
 
 #[derive(Debug)]
 pub struct RateLimit {
@@ -21,6 +48,8 @@ pub struct RateLimit {
     burst: f64,
     buckets: Mutex<HashMap<u64, Bucket>>,
     max_keys: usize,
+    /// The fleet's store, and what this limit's keys start with in it.
+    shared: Option<Shared>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -41,7 +70,14 @@ impl RateLimit {
             burst: f64::from(burst.max(1)),
             buckets: Mutex::new(HashMap::new()),
             max_keys,
+            shared: None,
         }
+    }
+
+    /// This limit with its buckets in `store`, under keys starting with `prefix`.
+    pub fn shared_in(mut self, store: Arc<dyn SharedBuckets>, prefix: Box<[u8]>) -> RateLimit {
+        self.shared = Some((store, prefix));
+        self
     }
 
     /// Are these the settings of `cfg`?
@@ -49,6 +85,44 @@ impl RateLimit {
         self.key == cfg.key
             && self.per_sec == cfg.per_sec
             && self.burst == f64::from(cfg.burst.max(1))
+            && self.store().map(|s| s.url()) == cfg.shared.as_deref()
+    }
+
+    /// The fleet's store, for a shared limit.
+    pub fn store(&self) -> Option<&Arc<dyn SharedBuckets>> {
+        self.shared.as_ref().map(|(s, _)| s)
+    }
+
+    /// The key a shared limit uses in its store for a request: its prefix, then
+    /// `h:` and the header's value, or `ip:` and the client's address as text (readable
+    /// in Redis). None for a limit of this instance only.
+    pub fn shared_key(&self, header: Option<&[u8]>, client: std::net::IpAddr) -> Option<Vec<u8>> {
+        use std::io::Write;
+        let (_, prefix) = self.shared.as_ref()?;
+        let mut k = Vec::with_capacity(prefix.len() + 48);
+        k.extend_from_slice(prefix);
+        match header {
+            Some(v) => {
+                k.extend_from_slice(b"h:");
+                k.extend_from_slice(v);
+            }
+            None => {
+                let _ = write!(k, "ip:{client}");
+            }
+        }
+        Some(k)
+    }
+
+    /// Takes a token for `key` (from `shared_key`) from the fleet's store, or when it
+    /// does not answer, from this instance's bucket. The second value: fell back.
+    pub async fn take_shared(&self, key: &[u8]) -> (Result<(), u64>, bool) {
+        if let Some((store, _)) = &self.shared {
+            let burst = self.burst as u32;
+            if let Ok(verdict) = store.take(key, self.per_sec, burst).await {
+                return (verdict, false);
+            }
+        }
+        (self.take(key, Instant::now()), true)
     }
 
     /// Takes a token for `key` at `now`: Ok, or Err with the whole seconds (at least

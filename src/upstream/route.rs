@@ -1,6 +1,7 @@
 //! Routes: which upstream serves a request, by host and path prefix (SPEC §2 `[[route]]`).
 //! Matching runs per request over a short list in file order; it allocates nothing.
 
+use super::rate::{RateLimit, SharedBuckets};
 use crate::config::{HostPattern, RouteConfig};
 
 /// A compiled route; `upstream` indexes `Snapshot::upstreams`.
@@ -58,7 +59,13 @@ impl Acl {
 }
 
 impl Route {
-    pub fn new(cfg: &RouteConfig, upstream: Option<usize>, previous: Option<&Route>) -> Route {
+    /// `stores`: the fleet's store at a URL, for limits with `shared`.
+    pub fn new(
+        cfg: &RouteConfig,
+        upstream: Option<usize>,
+        previous: Option<&Route>,
+        stores: &mut dyn FnMut(&str) -> std::sync::Arc<dyn SharedBuckets>,
+    ) -> Route {
         let policy = Policy {
             acl: (!cfg.allow.is_empty() || !cfg.deny.is_empty()).then(|| Acl {
                 allow: cfg.allow.clone().into_boxed_slice(),
@@ -79,11 +86,13 @@ impl Route {
                     .filter(|old| old.same_settings(r));
                 match kept {
                     Some(old) => std::sync::Arc::clone(old),
-                    None => std::sync::Arc::new(super::rate::RateLimit::new(
-                        r.key.clone(),
-                        r.per_sec,
-                        r.burst,
-                    )),
+                    None => {
+                        let limit = RateLimit::new(r.key.clone(), r.per_sec, r.burst);
+                        std::sync::Arc::new(match &r.shared {
+                            Some(url) => limit.shared_in(stores(url), shared_prefix(cfg)),
+                            None => limit,
+                        })
+                    }
                 }
             }),
         };
@@ -148,6 +157,21 @@ impl Route {
 }
 
 /// Whole-segment prefix match: "/api" matches "/api", "/api/x", not "/apix".
+/// What a shared limit's keys start with in the fleet's store: the route's host and
+/// path prefix, so that instances with the same routes share buckets, and different
+/// routes on one store do not (`sluice:rl:api.example.com/v1:` then the key).
+fn shared_prefix(cfg: &RouteConfig) -> Box<[u8]> {
+    let host = match &cfg.host {
+        None => "*".to_owned(),
+        Some(HostPattern::Exact(h)) => h.clone(),
+        Some(HostPattern::Suffix(s)) => format!("*{s}"),
+    };
+    let path = cfg.path_prefix.as_deref().unwrap_or("/");
+    format!("sluice:rl:{host}{path}:")
+        .into_bytes()
+        .into_boxed_slice()
+}
+
 fn prefix_matches(prefix: &str, path: &str) -> bool {
     if prefix == "/" {
         return true;

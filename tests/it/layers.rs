@@ -65,14 +65,14 @@ fn no_module_uses_one_above_it() {
                 if used == module {
                     continue;
                 }
-                if let Some(theirs) = layer_of(&used) {
-                    if theirs >= own {
-                        wrong.push(format!(
-                            "{}:{}: {module} uses {used}, not a layer below it",
-                            path.strip_prefix(&src).unwrap().display(),
-                            n + 1
-                        ));
-                    }
+                if let Some(theirs) = layer_of(&used)
+                    && theirs >= own
+                {
+                    wrong.push(format!(
+                        "{}:{}: {module} uses {used}, not a layer below it",
+                        path.strip_prefix(&src).unwrap().display(),
+                        n + 1
+                    ));
                 }
             }
         }

@@ -25,6 +25,7 @@ mod queue;
 mod refusals;
 mod reload;
 mod retries;
+mod shared_rate;
 mod support;
 mod tls;
 mod upgrade;

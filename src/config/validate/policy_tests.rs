@@ -117,3 +117,19 @@ fn golden_backend_limits_and_queues() {
         ],
     );
 }
+
+#[test]
+fn golden_shared_rate_limits() {
+    let c = ok(
+        "[[listener]]\naddress = \"127.0.0.1:8080\"\n[upstream.web]\nbackends = [{ url = \"127.0.0.1:9\" }]\n[[route]]\nupstream = \"web\"\nrate_limit = { rate = \"10/s\", shared = \"redis://10.0.0.5:6379/2\" }\n",
+    );
+    let shared = c.routes[0].rate_limit.as_ref().unwrap().shared.as_deref();
+    assert_eq!(shared, Some("redis://10.0.0.5:6379/2"));
+    golden(
+        "[[listener]]\naddress = \"127.0.0.1:8080\"\n[upstream.web]\nbackends = [{ url = \"127.0.0.1:9\" }]\n[[route]]\nupstream = \"web\"\nrate_limit = { rate = \"10/s\", shared = \"http://10.0.0.5\" }\n[[route]]\nupstream = \"web\"\nrate_limit = { rate = \"10/s\", shared = \"rediss://10.0.0.5\" }\n",
+        &[
+            "7:40: route.rate_limit.shared: \"http://10.0.0.5\" is not a Redis URL; expected e.g. \"redis://127.0.0.1:6379\" or \"redis://:password@10.0.0.5:6379/2\"",
+            "10:40: route.rate_limit.shared: \"rediss://10.0.0.5\" uses TLS (rediss://), which is not supported; use redis:// on a trusted network",
+        ],
+    );
+}

@@ -78,12 +78,23 @@ impl Check<'_> {
     ) -> Option<crate::config::RateLimitConfig> {
         use crate::config::{RateKey, RateLimitConfig};
         let r = raw.get_ref();
-        if let Some(s) = &r.shared {
-            self.report(
-                s.span(),
-                "route.rate_limit.shared: limits shared through Redis are not built yet; the limit is per instance".to_owned(),
-            );
-        }
+        let shared = r.shared.as_ref().and_then(|s| {
+            let url = s.get_ref();
+            let why = if url.starts_with("rediss://") {
+                Some("uses TLS (rediss://), which is not supported; use redis:// on a trusted network")
+            } else if !url.starts_with("redis://") || redis::Client::open(url.as_str()).is_err() {
+                Some("is not a Redis URL; expected e.g. \"redis://127.0.0.1:6379\" or \"redis://:password@10.0.0.5:6379/2\"")
+            } else {
+                None
+            };
+            match why {
+                Some(why) => {
+                    self.report(s.span(), format!("route.rate_limit.shared: \"{url}\" {why}"));
+                    None
+                }
+                None => Some(url.clone()),
+            }
+        });
         let key = match r.key.as_ref().map(|k| (k.get_ref().as_str(), k.span())) {
             None | Some(("client_ip", _)) => RateKey::ClientIp,
             Some((k, span)) => match k
@@ -131,6 +142,7 @@ impl Check<'_> {
             key,
             per_sec,
             burst: u32::try_from(burst).unwrap_or(n),
+            shared,
         })
     }
 
@@ -255,10 +267,10 @@ pub(super) fn host_pattern(s: &str) -> Result<HostPattern, String> {
         return Err(format!("the host is empty; {expected}"));
     }
     let lower = s.to_ascii_lowercase();
-    if let Some(inner) = lower.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
-        if inner.parse::<Ipv6Addr>().is_ok() {
-            return Ok(HostPattern::Exact(lower));
-        }
+    if let Some(inner) = lower.strip_prefix('[').and_then(|r| r.strip_suffix(']'))
+        && inner.parse::<Ipv6Addr>().is_ok()
+    {
+        return Ok(HostPattern::Exact(lower));
     }
     let (suffix, name) = match lower.strip_prefix("*.") {
         Some(rest) => (true, rest),

@@ -157,18 +157,18 @@ impl Check<'_> {
                 Protocol::H2 => Some(("h2", Scheme::Https)),
                 Protocol::H2c => Some(("h2c", Scheme::Http)),
             };
-            if let (Some((p, scheme)), Some(d)) = (needs, &u.discovery) {
-                if d.scheme != scheme {
-                    let want = if scheme == Scheme::Https {
-                        "https"
-                    } else {
-                        "http"
-                    };
-                    self.report(
-                        span,
-                        format!("{ctx} protocol \"{p}\" needs discovery.scheme = \"{want}\""),
-                    );
-                }
+            if let (Some((p, scheme)), Some(d)) = (needs, &u.discovery)
+                && d.scheme != scheme
+            {
+                let want = if scheme == Scheme::Https {
+                    "https"
+                } else {
+                    "http"
+                };
+                self.report(
+                    span,
+                    format!("{ctx} protocol \"{p}\" needs discovery.scheme = \"{want}\""),
+                );
             }
         }
         u

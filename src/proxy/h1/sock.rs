@@ -250,11 +250,11 @@ impl Sock {
         const FOR: Duration = Duration::from_secs(2);
         const AT_MOST: usize = 4 << 20;
         let _ = tokio::time::timeout(FOR, async {
-            if let Some(link) = self.lent.clone() {
-                if self.reclaim().is_none() {
-                    link.back.notified().await;
-                    self.reclaim();
-                }
+            if let Some(link) = self.lent.clone()
+                && self.reclaim().is_none()
+            {
+                link.back.notified().await;
+                self.reclaim();
             }
             if let Some(rd) = self.rd.as_mut() {
                 crate::proxy::conn::drain(rd, AT_MOST).await;

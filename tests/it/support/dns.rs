@@ -6,13 +6,14 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use super::DEADLINE;
+use super::daemon::Daemon;
 
 pub struct Dnsmasq {
-    child: Child,
+    daemon: Daemon,
     pub addr: SocketAddr,
     hosts: PathBuf,
 }
@@ -68,7 +69,7 @@ impl Dnsmasq {
         .await
         .expect("dnsmasq listening");
         Dnsmasq {
-            child,
+            daemon: Daemon::new(child),
             addr,
             hosts: dir,
         }
@@ -84,39 +85,18 @@ impl Dnsmasq {
 
     /// Freezes the server (SIGSTOP): queries time out, as with a resolver that is down.
     pub fn pause(&self) {
-        self.signal("STOP");
+        self.daemon.pause();
     }
 
     /// Lets a paused server answer again (SIGCONT).
     pub fn resume(&self) {
-        self.signal("CONT");
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{sig}");
+        self.daemon.resume();
     }
 }
 
 impl Drop for Dnsmasq {
     fn drop(&mut self) {
-        self.resume_quietly();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.daemon.stop();
         let _ = std::fs::remove_dir_all(&self.hosts);
-    }
-}
-
-impl Dnsmasq {
-    fn resume_quietly(&self) {
-        let _ = Command::new("kill")
-            .arg("-CONT")
-            .arg(self.child.id().to_string())
-            .status();
     }
 }

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use base64::Engine;
@@ -12,10 +12,11 @@ use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
 use http_body_util::Full;
 
+use super::daemon::Daemon;
 use super::{DEADLINE, client};
 
 pub struct Etcd {
-    child: Child,
+    daemon: Daemon,
     pub addr: SocketAddr,
     dir: PathBuf,
 }
@@ -55,7 +56,7 @@ impl Etcd {
             .spawn()
             .expect("etcd (Debian package etcd-server; ./test.sh installs it)");
         let etcd = Etcd {
-            child,
+            daemon: Daemon::new(child),
             addr: SocketAddr::from(([127, 0, 0, 1], client_port)),
             dir,
         };
@@ -129,26 +130,17 @@ impl Etcd {
 
     /// Freezes the server (SIGSTOP): requests hang, as with etcd unreachable.
     pub fn pause(&self) {
-        signal(&self.child, "STOP");
+        self.daemon.pause();
     }
 
     pub fn resume(&self) {
-        signal(&self.child, "CONT");
+        self.daemon.resume();
     }
-}
-
-fn signal(child: &Child, sig: &str) {
-    let _ = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(child.id().to_string())
-        .status();
 }
 
 impl Drop for Etcd {
     fn drop(&mut self) {
-        signal(&self.child, "CONT");
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.daemon.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -25,10 +25,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
+pub mod daemon;
 pub mod dns;
 pub mod etcd;
 pub mod fake_dns;
 pub mod process;
+pub mod redis;
 pub mod tls;
 pub mod upstream;
 
