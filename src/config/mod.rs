@@ -229,6 +229,17 @@ pub struct UpstreamConfig {
     /// and when every backend is full requests wait in `queue` (SPEC §8).
     pub max_inflight_per_backend: u32,
     pub queue: QueueConfig,
+    /// Open each backend connection with a PROXY header naming the client (SPEC §8).
+    pub proxy_protocol: Option<ProxyVersion>,
+}
+
+/// A PROXY protocol version (HAProxy's proxy-protocol.txt).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyVersion {
+    /// Text.
+    V1,
+    /// Binary.
+    V2,
 }
 
 /// Where requests wait while every backend of an upstream is at
@@ -272,6 +283,7 @@ impl UpstreamConfig {
             discovery: None,
             max_inflight_per_backend: 0,
             queue: QueueConfig::default(),
+            proxy_protocol: None,
         }
     }
 }

@@ -139,6 +139,7 @@ pub(super) struct RawUpstream {
     pub discovery: Option<Spanned<RawDiscovery>>,
     pub max_inflight_per_backend: Option<Spanned<i64>>,
     pub queue: Option<Spanned<RawQueue>>,
+    pub proxy_protocol: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

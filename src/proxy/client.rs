@@ -32,10 +32,11 @@ pub use super::backend_body::{BackendBody, BodyError};
 use super::body::{RequestBody, RequestBodyError};
 use super::h1::Outgoing;
 use super::head::{Framing, HEAD_READ};
-use super::pool::Conn;
 pub use super::pool::Pool;
+use super::pool::{Conn, Dedicated};
+use super::proxy_header;
 use super::wire::{self, WireError};
-use crate::config::UpstreamConfig;
+use crate::config::{ProxyVersion, UpstreamConfig};
 use crate::upstream::Backend;
 
 /// Room reserved for writing a request head.
@@ -204,6 +205,9 @@ pub struct Client {
     h2: bool,
     /// For `https://` backends (None when the upstream has none).
     tls: Option<tokio_rustls::TlsConnector>,
+    /// Each backend connection opens with a PROXY header naming its client, and serves
+    /// that client only (`pool::Dedicated`).
+    proxy: Option<ProxyVersion>,
 }
 
 impl Client {
@@ -221,6 +225,7 @@ impl Client {
             max_idle: cfg.max_idle_per_backend,
             h2: cfg.protocol != crate::config::Protocol::Http1,
             tls,
+            proxy: cfg.proxy_protocol,
         }
     }
 
@@ -229,6 +234,12 @@ impl Client {
     /// per slot), so the slot is in range.
     pub fn pool(&self, backend: &Backend) -> &Arc<Pool> {
         &self.pools[backend.slot]
+    }
+
+    /// The PROXY header a health check opens with (v2 `LOCAL`, v1 `UNKNOWN`), for an
+    /// upstream whose backends expect one on every connection.
+    pub fn probe_header(&self) -> Option<&'static [u8]> {
+        self.proxy.map(proxy_header::local_header)
     }
 
     /// Does this upstream speak HTTP/2 to its backends?
@@ -249,6 +260,7 @@ impl Client {
         req: &mut Request<RequestBody>,
         outgoing: Option<&Outgoing>,
         how: How,
+        dedicated: &Dedicated,
     ) -> Result<Response<BackendBody>, Failure> {
         if self.h2 {
             // forward.rs refuses upgrades to HTTP/2 upstreams before they come here.
@@ -261,18 +273,22 @@ impl Client {
             raw_ok,
             now,
         } = how;
-        let pooled = if fresh {
-            None
-        } else {
-            self.pool(backend).take(now)
-        };
+        // A client's own connections, with PROXY headers; else the backend's pool.
+        let own = self.proxy.map(|v| (v, dedicated.pool(backend)));
+        let pool = own.as_ref().map_or_else(|| self.pool(backend), |(_, p)| p);
+        let pooled = if fresh { None } else { pool.take(now) };
         let reused = pooled.is_some();
         let mut conn = match pooled {
             Some(c) => c,
             // Boxed: the common path (a pooled connection) keeps this future small.
-            None => Box::pin(self.connect(backend))
-                .await
-                .map_err(Failure::not_sent)?,
+            None => {
+                let header = own
+                    .as_ref()
+                    .map(|(v, _)| proxy_header::encode(*v, dedicated.client, dedicated.local));
+                Box::pin(self.connect(backend, header.as_deref()))
+                    .await
+                    .map_err(Failure::not_sent)?
+            }
         };
         let fail = |error, unsent| Failure {
             error,
@@ -339,8 +355,10 @@ impl Client {
                 Err(e) => return Err(fail(SendError::Read(e), false)),
             }
         };
-        let reuse = (head.keep_alive && upload.is_none() && self.max_idle > 0)
-            .then(|| (Arc::clone(self.pool(backend)), self.max_idle));
+        let reuse = (head.keep_alive && upload.is_none() && self.max_idle > 0).then(|| {
+            let pool = own.map_or_else(|| Arc::clone(self.pool(backend)), |(_, p)| p);
+            (pool, self.max_idle)
+        });
         let mut body = BackendBody::new(src, head.framing, reuse, upload);
         body.raw = head.raw;
         let mut resp = Response::new(body);
@@ -350,19 +368,28 @@ impl Client {
         Ok(resp)
     }
 
-    async fn connect(&self, backend: &Backend) -> Result<Conn, SendError> {
-        let stream = tokio::time::timeout(self.connect_timeout, self.connect_stream(backend))
+    async fn connect(&self, backend: &Backend, header: Option<&[u8]>) -> Result<Conn, SendError> {
+        let connecting = self.connect_stream(backend, header);
+        let stream = tokio::time::timeout(self.connect_timeout, connecting)
             .await
             .map_err(|_| SendError::ConnectTimeout(self.connect_timeout))?
             .map_err(SendError::Connect)?;
         Ok(Conn::new(stream))
     }
 
-    /// A new connection to `backend`: TCP, and the TLS handshake for an `https://`
-    /// one (a failed handshake counts as a failed connect: nothing was sent).
-    pub async fn connect_stream(&self, backend: &Backend) -> io::Result<Stream> {
-        let tcp = connect_tcp(backend).await?;
+    /// A new connection to `backend`: TCP, the PROXY `header` if given, and the TLS
+    /// handshake for an `https://` one (a failed handshake counts as a failed connect:
+    /// no request was sent).
+    pub async fn connect_stream(
+        &self,
+        backend: &Backend,
+        header: Option<&[u8]>,
+    ) -> io::Result<Stream> {
+        let mut tcp = connect_tcp(backend).await?;
         let _ = tcp.set_nodelay(true);
+        if let Some(h) = header {
+            tcp.write_all(h).await?;
+        }
         if backend.url.scheme != crate::config::Scheme::Https {
             return Ok(Stream::Plain(tcp));
         }

@@ -159,7 +159,7 @@ impl Client {
     async fn connect_h2(&self, backend: &Backend) -> Result<H2Sender, SendError> {
         let handshake = async {
             let stream = self
-                .connect_stream(backend)
+                .connect_stream(backend, None)
                 .await
                 .map_err(SendError::Connect)?;
             if let Stream::Tls(tls) = &stream

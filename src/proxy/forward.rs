@@ -19,6 +19,7 @@ use super::conn::Activity;
 use super::error::{ProxyError, chain};
 use super::h1::RawRequest;
 use super::headers::{self, X_REQUEST_ID};
+use super::pool::Dedicated;
 use super::prepare::{Prepared, prepare};
 use super::wire::WireError;
 use crate::balance::Upstream;
@@ -41,11 +42,14 @@ pub struct ConnInfo {
     pub activity: Arc<Activity>,
     /// Where refusals are counted (`Shared::refused`).
     pub refused: Arc<crate::telemetry::Refusals>,
+    /// Backend connections made for this client alone (upstream `proxy_protocol`).
+    pub dedicated: Dedicated,
 }
 
 impl ConnInfo {
+    /// `(client, local)`: the client, and the address it connected to.
     pub fn new(
-        client: SocketAddr,
+        (client, local): (SocketAddr, SocketAddr),
         https: bool,
         via_hyper: bool,
         activity: Arc<Activity>,
@@ -58,6 +62,7 @@ impl ConnInfo {
             via_hyper,
             activity,
             refused,
+            dedicated: Dedicated::new(client, local),
         }
     }
 }
@@ -306,7 +311,9 @@ async fn attempts(
             now: started,
         };
         let deadline = started + upstream.config.response_timeout;
-        let sent = upstream.client.send(&backend, breq, outgoing.as_ref(), how);
+        let sent = upstream
+            .client
+            .send(&backend, breq, outgoing.as_ref(), how, &conn.dedicated);
         let result = tokio::time::timeout_at(deadline, sent).await;
         fresh = false;
         match result {

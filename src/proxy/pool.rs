@@ -4,6 +4,7 @@
 //! buffers when free memory is next given back (memory.rs).
 
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Waker};
@@ -172,6 +173,41 @@ impl Pool {
             }
             return Some(conn);
         }
+    }
+}
+
+/// The backend connections of one client connection, for upstreams that open each with
+/// a PROXY header naming the client (`proxy_protocol`): such a connection must carry
+/// only that client's requests, so it is kept here rather than in the backend's shared
+/// pool (as HAProxy does with `send-proxy`), and closes when the client connection ends.
+pub struct Dedicated {
+    /// The client the headers name, and where it connected to.
+    pub(super) client: SocketAddr,
+    pub(super) local: SocketAddr,
+    /// One pool per backend, keyed by its stats (one per upstream and backend).
+    pools: Mutex<Vec<(usize, Arc<Pool>)>>,
+}
+
+impl Dedicated {
+    /// No allocation until a backend connection is made for the client.
+    pub fn new(client: SocketAddr, local: SocketAddr) -> Dedicated {
+        Dedicated {
+            client,
+            local,
+            pools: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// This client's idle connections to `backend`.
+    pub(super) fn pool(&self, backend: &crate::upstream::Backend) -> Arc<Pool> {
+        let key = Arc::as_ptr(&backend.stats) as usize;
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, p)) = pools.iter().find(|(k, _)| *k == key) {
+            return Arc::clone(p);
+        }
+        let p = Pool::new();
+        pools.push((key, Arc::clone(&p)));
+        p
     }
 }
 

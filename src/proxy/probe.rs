@@ -195,7 +195,7 @@ async fn probe(b: &Backend, client: &Client, cfg: &HealthConfig) -> Result<(), S
         };
         // TLS too for an https backend.
         let stream = client
-            .connect_stream(b)
+            .connect_stream(b, client.probe_header())
             .await
             .map_err(|e| format!("connect: {e}"))?;
         let req = Request::get(path.as_str())

@@ -1,7 +1,9 @@
-//! The PROXY protocol (HAProxy's proxy-protocol.txt, v1 text and v2 binary), parsed by
-//! the `ppp` crate. A listener with `proxy_protocol = true` (SPEC §8) reads one header
-//! before anything else on each connection, within `header_read_timeout`, and takes the
-//! client address from it; a connection without a valid header is closed.
+//! The PROXY protocol (HAProxy's proxy-protocol.txt, v1 text and v2 binary), parsed and
+//! built by the `ppp` crate. A listener with `proxy_protocol = true` (SPEC §8) reads one
+//! header before anything else on each connection, within `header_read_timeout`, and
+//! takes the client address from it; a connection without a valid header is closed. An
+//! upstream with `proxy_protocol = "v1"`/`"v2"` opens each backend connection with one
+//! (`encode`).
 //!
 //! The header is peeked, then exactly its bytes are read: what follows it (a request, a
 //! TLS handshake, the HTTP/2 preface) stays in the socket for the usual first-bytes
@@ -85,6 +87,45 @@ fn v1_line(line: &[u8]) -> Parsed {
             },
         },
         _ => Parsed::Invalid("malformed PROXY v1 header"),
+    }
+}
+
+pub use crate::config::ProxyVersion;
+
+/// The header a backend connection opens with, naming `client` as the source and
+/// `local` (where the client connected to) as the destination. Addresses of different
+/// families are both written as IPv6 (an IPv4 one mapped).
+pub fn encode(version: ProxyVersion, client: SocketAddr, local: SocketAddr) -> Vec<u8> {
+    let (src, dst) = match (client, local) {
+        (SocketAddr::V4(_), SocketAddr::V4(_)) | (SocketAddr::V6(_), SocketAddr::V6(_)) => {
+            (client, local)
+        }
+        _ => (as_v6(client), as_v6(local)),
+    };
+    match version {
+        ProxyVersion::V1 => v1::Addresses::from((src, dst)).to_string().into_bytes(),
+        ProxyVersion::V2 => {
+            let command = v2::Version::Two | v2::Command::Proxy;
+            v2::Builder::with_addresses(command, v2::Protocol::Stream, (src, dst))
+                .build()
+                .unwrap_or_else(|_| local_header(version).to_vec())
+        }
+    }
+}
+
+/// The header of a connection sluice makes for itself (a health check): v2 `LOCAL`,
+/// v1 `UNKNOWN`; the backend then takes the connection's own addresses.
+pub fn local_header(version: ProxyVersion) -> &'static [u8] {
+    match version {
+        ProxyVersion::V1 => b"PROXY UNKNOWN\r\n",
+        ProxyVersion::V2 => b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00",
+    }
+}
+
+fn as_v6(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V4(v4) => SocketAddr::from((v4.ip().to_ipv6_mapped(), v4.port())),
+        v6 => v6,
     }
 }
 
@@ -209,6 +250,36 @@ mod tests {
                 len: 33,
                 source: Some(src)
             }
+        );
+    }
+
+    #[test]
+    fn encoded_headers_parse_back_to_the_client() {
+        let client: SocketAddr = "192.0.2.7:51000".parse().unwrap();
+        let local: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let local6: SocketAddr = "[2001:db8::1]:443".parse().unwrap();
+        for version in [ProxyVersion::V1, ProxyVersion::V2] {
+            for dst in [local, local6] {
+                let h = encode(version, client, dst);
+                let Parsed::Header { len, source } = parse(&h) else {
+                    panic!("{version:?} {dst}: {h:?}");
+                };
+                assert_eq!(len, h.len());
+                let ip = source.unwrap().ip().to_canonical();
+                assert_eq!((ip, source.unwrap().port()), (client.ip(), 51000));
+            }
+            let local = local_header(version);
+            assert_eq!(
+                parse(local),
+                Parsed::Header {
+                    len: local.len(),
+                    source: None
+                }
+            );
+        }
+        assert_eq!(
+            encode(ProxyVersion::V1, client, local),
+            b"PROXY TCP4 192.0.2.7 10.0.0.1 51000 80\r\n"
         );
     }
 

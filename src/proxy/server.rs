@@ -130,8 +130,11 @@ impl Server {
         let (shared, protos) = (Arc::clone(&self.shared), Arc::clone(&protocols));
         let handle = tokio::runtime::Handle::current();
         let lot = Lot::start(move |woken: Woken, lot: &Arc<Lot>| {
+            // Where the client connected to (for PROXY headers to backends).
+            let local = woken.stream.local_addr().unwrap_or(woken.client);
             let ctx = ConnCtx {
                 client: woken.client,
+                local,
                 shared: Arc::clone(&shared),
                 protocols: Arc::clone(&protos),
                 // Its listener's: a removed listener drains its woken connections too.
@@ -219,11 +222,14 @@ pub(super) async fn accept_loop(
     lot: Option<Arc<Lot>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    if let Ok(addr) = listener.local_addr() {
+    let bound = listener.local_addr().ok();
+    if let Some(addr) = bound {
         let s = setup.load();
         let (tls, proxy_protocol) = (s.tls.is_some(), s.proxy_protocol);
         tracing::info!(address = %addr, tls, proxy_protocol, "listening");
     }
+    // The address clients connect to; asked per connection only for a wildcard bind.
+    let fixed = bound.filter(|a| !a.ip().is_unspecified());
     loop {
         // Over max_connections, stop accepting: new clients wait in the kernel backlog.
         let permit = tokio::select! {
@@ -250,8 +256,10 @@ pub(super) async fn accept_loop(
             None => return,
         };
         let _ = stream.set_nodelay(true);
+        let local = fixed.or_else(|| stream.local_addr().ok()).unwrap_or(client);
         let ctx = ConnCtx {
             client,
+            local,
             shared: Arc::clone(&shared),
             protocols: Arc::clone(&protocols),
             stop: stop.clone(),
@@ -296,6 +304,8 @@ async fn behind_proxy(mut stream: TcpStream, setup: Arc<Setup>, mut ctx: ConnCtx
 /// again), including its `max_connections` permit.
 pub(super) struct ConnCtx {
     pub(super) client: SocketAddr,
+    /// Where it connected to.
+    pub(super) local: SocketAddr,
     pub(super) shared: Arc<Shared>,
     pub(super) protocols: Arc<Protocols>,
     pub(super) stop: watch::Receiver<bool>,
@@ -383,7 +393,7 @@ pub(super) async fn serve_h1(mut sock: h1::Sock, tls: Option<Arc<Activity>>, mut
     let activity = tls.unwrap_or_else(|| Arc::new(Activity::new()));
     let may_park = !https && ctx.lot.is_some();
     let info = Arc::new(ConnInfo::new(
-        ctx.client,
+        (ctx.client, ctx.local),
         https,
         false,
         Arc::clone(&activity),
@@ -502,7 +512,7 @@ async fn serve_h2(stream: TcpStream, mut ctx: ConnCtx) {
     let activity = Arc::new(Activity::new());
     activity.set_multiplexed();
     let info = Arc::new(ConnInfo::new(
-        ctx.client,
+        (ctx.client, ctx.local),
         false,
         true,
         Arc::clone(&activity),

@@ -48,7 +48,7 @@ pub(super) async fn serve_tls(stream: TcpStream, acceptor: TlsAcceptor, mut ctx:
     }
     activity.set_multiplexed();
     let info = Arc::new(ConnInfo::new(
-        ctx.client,
+        (ctx.client, ctx.local),
         true,
         true,
         Arc::clone(&activity),

@@ -4,6 +4,8 @@
 //! closed unanswered.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -187,4 +189,170 @@ async fn tls_and_http2_connections_follow_their_proxy_header() {
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     let j = echoed(&String::from_utf8_lossy(&body));
     assert_eq!(echoed_header(&j, "x-forwarded-for"), ["192.0.2.31"]);
+}
+
+/// A backend behind PROXY-protocol balancers: every connection must open with a v1 or
+/// v2 header (read here by hand), else it is dropped; each answer names the client the
+/// connection's header named (`-` for LOCAL/UNKNOWN) and the connection's number.
+struct ProxiedBackend {
+    addr: SocketAddr,
+    conns: Arc<AtomicUsize>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl ProxiedBackend {
+    async fn start() -> ProxiedBackend {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let conns = Arc::new(AtomicUsize::new(0));
+        let counted = conns.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                let n = counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let Some(named) = read_proxy_header(&mut s).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(move |_req| {
+                        let body = format!("{named} conn={n}");
+                        async move {
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(full(body)))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(s), service)
+                        .await;
+                });
+            }
+        });
+        ProxiedBackend {
+            addr,
+            conns,
+            _task: task,
+        }
+    }
+}
+
+/// The client a PROXY header names ("-" for none), or None if it is not one.
+async fn read_proxy_header(s: &mut TcpStream) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut first = [0u8; 16];
+    s.read_exact(&mut first[..6]).await.ok()?;
+    if &first[..6] == b"PROXY " {
+        let mut line = b"PROXY ".to_vec();
+        while !line.ends_with(b"\r\n") && line.len() < 108 {
+            line.push(s.read_u8().await.ok()?);
+        }
+        let text = String::from_utf8(line).ok()?;
+        let parts: Vec<&str> = text.trim_end().split(' ').collect();
+        return match parts.as_slice() {
+            ["PROXY", "UNKNOWN", ..] => Some("-".into()),
+            ["PROXY", "TCP4" | "TCP6", src, _dst, sport, _dport] => Some(format!("{src}:{sport}")),
+            _ => None,
+        };
+    }
+    s.read_exact(&mut first[6..]).await.ok()?;
+    if &first[..12] != b"\r\n\r\n\0\r\nQUIT\n" || first[12] >> 4 != 2 {
+        return None;
+    }
+    let len = usize::from(u16::from_be_bytes([first[14], first[15]]));
+    let mut rest = vec![0u8; len];
+    s.read_exact(&mut rest).await.ok()?;
+    match (first[12] & 0xf, first[13]) {
+        (0, _) => Some("-".into()),
+        (1, 0x11) if len >= 12 => {
+            let ip = std::net::Ipv4Addr::new(rest[0], rest[1], rest[2], rest[3]);
+            Some(format!("{ip}:{}", u16::from_be_bytes([rest[8], rest[9]])))
+        }
+        _ => None,
+    }
+}
+
+/// A keep-alive HTTP/1.1 connection to `lb` from the local address `from`.
+async fn client_from(
+    from: &str,
+    lb: SocketAddr,
+) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let tcp = socket.connect(lb).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+async fn ask(
+    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    path: &str,
+) -> String {
+    let req = http::Request::get(path)
+        .header("host", "x")
+        .body(Full::default())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// SPEC §8 upstream `proxy_protocol`: each backend connection opens with a header
+/// naming its client, and carries that client's requests only, however the requests of
+/// several clients interleave; health checks send LOCAL.
+#[tokio::test]
+async fn backend_connections_name_their_client_and_carry_only_its_requests() {
+    let (be1, be2) = (ProxiedBackend::start().await, ProxiedBackend::start().await);
+    let lb = Sluice::start(&format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
+         [[route]]\npath_prefix = \"/v2\"\nupstream = \"two\"\n\
+         [[route]]\nupstream = \"one\"\n\
+         [upstream.one]\nbackends = [{{ url = \"{}\" }}]\nproxy_protocol = \"v1\"\n\
+         [upstream.one.health]\npath = \"/\"\ninterval = \"50ms\"\nrise = 1\nfall = 1\n\
+         [upstream.two]\nbackends = [{{ url = \"{}\" }}]\nproxy_protocol = \"v2\"\n",
+        be1.addr, be2.addr
+    ))
+    .await;
+    let hosts = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"];
+    // Four clients at once, each on one keep-alive connection, 25 requests each.
+    let runs: Vec<_> = hosts
+        .iter()
+        .map(|&host| {
+            let lb = lb.addr;
+            tokio::spawn(async move {
+                let mut c = client_from(host, lb).await;
+                let mut seen = std::collections::HashSet::new();
+                for i in 0..25 {
+                    let path = if i % 2 == 0 { "/" } else { "/v2/x" };
+                    let got = ask(&mut c, path).await;
+                    let (named, conn) = got.split_once(" conn=").unwrap();
+                    let ip = named.rsplit_once(':').unwrap().0;
+                    assert_eq!(ip, host, "a request went out under another client's header");
+                    seen.insert((path, conn.to_owned()));
+                }
+                seen.len()
+            })
+        })
+        .collect();
+    for r in runs {
+        assert_eq!(
+            r.await.unwrap(),
+            2,
+            "one backend connection per client and upstream"
+        );
+    }
+    // The health checks opened their own connections, with LOCAL headers, and passed.
+    let status = lb.status().await;
+    assert_eq!(
+        status["upstreams"][0]["backends"][0]["state"], "healthy",
+        "{status}"
+    );
+    assert!(
+        be1.conns.load(Ordering::SeqCst) > hosts.len(),
+        "probes connect too"
+    );
+    assert_eq!(be2.conns.load(Ordering::SeqCst), hosts.len());
 }

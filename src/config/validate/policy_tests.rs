@@ -133,3 +133,18 @@ fn golden_shared_rate_limits() {
         ],
     );
 }
+
+#[test]
+fn golden_upstream_proxy_protocol() {
+    use crate::config::ProxyVersion;
+    let c = ok("[[listener]]\naddress = \"127.0.0.1:8080\"\n[upstream.web]\nbackends = [{ url = \"127.0.0.1:9\" }]\nproxy_protocol = \"v2\"\n");
+    assert_eq!(c.upstreams[0].proxy_protocol, Some(ProxyVersion::V2));
+    golden(
+        "[[listener]]\naddress = \"127.0.0.1:8080\"\n[upstream.web]\nbackends = [{ url = \"127.0.0.1:9\" }]\nproxy_protocol = \"v3\"\n[upstream.grpc]\nbackends = [{ url = \"127.0.0.1:10\" }]\nprotocol = \"h2c\"\nproxy_protocol = \"v1\"\n",
+        &[
+            "3:11: 2 upstreams are defined (web, grpc) but there is no [[route]]; add [[route]] sections saying which requests go to which upstream",
+            "5:18: upstream \"web\": proxy_protocol \"v3\" is not one of off, v1, v2",
+            "9:18: upstream \"grpc\": proxy_protocol needs protocol = \"http1\": an HTTP/2 backend connection is shared by many clients, and a PROXY header names one",
+        ],
+    );
+}

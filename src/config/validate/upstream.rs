@@ -11,7 +11,7 @@ use crate::config::raw::{RawBackend, RawHealth, RawOutlier, RawRetry, RawUpstrea
 use crate::config::{
     BackendConfig, BackendUrl, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_IDLE_PER_BACKEND,
     DEFAULT_RESPONSE_TIMEOUT, HashKey, HealthConfig, HostHeader, MAX_WEIGHT, OutlierConfig,
-    Protocol, QueueConfig, RetryConfig, RetryOn, Scheme, StickyConfig, StrategyKind,
+    Protocol, ProxyVersion, QueueConfig, RetryConfig, RetryOn, Scheme, StickyConfig, StrategyKind,
     UpstreamConfig,
 };
 
@@ -146,6 +146,23 @@ impl Check<'_> {
             StickyConfig { cookie }
         });
         self.queue(&ctx, &mut u, &raw);
+        if let Some(p) = &raw.proxy_protocol {
+            match p.get_ref().as_str() {
+                "off" => {}
+                "v1" => u.proxy_protocol = Some(ProxyVersion::V1),
+                "v2" => u.proxy_protocol = Some(ProxyVersion::V2),
+                other => self.report(
+                    p.span(),
+                    format!("{ctx} proxy_protocol \"{other}\" is not one of off, v1, v2"),
+                ),
+            }
+            if u.proxy_protocol.is_some() && u.protocol != Protocol::Http1 {
+                self.report(
+                    p.span(),
+                    format!("{ctx} proxy_protocol needs protocol = \"http1\": an HTTP/2 backend connection is shared by many clients, and a PROXY header names one"),
+                );
+            }
+        }
         u.health = raw.health.map(|h| self.health(&ctx, h.into_inner()));
         u.outlier = self.outlier(&ctx, raw.outlier.unwrap_or_default());
         u.retry = self.retry(&ctx, raw.retry.unwrap_or_default());
