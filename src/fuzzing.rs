@@ -52,7 +52,7 @@ fn parse_request(data: &[u8], at: usize) -> Result<Option<String>, HeadError> {
     if let Some(raw) = &head.raw {
         // The lines passed on must make a head that parses again.
         let mut again = b"GET / HTTP/1.1\r\nHost: x\r\n".to_vec();
-        raw.write_to(&mut again);
+        raw.write_to(&mut again, None);
         again.extend_from_slice(b"\r\n");
         let mut lines = [httparse::EMPTY_HEADER; 128];
         let parsed = httparse::Request::new(&mut lines).parse(&again);

@@ -173,6 +173,33 @@ impl HeaderRules {
         self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
     }
 
+    /// Does a rule remove or replace the header of `line` (`Name: value…`)? Those raw
+    /// lines are left out; the set and added ones follow (`write_lines`).
+    pub fn drops(&self, line: &[u8]) -> bool {
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            return false;
+        };
+        let name = &line[..colon];
+        let is = |n: &http::HeaderName| name.eq_ignore_ascii_case(n.as_str().as_bytes());
+        self.remove.iter().any(is) || self.set.iter().any(|(n, _)| is(n))
+    }
+
+    /// Writes the set and added headers as lines.
+    pub fn write_lines(&self, out: &mut Vec<u8>) {
+        for (name, value) in self.set.iter().chain(&self.add) {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+
+    /// Does a rule remove or replace one of `names`?
+    pub fn touches(&self, names: &[&str]) -> bool {
+        let hit = |n: &http::HeaderName| names.contains(&n.as_str());
+        self.remove.iter().any(hit) || self.set.iter().any(|(n, _)| hit(n))
+    }
+
     /// Applies the rules to `headers`: remove, then set (replacing), then add.
     pub fn apply(&self, headers: &mut http::HeaderMap) {
         for name in &self.remove {

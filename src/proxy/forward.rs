@@ -168,7 +168,12 @@ fn respond(
                 After::Reuse
             };
             parts.headers.insert(&X_REQUEST_ID, request_id);
-            if let Some(rules) = &done.headers {
+            if let Some(rules) = done.headers.as_ref().filter(|r| !r.response.is_empty()) {
+                // Raw lines (HTTP/1.x): those the rules remove or replace are left
+                // out as they are written; the map takes what they set or add.
+                if let Some(raw) = body.raw.as_mut() {
+                    raw.rules = Some(Arc::clone(rules));
+                }
                 rules.response.apply(&mut parts.headers);
             }
             done.status = parts.status.as_u16();
@@ -258,8 +263,9 @@ async fn attempts(
         // Not a backend's failure: no pick, no retry, nothing counted against one.
         return Err(ProxyError::BrokeOff(SendError::UpgradeToH2));
     }
-    // A response whose route has header rules comes as a map, not as raw lines.
-    let raw_ok = !conn.via_hyper && done.headers.as_ref().is_none_or(|h| h.response.is_empty());
+    // Raw response lines for an HTTP/1.x client (a route's header rules are applied
+    // to them as they are written).
+    let raw_ok = !conn.via_hyper;
     let mut tried = Tried::default();
     let (mut tries, mut retries, mut fresh, mut stale_retried) = (0u32, 0u32, false, false);
     let mut counted = 0u32;

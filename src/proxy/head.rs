@@ -403,6 +403,23 @@ impl Lines {
         }
         out.extend_from_slice(&self.bytes[at..]);
     }
+
+    /// Appends the lines passed on to `out`, less those `drop` says of (a route's
+    /// header rules removing or replacing them).
+    pub fn write_without(&self, out: &mut Vec<u8>, drop: impl Fn(&[u8]) -> bool) {
+        let mut at = 0;
+        let ends = self.cuts[..self.ncuts]
+            .iter()
+            .map(|&(from, to)| (from as usize, to as usize));
+        for (from, to) in ends.chain(std::iter::once((self.bytes.len(), self.bytes.len()))) {
+            for line in self.bytes[at..from].split_inclusive(|&b| b == b'\n') {
+                if !drop(line) {
+                    out.extend_from_slice(line);
+                }
+            }
+            at = to;
+        }
+    }
 }
 
 #[cfg(test)]

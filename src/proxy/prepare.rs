@@ -124,9 +124,11 @@ pub(super) fn prepare(
         .as_ref()
         .filter(|h| !h.request.is_empty())
         .cloned();
+    // Header rules that touch the lines sluice writes itself work on the map, like
+    // upstreams that read headers; others are applied to the raw lines.
+    let rules_need_map = request_rules.as_ref().is_some_and(|r| !r.request_raw_ok);
     let raw = match raw {
-        // Header rules work on the map, like upstreams that read headers.
-        Some(r) if reads_headers(&upstream) || request_rules.is_some() => {
+        Some(r) if reads_headers(&upstream) || rules_need_map => {
             r.fill_map(req.headers_mut());
             None
         }
@@ -169,6 +171,7 @@ pub(super) fn prepare(
             client_ip: conn.client_ip.clone(),
             https: conn.https,
             request_id: request_id.clone(),
+            rules: request_rules,
         }),
         None => {
             rewrite_map(

@@ -121,12 +121,18 @@ pub struct RawHead {
     pub has_length: bool,
     /// A Date line is among those passed on.
     pub has_date: bool,
+    /// The route's header rules (SPEC §8): lines they remove or replace are left out
+    /// (what they set or add travels in the response's map).
+    pub rules: Option<std::sync::Arc<crate::upstream::RouteHeaders>>,
 }
 
 impl RawHead {
     /// Appends the lines passed on to `out`.
     pub fn write_to(&self, out: &mut Vec<u8>) {
-        self.lines.write_to(out);
+        match &self.rules {
+            None => self.lines.write_to(out),
+            Some(r) => self.lines.write_without(out, |line| r.response.drops(line)),
+        }
     }
 }
 
@@ -191,6 +197,7 @@ pub fn parse_response_head(
                 lines: scan.lines,
                 has_length: scan.length.is_some(),
                 has_date: scan.has_date,
+                rules: None,
             })
         } else {
             fill_map(&mut headers, &raw, spans, switching, scan.named);

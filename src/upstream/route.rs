@@ -37,7 +37,18 @@ pub struct Policy {
 pub struct RouteHeaders {
     pub request: crate::config::HeaderRules,
     pub response: crate::config::HeaderRules,
+    /// The request rules leave the lines sluice writes itself alone, so they can be
+    /// applied to a request's raw lines (else the request goes through a header map).
+    pub request_raw_ok: bool,
 }
+
+/// The request header lines sluice writes itself after a client's raw lines.
+const OWN_REQUEST_LINES: [&str; 4] = [
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-request-id",
+];
 
 /// A route's access list: `deny` wins over `allow`; an empty `allow` allows all.
 #[derive(Debug)]
@@ -77,6 +88,7 @@ impl Route {
                     std::sync::Arc::new(RouteHeaders {
                         request: cfg.request_headers.clone(),
                         response: cfg.response_headers.clone(),
+                        request_raw_ok: !cfg.request_headers.touches(&OWN_REQUEST_LINES),
                     })
                 },
             ),

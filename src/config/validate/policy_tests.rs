@@ -137,7 +137,9 @@ fn golden_shared_rate_limits() {
 #[test]
 fn golden_upstream_proxy_protocol() {
     use crate::config::ProxyVersion;
-    let c = ok("[[listener]]\naddress = \"127.0.0.1:8080\"\n[upstream.web]\nbackends = [{ url = \"127.0.0.1:9\" }]\nproxy_protocol = \"v2\"\n");
+    let c = ok(
+        "[[listener]]\naddress = \"127.0.0.1:8080\"\n[upstream.web]\nbackends = [{ url = \"127.0.0.1:9\" }]\nproxy_protocol = \"v2\"\n",
+    );
     assert_eq!(c.upstreams[0].proxy_protocol, Some(ProxyVersion::V2));
     golden(
         "[[listener]]\naddress = \"127.0.0.1:8080\"\n[upstream.web]\nbackends = [{ url = \"127.0.0.1:9\" }]\nproxy_protocol = \"v3\"\n[upstream.grpc]\nbackends = [{ url = \"127.0.0.1:10\" }]\nprotocol = \"h2c\"\nproxy_protocol = \"v1\"\n",

@@ -6,6 +6,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Uri, Version};
 
+use crate::config::HeaderRules;
 use crate::proxy::head::{self, Framing, Lines, MAX_HEADERS, Refused, Side, Span};
 use crate::proxy::headers;
 use crate::proxy::wire;
@@ -30,9 +31,13 @@ pub struct RawRequest {
 }
 
 impl RawRequest {
-    /// Appends the lines passed on to `out`.
-    pub fn write_to(&self, out: &mut Vec<u8>) {
-        self.lines.write_to(out);
+    /// Appends the lines passed on to `out`, less those a route's request rules
+    /// remove or replace.
+    pub fn write_to(&self, out: &mut Vec<u8>, rules: Option<&HeaderRules>) {
+        match rules {
+            None => self.lines.write_to(out),
+            Some(r) => self.lines.write_without(out, |line| r.drops(line)),
+        }
     }
 
     /// The value of the first header line named `name` (a rate limit's key).
@@ -83,6 +88,9 @@ pub struct Outgoing {
     pub client_ip: HeaderValue,
     pub https: bool,
     pub request_id: HeaderValue,
+    /// The route's header rules (SPEC §8), applied to the lines as they are written:
+    /// only rules that leave sluice's own lines alone (`RouteHeaders::request_raw_ok`).
+    pub rules: Option<std::sync::Arc<crate::upstream::RouteHeaders>>,
 }
 
 impl Outgoing {
@@ -90,7 +98,8 @@ impl Outgoing {
     /// client sent and adds the client's address; X-Forwarded-Proto and -Host are
     /// sluice's; X-Request-Id is the request's).
     pub fn write_to(&self, out: &mut Vec<u8>) {
-        self.raw.write_to(out);
+        let rules = self.rules.as_deref().map(|r| &r.request);
+        self.raw.write_to(out, rules);
         if let Some(h) = &self.host {
             line(out, b"host", h.as_bytes());
         }
@@ -107,6 +116,10 @@ impl Outgoing {
             line(out, b"x-forwarded-host", h.as_bytes());
         }
         line(out, b"x-request-id", self.request_id.as_bytes());
+        // SPEC §8: the route's rules come after sluice's own.
+        if let Some(r) = rules {
+            r.write_lines(out);
+        }
     }
 }
 
@@ -367,7 +380,7 @@ mod tests {
 
     fn passed_on(h: &Head) -> String {
         let mut out = Vec::new();
-        h.raw.as_ref().expect("raw lines").write_to(&mut out);
+        h.raw.as_ref().expect("raw lines").write_to(&mut out, None);
         String::from_utf8(out).unwrap()
     }
 
@@ -446,12 +459,46 @@ mod tests {
             client_ip: HeaderValue::from_static("10.0.0.9"),
             https: false,
             request_id: HeaderValue::from_static("id1"),
+            rules: None,
         };
         let mut out = Vec::new();
         o.write_to(&mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "A: b\r\nhost: backend:80\r\nx-forwarded-for: 1.2.3.4, 10.0.0.9\r\nx-forwarded-proto: http\r\nx-forwarded-host: h\r\nx-request-id: id1\r\n"
+        );
+    }
+
+    #[test]
+    fn header_rules_apply_to_raw_lines_after_sluices_own() {
+        let h = parse("GET / HTTP/1.1\r\nHost: h\r\nA: b\r\nB: old\r\nx-debug: 1\r\nC: c\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        let name = |n: &'static str| http::HeaderName::from_static(n);
+        let value = HeaderValue::from_static;
+        let request = HeaderRules {
+            set: vec![(name("b"), value("new"))],
+            add: vec![(name("c"), value("more"))],
+            remove: vec![name("x-debug")],
+        };
+        let o = Outgoing {
+            raw: h.raw.unwrap(),
+            host: None,
+            forwarded_host: None,
+            client_ip: HeaderValue::from_static("10.0.0.9"),
+            https: true,
+            request_id: HeaderValue::from_static("id1"),
+            rules: Some(std::sync::Arc::new(crate::upstream::RouteHeaders {
+                request,
+                response: HeaderRules::default(),
+                request_raw_ok: true,
+            })),
+        };
+        let mut out = Vec::new();
+        o.write_to(&mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "A: b\r\nC: c\r\nx-forwarded-for: 10.0.0.9\r\nx-forwarded-proto: https\r\nx-request-id: id1\r\nb: new\r\nc: more\r\n"
         );
     }
 
