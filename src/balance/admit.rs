@@ -38,9 +38,14 @@ impl Upstream {
     /// A backend for this request now, if one has room and nobody waits before it.
     #[inline]
     pub fn admit(&self, key: Option<u64>, tried: &Tried, now: Instant) -> Admit {
-        if let Some(q) = &self.queue
-            && Place::others_waiting(q)
-        {
+        let Some(q) = &self.queue else {
+            // No limit: the pick, and a slot that is always there.
+            return match self.pick_untried_first(key, tried, now) {
+                Some(b) if b.take_slot() => Admit::Backend(Arc::clone(b)),
+                _ => Admit::Unavailable,
+            };
+        };
+        if Place::others_waiting(q) {
             return Admit::Wait;
         }
         self.take(key, tried, now)
@@ -116,6 +121,7 @@ impl Upstream {
         }
     }
 
+    #[inline]
     fn pick_untried_first(
         &self,
         key: Option<u64>,

@@ -274,17 +274,17 @@ impl Client {
             now,
         } = how;
         // A client's own connections, with PROXY headers; else the backend's pool.
-        let own = self.proxy.map(|v| (v, dedicated.pool(backend)));
-        let pool = own.as_ref().map_or_else(|| self.pool(backend), |(_, p)| p);
+        let own = self.proxy.map(|_| dedicated.pool(backend));
+        let pool = own.as_ref().unwrap_or_else(|| self.pool(backend));
         let pooled = if fresh { None } else { pool.take(now) };
         let reused = pooled.is_some();
         let mut conn = match pooled {
             Some(c) => c,
             // Boxed: the common path (a pooled connection) keeps this future small.
             None => {
-                let header = own
-                    .as_ref()
-                    .map(|(v, _)| proxy_header::encode(*v, dedicated.client, dedicated.local));
+                let header = self
+                    .proxy
+                    .map(|v| proxy_header::encode(v, dedicated.client, dedicated.local));
                 Box::pin(self.connect(backend, header.as_deref()))
                     .await
                     .map_err(Failure::not_sent)?
@@ -356,7 +356,7 @@ impl Client {
             }
         };
         let reuse = (head.keep_alive && upload.is_none() && self.max_idle > 0).then(|| {
-            let pool = own.map_or_else(|| Arc::clone(self.pool(backend)), |(_, p)| p);
+            let pool = own.unwrap_or_else(|| Arc::clone(self.pool(backend)));
             (pool, self.max_idle)
         });
         let mut body = BackendBody::new(src, head.framing, reuse, upload);

@@ -134,8 +134,9 @@ pub fn handle(
     async move {
         let result = match prepared {
             Ok(ref mut p) => {
+                // Boxed: only routes with a shared rate limit wait on one.
                 let allowed = match p.shared_limit.take() {
-                    Some(check) => check.ask(&p.upstream).await,
+                    Some(check) => Box::pin(check.ask(&p.upstream)).await,
                     None => Ok(()),
                 };
                 match allowed {
@@ -282,7 +283,8 @@ async fn attempts(
                 Admit::Backend(b) => b,
                 Admit::Unavailable => return Err(ProxyError::NoHealthyBackend),
                 Admit::Wait => {
-                    let b = upstream.wait(key, &tried, started).await?;
+                    // Boxed: the request future keeps no room for a wait it rarely has.
+                    let b = Box::pin(upstream.wait(key, &tried, started)).await?;
                     // The wait is not the backend's time: its timeout starts now.
                     started = Instant::now();
                     b

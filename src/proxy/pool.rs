@@ -199,6 +199,7 @@ impl Dedicated {
     }
 
     /// This client's idle connections to `backend`.
+    #[cold]
     pub(super) fn pool(&self, backend: &crate::upstream::Backend) -> Arc<Pool> {
         let key = Arc::as_ptr(&backend.stats) as usize;
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
