@@ -98,6 +98,8 @@ impl ListenerConfig {
 pub struct TlsConfig {
     /// Chosen by SNI; the first one also serves clients without SNI or with unknown names.
     pub certificates: Vec<CertificateConfig>,
+    /// Session tickets and a session cache (default); false: a full handshake each time.
+    pub resumption: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

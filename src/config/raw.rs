@@ -50,6 +50,7 @@ pub(super) struct RawListener {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawTls {
     pub certificates: Option<Spanned<Vec<Spanned<RawCertificate>>>>,
+    pub resumption: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -14,6 +14,10 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::{CertificateConfig, TlsConfig};
 
+/// Sessions a TLS listener remembers for resumption by session id (TLS 1.2); TLS 1.3
+/// clients resume with stateless tickets instead. Each entry is a few hundred bytes.
+const SESSION_CACHE: usize = 4096;
+
 /// A certificate or key that could not be used; the message names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -42,6 +46,17 @@ pub fn acceptor(cfg: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
     // A client offering none of these gets a TLS alert; http/1.0 is served as HTTP/1.1
     // serves it.
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), b"http/1.0".to_vec()];
+    if cfg.resumption {
+        // Stateless tickets (keys rotated every 6 hours, as rustls' ticketer does),
+        // and a cache of sessions for TLS 1.2 clients that resume by session id.
+        config.ticketer =
+            rustls::crypto::ring::Ticketer::new().map_err(|e| TlsError::Config(e.to_string()))?;
+        config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
+    } else {
+        // No tickets, no cache: every connection makes a full handshake.
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+    }
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 

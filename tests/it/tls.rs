@@ -464,3 +464,43 @@ async fn heads_over_tls_get_the_same_host_and_target_rules() {
     }
     assert_eq!(be.hits(), 0);
 }
+
+/// SPEC §2 `tls.resumption`: on by default (a returning client resumes its session),
+/// off: every connection makes a full handshake.
+#[tokio::test]
+async fn sessions_resume_unless_resumption_is_off() {
+    use crate::support::tls::{client_config, handshake_with};
+    use rustls::HandshakeKind;
+    let be = TestBackend::replying("ok").await;
+    for (resumption, second) in [(true, HandshakeKind::Resumed), (false, HandshakeKind::Full)] {
+        let lb = Sluice::start(&format!(
+            "[[listener]]\naddress = \"127.0.0.1:0\"\n\
+             tls = {{ certificates = [{{ cert = \"{}\", key = \"{}\" }}], resumption = {resumption} }}\n\
+             [upstream.web]\nbackends = [{{ url = \"{}\" }}]\n",
+            data("a.pem").display(),
+            data("a.key").display(),
+            be.url()
+        ))
+        .await;
+        let client = client_config(&[b"http/1.1"], true);
+        let mut kinds = Vec::new();
+        for _ in 0..2 {
+            let tcp = TcpStream::connect(lb.addr).await.unwrap();
+            let mut s = handshake_with(tcp, Some("a.test"), client.clone()).await;
+            kinds.push(s.get_ref().1.handshake_kind());
+            // A whole exchange, so that the session ticket sent after the handshake
+            // is read.
+            s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let mut answer = Vec::new();
+            let _ = s.read_to_end(&mut answer).await;
+            assert!(answer.starts_with(b"HTTP/1.1 200"));
+        }
+        assert_eq!(
+            kinds,
+            [Some(HandshakeKind::Full), Some(second)],
+            "resumption = {resumption}"
+        );
+    }
+}

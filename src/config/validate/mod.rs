@@ -238,7 +238,10 @@ impl Check<'_> {
             let key = self.file_path("listener.tls.certificates.key", &c.key);
             out.push(CertificateConfig { cert, key });
         }
-        Some(TlsConfig { certificates: out })
+        Some(TlsConfig {
+            certificates: out,
+            resumption: raw.get_ref().resumption.unwrap_or(true),
+        })
     }
 
     fn admin(

@@ -181,6 +181,7 @@ impl TestBackend {
                 cert: dir.join(format!("{cert}.pem")),
                 key: dir.join(format!("{cert}.key")),
             }],
+            resumption: true,
         })
         .unwrap();
         let handler: Handler = Arc::new(move |r| Box::pin(handler(r)));

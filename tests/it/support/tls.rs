@@ -102,6 +102,28 @@ pub async fn connect(lb: &Sluice, sni: Option<&str>, alpn: &[&[u8]]) -> TlsStrea
 
 /// A TLS handshake on `tcp`, an open connection, as `connect` makes it.
 pub async fn handshake(tcp: TcpStream, sni: Option<&str>, alpn: &[&[u8]]) -> TlsStream<TcpStream> {
+    handshake_with(tcp, sni, client_config(alpn, sni.is_some())).await
+}
+
+/// A handshake with a client configuration of the test's (to resume sessions).
+pub async fn handshake_with(
+    tcp: TcpStream,
+    sni: Option<&str>,
+    config: Arc<rustls::ClientConfig>,
+) -> TlsStream<TcpStream> {
+    let name = ServerName::try_from(sni.unwrap_or("unused.test").to_owned()).unwrap();
+    tokio::time::timeout(
+        DEADLINE,
+        tokio_rustls::TlsConnector::from(config).connect(name, tcp),
+    )
+    .await
+    .expect("handshake in time")
+    .expect("handshake")
+}
+
+/// A client configuration that accepts any certificate, offering `alpn`; it keeps the
+/// sessions it is given for resumption.
+pub fn client_config(alpn: &[&[u8]], sni: bool) -> Arc<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -110,15 +132,8 @@ pub async fn handshake(tcp: TcpStream, sni: Option<&str>, alpn: &[&[u8]]) -> Tls
         .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
         .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    config.enable_sni = sni.is_some();
-    let name = ServerName::try_from(sni.unwrap_or("unused.test").to_owned()).unwrap();
-    tokio::time::timeout(
-        DEADLINE,
-        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp),
-    )
-    .await
-    .expect("handshake in time")
-    .expect("handshake")
+    config.enable_sni = sni;
+    Arc::new(config)
 }
 
 /// The certificate the server sent.
