@@ -115,7 +115,11 @@ pub fn handle(
         None => req.headers().get(&X_REQUEST_ID),
     };
     let request_id = match given {
-        Some(id) => id.clone(),
+        Some(id) => {
+            let mut id = id.clone();
+            headers::unique(&mut id);
+            id
+        }
         None => headers::new_request_id(),
     };
     if telemetry::access_log_enabled() {

@@ -185,8 +185,20 @@ pub fn new_request_id() -> HeaderValue {
         }
         let id = bytes.slice(*next * ID_LEN..(*next + 1) * ID_LEN);
         *next += 1;
-        HeaderValue::from_maybe_shared(id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+        let mut v =
+            HeaderValue::from_maybe_shared(id).unwrap_or_else(|_| HeaderValue::from_static("0"));
+        unique(&mut v);
+        v
     })
+}
+
+/// Marks a value that differs on every message (a request id) so that HTTP/2's HPACK
+/// encoder sends it as a literal instead of adding it to its table, where each new one
+/// would evict the entries (Server, Content-Type…) that let later heads be encoded in a
+/// few bytes. HTTP/1 ignores the mark.
+#[inline]
+pub fn unique(v: &mut HeaderValue) {
+    v.set_sensitive(true);
 }
 
 fn new_id_block() -> Bytes {
