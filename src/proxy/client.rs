@@ -319,21 +319,20 @@ impl Client {
         }
         let mut upload = None;
         let early = match framing {
-            Framing::None => false,
+            Framing::None => None,
             // Boxed: requests without a body keep this future small.
             _ => Box::pin(send_body(&mut conn, req.body_mut(), framing))
                 .await
                 .map_err(|e| fail(e, false))?,
         };
-        let mut src = if early {
+        let mut src = if let Some(unsent) = early {
             // The backend answers while the body is still coming (an echo, a stream, an
             // early refusal): go on sending it beside the response.
             let body = std::mem::replace(req.body_mut(), RequestBody::empty());
             let Conn { stream, buf, out } = conn;
             let (read, write) = stream.into_split();
-            upload = Some(Upload(
-                tokio::spawn(upload_rest(write, body, framing, out)).abort_handle(),
-            ));
+            let rest = upload_rest(write, (unsent, body), framing, out);
+            upload = Some(Upload(tokio::spawn(rest).abort_handle()));
             Source::Half { read, buf }
         } else {
             Source::Conn(conn)
@@ -404,13 +403,14 @@ impl Client {
     }
 }
 
-/// Streams the request body. Ok(true): the backend began to answer (or closed)
-/// before the body was all sent; what it sent is in `conn.buf`.
+/// Streams the request body. Ok(Some(unsent)): the backend began to answer (or
+/// closed) before the body was all sent, what it sent is in `conn.buf`, and `unsent`
+/// is what was taken from the body but not written yet.
 async fn send_body(
     conn: &mut Conn,
     body: &mut RequestBody,
     framing: Framing,
-) -> Result<bool, SendError> {
+) -> Result<Option<Bytes>, SendError> {
     let Conn { stream, buf, out } = conn;
     loop {
         let frame = tokio::select! {
@@ -420,7 +420,7 @@ async fn send_body(
                 // "100 Continue" and the like need no answer: send on.
                 Ok(n) if n > 0 && wire::skip_informational(buf) => continue,
                 // An early answer, or the backend's close: read it as the response.
-                Ok(_) => return Ok(true),
+                Ok(_) => return Ok(Some(Bytes::new())),
                 Err(e) => return Err(SendError::Read(e)),
             }
         };
@@ -430,20 +430,52 @@ async fn send_body(
                     .await
                     .map_err(SendError::Write)?;
                 stream.flush().await.map_err(SendError::Write)?;
-                return Ok(false);
+                return Ok(None);
             }
             Some(Err(e)) => return Err(SendError::Body(e)),
             Some(Ok(frame)) => {
                 // Trailers are not passed on.
-                if let Ok(data) = frame.into_data() {
-                    write_data(stream, out, &data, framing)
-                        .await
-                        .map_err(SendError::Write)?;
+                let Ok(mut data) = frame.into_data() else {
+                    continue;
+                };
+                // In slices, looking for an answer between them: a backend that
+                // answers early may stop reading, and a large write would then wait
+                // for it forever (or fail) instead of taking the answer in.
+                while !data.is_empty() {
+                    let piece = data.split_to(data.len().min(UPLOAD_SLICE));
+                    if let Err(e) = write_data(stream, out, &piece, framing).await {
+                        // The backend stopped reading, maybe after answering: an
+                        // answer already in is still the response.
+                        return match answer_now(stream, buf).await {
+                            Some(true) => Ok(Some(data)),
+                            _ => Err(SendError::Write(e)),
+                        };
+                    }
+                    if let Some(true) = answer_now(stream, buf).await {
+                        return Ok(Some(data));
+                    }
                 }
             }
         }
     }
 }
+
+/// Has the backend begun to answer (or closed)? Looks without waiting: Some(true) an
+/// answer (or a close) is in, Some(false) only an informational one, None nothing.
+async fn answer_now(stream: &mut Stream, buf: &mut BytesMut) -> Option<bool> {
+    tokio::select! {
+        biased;
+        r = read_some(stream, buf) => match r {
+            Ok(n) if n > 0 && wire::skip_informational(buf) => Some(false),
+            Ok(_) => Some(true),
+            Err(_) => None,
+        },
+        () = std::future::ready(()) => None,
+    }
+}
+
+/// The most of a request body written before looking for an early answer.
+const UPLOAD_SLICE: usize = 64 * 1024;
 
 /// Reads what the backend sends while the request body is still going out. Plain TCP
 /// waits for readiness before taking buffer room, so a quiet backend costs no buffer;
@@ -469,7 +501,20 @@ async fn read_some(stream: &mut Stream, buf: &mut BytesMut) -> io::Result<usize>
 
 /// The rest of a request body, sent beside the response; aborted when the response
 /// ends or is dropped.
-async fn upload_rest(mut w: WriteHalf, mut body: RequestBody, framing: Framing, mut out: Vec<u8>) {
+/// `unsent`: taken from the body before the answer began, and not written yet.
+async fn upload_rest(
+    mut w: WriteHalf,
+    (unsent, mut body): (Bytes, RequestBody),
+    framing: Framing,
+    mut out: Vec<u8>,
+) {
+    if !unsent.is_empty()
+        && write_data(&mut w, &mut out, &unsent, framing)
+            .await
+            .is_err()
+    {
+        return;
+    }
     loop {
         let r = match body.frame().await {
             None => {
@@ -496,8 +541,8 @@ async fn upload_rest(mut w: WriteHalf, mut body: RequestBody, framing: Framing, 
 }
 
 /// Writes one piece of a request body in its framing. A chunk goes out with its header
-/// and trailing CRLF in one write (pieces are at most a read of the client's body, 64
-/// KiB, or an HTTP/2 frame, so the copy is small).
+/// and trailing CRLF in one write (pieces are at most a read of the client's body, 256
+/// KiB, or an HTTP/2 frame).
 async fn write_data<W: AsyncWrite + Unpin>(
     w: &mut W,
     out: &mut Vec<u8>,
