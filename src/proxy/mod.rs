@@ -26,6 +26,7 @@ mod shared_rate;
 pub mod stream;
 pub mod tls;
 pub mod upgrade;
+mod upload;
 pub mod wire;
 
 use std::sync::Arc;
