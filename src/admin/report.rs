@@ -320,37 +320,32 @@ pub fn metrics_text(state: &State) -> String {
         .iter()
         .filter_map(|u| Some((&*u.name, u.queue.as_ref()?)))
         .collect();
-    t.family(
-        "sluice_queue_depth",
-        "gauge",
-        "Requests waiting for a backend under max_inflight_per_backend, by upstream.",
-    );
-    for (name, q) in &queued {
-        t.sample("sluice_queue_depth", &[("upstream", name)], q.depth());
-    }
-    t.family(
-        "sluice_queue_timeouts_total",
-        "counter",
-        "Requests answered 503 after waiting queue.timeout, by upstream.",
-    );
-    for (name, q) in &queued {
-        t.sample(
+    type Read = fn(&crate::upstream::queue::Queue) -> u64;
+    let families: [(&str, &str, &str, Read); 3] = [
+        (
+            "sluice_queue_depth",
+            "gauge",
+            "Requests waiting for a backend under max_inflight_per_backend, by upstream.",
+            |q| q.depth() as u64,
+        ),
+        (
             "sluice_queue_timeouts_total",
-            &[("upstream", name)],
-            q.timeouts(),
-        );
-    }
-    t.family(
-        "sluice_queue_full_total",
-        "counter",
-        "Requests answered 503 at once because queue.max were already waiting, by upstream.",
-    );
-    for (name, q) in &queued {
-        t.sample(
+            "counter",
+            "Requests answered 503 after waiting queue.timeout, by upstream.",
+            |q| q.timeouts(),
+        ),
+        (
             "sluice_queue_full_total",
-            &[("upstream", name)],
-            q.turned_away(),
-        );
+            "counter",
+            "Requests answered 503 at once because queue.max were already waiting, by upstream.",
+            |q| q.turned_away(),
+        ),
+    ];
+    for (family, kind, help, read) in families {
+        t.family(family, kind, help);
+        for (name, q) in &queued {
+            t.sample(family, &[("upstream", name)], read(q));
+        }
     }
 
     t.family(

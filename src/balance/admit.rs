@@ -12,7 +12,6 @@ use tokio::time::Instant;
 
 use super::{PickCtx, Tried, Upstream};
 use crate::upstream::Backend;
-use crate::upstream::queue::Place;
 
 /// What a request gets at once.
 pub enum Admit {
@@ -45,7 +44,8 @@ impl Upstream {
                 _ => Admit::Unavailable,
             };
         };
-        if Place::others_waiting(q) {
+        // Anyone waiting goes first: a new request queues behind them.
+        if q.depth() > 0 {
             return Admit::Wait;
         }
         self.take(key, tried, now)

@@ -76,11 +76,6 @@ impl<'a> Place<'a> {
     pub fn woken(&self) -> tokio::sync::futures::Notified<'a> {
         self.queue.notify.notified()
     }
-
-    /// Is anyone waiting? (A new request then queues behind them.)
-    pub fn others_waiting(queue: &Queue) -> bool {
-        queue.waiting.load(Ordering::Acquire) > 0
-    }
 }
 
 impl Drop for Place<'_> {

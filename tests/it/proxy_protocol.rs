@@ -357,3 +357,26 @@ async fn backend_connections_name_their_client_and_carry_only_its_requests() {
     let state = &status["upstreams"][0]["backends"][0]["state"];
     assert_eq!(state, "healthy", "{status}");
 }
+
+/// SPEC §8: the access log's `client` is the PROXY header's source address.
+#[tokio::test]
+async fn the_access_log_names_the_client_of_the_proxy_header() {
+    use crate::support::process::{start_json, temp_config};
+    let be = TestBackend::replying("ok").await;
+    let path = temp_config(
+        "pp-log",
+        &format!(
+            "[[listener]]\naddress = \"127.0.0.1:0\"\nproxy_protocol = true\n\
+             [upstream.web]\nbackends = [{{ url = \"{}\" }}]\n",
+            be.url()
+        ),
+    );
+    let (p, addr) = start_json(&["-c", path.to_str().unwrap()]).await;
+    let got = get_via(addr.parse().unwrap(), &v1("192.0.2.55"), "/logged", false).await;
+    assert_eq!(status(&got), "200", "{got}");
+    let line = tokio::task::spawn_blocking(move || p.line_with("/logged"))
+        .await
+        .unwrap();
+    let j: serde_json::Value = serde_json::from_str(&line).expect("access line is JSON");
+    assert_eq!(j["client"], "192.0.2.55", "{line}");
+}
