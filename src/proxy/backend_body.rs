@@ -15,6 +15,7 @@ use super::client::{Source, Upgraded};
 use super::decode::{Broke, Framed, Next};
 use super::head::Framing;
 use super::pool::Pool;
+use super::stream::{ReadHalf, Stream};
 use super::wire::{RawHead, WireError};
 
 /// A backend's response body, read from its connection as it is polled. At its end
@@ -116,6 +117,38 @@ impl BackendBody {
                 read: conn.buf.freeze(),
             }),
             Source::Half { .. } | Source::H2 { .. } => None,
+        }
+    }
+
+    /// The backend's plain TCP socket and the bytes of the body still to come from it,
+    /// when none of them has been read yet and nothing but the socket stands between:
+    /// a length-framed body on a plain connection. The bytes may then go to the client
+    /// without being read here (`h1::splice`), and `passed` says how many did.
+    pub(super) fn splice_source(&self) -> Option<(&tokio::net::TcpStream, u64)> {
+        let Framed::Length(left) = self.state else {
+            return None;
+        };
+        match self.src.as_ref()? {
+            Source::Conn(c) if c.buf.is_empty() => match &c.stream {
+                Stream::Plain(s) => Some((s, left)),
+                Stream::Tls(_) => None,
+            },
+            Source::Half {
+                read: ReadHalf::Plain(r),
+                buf,
+            } if buf.is_empty() => Some((r.as_ref(), left)),
+            _ => None,
+        }
+    }
+
+    /// `n` bytes of the body went to the client straight from the socket (see
+    /// `splice_source`). At its end the connection goes back to the pool.
+    pub(super) fn passed(&mut self, n: u64) {
+        if let Framed::Length(left) = &mut self.state {
+            *left = left.saturating_sub(n);
+            if *left == 0 {
+                self.finish();
+            }
         }
     }
 

@@ -266,6 +266,24 @@ impl ResponseBody {
         }
     }
 
+    /// The backend's socket and the bytes still to come from it, when the rest of the
+    /// body may pass to the client without being read here (see
+    /// `BackendBody::splice_source`).
+    pub fn splice_source(&self) -> Option<(&tokio::net::TcpStream, u64)> {
+        match &self.kind {
+            Kind::Proxied(b) => b.splice_source(),
+            Kind::Local(_) => None,
+        }
+    }
+
+    /// `n` bytes of the body went to the client straight from the backend's socket.
+    pub fn passed(&mut self, n: u64) {
+        if let Kind::Proxied(b) = &mut self.kind {
+            b.passed(n);
+        }
+        self.count(n as usize);
+    }
+
     fn count(&mut self, n: usize) {
         if let Some(r) = self.done.as_mut().and_then(|d| d.record.as_mut()) {
             r.bytes += n as u64;

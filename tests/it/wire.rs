@@ -72,6 +72,14 @@ async fn scripted(script: fn(&str) -> Reply) -> (String, Arc<AtomicUsize>) {
     (format!("http://{addr}"), conns)
 }
 
+/// A body of 2 MiB and 5 bytes, each byte telling its place.
+const BIG: std::ops::Range<usize> = 0..2 * 1024 * 1024 + 5;
+
+fn big() -> &'static str {
+    static BODY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BODY.get_or_init(|| BIG.map(|i| (b'a' + (i % 26) as u8) as char).collect())
+}
+
 fn path(head: &str) -> &str {
     head.split(' ').nth(1).unwrap_or("/")
 }
@@ -91,6 +99,13 @@ async fn every_response_framing_reaches_the_client_intact() {
             false,
         ),
         "/close" => reply("HTTP/1.1 200 OK\r\n\r\nuntil the end", true),
+        // Large enough to pass through a pipe (splice) from one socket to the other.
+        "/big" => {
+            let mut r = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", BIG.len())
+                .into_bytes();
+            r.extend_from_slice(big().as_bytes());
+            reply(r, false)
+        }
         _ => reply("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", false),
     })
     .await;
@@ -102,11 +117,18 @@ async fn every_response_framing_reaches_the_client_intact() {
         ("/continue", "late"),
         ("/close", "until the end"),
         ("/chunked", "hello world"),
+        ("/big", big()),
         ("/length", "length"),
+        ("/big", big()),
     ] {
         let (status, _, body) = lb.get(p).await;
         assert!(status.is_success(), "{p}: {status}");
-        assert_eq!(body, want, "{p}");
+        assert!(
+            body == want,
+            "{p}: {} bytes, wanted {}",
+            body.len(),
+            want.len()
+        );
     }
     let req = Request::builder()
         .method(Method::HEAD)
@@ -116,7 +138,8 @@ async fn every_response_framing_reaches_the_client_intact() {
     let (status, headers, body) = lb.send(req).await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, ""));
     assert_eq!(headers["content-length"], "5", "HEAD keeps the length");
-    // Only the close-delimited answer cost a connection; the rest reused one.
+    // Only the close-delimited answer cost a connection; the rest reused one (also
+    // after a body passed through a pipe).
     assert_eq!(conns.load(Ordering::SeqCst), 2);
 }
 
@@ -176,6 +199,12 @@ async fn a_backend_cut_mid_body_cuts_the_client_off() {
             "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b",
             true,
         ),
+        "/big-cut" => {
+            let mut r =
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", BIG.len()).into_bytes();
+            r.extend_from_slice(&big().as_bytes()[..300 * 1024]);
+            reply(r, true)
+        }
         "/cut-chunked" => reply(
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
             true,
@@ -203,6 +232,14 @@ async fn a_backend_cut_mid_body_cuts_the_client_off() {
         2,
         "the cut connection was not reused"
     );
+    // A large body (passed through a pipe) cut by its backend: the client gets what
+    // came, then a reset.
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    s.write_all(b"GET /big-cut HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(how_it_ends(&mut s, DEADLINE).await, "reset");
+    assert_eq!(lb.get("/").await.2, "ok");
     // An HTTP/1.0 client, whose answer of unknown length ends with the connection:
     // a cut shows as a reset, not as an orderly end.
     let mut s = TcpStream::connect(lb.addr).await.unwrap();

@@ -315,6 +315,7 @@ mod body;
 mod request;
 mod respond;
 mod sock;
+mod splice;
 
 pub use body::{ClientBodyError, H1Body};
 pub use request::{Head, HeadError, Outgoing, RawRequest, parse_head};

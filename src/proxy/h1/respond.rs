@@ -13,6 +13,7 @@ use http_body::Body;
 use tokio::io::AsyncWriteExt;
 
 use super::sock::{Reader, Writer};
+use super::splice::{self, SPLICE_MIN};
 
 use super::*;
 use crate::proxy::body::ResponseBody;
@@ -44,8 +45,40 @@ pub(super) async fn write_response(
         return Ok(keep);
     }
 
+    // The rest of a large body may go from a plain backend socket to a plain client
+    // socket without passing through here (splice.rs).
+    let splice = matches!((&*wr, framing), (Writer::Tcp(_), Framing::Length(n)) if n >= SPLICE_MIN);
     let mut body = Pin::new(body);
     loop {
+        if splice
+            && body
+                .splice_source()
+                .is_some_and(|(_, left)| left >= SPLICE_MIN)
+        {
+            if !out.is_empty() {
+                wr.write_all(out).await?;
+                out.clear();
+            }
+            let mut moved = 0;
+            let passed = match (&*wr, body.splice_source()) {
+                // Boxed: its state would otherwise make every answer's future larger.
+                (Writer::Tcp(to), Some((from, left))) => {
+                    Box::pin(splice::pass(
+                        from,
+                        to.as_ref(),
+                        left,
+                        &mut moved,
+                        &mut watch,
+                    ))
+                    .await
+                }
+                _ => None,
+            };
+            body.passed(moved);
+            if let Some(Err(cut)) = passed {
+                return Err(cut);
+            }
+        }
         // Whatever is ready goes out with what is already in `out`; only when the body
         // has to wait is `out` written first.
         let frame = match std::future::poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await
@@ -62,14 +95,7 @@ pub(super) async fn write_response(
                     if let Poll::Ready(f) = body.as_mut().poll_frame(cx) {
                         return Poll::Ready(Ok(f));
                     }
-                    if let Some((rd, buf)) = watch.as_mut() {
-                        match tokio_util::io::poll_read_buf(Pin::new(&mut **rd), cx, *buf) {
-                            Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Err(Cut::Client)),
-                            Poll::Ready(Ok(_)) => watch = None,
-                            Poll::Pending => {}
-                        }
-                    }
-                    Poll::Pending
+                    client_left(&mut watch, cx).map(Err)
                 })
                 .await?
             }
@@ -189,6 +215,23 @@ fn head(
     }
     out.extend_from_slice(b"\r\n");
     (framing, keep)
+}
+
+/// Polls a client's connection while its answer waits: Ready(Cut::Client) once the
+/// client has closed it. A client that sends more (a pipelined request) is not
+/// watched further.
+pub(super) fn client_left(
+    watch: &mut Option<(&mut Reader, &mut BytesMut)>,
+    cx: &mut std::task::Context<'_>,
+) -> Poll<Cut> {
+    if let Some((rd, buf)) = watch.as_mut() {
+        match tokio_util::io::poll_read_buf(Pin::new(&mut **rd), cx, *buf) {
+            Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Cut::Client),
+            Poll::Ready(Ok(_)) => *watch = None,
+            Poll::Pending => {}
+        }
+    }
+    Poll::Pending
 }
 
 /// Why a response could not be written to its end.
