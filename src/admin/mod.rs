@@ -265,6 +265,10 @@ fn backend_action(state: &State, name: &str, id: &str, draining: bool) -> Respon
     };
     let action = if draining { "drain" } else { "enable" };
     if backend.stats.set_draining(draining) {
+        backend
+            .stats
+            .why
+            .drained(draining.then_some("drained through the admin API"));
         tracing::info!(
             upstream = name,
             backend = id,

@@ -6,7 +6,9 @@ use std::sync::atomic::Ordering;
 use tokio::time::Instant;
 
 use crate::metrics::Text;
-use crate::state::State;
+use crate::state::State as Live;
+use crate::upstream::State;
+use crate::upstream::why::{Note, Why, rfc3339};
 
 /// The `/status` document (SPEC §5), fields in the SPEC's order.
 #[derive(serde::Serialize)]
@@ -36,7 +38,7 @@ pub struct DiscoveryStatus {
     pub error: Option<String>,
 }
 
-fn discovery_status(state: &State, name: &str) -> Option<DiscoveryStatus> {
+fn discovery_status(state: &Live, name: &str) -> Option<DiscoveryStatus> {
     let status = state.discovered.status(name)?;
     let seen = status.seen();
     Some(DiscoveryStatus {
@@ -63,10 +65,80 @@ pub struct BackendStatus {
     pub requests: u64,
     pub failures: u64,
     pub latency_ewma_ms: f64,
+    /// The weight strategies use now: below `weight` while slow start ramps it up
+    /// (to a thousandth).
+    pub effective_weight: f64,
+    /// Why the backend is out of rotation (SPEC §9); None (null) when it is in.
+    pub reason: Option<Reason>,
+    /// The last active probe, when the upstream has active checks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub check: Option<CheckStatus>,
+}
+
+/// `reason` of a backend in `/status` (SPEC §9).
+#[derive(serde::Serialize)]
+pub struct Reason {
+    /// RFC 3339.
+    pub since: String,
+    pub why: String,
+    /// An ejection's end (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+    /// How many ejections in a row this one counts as.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ejections: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub check: Option<CheckStatus>,
+}
+
+#[derive(serde::Serialize, Clone)]
+pub struct CheckStatus {
+    pub at: String,
+    pub ok: bool,
+    pub detail: String,
+    /// Between rise and fall: "1 of 3 failed checks to fall"; absent otherwise.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub progress: String,
+}
+
+/// A backend's `reason` in state `state`, from what was noted about it; `check` is
+/// its last probe.
+fn reason(state: State, why: Why, check: Option<CheckStatus>) -> Option<Reason> {
+    let note = |n: Option<Note>, otherwise: &str| {
+        n.unwrap_or_else(|| Note {
+            since: std::time::SystemTime::now(),
+            why: otherwise.to_owned(),
+        })
+    };
+    let (n, ejection) = match state {
+        State::Healthy => return None,
+        State::Draining => (note(why.drained, "draining"), None),
+        State::Unhealthy => (
+            note(why.unhealthy, "found unhealthy by active checks"),
+            None,
+        ),
+        State::Ejected => match why.ejected {
+            Some(e) => (
+                Note {
+                    since: e.since,
+                    why: e.why,
+                },
+                Some((e.until, e.times)),
+            ),
+            None => (note(None, "ejected"), None),
+        },
+    };
+    Some(Reason {
+        since: rfc3339(n.since),
+        why: n.why,
+        until: ejection.map(|(until, _)| rfc3339(until)),
+        ejections: ejection.map(|(_, times)| times).filter(|&t| t > 0),
+        check,
+    })
 }
 
 /// Renders `/status` from the live snapshot and counters.
-pub fn status_json(state: &State) -> String {
+pub fn status_json(state: &Live) -> String {
     let snap = state.shared.snapshot.load();
     let now = Instant::now();
     let status = Status {
@@ -87,17 +159,27 @@ pub fn status_json(state: &State) -> String {
                     .map(|b| {
                         let s = &b.stats;
                         let state = s.state(now);
+                        let why = s.why.get();
+                        let check = why.check.clone().map(|c| CheckStatus {
+                            at: rfc3339(c.at),
+                            ok: c.ok,
+                            detail: c.detail,
+                            progress: c.progress,
+                        });
                         BackendStatus {
                             url: b.url.to_string(),
                             id: b.id.to_string(),
                             weight: b.weight,
                             backup: b.backup,
                             state: state.as_str(),
-                            failing: s.is_failing() && state == crate::upstream::State::Healthy,
+                            failing: s.is_failing() && state == State::Healthy,
                             inflight: s.inflight.load(Ordering::Relaxed),
                             requests: s.requests.load(Ordering::Relaxed),
                             failures: s.failures.load(Ordering::Relaxed),
                             latency_ewma_ms: (s.latency_ewma_ms() * 1000.0).round() / 1000.0,
+                            effective_weight: f64::from(b.effective_weight(now)) / 1000.0,
+                            reason: reason(state, why, check.clone()),
+                            check,
                         }
                     })
                     .collect(),
@@ -109,7 +191,7 @@ pub fn status_json(state: &State) -> String {
 
 /// Renders `/metrics` (Prometheus text format, SPEC §5) from the live snapshot and
 /// counters.
-pub fn metrics_text(state: &State) -> String {
+pub fn metrics_text(state: &Live) -> String {
     let snap = state.shared.snapshot.load();
     let now = Instant::now();
     let mut t = Text::default();

@@ -130,20 +130,45 @@ fn room_to_eject(pool: &[Arc<Backend>], cfg: &OutlierConfig, now: Instant) -> bo
     (ejected + 1) * 100 <= cfg.max_ejected_percent as usize * pool.len()
 }
 
-/// Takes `b` out of rotation for `d` because it asked (`retry_after`), under the same
-/// `max_ejected_percent` cap as ejections: a pool whose backends all ask for a pause
-/// keeps serving from some. True if `b` is now out.
+/// Notes why `b` was just ejected for `d` (`record` said `Ejected`), for `/status`:
+/// `cause` is what its last failure was.
+pub fn note_ejection(b: &Backend, cfg: &OutlierConfig, d: Duration, cause: &str) {
+    let times = b.stats.ejection_state().1;
+    let until = crate::upstream::why::clock(std::time::SystemTime::now() + d);
+    let why = if times > 1 {
+        format!(
+            "ejected again ({times} times recently) after a failure on probation ({cause}) until {until}"
+        )
+    } else {
+        format!(
+            "ejected after {} consecutive failures ({cause}) until {until}",
+            cfg.consecutive_failures
+        )
+    };
+    b.stats.why.ejected(d, times, why);
+}
+
+/// Takes `b` out of rotation for `d` because it asked (`retry_after`) in an answer of
+/// `status`, under the same `max_ejected_percent` cap as ejections: a pool whose
+/// backends all ask for a pause keeps serving from some. True if `b` is now out.
 pub fn pause(
     b: &Backend,
     pool: &[Arc<Backend>],
     cfg: &OutlierConfig,
     now: Instant,
     d: Duration,
+    status: u16,
 ) -> bool {
     if !b.stats.is_ejected(now) && !room_to_eject(pool, cfg, now) {
         return false;
     }
     b.stats.eject(now, d);
+    let until = crate::upstream::why::clock(std::time::SystemTime::now() + d);
+    b.stats.why.ejected(
+        d,
+        0,
+        format!("asked for a pause: answered {status} with Retry-After; out until {until}"),
+    );
     true
 }
 

@@ -27,6 +27,22 @@ impl RiseFall {
         self.healthy
     }
 
+    /// Where the backend stands between verdicts, in words: "1 of 3 failed checks to
+    /// fall" while a healthy one fails, "1 of 2 passed checks to rise" while an
+    /// unhealthy one passes; empty when the last probe agreed with the verdict.
+    pub fn progress(&self) -> String {
+        match (self.streak, self.healthy) {
+            (0, _) => String::new(),
+            (n, true) => format!("{n} of {} failed checks to fall", self.fall),
+            (n, false) => format!("{n} of {} passed checks to rise", self.rise),
+        }
+    }
+
+    /// How many failed probes in a row turn a healthy backend unhealthy.
+    pub fn fall(&self) -> u32 {
+        self.fall
+    }
+
     /// Records one probe; returns the new verdict when it changed.
     pub fn record(&mut self, passed: bool) -> Option<bool> {
         if passed == self.healthy {
@@ -70,6 +86,19 @@ mod tests {
         assert_eq!(rf.record(true), None);
         assert_eq!(rf.record(true), Some(true));
         assert!(rf.healthy());
+    }
+
+    #[test]
+    fn progress_is_told_between_verdicts() {
+        let mut rf = RiseFall::new(2, 3, true);
+        assert_eq!(rf.progress(), "");
+        rf.record(false);
+        assert_eq!(rf.progress(), "1 of 3 failed checks to fall");
+        rf.record(false);
+        rf.record(false);
+        assert_eq!(rf.progress(), "", "fallen: nothing in between");
+        rf.record(true);
+        assert_eq!(rf.progress(), "1 of 2 passed checks to rise");
     }
 
     #[test]

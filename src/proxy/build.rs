@@ -82,10 +82,12 @@ fn build_with(config: &Config, previous: Option<&Snapshot>, undo_admin: bool) ->
                             // kept only while health checks run to revise it.
                             if undo_admin {
                                 s.set_draining(false);
+                                s.why.drained(None);
                             }
                             if cfg.health.is_none() {
                                 s.set_unhealthy(false);
                                 s.set_pending(false);
+                                s.why.update(|w| (w.unhealthy, w.check) = (None, None));
                             }
                             // Connections made for another scheme or another trust are
                             // not to be reused: a fresh pool.
@@ -105,6 +107,14 @@ fn build_with(config: &Config, previous: Option<&Snapshot>, undo_admin: bool) ->
                                 fresh.0.start_warming(tokio::time::Instant::now());
                                 if cfg.health.is_some() {
                                     fresh.0.set_pending(true);
+                                    fresh.0.why.update(|w| {
+                                        w.unhealthy = Some(crate::upstream::why::Note {
+                                            since: std::time::SystemTime::now(),
+                                            why: "added while running: out of rotation until \
+                                                  its first check passes"
+                                                .to_owned(),
+                                        })
+                                    });
                                 }
                             }
                             fresh

@@ -334,7 +334,7 @@ async fn attempts(
                 match Outcome::of_status(status) {
                     Outcome::Success => outlier::success(&backend),
                     outcome => {
-                        note_failure(upstream, &backend, outcome);
+                        note_failure(upstream, &backend, outcome, || format!("answered {status}"));
                         let on = RetryOn::Status(status);
                         if policy.may_retry(on, policy.replayable, false, retries, &tried) {
                             retries += 1;
@@ -383,7 +383,12 @@ async fn attempts(
                 });
             }
             Err(_) => {
-                note_failure(upstream, &backend, Outcome::Failure);
+                note_failure(upstream, &backend, Outcome::Failure, || {
+                    format!(
+                        "no answer within {}",
+                        humantime::format_duration(upstream.config.response_timeout)
+                    )
+                });
                 let on = RetryOn::Timeout;
                 if policy.may_retry(on, policy.replayable, false, retries, &tried) {
                     retries += 1;
@@ -463,7 +468,7 @@ fn observe_answer(
     if let Some(d) = outlier::retry_after(status, resp.headers(), std::time::SystemTime::now) {
         // The backend asked to be left alone for a while: out of rotation.
         let cfg = &upstream.config.outlier;
-        if outlier::pause(backend, &upstream.all, cfg, Instant::now(), d) {
+        if outlier::pause(backend, &upstream.all, cfg, Instant::now(), d, status) {
             tracing::info!(
                 upstream = %upstream.name,
                 backend = %backend.id,
@@ -519,26 +524,40 @@ fn the_clients_fault(error: &SendError) -> Option<ProxyError> {
 fn note_send_failure(upstream: &Upstream, backend: &Backend, error: &SendError) {
     if error.is_local() {
         tracing::warn!(upstream = %upstream.name, backend = %backend.id, error = %chain(error), "cannot connect: out of local resources");
-    } else if error.is_unreachable() {
-        note_failure(upstream, backend, Outcome::Unreachable);
     } else {
-        note_failure(upstream, backend, Outcome::Failure);
+        let outcome = if error.is_unreachable() {
+            Outcome::Unreachable
+        } else {
+            Outcome::Failure
+        };
+        note_failure(upstream, backend, outcome, || chain(error).to_string());
     }
 }
 
 /// Counts a failed attempt on `backend` (its `failures`, and outlier detection),
-/// logging an ejection, or a backend the ejection cap keeps in rotation.
-fn note_failure(upstream: &Upstream, backend: &Backend, outcome: Outcome) {
+/// logging an ejection, or a backend the ejection cap keeps in rotation. `cause` says
+/// what failed, for the ejection's reason (SPEC §9); it is only asked on an ejection.
+fn note_failure(
+    upstream: &Upstream,
+    backend: &Backend,
+    outcome: Outcome,
+    cause: impl FnOnce() -> String,
+) {
     backend.stats.failures.fetch_add(1, Ordering::Relaxed);
     let cfg = &upstream.config.outlier;
     match outlier::record(backend, &upstream.all, cfg, Instant::now(), outcome) {
-        outlier::Verdict::Ejected(d) => tracing::info!(
-            upstream = %upstream.name,
-            backend = %backend.id,
-            ejection_ms = d.as_millis() as u64,
-            unreachable = outcome == Outcome::Unreachable,
-            "backend ejected"
-        ),
+        outlier::Verdict::Ejected(d) => {
+            let cause = cause();
+            tracing::info!(
+                upstream = %upstream.name,
+                backend = %backend.id,
+                ejection_ms = d.as_millis() as u64,
+                unreachable = outcome == Outcome::Unreachable,
+                cause = %cause,
+                "backend ejected"
+            );
+            outlier::note_ejection(backend, cfg, d, &cause);
+        }
         outlier::Verdict::Kept => tracing::warn!(
             upstream = %upstream.name,
             backend = %backend.id,

@@ -22,6 +22,7 @@ use super::routing::{Served, Snapshot};
 use crate::config::HealthConfig;
 use crate::health::rise_fall::RiseFall;
 use crate::upstream::Backend;
+use crate::upstream::why::{Check, Note};
 
 /// The running checkers of one snapshot; dropping this stops them.
 #[derive(Default)]
@@ -154,6 +155,7 @@ async fn round(
     }
     while let Some(joined) = probes.join_next().await {
         let Ok((i, result)) = joined else { continue };
+        let at = std::time::SystemTime::now();
         let b = &upstream.all[i];
         if let Err(why) = &result {
             tracing::debug!(upstream = %upstream.name, backend = %b.id, error = %why, "health probe failed");
@@ -161,7 +163,8 @@ async fn round(
         let counts = verdicts
             .entry(b.id.clone())
             .or_insert_with(|| RiseFall::new(cfg.rise, cfg.fall, true));
-        let verdict = if b.stats.is_pending() {
+        let first = b.stats.is_pending();
+        let verdict = if first {
             // A first probe decides alone: passed, the backend takes requests now;
             // failed, it is unhealthy and must rise like any other.
             b.stats.set_pending(false);
@@ -178,20 +181,56 @@ async fn round(
             b.stats.set_unhealthy(!healthy);
             if healthy {
                 tracing::info!(upstream = %upstream.name, backend = %b.id, "backend healthy");
-            } else {
-                let reason = result.err().unwrap_or_default();
+            } else if let Err(reason) = &result {
                 tracing::info!(upstream = %upstream.name, backend = %b.id, reason = %reason, "backend unhealthy");
             }
         }
+        note_probe(b, counts, &result, verdict, first, at);
     }
 }
 
+/// Writes what a probe found, and a change of verdict, into the backend's reasons
+/// (SPEC §9).
+fn note_probe(
+    b: &Backend,
+    counts: &RiseFall,
+    result: &Result<String, String>,
+    verdict: Option<bool>,
+    first: bool,
+    at: std::time::SystemTime,
+) {
+    let (ok, detail) = match result {
+        Ok(d) => (true, d.clone()),
+        Err(d) => (false, d.clone()),
+    };
+    b.stats.why.update(|w| {
+        match verdict {
+            Some(true) => w.unhealthy = None,
+            Some(false) => {
+                let why = if first {
+                    format!("its first check failed: {detail}")
+                } else {
+                    format!("{} failed checks in a row: {detail}", counts.fall())
+                };
+                w.unhealthy = Some(Note { since: at, why });
+            }
+            None => {}
+        }
+        w.check = Some(Check {
+            at,
+            ok,
+            detail,
+            progress: counts.progress(),
+        });
+    });
+}
+
 /// One probe of `b`; Err says why it failed.
-async fn probe(b: &Backend, client: &Client, cfg: &HealthConfig) -> Result<(), String> {
+async fn probe(b: &Backend, client: &Client, cfg: &HealthConfig) -> Result<String, String> {
     let attempt = async {
         let Some(path) = &cfg.path else {
             connect_tcp(b).await.map_err(|e| format!("connect: {e}"))?;
-            return Ok(());
+            return Ok("connected".to_owned());
         };
         // TLS too for an https backend.
         let stream = client
@@ -242,9 +281,9 @@ async fn probe(b: &Backend, client: &Client, cfg: &HealthConfig) -> Result<(), S
         };
         let (lo, hi) = cfg.expect_status;
         if (lo..=hi).contains(&status) {
-            Ok(())
+            Ok(format!("GET {path} answered {status}"))
         } else {
-            Err(format!("status {status}, expected {lo}-{hi}"))
+            Err(format!("GET {path} answered {status}, expected {lo}-{hi}"))
         }
     };
     tokio::time::timeout(cfg.timeout, attempt)

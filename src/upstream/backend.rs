@@ -95,6 +95,8 @@ pub struct BackendStats {
     warm_from: AtomicU64,
     /// f64 bits of the latency EWMA in milliseconds.
     ewma_ms_bits: AtomicU64,
+    /// Why the backend stands where it does, for `/status` (never read by requests).
+    pub why: super::why::Reasons,
     /// The instant all the nanosecond fields count from.
     epoch: Instant,
 }
@@ -115,6 +117,7 @@ impl Default for BackendStats {
             peak_stamp: AtomicU64::new(0),
             warm_from: AtomicU64::new(0),
             ewma_ms_bits: AtomicU64::new(0f64.to_bits()),
+            why: Default::default(),
             epoch: Instant::now(),
         }
     }

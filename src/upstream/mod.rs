@@ -9,6 +9,7 @@ pub mod queue;
 pub mod rate;
 pub mod retry;
 mod route;
+pub mod why;
 
 pub use backend::{Backend, BackendStats, State, literal_addr};
 pub use route::{Policy, Route, RouteHeaders, host_of, request_host};

@@ -22,6 +22,7 @@ mod policy;
 mod proxy_protocol;
 mod proxying;
 mod queue;
+mod reasons;
 mod refusals;
 mod reload;
 mod retries;
