@@ -194,8 +194,16 @@ impl RunArgs {
                 .collect();
         }
         if let Some(address) = self.admin {
-            let token = config.admin.take().and_then(|a| a.token);
-            config.admin = Some(config::AdminConfig { address, token });
+            let (token, debug_from) = config
+                .admin
+                .take()
+                .map(|a| (a.token, a.debug_from))
+                .unwrap_or_default();
+            config.admin = Some(config::AdminConfig {
+                address,
+                token,
+                debug_from,
+            });
         }
         if let Some(w) = self.workers {
             config.server.workers = Some(usize::from(w));

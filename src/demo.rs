@@ -101,6 +101,7 @@ pub async fn run(
         admin: Some(AdminConfig {
             address: admin,
             token: None,
+            debug_from: Vec::new(),
         }),
         limits: Default::default(),
         routes: Vec::new(),

@@ -21,4 +21,5 @@ pub mod notify;
 pub mod proxy;
 pub mod state;
 pub mod telemetry;
+pub mod trace;
 pub mod upstream;

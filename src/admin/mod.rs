@@ -124,6 +124,7 @@ async fn route(state: &Arc<State>, req: Request<Incoming>) -> Response<Full<Byte
             "text/plain; version=0.0.4; charset=utf-8",
             metrics_text(state),
         ),
+        (&Method::GET, "/debug/requests") => debug_requests(state, req.uri().query()),
         (&Method::POST, "/reload") => {
             if let Some(denied) = check_token(state, &req) {
                 return denied;
@@ -152,11 +153,42 @@ async fn route(state: &Arc<State>, req: Request<Incoming>) -> Response<Full<Byte
                 None => text(StatusCode::NOT_FOUND, "not found\n"),
             }
         }
-        (_, "/" | "/healthz" | "/status" | "/metrics" | "/reload") => {
+        (_, "/" | "/healthz" | "/status" | "/metrics" | "/reload" | "/debug/requests") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// `GET /debug/requests?limit=N` (SPEC §9): the last N decision traces (default 100, at
+/// most all that are kept), oldest first.
+fn debug_requests(state: &State, query: Option<&str>) -> Response<Full<Bytes>> {
+    const DEFAULT: usize = 100;
+    let mut limit = DEFAULT;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("limit", n)) => match n.parse::<usize>() {
+                Ok(n) => limit = n.min(crate::trace::KEPT),
+                Err(_) => {
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        format!("limit: \"{n}\" is not a number; expected e.g. limit=20\n"),
+                    );
+                }
+            },
+            _ => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown parameter \"{pair}\"; expected limit=N\n"),
+                );
+            }
+        }
+    }
+    reply(
+        StatusCode::OK,
+        "application/json",
+        state.shared.traces.last_json(limit),
+    )
 }
 
 /// The body of an admin call, up to `MAX_ADMIN_BODY`; an answer to give instead when

@@ -116,6 +116,8 @@ pub struct CertificateConfig {
 pub struct AdminConfig {
     pub address: SocketAddr,
     pub token: Option<String>,
+    /// Clients whose `X-Sluice-Debug: 1` gets a decision trace (SPEC §9); empty: none.
+    pub debug_from: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -65,6 +65,7 @@ pub(super) struct RawCertificate {
 pub(super) struct RawAdmin {
     pub address: Option<Spanned<String>>,
     pub token: Option<Spanned<String>>,
+    pub debug_from: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

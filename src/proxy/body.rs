@@ -153,6 +153,8 @@ pub struct Completion {
     pub record: Option<Box<AccessRecord>>,
     /// The matched route's header rules, if it has any: its answer gets them.
     pub headers: Option<Arc<crate::upstream::RouteHeaders>>,
+    /// The request's decision trace, when its client asked for one (SPEC §9).
+    pub trace: Option<Box<crate::trace::Trace>>,
 }
 
 impl Completion {
@@ -167,6 +169,7 @@ impl Completion {
             holding: false,
             record: None,
             headers: None,
+            trace: None,
         }
     }
 
@@ -214,6 +217,9 @@ impl Drop for Completion {
                 self.upstream.as_ref().map_or("-", |u| &u.name),
                 self.backend.as_ref().map_or("-", |b| &b.id),
             );
+        }
+        if let Some(t) = self.trace.take() {
+            t.finish(self.status, elapsed.as_secs_f64() * 1000.0);
         }
         self.let_go();
         self.activity.end_request_at(now);

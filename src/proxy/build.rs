@@ -198,6 +198,11 @@ fn build_with(config: &Config, previous: Option<&Snapshot>, undo_admin: bool) ->
         routes: routes.into_boxed_slice(),
         upstreams: upstreams.into_boxed_slice(),
         trusted: config.server.trusted_proxies.clone().into_boxed_slice(),
+        debug_from: config
+            .admin
+            .as_ref()
+            .map(|a| a.debug_from.clone().into_boxed_slice())
+            .unwrap_or_default(),
     }
 }
 

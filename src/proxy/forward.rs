@@ -17,6 +17,7 @@ use super::body::{ClientBody, Completion, RequestBody, RequestBodyError, Respons
 use super::client::{BackendBody, Failure, How, SendError, Upgraded};
 use super::conn::Activity;
 use super::error::{ProxyError, chain};
+use super::explain;
 use super::h1::RawRequest;
 use super::headers::{self, X_REQUEST_ID};
 use super::pool::Dedicated;
@@ -173,6 +174,9 @@ fn respond(
                 After::Reuse
             };
             parts.headers.insert(&X_REQUEST_ID, request_id);
+            if let Some(t) = &done.trace {
+                trace_header(&mut parts.headers, t.header_value());
+            }
             if let Some(rules) = done.headers.as_ref().filter(|r| !r.response.is_empty()) {
                 // Raw lines (HTTP/1.x): those the rules remove or replace are left
                 // out as they are written; the map takes what they set or add.
@@ -213,6 +217,10 @@ fn respond(
                 r.reason = refusal;
             }
             let rules = done.headers.clone();
+            if let Some(t) = done.trace.as_mut() {
+                t.note("error", &e);
+            }
+            let trace_line = done.trace.as_ref().map(|t| t.header_value());
             let mut resp = Response::new(ResponseBody::local(e.body(), Some(done)));
             *resp.status_mut() = status;
             let h = resp.headers_mut();
@@ -221,6 +229,9 @@ fn respond(
                 HeaderValue::from_static("text/plain; charset=utf-8"),
             );
             h.insert(&X_REQUEST_ID, request_id);
+            if let Some(line) = trace_line {
+                trace_header(h, line);
+            }
             if let ProxyError::Redirect(_, location) = &e {
                 h.insert(header::LOCATION, location.clone());
             }
@@ -248,6 +259,14 @@ fn respond(
                 after,
             }
         }
+    }
+}
+
+/// Adds the `X-Sluice-Trace` line (SPEC §9).
+#[inline(never)]
+fn trace_header(headers: &mut http::HeaderMap, line: String) {
+    if let Ok(v) = HeaderValue::try_from(line) {
+        headers.insert(crate::trace::HEADER, v);
     }
 }
 
@@ -296,6 +315,11 @@ async fn attempts(
             },
         };
         tried.insert(&backend);
+        if tries == 0
+            && let Some(t) = done.trace.as_mut()
+        {
+            explain::pick(t, upstream, key, p.carried.as_deref(), &backend, started);
+        }
         if retries > counted {
             // A retry the policy allowed, now that it has a backend to go to.
             counted = retries;
@@ -331,6 +355,9 @@ async fn attempts(
         match result {
             Ok(Ok(mut resp)) => {
                 let status = observe_answer(upstream, &backend, started, &resp);
+                if let Some(t) = done.trace.as_mut() {
+                    t.attempt(&backend.id, status);
+                }
                 match Outcome::of_status(status) {
                     Outcome::Success => outlier::success(&backend),
                     outcome => {
@@ -338,6 +365,9 @@ async fn attempts(
                         let on = RetryOn::Status(status);
                         if policy.may_retry(on, policy.replayable, false, retries, &tried) {
                             retries += 1;
+                            if let Some(t) = done.trace.as_mut() {
+                                explain::retry(t, on);
+                            }
                             continue; // dropping `resp` closes that connection
                         }
                     }
@@ -359,7 +389,13 @@ async fn attempts(
                 // Once per request, send it again on a fresh connection to the same
                 // backend, outside `attempts` and the budget (at most one extra try per
                 // request, so no storm), if it can be resent.
+                if let Some(t) = done.trace.as_mut() {
+                    t.attempt(&backend.id, explain::failure(&error));
+                }
                 if reused && !stale_retried && resendable {
+                    if let Some(t) = done.trace.as_mut() {
+                        t.note("retry", "stale_connection");
+                    }
                     stale_retried = true;
                     tried.forget(&backend);
                     pinned = Some(Arc::clone(&backend));
@@ -374,6 +410,9 @@ async fn attempts(
                 };
                 if policy.may_retry(on, resendable, unsent, retries, &tried) {
                     retries += 1;
+                    if let Some(t) = done.trace.as_mut() {
+                        explain::retry(t, on);
+                    }
                     continue;
                 }
                 return Err(if error.is_connect() {
@@ -383,6 +422,9 @@ async fn attempts(
                 });
             }
             Err(_) => {
+                if let Some(t) = done.trace.as_mut() {
+                    t.attempt(&backend.id, "timeout");
+                }
                 note_failure(upstream, &backend, Outcome::Failure, || {
                     format!(
                         "no answer within {}",
@@ -392,6 +434,9 @@ async fn attempts(
                 let on = RetryOn::Timeout;
                 if policy.may_retry(on, policy.replayable, false, retries, &tried) {
                     retries += 1;
+                    if let Some(t) = done.trace.as_mut() {
+                        explain::retry(t, on);
+                    }
                     continue;
                 }
                 return Err(ProxyError::ResponseTimeout);

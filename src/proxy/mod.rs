@@ -8,6 +8,7 @@ mod client_h2;
 pub mod conn;
 pub mod decode;
 pub mod error;
+mod explain;
 pub mod forward;
 pub mod h1;
 pub mod head;
@@ -59,6 +60,8 @@ pub struct Shared {
     pub drains: Drains,
     /// Requests refused by the access list of a route that has no upstream.
     pub denied_acl_unrouted: std::sync::atomic::AtomicU64,
+    /// The last decision traces (SPEC §9), for `GET /debug/requests`.
+    pub traces: Arc<crate::trace::Ring>,
 }
 
 /// How drained client connections ended (`/metrics`).
@@ -86,6 +89,7 @@ impl Shared {
             listeners: Default::default(),
             drains: Default::default(),
             denied_acl_unrouted: Default::default(),
+            traces: Default::default(),
         })
     }
 

@@ -275,7 +275,17 @@ fn route(
         }
         client
     };
-    let (route, upstream) = snap.route(host, path).ok_or(ProxyError::NoRoute)?;
+    if !snap.debug_from.is_empty() {
+        ask_trace(shared, &snap.debug_from, req, raw, client, done);
+    }
+    let found = snap.route(host, path);
+    if let Some(t) = done.trace.as_mut() {
+        match found {
+            Some((r, _)) => t.note("route", r.describe()),
+            None => t.note("route", "none"),
+        }
+    }
+    let (route, upstream) = found.ok_or(ProxyError::NoRoute)?;
     let mut shared_limit = None;
     if let Some(policy) = &route.policy {
         shared_limit = apply_policy(
@@ -289,6 +299,10 @@ fn route(
         )?;
     }
     let upstream = upstream.ok_or(ProxyError::NoRoute)?;
+    if let Some(t) = done.trace.as_mut() {
+        t.note("upstream", &upstream.name);
+        t.note("strategy", upstream.config.strategy.as_str());
+    }
     let rewritten = route.rewrite(path).and_then(|p| {
         let pq = match req.uri().query() {
             Some(q) => format!("{p}?{q}"),
@@ -297,6 +311,31 @@ fn route(
         PathAndQuery::try_from(pq).ok()
     });
     Ok((Arc::clone(upstream), rewritten, client, shared_limit))
+}
+
+/// Starts the request's decision trace if `client` may ask for one and did (SPEC §9:
+/// `X-Sluice-Debug: 1` from a client in `[admin] debug_from`).
+#[inline(never)]
+fn ask_trace(
+    shared: &Shared,
+    debug_from: &[ipnet::IpNet],
+    req: &Request<ClientBody>,
+    raw: Option<&RawRequest>,
+    client: std::net::IpAddr,
+    done: &mut Completion,
+) {
+    let name = header::HeaderName::from_static(crate::trace::ASK);
+    let asked = match raw {
+        Some(r) => r.get(&name),
+        None => req.headers().get(&name).map(HeaderValue::as_bytes),
+    };
+    if asked.is_some_and(|v| v.trim_ascii() == b"1")
+        && debug_from.iter().any(|n| n.contains(&client))
+    {
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let t = crate::trace::Trace::new(Arc::clone(&shared.traces), req.method().as_str(), path);
+        done.trace = Some(Box::new(t));
+    }
 }
 
 /// Where a request goes: its upstream, its rewritten path, its client, and a shared

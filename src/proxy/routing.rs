@@ -16,6 +16,8 @@ pub struct Snapshot {
     pub upstreams: Box<[Arc<Served>]>,
     /// `[server] trusted_proxies` (SPEC §8); empty: every peer is the client.
     pub trusted: Box<[ipnet::IpNet]>,
+    /// `[admin] debug_from` (SPEC §9); empty: no request is traced.
+    pub debug_from: Box<[ipnet::IpNet]>,
 }
 
 impl Snapshot {
@@ -85,6 +87,7 @@ mod tests {
             routes: Box::new([]),
             upstreams: Box::new([]),
             trusted: nets.iter().map(|n| n.parse().unwrap()).collect(),
+            debug_from: Box::new([]),
         }
     }
 

@@ -70,6 +70,17 @@ impl Acl {
 }
 
 impl Route {
+    /// The route as a decision trace names it: its host (`*` for any) and path prefix,
+    /// `api.example.com/api` or `*/`.
+    pub fn describe(&self) -> String {
+        let host = match &self.host {
+            Some(HostPattern::Exact(h)) => h.clone(),
+            Some(HostPattern::Suffix(s)) => format!("*{s}"),
+            None => "*".to_owned(),
+        };
+        format!("{host}{}", self.prefix.as_deref().unwrap_or("/"))
+    }
+
     /// `stores`: the fleet's store at a URL, for limits with `shared`.
     pub fn new(
         cfg: &RouteConfig,

@@ -29,5 +29,6 @@ mod retries;
 mod shared_rate;
 mod support;
 mod tls;
+mod traces;
 mod upgrade;
 mod wire;

@@ -278,9 +278,15 @@ impl Check<'_> {
             }
             t.into_inner()
         });
+        let debug_from = raw
+            .debug_from
+            .as_deref()
+            .map(|v| self.networks("admin.debug_from", v))
+            .unwrap_or_default();
         Some(AdminConfig {
             address: address?,
             token,
+            debug_from,
         })
     }
 

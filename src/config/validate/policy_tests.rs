@@ -150,3 +150,26 @@ fn golden_upstream_proxy_protocol() {
         ],
     );
 }
+
+#[test]
+fn golden_debug_from() {
+    golden(
+        "[[listener]]\naddress = \"127.0.0.1:8080\"\n[admin]\naddress = \"127.0.0.1:9901\"\ndebug_from = [\"127.0.0.1\", \"laptop\"]\n[upstream.web]\nbackends = [{ url = \"127.0.0.1:9\" }]\n",
+        &[
+            "5:28: admin.debug_from: \"laptop\" is not an address or network; expected e.g. \"10.0.0.0/8\", \"2001:db8::/32\" or \"127.0.0.1\"",
+        ],
+    );
+    let c = parse(
+        "[[listener]]\naddress = \"127.0.0.1:8080\"\n[admin]\naddress = \"127.0.0.1:9901\"\ndebug_from = [\"127.0.0.1\", \"10.9.0.0/16\"]\n[upstream.web]\nbackends = [{ url = \"127.0.0.1:9\" }]\n",
+        Path::new(FILE),
+    )
+    .unwrap();
+    let nets: Vec<String> = c
+        .admin
+        .unwrap()
+        .debug_from
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert_eq!(nets, ["127.0.0.1/32", "10.9.0.0/16"]);
+}

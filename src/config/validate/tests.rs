@@ -150,6 +150,7 @@ fn spec_example_parses_with_default_values() {
         Some(AdminConfig {
             address: "127.0.0.1:9901".parse().unwrap(),
             token: Some("secret".into()),
+            debug_from: Vec::new(),
         })
     );
     assert_eq!(c.limits, Limits::default());

@@ -1,0 +1,119 @@
+//! Decision traces (SPEC §9): `X-Sluice-Debug: 1` from a `debug_from` client gets an
+//! `X-Sluice-Trace` line naming the route, the candidates, the pick and every attempt;
+//! `GET /debug/requests` keeps them.
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+
+use crate::support::*;
+
+fn config(debug_from: &str, backends: &[String]) -> String {
+    let list: Vec<String> = backends
+        .iter()
+        .map(|b| format!("{{ url = \"{b}\" }}"))
+        .collect();
+    format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n\
+         [admin]\naddress = \"127.0.0.1:0\"\ndebug_from = [{debug_from}]\n\
+         [upstream.web]\nstrategy = \"first\"\nbackends = [{}]\n",
+        list.join(", ")
+    )
+}
+
+fn asking(lb: &Sluice, path: &str) -> Request<Full<Bytes>> {
+    Request::get(lb.url(path))
+        .header("x-sluice-debug", "1")
+        .body(Full::default())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_trace_names_the_pick_and_every_attempt() {
+    let dead = dead_addr().await;
+    let live = TestBackend::replying("live").await;
+    let lb = Sluice::start(&config(
+        "\"127.0.0.1/32\"",
+        &[format!("http://{dead}"), live.url()],
+    ))
+    .await;
+    let (status, headers, body) = lb.send(asking(&lb, "/x?y=1")).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "live"));
+    let trace = headers["x-sluice-trace"].to_str().unwrap();
+    let live_id = live.addr.to_string();
+    assert_eq!(
+        trace,
+        format!(
+            "route=*/; upstream=web; strategy=first; candidates={dead}:1,{live_id}:0; \
+             picked={dead}; attempt1={dead}:refused; retry=connect_failure; \
+             attempt2={live_id}:200"
+        )
+    );
+
+    // The admin API keeps it, with the request's end.
+    let (code, json) = lb.admin("GET", "/debug/requests?limit=1").await;
+    assert_eq!(code, StatusCode::OK);
+    let list: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
+    assert_eq!(list.len(), 1, "{json}");
+    let kept = &list[0];
+    assert_eq!(kept["method"], "GET");
+    assert_eq!(kept["path"], "/x?y=1");
+    assert_eq!(kept["status"], 200);
+    assert!(kept["duration_ms"].as_f64().is_some(), "{json}");
+    assert!(kept["ts"].is_string(), "{json}");
+    assert_eq!(kept["picked"], dead.to_string());
+    assert_eq!(kept["attempt2"], format!("{live_id}:200"));
+    assert_eq!(kept["retry"], "connect_failure");
+    let (code, _) = lb.admin("GET", "/debug/requests?limit=some").await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn only_clients_in_debug_from_that_ask_get_one() {
+    let live = TestBackend::replying("live").await;
+    // The test's client is 127.0.0.1, not in the list.
+    let lb = Sluice::start(&config("\"127.0.0.2/32\"", &[live.url()])).await;
+    let (status, headers, _) = lb.send(asking(&lb, "/")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers.get("x-sluice-trace").is_none(), "{headers:?}");
+
+    let lb = Sluice::start(&config("\"127.0.0.0/8\"", &[live.url()])).await;
+    let (_, headers, _) = lb.get("/").await;
+    assert!(
+        headers.get("x-sluice-trace").is_none(),
+        "not asked: {headers:?}"
+    );
+    let (_, json) = lb.admin("GET", "/debug/requests").await;
+    assert_eq!(json, "[]");
+}
+
+#[tokio::test]
+async fn a_failed_request_is_traced_and_http2_clients_get_one_too() {
+    let dead = dead_addr().await;
+    let lb = Sluice::start(&config("\"127.0.0.1\"", &[format!("http://{dead}")])).await;
+    let (status, headers, _) = lb.send(asking(&lb, "/")).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    let trace = headers["x-sluice-trace"].to_str().unwrap();
+    // Its only backend, tried again as `retry` allows, then sluice's own answer.
+    assert!(
+        trace.contains(&format!("attempt1={dead}:refused; retry=connect_failure; ")),
+        "{trace}"
+    );
+    assert!(
+        trace.ends_with("refused; error=backend unreachable"),
+        "{trace}"
+    );
+
+    let live = TestBackend::replying("live").await;
+    let lb = Sluice::start(&config("\"127.0.0.1\"", &[live.url()])).await;
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    let (status, headers, _) = send_with(&h2, asking(&lb, "/over-h2")).await;
+    assert_eq!(status, StatusCode::OK);
+    let trace = headers["x-sluice-trace"].to_str().unwrap();
+    assert!(
+        trace.ends_with(&format!("attempt1={}:200", live.addr)),
+        "{trace}"
+    );
+}
