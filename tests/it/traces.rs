@@ -117,3 +117,23 @@ async fn a_failed_request_is_traced_and_http2_clients_get_one_too() {
         "{trace}"
     );
 }
+
+#[tokio::test]
+async fn the_ask_is_read_whatever_its_case_from_raw_http1_lines() {
+    use tokio::io::AsyncWriteExt;
+    let live = TestBackend::replying("live").await;
+    let lb = Sluice::start(&config("\"127.0.0.1\"", &[live.url()])).await;
+    let mut s = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
+    s.write_all(b"GET /raw HTTP/1.1\r\nHost: x\r\nX-SLUICE-Debug:  1 \r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        head.contains(&format!(
+            "x-sluice-trace: route=*/; upstream=web; strategy=first; candidates={}:1",
+            live.addr
+        )),
+        "{head}"
+    );
+}
