@@ -176,6 +176,21 @@ pub struct AccessRecord {
     pub duration_ms: f64,
     /// Set when sluice refused the request itself.
     pub reason: Option<Refusal>,
+    /// Attempts that failed (a retry followed, or sluice answered itself): kept only
+    /// when one fails, so a request answered at the first try allocates nothing.
+    pub failed: Vec<Attempt>,
+    /// The attempt whose answer went to the client: its status and milliseconds (its
+    /// backend is the line's `backend`).
+    pub answered: Option<(u16, f64)>,
+}
+
+/// One attempt of a request on a backend, for the JSON access line's `tries`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Attempt {
+    pub backend: String,
+    /// A status code, or what went wrong in a word (`refused`, `reset`, `timeout`…).
+    pub outcome: String,
+    pub duration_ms: f64,
 }
 
 impl AccessRecord {
@@ -190,6 +205,8 @@ impl AccessRecord {
             attempts: 0,
             duration_ms: 0.0,
             reason: None,
+            failed: Vec::new(),
+            answered: None,
         }
     }
 }
@@ -211,6 +228,54 @@ struct Line<'a> {
     attempts: u32,
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "shown")]
     reason: Option<Refusal>,
+    /// Each attempt: its backend, outcome and duration (JSON lines only).
+    #[serde(skip_serializing_if = "Tries::is_empty")]
+    tries: Tries<'a>,
+}
+
+/// The attempts of an access line: those that failed, then the one that answered.
+struct Tries<'a> {
+    failed: &'a [Attempt],
+    answered: Option<(&'a str, u16, f64)>,
+}
+
+impl Tries<'_> {
+    fn is_empty(&self) -> bool {
+        self.failed.is_empty() && self.answered.is_none()
+    }
+}
+
+impl serde::Serialize for Tries<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(
+            self.failed.len() + usize::from(self.answered.is_some()),
+        ))?;
+        for a in self.failed {
+            seq.serialize_element(a)?;
+        }
+        if let Some((backend, outcome, duration_ms)) = self.answered {
+            seq.serialize_element(&Answered {
+                backend,
+                outcome,
+                duration_ms,
+            })?;
+        }
+        seq.end()
+    }
+}
+
+/// The attempt that answered, written without copying its fields.
+#[derive(serde::Serialize)]
+struct Answered<'a> {
+    backend: &'a str,
+    #[serde(serialize_with = "as_text")]
+    outcome: u16,
+    duration_ms: f64,
+}
+
+fn as_text<S: serde::Serializer>(n: &u16, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(n)
 }
 
 fn ip_of<S: serde::Serializer>(a: &SocketAddr, s: S) -> Result<S::Ok, S::Error> {
@@ -249,6 +314,10 @@ pub fn access(r: &AccessRecord, upstream: &str, backend: &str) {
             .unwrap_or("-"),
         attempts: r.attempts,
         reason: r.reason,
+        tries: Tries {
+            failed: &r.failed,
+            answered: r.answered.map(|(status, ms)| (backend, status, ms)),
+        },
     });
 }
 
@@ -273,6 +342,10 @@ pub fn refused_request(counts: &Refusals, client: SocketAddr, status: u16, r: Re
         request_id: "-",
         attempts: 0,
         reason: Some(r),
+        tries: Tries {
+            failed: &[],
+            answered: None,
+        },
     });
 }
 

@@ -20,12 +20,13 @@ use super::error::{ProxyError, chain};
 use super::explain;
 use super::h1::RawRequest;
 use super::headers::{self, X_REQUEST_ID};
+use super::outcome::{attempt_of, ms_since, note_failure, note_send_failure, observe_answer};
 use super::pool::Dedicated;
 use super::prepare::{Prepared, prepare};
 use super::wire::WireError;
 use crate::balance::Upstream;
 use crate::balance::{Admit, Tried, sticky};
-use crate::config::{RetryOn, StrategyKind};
+use crate::config::RetryOn;
 use crate::health::outlier::{self, Outcome};
 use crate::telemetry::{self, AccessRecord};
 use crate::upstream::Backend;
@@ -358,6 +359,9 @@ async fn attempts(
                 if let Some(t) = done.trace.as_mut() {
                     t.attempt(&backend.id, status);
                 }
+                if let Some(r) = done.record.as_mut() {
+                    r.answered = Some((status, ms_since(started)));
+                }
                 match Outcome::of_status(status) {
                     Outcome::Success => outlier::success(&backend),
                     outcome => {
@@ -367,6 +371,11 @@ async fn attempts(
                             retries += 1;
                             if let Some(t) = done.trace.as_mut() {
                                 explain::retry(t, on);
+                            }
+                            if let Some(r) = done.record.as_mut()
+                                && let Some((s, ms)) = r.answered.take()
+                            {
+                                r.failed.push(attempt_of(&backend, s, ms));
                             }
                             continue; // dropping `resp` closes that connection
                         }
@@ -383,15 +392,19 @@ async fn attempts(
                 if let Some(e) = the_clients_fault(&error) {
                     return Err(e);
                 }
+                if let Some(t) = done.trace.as_mut() {
+                    t.attempt(&backend.id, explain::failure(&error));
+                }
+                if let Some(r) = done.record.as_mut() {
+                    let word = explain::failure(&error);
+                    r.failed.push(attempt_of(&backend, word, ms_since(started)));
+                }
                 let resendable = unsent || policy.replayable;
                 // A pooled connection that failed: most likely the keep-alive race (the
                 // backend closed it as our request arrived), not the backend's fault.
                 // Once per request, send it again on a fresh connection to the same
                 // backend, outside `attempts` and the budget (at most one extra try per
                 // request, so no storm), if it can be resent.
-                if let Some(t) = done.trace.as_mut() {
-                    t.attempt(&backend.id, explain::failure(&error));
-                }
                 if reused && !stale_retried && resendable {
                     if let Some(t) = done.trace.as_mut() {
                         t.note("retry", "stale_connection");
@@ -424,6 +437,10 @@ async fn attempts(
             Err(_) => {
                 if let Some(t) = done.trace.as_mut() {
                     t.attempt(&backend.id, "timeout");
+                }
+                if let Some(r) = done.record.as_mut() {
+                    r.failed
+                        .push(attempt_of(&backend, "timeout", ms_since(started)));
                 }
                 note_failure(upstream, &backend, Outcome::Failure, || {
                     format!(
@@ -493,39 +510,6 @@ impl<'a> Policy<'a> {
     }
 }
 
-/// Notes what a response head says about its backend: latency, and a pause it asked
-/// for (`Retry-After`). Returns the status.
-fn observe_answer(
-    upstream: &Upstream,
-    backend: &Backend,
-    started: Instant,
-    resp: &Response<BackendBody>,
-) -> u16 {
-    let stats = &backend.stats;
-    let rtt = started.elapsed();
-    stats.observe_latency(rtt);
-    if upstream.config.strategy == StrategyKind::PeakEwma {
-        // Only peak_ewma reads it; a switch by reload starts from zero, which means
-        // "try it" (see BackendStats::observe_peak).
-        stats.observe_peak(started + rtt, rtt);
-    }
-    let status = resp.status().as_u16();
-    if let Some(d) = outlier::retry_after(status, resp.headers(), std::time::SystemTime::now) {
-        // The backend asked to be left alone for a while: out of rotation.
-        let cfg = &upstream.config.outlier;
-        if outlier::pause(backend, &upstream.all, cfg, Instant::now(), d, status) {
-            tracing::info!(
-                upstream = %upstream.name,
-                backend = %backend.id,
-                status,
-                out_ms = d.as_millis() as u64,
-                "backend asked for a pause (Retry-After)"
-            );
-        }
-    }
-    status
-}
-
 /// Pins the client to `backend` with the sticky cookie, unless its cookie named it
 /// already.
 fn set_sticky(
@@ -560,56 +544,5 @@ fn the_clients_fault(error: &SendError) -> Option<ProxyError> {
             Some(ProxyError::BadRequest(why))
         }
         _ => None,
-    }
-}
-
-/// Counts a failed send against `backend`, as what it was: unreachable (refused, no
-/// route, TLS failed), another failure, or nothing when this machine ran out of
-/// descriptors or ports.
-fn note_send_failure(upstream: &Upstream, backend: &Backend, error: &SendError) {
-    if error.is_local() {
-        tracing::warn!(upstream = %upstream.name, backend = %backend.id, error = %chain(error), "cannot connect: out of local resources");
-    } else {
-        let outcome = if error.is_unreachable() {
-            Outcome::Unreachable
-        } else {
-            Outcome::Failure
-        };
-        note_failure(upstream, backend, outcome, || chain(error).to_string());
-    }
-}
-
-/// Counts a failed attempt on `backend` (its `failures`, and outlier detection),
-/// logging an ejection, or a backend the ejection cap keeps in rotation. `cause` says
-/// what failed, for the ejection's reason (SPEC §9); it is only asked on an ejection.
-fn note_failure(
-    upstream: &Upstream,
-    backend: &Backend,
-    outcome: Outcome,
-    cause: impl FnOnce() -> String,
-) {
-    backend.stats.failures.fetch_add(1, Ordering::Relaxed);
-    let cfg = &upstream.config.outlier;
-    match outlier::record(backend, &upstream.all, cfg, Instant::now(), outcome) {
-        outlier::Verdict::Ejected(d) => {
-            let cause = cause();
-            tracing::info!(
-                upstream = %upstream.name,
-                backend = %backend.id,
-                ejection_ms = d.as_millis() as u64,
-                unreachable = outcome == Outcome::Unreachable,
-                cause = %cause,
-                "backend ejected"
-            );
-            outlier::note_ejection(backend, cfg, d, &cause);
-        }
-        outlier::Verdict::Kept => tracing::warn!(
-            upstream = %upstream.name,
-            backend = %backend.id,
-            failures = backend.stats.consecutive_failures.load(Ordering::Relaxed),
-            max_ejected_percent = cfg.max_ejected_percent,
-            "backend failing but kept in rotation by max_ejected_percent"
-        ),
-        outlier::Verdict::Nothing => {}
     }
 }

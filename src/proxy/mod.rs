@@ -15,6 +15,7 @@ pub mod head;
 pub mod headers;
 pub mod listeners;
 pub mod memory;
+mod outcome;
 pub mod park;
 pub mod pool;
 pub mod prepare;

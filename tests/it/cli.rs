@@ -117,6 +117,54 @@ async fn json_access_log_and_graceful_sigterm() {
 }
 
 #[tokio::test]
+async fn json_access_lines_list_every_attempt() {
+    let dead = dead_addr().await;
+    let live = TestBackend::replying("a").await;
+    let (dead_url, live_url) = (format!("http://{dead}"), live.url());
+    let (mut p, addr) = start_json(&[
+        "-l",
+        "127.0.0.1:0",
+        "-b",
+        &dead_url,
+        "-b",
+        &live_url,
+        "--strategy",
+        "first",
+        "--workers",
+        "1",
+    ])
+    .await;
+    let req = http::Request::get(format!("http://{addr}/t"))
+        .header("x-request-id", "rid-tries")
+        .body(Default::default())
+        .unwrap();
+    let (s, _, _) = send_with(&client(), req).await;
+    assert_eq!(s, 200);
+    let line = tokio::task::spawn_blocking(move || {
+        let line = p.line_with("rid-tries");
+        p.signal("TERM");
+        p.wait();
+        line
+    })
+    .await
+    .unwrap();
+    let j: serde_json::Value = serde_json::from_str(&line).expect("access line is JSON");
+    assert_eq!(j["attempts"], 2, "{line}");
+    let tries = j["tries"].as_array().expect("tries");
+    assert_eq!(tries.len(), 2, "{line}");
+    assert_eq!(tries[0]["backend"], dead.to_string());
+    assert_eq!(tries[0]["outcome"], "refused");
+    assert_eq!(tries[1]["backend"], live.addr.to_string());
+    assert_eq!(tries[1]["outcome"], "200");
+    for t in tries {
+        assert!(
+            t["duration_ms"].as_f64().is_some_and(|d| d >= 0.0),
+            "{line}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn access_log_off_prints_no_request_lines_and_events_are_json() {
     let be = TestBackend::replying("a").await;
     let url = be.url();
