@@ -7,6 +7,7 @@
 //! bounded ring that `GET /debug/requests` reads. Any other request has no trace and
 //! pays one branch where one would be written.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
@@ -28,7 +29,7 @@ pub struct Trace {
     method: String,
     path: String,
     /// `key=value` pairs, in order; a key may repeat (`retry`).
-    fields: Vec<(&'static str, String)>,
+    fields: Vec<(Cow<'static, str>, String)>,
     attempts: u32,
 }
 
@@ -47,6 +48,10 @@ impl Trace {
 
     /// Adds a field. Values are cleaned of what would break the header line.
     pub fn note(&mut self, key: &'static str, value: impl std::fmt::Display) {
+        self.push(Cow::Borrowed(key), value);
+    }
+
+    fn push(&mut self, key: Cow<'static, str>, value: impl std::fmt::Display) {
         let mut v = String::new();
         let _ = write!(v, "{value}");
         v.retain(|c| c != ';' && !c.is_control());
@@ -57,15 +62,8 @@ impl Trace {
     /// `refused`, `reset`, `timeout`…): `attemptN=id:outcome`.
     pub fn attempt(&mut self, id: &str, outcome: impl std::fmt::Display) {
         self.attempts += 1;
-        const KEYS: [&str; 8] = [
-            "attempt1", "attempt2", "attempt3", "attempt4", "attempt5", "attempt6", "attempt7",
-            "attempt8",
-        ];
-        let key = KEYS
-            .get(self.attempts as usize - 1)
-            .copied()
-            .unwrap_or("attempt");
-        self.note(key, format_args!("{id}:{outcome}"));
+        let key = format!("attempt{}", self.attempts);
+        self.push(Cow::Owned(key), format_args!("{id}:{outcome}"));
     }
 
     /// The `X-Sluice-Trace` value: `key=value` fields joined by `; `.
@@ -116,13 +114,13 @@ impl Kept {
         let ms = (self.duration_ms * 1000.0).round() / 1000.0;
         o.insert("duration_ms".into(), ms.into());
         for (k, v) in &t.fields {
-            match o.get_mut(*k) {
+            match o.get_mut(k.as_ref()) {
                 Some(serde_json::Value::String(s)) => {
                     s.push(',');
                     s.push_str(v);
                 }
                 _ => {
-                    o.insert((*k).into(), v.clone().into());
+                    o.insert(k.to_string(), v.clone().into());
                 }
             }
         }

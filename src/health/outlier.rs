@@ -134,18 +134,18 @@ fn room_to_eject(pool: &[Arc<Backend>], cfg: &OutlierConfig, now: Instant) -> bo
 /// `cause` is what its last failure was.
 pub fn note_ejection(b: &Backend, cfg: &OutlierConfig, d: Duration, cause: &str) {
     let times = b.stats.ejection_state().1;
-    let until = crate::upstream::why::clock(std::time::SystemTime::now() + d);
-    let why = if times > 1 {
-        format!(
-            "ejected again ({times} times recently) after a failure on probation ({cause}) until {until}"
-        )
-    } else {
-        format!(
-            "ejected after {} consecutive failures ({cause}) until {until}",
-            cfg.consecutive_failures
-        )
-    };
-    b.stats.why.ejected(d, times, why);
+    b.stats.why.ejected(d, times, |until| {
+        if times > 1 {
+            format!(
+                "ejected again ({times} times recently) after a failure on probation ({cause}) until {until}"
+            )
+        } else {
+            format!(
+                "ejected after {} consecutive failures ({cause}) until {until}",
+                cfg.consecutive_failures
+            )
+        }
+    });
 }
 
 /// Takes `b` out of rotation for `d` because it asked (`retry_after`) in an answer of
@@ -163,12 +163,9 @@ pub fn pause(
         return false;
     }
     b.stats.eject(now, d);
-    let until = crate::upstream::why::clock(std::time::SystemTime::now() + d);
-    b.stats.why.ejected(
-        d,
-        0,
-        format!("asked for a pause: answered {status} with Retry-After; out until {until}"),
-    );
+    b.stats.why.ejected(d, 0, |until| {
+        format!("asked for a pause: answered {status} with Retry-After; out until {until}")
+    });
     true
 }
 

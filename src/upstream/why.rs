@@ -72,13 +72,16 @@ impl Reasons {
         });
     }
 
-    /// Notes an ejection of `d` that starts now.
-    pub fn ejected(&self, d: Duration, times: u32, why: String) {
+    /// Notes an ejection of `d` that starts now; `why` words it, given its end as a
+    /// time of day (`12:00:31`).
+    pub fn ejected(&self, d: Duration, times: u32, why: impl FnOnce(&str) -> String) {
         let since = SystemTime::now();
+        let until = since + d;
+        let why = why(&clock(until));
         self.update(|w| {
             w.ejected = Some(Ejection {
                 since,
-                until: since + d,
+                until,
                 why,
                 times,
             });
