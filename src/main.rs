@@ -24,10 +24,12 @@ fn main() -> ExitCode {
         }) => {
             let access_log = access_log == OnOff::On;
             telemetry::init(telemetry::LogFormat::Text, access_log);
-            finish(
-                runtime(None)
-                    .and_then(|rt| rt.block_on(demo::run(backends, listen, admin, !access_log))),
-            )
+            finish(runtime(None).and_then(|(rt, workers)| {
+                rt.block_on(async move {
+                    start_workers(workers)?;
+                    demo::run(backends, listen, admin, !access_log).await
+                })
+            }))
         }
         None => finish(run(cli.run)),
     }
@@ -115,23 +117,22 @@ fn position_of(text: &str, value: &str) -> Option<(usize, usize)> {
     Some((line, col))
 }
 
-/// One worker runs everything on the calling thread (no work stealing, no cross-thread
-/// wakeups), which is what a single-core deployment wants.
-fn runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime, String> {
+/// The main thread's runtime, and how many workers serve connections. It is always
+/// single-threaded: with more workers, each one runs a single-threaded runtime of its
+/// own (proxy/workers.rs), and the main thread is the first of them.
+fn runtime(workers: Option<usize>) -> Result<(tokio::runtime::Runtime, usize), String> {
     let workers = workers.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     });
-    let rt = if workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
-            .enable_all()
-            .build()
-    };
-    rt.map_err(|e| format!("cannot start the runtime: {e}"))
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    Ok((rt, workers))
+}
+
+fn start_workers(n: usize) -> Result<(), String> {
+    sluice::proxy::workers::start(n).map_err(|e| format!("cannot start {n} worker threads: {e}"))
 }
 
 fn run(args: RunArgs) -> Result<(), String> {
@@ -151,13 +152,14 @@ fn run(args: RunArgs) -> Result<(), String> {
         }
         (true, Some(path)) => Some(handover::take(path).map_err(|e| chain(&e))?),
     };
-    let rt = runtime(config.server.workers)?;
+    let (rt, workers) = runtime(config.server.workers)?;
     let path = args.config.clone();
     let overrides: Overrides = {
         let args = args.clone();
         Box::new(move |c| args.apply(c).map_err(Into::into))
     };
     rt.block_on(async move {
+        start_workers(workers)?;
         let state = State::new(config, path, Some(overrides));
         let (inherited, taking) = match taken {
             Some((inherited, taking)) => (inherited, Some(taking)),

@@ -467,5 +467,22 @@ pub fn metrics_text(state: &Live) -> String {
             .saturating_sub(state.shared.accepting.load(Ordering::Relaxed))
     });
     t.sample("sluice_client_connections", &[], open);
+
+    // Only with `workers > 1`: how the connections are spread over the worker threads.
+    let loads = crate::proxy::workers::loads();
+    if !loads.is_empty() {
+        t.family(
+            "sluice_worker_connections",
+            "gauge",
+            "Client connections each worker thread is serving (parked idle ones are in none).",
+        );
+        for (i, n) in loads.into_iter().enumerate() {
+            t.sample(
+                "sluice_worker_connections",
+                &[("worker", &i.to_string())],
+                n,
+            );
+        }
+    }
     t.finish()
 }

@@ -30,6 +30,7 @@ pub mod tls;
 pub mod upgrade;
 mod upload;
 pub mod wire;
+pub mod workers;
 
 use std::sync::Arc;
 

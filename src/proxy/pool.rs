@@ -45,7 +45,9 @@ impl Conn {
 /// Idle connections to one backend. Shared by every snapshot holding that backend, so
 /// reloads keep warm connections.
 pub struct Pool {
-    idle: Mutex<Vec<Idle>>,
+    /// One list per worker (workers.rs): a connection is registered with the reactor of
+    /// the worker that opened it, so only that worker takes it again.
+    idle: Box<[Mutex<Vec<Idle>>]>,
     /// The backend's HTTP/2 connection (`protocol = "h2c"`/`"h2"`), shared by every
     /// request to it.
     h2: Mutex<Option<H2Sender>>,
@@ -80,16 +82,22 @@ pub fn shed_idle_buffers() {
     pools.retain(|p| match p.upgrade() {
         Some(pool) => {
             let now = Instant::now();
-            for i in pool.lock().iter_mut() {
-                if now.duration_since(i.since) >= SHED_AFTER && i.conn.buf.capacity() > 0 {
-                    i.conn.buf = BytesMut::new();
-                    i.conn.out = Vec::new();
+            for list in &pool.idle {
+                for i in lock(list).iter_mut() {
+                    if now.duration_since(i.since) >= SHED_AFTER && i.conn.buf.capacity() > 0 {
+                        i.conn.buf = BytesMut::new();
+                        i.conn.out = Vec::new();
+                    }
                 }
             }
             true
         }
         None => false,
     });
+}
+
+fn lock(list: &Mutex<Vec<Idle>>) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+    list.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 struct Idle {
@@ -101,7 +109,9 @@ struct Idle {
 impl Pool {
     pub fn new() -> Arc<Pool> {
         let pool = Arc::new(Pool {
-            idle: Mutex::new(Vec::new()),
+            idle: (0..super::workers::count())
+                .map(|_| Mutex::new(Vec::new()))
+                .collect(),
             h2: Mutex::new(None),
             h2_opening: Mutex::new(None),
         });
@@ -112,8 +122,10 @@ impl Pool {
         pool
     }
 
+    /// The calling worker's idle connections.
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+        let i = super::workers::index().min(self.idle.len() - 1);
+        lock(&self.idle[i])
     }
 
     pub(super) fn h2_slot(&self) -> std::sync::MutexGuard<'_, Option<H2Sender>> {

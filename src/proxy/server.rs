@@ -36,7 +36,7 @@ use super::forward::{Answer, ConnInfo, handle_boxed};
 use super::listeners::{AcceptCtx, Bound, Setup};
 use super::park::{Lot, Woken};
 use super::server_tls::serve_tls;
-use super::{h1, proxy_header, upgrade};
+use super::{h1, proxy_header, upgrade, workers};
 
 /// After an accept error (e.g. out of file descriptors), wait before trying again so
 /// the loop does not spin.
@@ -142,10 +142,8 @@ impl Server {
                 permit: woken.permit,
                 lot: Some(Arc::clone(lot)),
             };
-            handle.spawn(async move {
-                if let Ok(stream) = TcpStream::from_std(woken.stream) {
-                    serve_h1(h1::Sock::new(stream, BytesMut::new()), None, ctx).await;
-                }
+            workers::spawn_std(woken.stream, &handle, move |stream| {
+                serve_h1(h1::Sock::new(stream, BytesMut::new()), None, ctx)
             });
         });
         let (lot, closer) = match lot {
@@ -269,12 +267,15 @@ pub(super) async fn accept_loop(
         // Read at each accept: a reload may have changed it.
         let setup = setup.load_full();
         if setup.proxy_protocol {
-            tokio::spawn(behind_proxy(stream, setup, ctx));
+            workers::spawn(stream, move |s| behind_proxy(s, setup, ctx));
         } else {
             match &setup.tls {
-                None => tokio::spawn(serve_connection(stream, ctx)),
-                Some(acceptor) => tokio::spawn(serve_tls(stream, acceptor.clone(), ctx)),
-            };
+                None => workers::spawn(stream, move |s| serve_connection(s, ctx)),
+                Some(acceptor) => {
+                    let acceptor = acceptor.clone();
+                    workers::spawn(stream, move |s| serve_tls(s, acceptor, ctx));
+                }
+            }
         }
     }
 }

@@ -32,3 +32,4 @@ mod tls;
 mod traces;
 mod upgrade;
 mod wire;
+mod workers;
