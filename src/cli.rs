@@ -177,6 +177,7 @@ impl RunArgs {
                     limits: Default::default(),
                     routes: Vec::new(),
                     upstreams: Vec::new(),
+                    telemetry: Default::default(),
                 }
             }
         };

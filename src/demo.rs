@@ -109,6 +109,7 @@ pub async fn run(
             DEFAULT_UPSTREAM,
             configs.clone(),
         )],
+        telemetry: Default::default(),
     };
     let state = State::new(config, None, None);
     let shared = Arc::clone(&state.shared);

@@ -18,6 +18,7 @@ pub mod handover;
 pub mod health;
 pub mod metrics;
 pub mod notify;
+pub mod otel;
 pub mod proxy;
 pub mod state;
 pub mod telemetry;

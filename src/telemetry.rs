@@ -2,7 +2,7 @@
 //! (`--log-format`). Access lines are written straight to stdout from a thread-local
 //! buffer, without going through `tracing`, because they are the hot path's only I/O.
 //! JSON lines carry `ts`, `client`, `method`, `path`, `status`, `upstream`, `backend`,
-//! `duration_ms`, `bytes`, `request_id`, `attempts` (access) or `ts`, `level`, `event`
+//! `duration_ms`, `bytes`, `request_id`, `trace_id`, `attempts`, `tries` (access) or `ts`, `level`, `event`
 //! and the event's fields (events).
 
 use std::cell::RefCell;
@@ -172,6 +172,8 @@ pub struct AccessRecord {
     pub status: u16,
     pub bytes: u64,
     pub request_id: Option<http::HeaderValue>,
+    /// The W3C trace id (32 hex digits) of the request's trace (SPEC §9).
+    pub trace_id: Option<[u8; 32]>,
     pub attempts: u32,
     pub duration_ms: f64,
     /// Set when sluice refused the request itself.
@@ -202,6 +204,7 @@ impl AccessRecord {
             status: 0,
             bytes: 0,
             request_id: None,
+            trace_id: None,
             attempts: 0,
             duration_ms: 0.0,
             reason: None,
@@ -225,6 +228,8 @@ struct Line<'a> {
     duration_ms: f64,
     bytes: u64,
     request_id: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    trace_id: &'a str,
     attempts: u32,
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "shown")]
     reason: Option<Refusal>,
@@ -312,6 +317,11 @@ pub fn access(r: &AccessRecord, upstream: &str, backend: &str) {
             .as_ref()
             .and_then(|v| v.to_str().ok())
             .unwrap_or("-"),
+        trace_id: r
+            .trace_id
+            .as_ref()
+            .and_then(|t| std::str::from_utf8(t).ok())
+            .unwrap_or(""),
         attempts: r.attempts,
         reason: r.reason,
         tries: Tries {
@@ -340,6 +350,7 @@ pub fn refused_request(counts: &Refusals, client: SocketAddr, status: u16, r: Re
         duration_ms: 0.0,
         bytes: 0,
         request_id: "-",
+        trace_id: "",
         attempts: 0,
         reason: Some(r),
         tries: Tries {
@@ -373,6 +384,9 @@ fn write_line(l: &Line<'_>) {
                 l.request_id,
                 l.attempts
             );
+            if !l.trace_id.is_empty() {
+                let _ = write!(line, " trace_id={}", l.trace_id);
+            }
             if let Some(reason) = l.reason {
                 let _ = write!(line, " reason=\"{reason}\"");
             }

@@ -468,6 +468,27 @@ pub fn metrics_text(state: &Live) -> String {
     });
     t.sample("sluice_client_connections", &[], open);
 
+    t.family(
+        "sluice_spans_exported_total",
+        "counter",
+        "Spans a collector accepted ([telemetry] otlp).",
+    );
+    t.sample(
+        "sluice_spans_exported_total",
+        &[],
+        crate::otel::export::exported(),
+    );
+    t.family(
+        "sluice_spans_dropped_total",
+        "counter",
+        "Spans not exported: the queue was full (the collector slow or down) or the export failed.",
+    );
+    t.sample(
+        "sluice_spans_dropped_total",
+        &[],
+        crate::otel::export::dropped(),
+    );
+
     // Only with `workers > 1`: how the connections are spread over the worker threads.
     let loads = crate::proxy::workers::loads();
     if !loads.is_empty() {

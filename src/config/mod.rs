@@ -48,6 +48,27 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// In file order.
     pub upstreams: Vec<UpstreamConfig>,
+    /// `[telemetry]` (SPEC §9): where spans are exported.
+    pub telemetry: TelemetryConfig,
+}
+
+/// `[telemetry]`: OpenTelemetry export.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetryConfig {
+    /// An OTLP/HTTP collector (`http://host:port`, optionally with a base path): spans
+    /// go to `{otlp}/v1/traces`. None: no spans are exported.
+    pub otlp: Option<http::Uri>,
+    /// The `service.name` resource attribute of the spans.
+    pub service_name: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> TelemetryConfig {
+        TelemetryConfig {
+            otlp: None,
+            service_name: "sluice".to_owned(),
+        }
+    }
 }
 
 impl Config {

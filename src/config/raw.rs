@@ -25,6 +25,14 @@ pub(super) struct RawConfig {
     pub route: Vec<Spanned<RawRoute>>,
     #[serde(default)]
     pub upstream: RawUpstreams,
+    pub telemetry: Option<RawTelemetry>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTelemetry {
+    pub otlp: Option<Spanned<String>>,
+    pub service_name: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -155,6 +155,8 @@ pub struct Completion {
     pub headers: Option<Arc<crate::upstream::RouteHeaders>>,
     /// The request's decision trace, when its client asked for one (SPEC §9).
     pub trace: Option<Box<crate::trace::Trace>>,
+    /// The request's spans, while they are exported (SPEC §9 `[telemetry] otlp`).
+    pub span: Option<Box<crate::otel::RequestSpan>>,
 }
 
 impl Completion {
@@ -170,6 +172,7 @@ impl Completion {
             record: None,
             headers: None,
             trace: None,
+            span: None,
         }
     }
 
@@ -220,6 +223,15 @@ impl Drop for Completion {
         }
         if let Some(t) = self.trace.take() {
             t.finish(self.status, elapsed.as_secs_f64() * 1000.0);
+        }
+        if let Some(s) = self.span.take() {
+            let upstream = self.upstream.as_ref().map(|u| &u.name);
+            s.finish(
+                now,
+                self.status,
+                upstream,
+                self.backend.as_ref().map(|b| &*b.id),
+            );
         }
         self.let_go();
         self.activity.end_request_at(now);

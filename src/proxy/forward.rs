@@ -19,7 +19,7 @@ use super::conn::Activity;
 use super::error::{ProxyError, chain};
 use super::explain;
 use super::h1::RawRequest;
-use super::headers::{self, X_REQUEST_ID};
+use super::headers::{self, TRACEPARENT, X_REQUEST_ID};
 use super::outcome::{attempt_of, ms_since, note_failure, note_send_failure, observe_answer};
 use super::pool::Dedicated;
 use super::prepare::{Prepared, prepare};
@@ -28,6 +28,7 @@ use crate::balance::Upstream;
 use crate::balance::{Admit, Tried, sticky};
 use crate::config::RetryOn;
 use crate::health::outlier::{self, Outcome};
+use crate::otel::{RequestSpan, TraceCtx};
 use crate::telemetry::{self, AccessRecord};
 use crate::upstream::Backend;
 use crate::upstream::retry::idempotent;
@@ -116,22 +117,47 @@ pub fn handle(
         Some(r) => r.request_id.as_ref(),
         None => req.headers().get(&X_REQUEST_ID),
     };
-    let request_id = match given {
+    let (request_id, made) = match given {
         Some(id) => {
             let mut id = id.clone();
             headers::unique(&mut id);
-            id
+            (id, false)
         }
-        None => headers::new_request_id(),
+        None => (headers::new_request_id(), true),
     };
+    // SPEC §9: the client's trace continued, or a new one; spans only while exported.
+    let given = match &raw {
+        Some(r) => r.trace_parent.as_ref(),
+        None => headers::single(req.headers(), &TRACEPARENT),
+    };
+    let sink = match crate::otel::export::exporting() {
+        true => shared.spans.load_full(),
+        false => None,
+    };
+    let given = given.map(HeaderValue::as_bytes);
+    let made_id = made.then(|| request_id.as_bytes());
+    let trace_ctx = TraceCtx::new(given, made_id, sink.is_some());
+    if let Some(sink) = sink.as_ref().filter(|_| trace_ctx.sampled()) {
+        let (method, path) = (req.method(), req.uri().path());
+        let span = RequestSpan::new(
+            sink,
+            trace_ctx,
+            done.started,
+            method,
+            path,
+            conn.client.ip(),
+        );
+        done.span = Some(Box::new(span));
+    }
     if telemetry::access_log_enabled() {
         let mut r = AccessRecord::start(conn.client, req.method(), req.uri());
         r.request_id = Some(request_id.clone());
+        r.trace_id = Some(*trace_ctx.trace_id_hex());
         done.record = Some(Box::new(r));
     }
     // Worked on where it lies in this future: moving it into one of its own would
     // copy some hundreds of bytes.
-    let mut prepared = prepare(shared, conn, req, raw, &mut done, &request_id);
+    let mut prepared = prepare(shared, conn, req, raw, &mut done, &request_id, trace_ctx);
     if let (Err(e), None) = (&prepared, &done.upstream) {
         // Refused before routing (no route, framing, limits): counted apart.
         shared.unrouted.add(e.status().as_u16());
@@ -279,6 +305,7 @@ async fn attempts(
     done: &mut Completion,
 ) -> Result<Response<BackendBody>, ProxyError> {
     let (key, upgrade, backend_host, now) = (p.key, p.upgrade, p.backend_host, p.now);
+    let trace_ctx = p.trace_ctx;
     let upstream = &p.upstream;
     let breq = &mut p.breq;
     let outgoing = &mut p.outgoing;
@@ -340,6 +367,17 @@ async fn attempts(
                 }
             }
         }
+        // SPEC §9: the backend's parent span is this attempt's.
+        let span_id = crate::otel::context::new_span_id();
+        let traceparent = trace_ctx.header(span_id);
+        match outgoing.as_mut() {
+            Some(o) => o.trace_parent = traceparent,
+            None => {
+                if let Ok(v) = HeaderValue::from_bytes(&traceparent) {
+                    breq.headers_mut().insert(&TRACEPARENT, v);
+                }
+            }
+        }
         let how = How {
             upgrade,
             fresh,
@@ -361,6 +399,15 @@ async fn attempts(
                 }
                 if let Some(r) = done.record.as_mut() {
                     r.answered = Some((status, ms_since(started)));
+                }
+                if let Some(s) = done.span.as_mut() {
+                    s.attempt(
+                        span_id,
+                        started,
+                        &backend.id,
+                        Some(status),
+                        status.to_string(),
+                    );
                 }
                 match Outcome::of_status(status) {
                     Outcome::Success => outlier::success(&backend),
@@ -398,6 +445,15 @@ async fn attempts(
                 if let Some(r) = done.record.as_mut() {
                     let word = explain::failure(&error);
                     r.failed.push(attempt_of(&backend, word, ms_since(started)));
+                }
+                if let Some(s) = done.span.as_mut() {
+                    s.attempt(
+                        span_id,
+                        started,
+                        &backend.id,
+                        None,
+                        explain::failure(&error),
+                    );
                 }
                 let resendable = unsent || policy.replayable;
                 // A pooled connection that failed: most likely the keep-alive race (the
@@ -441,6 +497,9 @@ async fn attempts(
                 if let Some(r) = done.record.as_mut() {
                     r.failed
                         .push(attempt_of(&backend, "timeout", ms_since(started)));
+                }
+                if let Some(s) = done.span.as_mut() {
+                    s.attempt(span_id, started, &backend.id, None, "timeout");
                 }
                 note_failure(upstream, &backend, Outcome::Failure, || {
                     format!(

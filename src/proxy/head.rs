@@ -136,6 +136,8 @@ pub enum Kind {
     /// Another hop-by-hop header (Keep-Alive, Proxy-Connection).
     Hop,
     RequestId,
+    /// A request's `traceparent`: sluice writes its own for each attempt (SPEC §9).
+    TraceParent,
     /// Request lines sluice reads and writes itself.
     Host,
     Expect,
@@ -163,6 +165,7 @@ impl Kind {
             (14, _) if is(b"content-length") => Kind::ContentLength,
             (4, Side::Request) if is(b"host") => Kind::Host,
             (6, Side::Request) if is(b"expect") => Kind::Expect,
+            (11, Side::Request) if is(b"traceparent") => Kind::TraceParent,
             (15, Side::Request) if is(b"x-forwarded-for") => Kind::ForwardedFor,
             (16, Side::Request) if is(b"x-forwarded-host") => Kind::ForwardedOther,
             (17, Side::Request) if is(b"x-forwarded-proto") => Kind::ForwardedOther,
@@ -179,7 +182,9 @@ impl Kind {
         match self {
             Kind::Connection | Kind::TransferEncoding | Kind::Upgrade | Kind::Hop => true,
             Kind::Te | Kind::RequestId => true,
-            Kind::Host | Kind::ForwardedFor | Kind::ForwardedOther => side == Side::Request,
+            Kind::Host | Kind::ForwardedFor | Kind::ForwardedOther | Kind::TraceParent => {
+                side == Side::Request
+            }
             Kind::Other | Kind::ContentLength | Kind::Expect | Kind::Date => false,
         }
     }
@@ -210,6 +215,8 @@ pub struct Scan {
     pub host: Option<Span>,
     pub forwarded_for: Option<Span>,
     pub request_id: Option<Span>,
+    /// `traceparent`; two make the head go the map's way (then neither is valid).
+    pub trace_parent: Option<Span>,
     /// The header lines, with the ones a raw head leaves out cut (when `raw_ok`).
     pub lines: Lines,
     /// The lines may pass on as they are: each ends in CRLF, none needs a closer look,
@@ -290,6 +297,7 @@ pub fn scan(raw: &Bytes, spans: &[Span], side: Side, raw_ok: bool) -> Result<Sca
             // Passed on raw only once: two would need joining.
             Kind::ForwardedFor => s.raw_ok &= s.forwarded_for.replace(*span).is_none(),
             Kind::RequestId => s.raw_ok &= s.request_id.replace(*span).is_none(),
+            Kind::TraceParent => s.raw_ok &= s.trace_parent.replace(*span).is_none(),
             Kind::Date => s.has_date = true,
             Kind::Te | Kind::Hop | Kind::ForwardedOther | Kind::Other => {}
         }

@@ -64,6 +64,8 @@ pub struct Shared {
     pub denied_acl_unrouted: std::sync::atomic::AtomicU64,
     /// The last decision traces (SPEC §9), for `GET /debug/requests`.
     pub traces: Arc<crate::trace::Ring>,
+    /// The span exporter while `[telemetry] otlp` is set (SPEC §9).
+    pub spans: arc_swap::ArcSwapOption<crate::otel::Sink>,
 }
 
 /// How drained client connections ended (`/metrics`).
@@ -80,6 +82,7 @@ impl Shared {
     /// The data plane's state for `config`, its snapshot built afresh.
     pub fn new(config: Config) -> Arc<Shared> {
         let snapshot = build::build(&config, None);
+        let spans = telemetry_sink(None, &config.telemetry);
         Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             limits: ArcSwap::from_pointee(config.limits.clone()),
@@ -92,6 +95,7 @@ impl Shared {
             drains: Default::default(),
             denied_acl_unrouted: Default::default(),
             traces: Default::default(),
+            spans: arc_swap::ArcSwapOption::new(spans),
         })
     }
 
@@ -111,8 +115,34 @@ impl Shared {
     /// Makes `config` and `snapshot` the ones served, in one store each: the snapshot
     /// first, so that a request never sees limits or config newer than its routes.
     pub fn install(&self, config: Config, snapshot: Snapshot) {
+        let spans = self.spans.load_full();
+        let kept = telemetry_sink(spans.as_ref(), &config.telemetry);
+        if !same(kept.as_ref(), spans.as_ref()) {
+            self.spans.store(kept);
+        }
         self.limits.store(Arc::new(config.limits.clone()));
         self.snapshot.store(Arc::new(snapshot));
         self.config.store(Arc::new(config));
+    }
+}
+
+/// The span exporter for `t`: `current` when it was made for the same collector and
+/// service name; a new one otherwise (the old one ends once its last spans are sent).
+fn telemetry_sink(
+    current: Option<&Arc<crate::otel::Sink>>,
+    t: &crate::config::TelemetryConfig,
+) -> Option<Arc<crate::otel::Sink>> {
+    let otlp = t.otlp.as_ref()?;
+    match current {
+        Some(s) if s.made_for.0 == *otlp && s.made_for.1 == t.service_name => Some(Arc::clone(s)),
+        _ => crate::otel::Sink::start(otlp, &t.service_name),
+    }
+}
+
+fn same<T>(a: Option<&Arc<T>>, b: Option<&Arc<T>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
     }
 }

@@ -74,6 +74,8 @@ pub(super) struct Prepared {
     pub(super) now: Instant,
     /// A rate limit the fleet shares, still to be asked (a round trip to its store).
     pub(super) shared_limit: Option<Box<SharedCheck>>,
+    /// The request's trace (SPEC §9): each attempt sends a `traceparent` from it.
+    pub(super) trace_ctx: crate::otel::TraceCtx,
 }
 
 /// A shared rate limit's question for one request: made while preparing, asked when the
@@ -110,6 +112,7 @@ pub(super) fn prepare(
     raw: Option<RawRequest>,
     done: &mut Completion,
     request_id: &HeaderValue,
+    trace_ctx: crate::otel::TraceCtx,
 ) -> Result<Prepared, ProxyError> {
     let max_body_bytes = check_limits(shared, conn, &req, raw.as_ref())?;
     let (upstream, rewritten, client, shared_limit) =
@@ -171,6 +174,8 @@ pub(super) fn prepare(
             client_ip: conn.client_ip.clone(),
             https: conn.https,
             request_id: request_id.clone(),
+            // Set for each attempt.
+            trace_parent: [0; crate::otel::context::LEN],
             rules: request_rules,
         }),
         None => {
@@ -203,6 +208,7 @@ pub(super) fn prepare(
         backend_host,
         now,
         shared_limit,
+        trace_ctx,
     })
 }
 

@@ -8,7 +8,7 @@ use std::path::Path;
 /// Lowest first. A module uses only modules of rows below its own: those of one row are
 /// independent of each other.
 const LAYERS: &[&[&str]] = &[
-    &["config", "metrics", "telemetry", "trace"],
+    &["config", "metrics", "otel", "telemetry", "trace"],
     &["upstream"],
     &["balance", "health"],
     &["proxy"],

@@ -16,6 +16,7 @@ mod layers;
 mod lifecycle;
 mod limits;
 mod metrics;
+mod otel;
 mod outlier;
 mod parking;
 mod policy;

@@ -18,12 +18,14 @@ use toml::Spanned;
 
 use super::diag::{Problem, line_col};
 use super::raw::{
-    DurationValue, RawAdmin, RawConfig, RawLimits, RawListener, RawServer, SizeValue, StrOrInt,
+    DurationValue, RawAdmin, RawConfig, RawLimits, RawListener, RawServer, RawTelemetry, SizeValue,
+    StrOrInt,
 };
 use super::{
     AdminConfig, CertificateConfig, Config, ConfigErrors, DEFAULT_HEADER_READ_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADER_BYTES,
-    DEFAULT_SHUTDOWN_TIMEOUT, Limits, ListenerConfig, ServerConfig, TlsConfig, units,
+    DEFAULT_SHUTDOWN_TIMEOUT, Limits, ListenerConfig, ServerConfig, TelemetryConfig, TlsConfig,
+    units,
 };
 
 /// Smallest accepted `[limits] max_header_bytes`: below this, ordinary browser requests
@@ -106,6 +108,7 @@ impl Check<'_> {
         let listeners = self.listeners(&raw.listener);
         let admin = raw.admin.and_then(|a| self.admin(a, &raw.listener));
         let limits = self.limits(raw.limits.unwrap_or_default());
+        let telemetry = self.telemetry(raw.telemetry.unwrap_or_default());
 
         let names: Vec<&str> = raw
             .upstream
@@ -152,7 +155,37 @@ impl Check<'_> {
             limits,
             routes,
             upstreams,
+            telemetry,
         }
+    }
+
+    fn telemetry(&mut self, raw: RawTelemetry) -> TelemetryConfig {
+        let mut t = TelemetryConfig::default();
+        if let Some(name) = raw.service_name {
+            if name.get_ref().trim().is_empty() {
+                self.report(
+                    name.span(),
+                    "telemetry.service_name is empty; remove it (default \"sluice\") or name the service".to_owned(),
+                );
+            }
+            t.service_name = name.into_inner();
+        }
+        t.otlp = raw.otlp.and_then(|v| {
+            let text = v.get_ref().trim();
+            let uri = text.parse::<http::Uri>().ok().filter(|u| {
+                u.scheme_str() == Some("http") && u.host().is_some() && u.query().is_none()
+            });
+            if uri.is_none() {
+                self.report(
+                    v.span(),
+                    format!(
+                        "telemetry.otlp: \"{text}\" is not an http:// URL; expected the collector's OTLP/HTTP address, e.g. \"http://127.0.0.1:4318\""
+                    ),
+                );
+            }
+            uri
+        });
+        t
     }
 
     fn server(&mut self, raw: RawServer) -> ServerConfig {

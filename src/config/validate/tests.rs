@@ -242,6 +242,7 @@ fn minimal_config_gets_all_defaults() {
                 "web",
                 vec![backend("127.0.0.1:9000", 1, false)],
             )],
+            telemetry: Default::default(),
         }
     );
     assert_eq!(c.server.workers, None);
@@ -414,7 +415,7 @@ fn golden_unknown_key_at_top_level_and_in_inline_table() {
     golden(
         "[limit]\nidle_timeout = \"60s\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n[upstream.web]\nbackends = []\n",
         &[
-            "1:2: unknown key \"limit\" at the top level; expected one of server, listener, admin, limits, route, upstream",
+            "1:2: unknown key \"limit\" at the top level; expected one of server, listener, admin, limits, route, upstream, telemetry",
         ],
     );
     golden(
@@ -897,4 +898,32 @@ fn status_ranges() {
         assert_eq!(status_range(&StrOrInt::Str(bad.into())), None, "{bad:?}");
     }
     assert_eq!(status_range(&StrOrInt::Int(-1)), None);
+}
+
+#[test]
+fn telemetry_keys() {
+    let c = ok(&format!(
+        "{MINIMAL}[telemetry]\notlp = \"http://127.0.0.1:4318\"\nservice_name = \"edge\"\n"
+    ));
+    assert_eq!(c.telemetry.otlp.unwrap(), "http://127.0.0.1:4318/");
+    assert_eq!(c.telemetry.service_name, "edge");
+    assert_eq!(ok(MINIMAL).telemetry.otlp, None);
+}
+
+#[test]
+fn golden_bad_telemetry() {
+    golden(
+        r#"[[listener]]
+address = "127.0.0.1:0"
+[upstream.web]
+backends = [{ url = "127.0.0.1:9000" }]
+[telemetry]
+otlp = "grpc://127.0.0.1:4317"
+service_name = ""
+"#,
+        &[
+            "6:8: telemetry.otlp: \"grpc://127.0.0.1:4317\" is not an http:// URL; expected the collector's OTLP/HTTP address, e.g. \"http://127.0.0.1:4318\"",
+            "7:16: telemetry.service_name is empty; remove it (default \"sluice\") or name the service",
+        ],
+    );
 }

@@ -24,6 +24,7 @@ pub struct RawRequest {
     pub host: Option<HeaderValue>,
     pub forwarded_for: Option<HeaderValue>,
     pub request_id: Option<HeaderValue>,
+    pub trace_parent: Option<HeaderValue>,
     /// The Content-Length (its line is passed on).
     pub length: Option<u64>,
     /// An HTTP/1.1 protocol switch (Connection: upgrade and Upgrade).
@@ -96,6 +97,8 @@ pub struct Outgoing {
     pub client_ip: HeaderValue,
     pub https: bool,
     pub request_id: HeaderValue,
+    /// This attempt's `traceparent` (SPEC §9), set before each attempt.
+    pub trace_parent: [u8; crate::otel::context::LEN],
     /// The route's header rules (SPEC §8), applied to the lines as they are written:
     /// only rules that leave sluice's own lines alone (`RouteHeaders::request_raw_ok`).
     pub rules: Option<std::sync::Arc<crate::upstream::RouteHeaders>>,
@@ -124,6 +127,7 @@ impl Outgoing {
             line(out, b"x-forwarded-host", h.as_bytes());
         }
         line(out, b"x-request-id", self.request_id.as_bytes());
+        line(out, b"traceparent", &self.trace_parent);
         // SPEC §8: the route's rules come after sluice's own.
         if let Some(r) = rules {
             write_rule_lines(r, out);
@@ -261,6 +265,7 @@ pub fn parse_head(
             host: scan.host.map(|s| value_of(&raw, &s)).transpose()?,
             forwarded_for: scan.forwarded_for.map(|s| value_of(&raw, &s)).transpose()?,
             request_id: scan.request_id.map(|s| value_of(&raw, &s)).transpose()?,
+            trace_parent: scan.trace_parent.map(|s| value_of(&raw, &s)).transpose()?,
             length: scan.length,
             upgrade,
         })
@@ -462,9 +467,17 @@ mod tests {
 
     #[test]
     fn outgoing_heads_add_the_forwarding_lines() {
-        let h = parse("GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 1.2.3.4\r\nA: b\r\n\r\n")
-            .unwrap()
-            .unwrap();
+        let theirs = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let h = parse(&format!(
+            "GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 1.2.3.4\r\ntraceparent: {theirs}\r\nA: b\r\n\r\n"
+        ))
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            h.raw.as_ref().unwrap().trace_parent.as_ref().unwrap(),
+            theirs
+        );
+        let ours = "00-4bf92f3577b34da6a3ce929d0e0e4736-abababababababab-01";
         let o = Outgoing {
             raw: h.raw.unwrap(),
             host: Some(HeaderValue::from_static("backend:80")),
@@ -472,13 +485,16 @@ mod tests {
             client_ip: HeaderValue::from_static("10.0.0.9"),
             https: false,
             request_id: HeaderValue::from_static("id1"),
+            trace_parent: ours.as_bytes().try_into().unwrap(),
             rules: None,
         };
         let mut out = Vec::new();
         o.write_to(&mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "A: b\r\nhost: backend:80\r\nx-forwarded-for: 1.2.3.4, 10.0.0.9\r\nx-forwarded-proto: http\r\nx-forwarded-host: h\r\nx-request-id: id1\r\n"
+            format!(
+                "A: b\r\nhost: backend:80\r\nx-forwarded-for: 1.2.3.4, 10.0.0.9\r\nx-forwarded-proto: http\r\nx-forwarded-host: h\r\nx-request-id: id1\r\ntraceparent: {ours}\r\n"
+            )
         );
     }
 
@@ -501,6 +517,7 @@ mod tests {
             client_ip: HeaderValue::from_static("10.0.0.9"),
             https: true,
             request_id: HeaderValue::from_static("id1"),
+            trace_parent: [b'0'; crate::otel::context::LEN],
             rules: Some(std::sync::Arc::new(crate::upstream::RouteHeaders {
                 request,
                 response: HeaderRules::default(),
@@ -511,7 +528,10 @@ mod tests {
         o.write_to(&mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "A: b\r\nC: c\r\nx-forwarded-for: 10.0.0.9\r\nx-forwarded-proto: https\r\nx-request-id: id1\r\nb: new\r\nc: more\r\n"
+            format!(
+                "A: b\r\nC: c\r\nx-forwarded-for: 10.0.0.9\r\nx-forwarded-proto: https\r\nx-request-id: id1\r\ntraceparent: {}\r\nb: new\r\nc: more\r\n",
+                "0".repeat(55)
+            )
         );
     }
 
