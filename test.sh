@@ -3,7 +3,7 @@
 # the whole suite. CI (.ci/run) calls this same script, so a fresh machine and CI agree.
 # The tests start their own backends and sluice on 127.0.0.1, and the real servers
 # sluice talks to (dnsmasq and etcd for discovery, Redis for shared rate limits) on free
-# loopback ports; those are installed here,
+# loopback ports, and headless Chromium for the dashboard; those are installed here,
 # with apt-get when running as root.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -22,5 +22,8 @@ need() { # need COMMAND DEBIAN-PACKAGE
 need dnsmasq dnsmasq-base
 need etcd etcd-server
 need redis-server redis-server
+# The dashboard's test drives a real browser: Chromium through chromedriver.
+need chromium chromium
+need chromedriver chromium-driver
 
 cargo test --locked "$@"

@@ -17,9 +17,12 @@ use tokio::sync::watch;
 use crate::state::{AdminListener, State};
 
 mod edit;
+mod history;
 mod report;
+mod status;
 
-pub use report::{metrics_text, status_json};
+pub use report::metrics_text;
+pub use status::status_json;
 
 const DASHBOARD: &str = include_str!("dashboard.html");
 
@@ -40,6 +43,12 @@ pub async fn serve(
         log(l);
     }
     let builder = Builder::new(TokioExecutor::new());
+    let history = Arc::new(std::sync::Mutex::new(history::History::default()));
+    tokio::spawn(history::keep(
+        Arc::clone(&state),
+        Arc::clone(&history),
+        stop.clone(),
+    ));
     loop {
         let accept = async {
             match &listener {
@@ -82,12 +91,12 @@ pub async fn serve(
             }
             _ = stop.changed() => return,
         };
-        let state = Arc::clone(&state);
+        let (state, history) = (Arc::clone(&state), Arc::clone(&history));
         let builder = builder.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let state = Arc::clone(&state);
-                async move { Ok::<_, Infallible>(route(&state, req).await) }
+                let (state, history) = (Arc::clone(&state), Arc::clone(&history));
+                async move { Ok::<_, Infallible>(route(&state, &history, req).await) }
             });
             let _ = builder
                 .serve_connection(TokioIo::new(stream), service)
@@ -114,11 +123,19 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     reply(status, "text/plain; charset=utf-8", body)
 }
 
-async fn route(state: &Arc<State>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(
+    state: &Arc<State>,
+    history: &std::sync::Mutex<history::History>,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/") => reply(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/status") => reply(StatusCode::OK, "application/json", status_json(state)),
+        (&Method::GET, "/status/history") => {
+            let json = history.lock().unwrap_or_else(|p| p.into_inner()).json();
+            reply(StatusCode::OK, "application/json", json)
+        }
         (&Method::GET, "/metrics") => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
@@ -153,9 +170,11 @@ async fn route(state: &Arc<State>, req: Request<Incoming>) -> Response<Full<Byte
                 None => text(StatusCode::NOT_FOUND, "not found\n"),
             }
         }
-        (_, "/" | "/healthz" | "/status" | "/metrics" | "/reload" | "/debug/requests") => {
-            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
-        }
+        (
+            _,
+            "/" | "/healthz" | "/status" | "/status/history" | "/metrics" | "/reload"
+            | "/debug/requests",
+        ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }

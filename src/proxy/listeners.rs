@@ -252,6 +252,15 @@ impl Listeners {
         self.lock().running.iter().filter_map(|l| l.local).collect()
     }
 
+    /// Each running listener's configuration and the address it listens on.
+    pub fn running(&self) -> Vec<(ListenerConfig, Option<SocketAddr>)> {
+        self.lock()
+            .running
+            .iter()
+            .map(|l| (l.config.clone(), l.local))
+            .collect()
+    }
+
     /// Each listener's configured address and a copy of its listening socket, for a
     /// new process to take over (an upgrade).
     pub fn sockets(&self) -> Vec<(SocketAddr, OwnedFd)> {

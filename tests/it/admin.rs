@@ -1,8 +1,10 @@
 //! Admin API basics (SPEC §5): health, status JSON, drain/enable, reload errors.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::StatusCode;
+use http_body_util::Full;
 use tokio::sync::Notify;
 
 use crate::support::*;
@@ -488,4 +490,66 @@ async fn a_backend_added_under_active_checks_waits_for_its_first_probe() {
     .expect("healthy after its first probe passed");
     let bodies = lb.get_many("/", 10).await;
     assert!(bodies.iter().any(|b| b == "new"), "{bodies:?}");
+}
+
+/// What the dashboard reads besides the backends: answers by status class, open
+/// connections, listeners, routes, and the last five minutes once a second.
+#[tokio::test]
+async fn status_and_history_carry_what_the_dashboard_shows() {
+    let a = TestBackend::replying("a").await;
+    let lb = Sluice::start(&format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
+         [[route]]\nhost = \"*.example.com\"\npath_prefix = \"/api\"\nupstream = \"web\"\n\
+         [upstream.web]\nbackends = [{{ url = \"{}\" }}]\n",
+        a.url()
+    ))
+    .await;
+    let s = lb.status().await;
+    assert_eq!(s["token_required"], false);
+    assert_eq!(s["listeners"][0]["address"], lb.addr.to_string());
+    assert_eq!(s["listeners"][0]["tls"], false);
+    assert_eq!(s["routes"][0]["host"], "*.example.com");
+    assert_eq!(s["routes"][0]["path_prefix"], "/api");
+    assert_eq!(s["routes"][0]["upstream"], "web");
+    // Traffic for a few seconds: 200s and 404s (no route), spread over samples.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let req = http::Request::get(lb.url("/api/x"))
+            .header("host", "a.example.com")
+            .body(Full::default())
+            .unwrap();
+        assert_eq!(lb.send(req).await.0, StatusCode::OK);
+        let (_, history) = lb.admin("GET", "/status/history").await;
+        let h: serde_json::Value = serde_json::from_str(&history).unwrap();
+        let rps = h["upstreams"]["web"]["rps"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if rps.iter().any(|v| v.as_f64().unwrap_or(0.0) > 0.0) {
+            assert_eq!(h["interval_ms"], 1000);
+            assert_eq!(h["t"].as_array().unwrap().len(), rps.len());
+            assert!(
+                h["total"]["p99_ms"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|v| v.is_f64())
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no rate in {history}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let s = lb.status().await;
+    let web = &s["upstreams"][0];
+    assert!(web["responses"]["2xx"].as_u64().unwrap() > 0, "{web}");
+    assert_eq!(
+        web["backends"][0]["responses"]["2xx"],
+        web["responses"]["2xx"]
+    );
+    assert_eq!(web["responses"]["5xx"], 0);
+    assert!(s["connections"].as_u64().is_some());
 }

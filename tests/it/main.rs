@@ -4,6 +4,7 @@
 mod admin;
 mod balancing;
 mod cli;
+mod dashboard;
 mod discovery_dns;
 mod discovery_etcd;
 mod discovery_file;
