@@ -11,7 +11,7 @@ mod first;
 pub mod hash_key;
 mod least_conn;
 pub mod maglev;
-mod p2c;
+pub mod p2c;
 mod peak_ewma;
 mod random;
 mod round_robin;

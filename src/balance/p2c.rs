@@ -9,6 +9,7 @@
 //! relative to weight. `two_choices` takes the load as a function so `peak_ewma` can reuse
 //! it with latency × (in-flight + 1).
 
+use std::cell::Cell;
 use std::sync::Arc;
 
 use super::random::{draw, usable_weight};
@@ -26,6 +27,23 @@ impl Pick for P2c {
     fn pick(&self, tier: &[Arc<Backend>], ctx: &PickCtx<'_>) -> Option<usize> {
         two_choices(tier, ctx, |b| f64::from(b.inflight()))
     }
+}
+
+thread_local! {
+    /// The backends the thread's last two-choices pick compared, by address (0: none).
+    static DRAWN: Cell<[usize; 2]> = const { Cell::new([0; 2]) };
+}
+
+/// The backends (`Arc::as_ptr` addresses) the calling thread's last `p2c` or
+/// `peak_ewma` pick compared, for a decision trace (SPEC §9); 0 where there was none.
+/// Two stores per pick keep this; nothing else reads them.
+pub fn last_drawn() -> [usize; 2] {
+    DRAWN.with(Cell::get)
+}
+
+fn drawn(tier: &[Arc<Backend>], a: usize, b: Option<usize>) {
+    let addr = |i: usize| tier.get(i).map_or(0, |b| Arc::as_ptr(b) as usize);
+    DRAWN.with(|d| d.set([addr(a), b.map_or(0, addr)]));
 }
 
 /// Draws two distinct usable backends of `tier` by weighted random and returns the index
@@ -49,11 +67,14 @@ where
     // missing from `total`; saturating keeps that race from underflowing.
     let rest = total.saturating_sub(wa);
     if rest == 0 {
+        drawn(tier, a, None);
         return Some(a);
     }
     let Some((b, wb)) = draw(tier, ctx, fastrand::u64(0..rest), Some(a)) else {
+        drawn(tier, a, None);
         return Some(a);
     };
+    drawn(tier, a, Some(b));
     // The first draw alone is weighted random, so letting it win ties makes the split
     // exactly proportional to weight whenever loads are equal (all idle); a coin flip
     // between the two would pull weights 3:1 over two backends to 1:1.

@@ -2,6 +2,8 @@
 //! the candidates with the number its strategy reads, the ones out of play and why,
 //! and each attempt's outcome and retry in a word. Runs only for traced requests.
 
+use std::sync::Arc;
+
 use tokio::time::Instant;
 
 use super::client::SendError;
@@ -44,8 +46,29 @@ pub(super) fn pick(
     if !skipped.is_empty() {
         t.note("skipped", &skipped);
     }
+    match upstream.config.strategy {
+        // The two backends drawn at random, of which the pick had the lower load.
+        StrategyKind::P2c | StrategyKind::PeakEwma => {
+            let drawn = crate::balance::p2c::last_drawn();
+            let ids: Vec<&str> = drawn
+                .iter()
+                .filter_map(|&d| {
+                    let b = upstream.all.iter().find(|b| Arc::as_ptr(b) as usize == d)?;
+                    Some(&*b.id)
+                })
+                .collect();
+            if !ids.is_empty() {
+                t.note("sampled", ids.join(","));
+            }
+        }
+        _ => {}
+    }
     if let Some(k) = key {
         t.note("hash", format_args!("{k:016x}"));
+        // Maglev's table slot for the key; its owner, or the next usable one, serves.
+        if upstream.config.strategy == StrategyKind::ConsistentHash {
+            t.note("slot", k % crate::balance::maglev::TABLE_SIZE as u64);
+        }
     }
     if let Some(b) = carried {
         t.note("sticky", &b.id);

@@ -137,3 +137,63 @@ async fn the_ask_is_read_whatever_its_case_from_raw_http1_lines() {
         "{head}"
     );
 }
+
+/// The numbers each strategy decided by: p2c's two random draws, and for
+/// consistent_hash the key's hash and its Maglev table slot.
+#[tokio::test]
+async fn traces_name_the_draws_of_p2c_and_the_slot_of_consistent_hash() {
+    let backends = [
+        TestBackend::replying("a").await,
+        TestBackend::replying("b").await,
+        TestBackend::replying("c").await,
+    ];
+    let urls: Vec<String> = backends.iter().map(|b| b.url()).collect();
+    let ids: Vec<String> = backends.iter().map(|b| b.addr.to_string()).collect();
+    let p2c = config("\"127.0.0.1\"", &urls).replace("strategy = \"first\"", "strategy = \"p2c\"");
+    let lb = Sluice::start(&p2c).await;
+    for _ in 0..10 {
+        let (_, headers, _) = lb.send(asking(&lb, "/")).await;
+        let trace = headers["x-sluice-trace"].to_str().unwrap();
+        let field = |k: &str| {
+            trace
+                .split("; ")
+                .find_map(|f| f.strip_prefix(&format!("{k}=")))
+                .unwrap_or_else(|| panic!("no {k} in {trace}"))
+                .to_owned()
+        };
+        let sampled = field("sampled");
+        let drawn: Vec<&str> = sampled.split(',').collect();
+        assert_eq!(drawn.len(), 2, "{trace}");
+        assert_ne!(drawn[0], drawn[1], "{trace}");
+        assert!(drawn.iter().all(|d| ids.iter().any(|i| i == d)), "{trace}");
+        assert!(drawn.contains(&field("picked").as_str()), "{trace}");
+    }
+
+    let hashed = config("\"127.0.0.1\"", &urls).replace(
+        "strategy = \"first\"",
+        "strategy = \"consistent_hash\"\nhash_key = \"header:x-user\"",
+    );
+    let lb = Sluice::start(&hashed).await;
+    let req = Request::get(lb.url("/"))
+        .header("x-sluice-debug", "1")
+        .header("x-user", "alice")
+        .body(Full::default())
+        .unwrap();
+    let (_, headers, _) = lb.send(req).await;
+    let trace = headers["x-sluice-trace"].to_str().unwrap();
+    let hash = trace
+        .split("; ")
+        .find_map(|f| f.strip_prefix("hash="))
+        .expect(trace);
+    let slot: u64 = trace
+        .split("; ")
+        .find_map(|f| f.strip_prefix("slot="))
+        .expect(trace)
+        .parse()
+        .unwrap();
+    assert_eq!(
+        slot,
+        u64::from_str_radix(hash, 16).unwrap() % 65_537,
+        "{trace}"
+    );
+}
