@@ -161,11 +161,20 @@ impl Browser {
         v[ELEMENT].as_str().expect("element id").to_owned()
     }
 
-    /// Clicks the element `css` selects, as a user would (it must be visible).
+    /// Clicks the element `css` selects, as a user would (it must be visible). The
+    /// dashboard redraws every second: an element replaced between finding and
+    /// clicking it is found again.
     pub async fn click(&self, css: &str) {
-        let id = self.element(css).await;
-        self.session_call("POST", &format!("/element/{id}/click"), Some(json!({})))
-            .await;
+        for _ in 0..5 {
+            let id = self.element(css).await;
+            let path = format!("/session/{}/element/{id}/click", self.session);
+            match self.call("POST", &path, Some(json!({}))).await {
+                Ok(_) => return,
+                Err(e) if e.contains("stale element") => continue,
+                Err(e) => panic!("WebDriver click on {css}: {e}"),
+            }
+        }
+        panic!("{css} kept being replaced before it could be clicked");
     }
 
     /// Types `text` into the element `css` selects.
