@@ -192,6 +192,9 @@ pub struct How {
     pub raw_ok: bool,
     /// When the attempt began: the clock read once serves the pool's idle check too.
     pub now: tokio::time::Instant,
+    /// The attempt's `traceparent` (SPEC §9): written as a line of the head, not put in
+    /// the request's header map (one more entry there can make the map grow).
+    pub traceparent: [u8; crate::otel::context::LEN],
 }
 
 /// An upstream's client settings.
@@ -263,6 +266,9 @@ impl Client {
         dedicated: &Dedicated,
     ) -> Result<Response<BackendBody>, Failure> {
         if self.h2 {
+            if let Ok(v) = http::HeaderValue::from_bytes(&how.traceparent) {
+                req.headers_mut().insert(&super::headers::TRACEPARENT, v);
+            }
             // forward.rs refuses upgrades to HTTP/2 upstreams before they come here.
             return Box::pin(self.send_h2(backend, req)).await;
         }
@@ -272,6 +278,7 @@ impl Client {
             recycle,
             raw_ok,
             now,
+            traceparent,
         } = how;
         // A client's own connections, with PROXY headers; else the backend's pool.
         let own = self.proxy.map(|_| dedicated.pool(backend));
@@ -301,7 +308,8 @@ impl Client {
         conn.out.clear();
         // One allocation for a typical head, not a doubling series (new or shed).
         conn.out.reserve(HEAD_GUESS);
-        let framing = wire::encode_request_head(&mut conn.out, req, outgoing, has_body);
+        let framing =
+            wire::encode_request_head(&mut conn.out, req, outgoing, &traceparent, has_body);
         // What the first write takes is what decides whether any of the request reached
         // the backend.
         match conn.stream.write(&conn.out).await {

@@ -369,16 +369,8 @@ async fn attempts(
         }
         // SPEC §9: the backend's parent span is this attempt's.
         let span_id = crate::otel::context::new_span_id();
-        let traceparent = trace_ctx.header(span_id);
-        match outgoing.as_mut() {
-            Some(o) => o.trace_parent = traceparent,
-            None => {
-                if let Ok(v) = HeaderValue::from_bytes(&traceparent) {
-                    breq.headers_mut().insert(&TRACEPARENT, v);
-                }
-            }
-        }
         let how = How {
+            traceparent: trace_ctx.header(span_id),
             upgrade,
             fresh,
             recycle: policy.recycle,

@@ -174,8 +174,6 @@ pub(super) fn prepare(
             client_ip: conn.client_ip.clone(),
             https: conn.https,
             request_id: request_id.clone(),
-            // Set for each attempt.
-            trace_parent: [0; crate::otel::context::LEN],
             rules: request_rules,
         }),
         None => {
@@ -462,6 +460,8 @@ fn rewrite_map(
     headers
         .entry(&X_REQUEST_ID)
         .or_insert_with(|| request_id.clone());
+    // Each attempt writes its own (SPEC §9).
+    headers.remove(&headers::TRACEPARENT);
     if let (false, Some(h)) = (backend_host, client_host) {
         headers.insert(header::HOST, h);
     }

@@ -30,6 +30,7 @@ pub fn encode_request_head<B>(
     out: &mut Vec<u8>,
     req: &Request<B>,
     outgoing: Option<&Outgoing>,
+    traceparent: &[u8],
     has_body: bool,
 ) -> Framing {
     out.extend_from_slice(req.method().as_str().as_bytes());
@@ -45,6 +46,11 @@ pub fn encode_request_head<B>(
     }
     if let Some(o) = outgoing {
         o.write_to(out);
+    }
+    if !traceparent.is_empty() {
+        out.extend_from_slice(b"traceparent: ");
+        out.extend_from_slice(traceparent);
+        out.extend_from_slice(b"\r\n");
     }
     let length = match outgoing {
         Some(o) => o.raw.length,
@@ -366,14 +372,14 @@ mod tests {
             .body(())
             .unwrap();
         assert_eq!(
-            encode_request_head(&mut out, &req, None, false),
+            encode_request_head(&mut out, &req, None, b"", false),
             Framing::None
         );
         assert_eq!(out, b"GET /a?b=1 HTTP/1.1\r\nhost: h\r\n\r\n");
         out.clear();
         let req = Request::post("/u").body(()).unwrap();
         assert_eq!(
-            encode_request_head(&mut out, &req, None, true),
+            encode_request_head(&mut out, &req, None, b"", true),
             Framing::Chunked
         );
         assert_eq!(
@@ -386,12 +392,12 @@ mod tests {
             .body(())
             .unwrap();
         assert_eq!(
-            encode_request_head(&mut out, &req, None, true),
+            encode_request_head(&mut out, &req, None, b"", true),
             Framing::Length(3)
         );
         out.clear();
         let req = Request::put("/u").body(()).unwrap();
-        encode_request_head(&mut out, &req, None, false);
+        encode_request_head(&mut out, &req, None, b"", false);
         assert_eq!(out, b"PUT /u HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
     }
 

@@ -97,8 +97,6 @@ pub struct Outgoing {
     pub client_ip: HeaderValue,
     pub https: bool,
     pub request_id: HeaderValue,
-    /// This attempt's `traceparent` (SPEC §9), set before each attempt.
-    pub trace_parent: [u8; crate::otel::context::LEN],
     /// The route's header rules (SPEC §8), applied to the lines as they are written:
     /// only rules that leave sluice's own lines alone (`RouteHeaders::request_raw_ok`).
     pub rules: Option<std::sync::Arc<crate::upstream::RouteHeaders>>,
@@ -127,7 +125,6 @@ impl Outgoing {
             line(out, b"x-forwarded-host", h.as_bytes());
         }
         line(out, b"x-request-id", self.request_id.as_bytes());
-        line(out, b"traceparent", &self.trace_parent);
         // SPEC §8: the route's rules come after sluice's own.
         if let Some(r) = rules {
             write_rule_lines(r, out);
@@ -477,7 +474,6 @@ mod tests {
             h.raw.as_ref().unwrap().trace_parent.as_ref().unwrap(),
             theirs
         );
-        let ours = "00-4bf92f3577b34da6a3ce929d0e0e4736-abababababababab-01";
         let o = Outgoing {
             raw: h.raw.unwrap(),
             host: Some(HeaderValue::from_static("backend:80")),
@@ -485,16 +481,13 @@ mod tests {
             client_ip: HeaderValue::from_static("10.0.0.9"),
             https: false,
             request_id: HeaderValue::from_static("id1"),
-            trace_parent: ours.as_bytes().try_into().unwrap(),
             rules: None,
         };
         let mut out = Vec::new();
         o.write_to(&mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            format!(
-                "A: b\r\nhost: backend:80\r\nx-forwarded-for: 1.2.3.4, 10.0.0.9\r\nx-forwarded-proto: http\r\nx-forwarded-host: h\r\nx-request-id: id1\r\ntraceparent: {ours}\r\n"
-            )
+            "A: b\r\nhost: backend:80\r\nx-forwarded-for: 1.2.3.4, 10.0.0.9\r\nx-forwarded-proto: http\r\nx-forwarded-host: h\r\nx-request-id: id1\r\n"
         );
     }
 
@@ -517,7 +510,6 @@ mod tests {
             client_ip: HeaderValue::from_static("10.0.0.9"),
             https: true,
             request_id: HeaderValue::from_static("id1"),
-            trace_parent: [b'0'; crate::otel::context::LEN],
             rules: Some(std::sync::Arc::new(crate::upstream::RouteHeaders {
                 request,
                 response: HeaderRules::default(),
@@ -529,8 +521,7 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             format!(
-                "A: b\r\nC: c\r\nx-forwarded-for: 10.0.0.9\r\nx-forwarded-proto: https\r\nx-request-id: id1\r\ntraceparent: {}\r\nb: new\r\nc: more\r\n",
-                "0".repeat(55)
+                "A: b\r\nC: c\r\nx-forwarded-for: 10.0.0.9\r\nx-forwarded-proto: https\r\nx-request-id: id1\r\nb: new\r\nc: more\r\n"
             )
         );
     }
