@@ -311,3 +311,20 @@ async fn access_lines_carry_the_trace_id() {
     let j: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(j["trace_id"], GIVEN_TRACE, "{line}");
 }
+
+#[tokio::test]
+async fn an_http2_backend_gets_one_traceparent_too() {
+    let live = telling_backend().await;
+    let toml = config(None, &[live.url()]).replace(
+        "strategy = \"first\"",
+        "strategy = \"first\"\nprotocol = \"h2c\"",
+    );
+    let lb = Sluice::start(&toml).await;
+    let (status, _, seen) = lb.send(get(&lb, "/", Some(GIVEN))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(seen.starts_with(&format!("00-{GIVEN_TRACE}-")), "{seen}");
+    assert!(
+        !seen.contains('|') && !seen.contains("00f067aa0ba902b7"),
+        "{seen}"
+    );
+}
