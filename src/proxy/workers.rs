@@ -145,8 +145,12 @@ where
         return;
     }
     // Moves to the other reactor: out of this one here, into that one there.
-    let Ok(stream) = stream.into_std() else {
-        return;
+    let stream = match stream.into_std() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "a connection could not move to its worker; closed");
+            return;
+        }
     };
     worker.handle.spawn(async move {
         let _live = live;
