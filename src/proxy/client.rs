@@ -34,6 +34,7 @@ use super::head::{Framing, HEAD_READ};
 pub use super::pool::Pool;
 use super::pool::{Conn, Dedicated};
 use super::proxy_header;
+use super::request_head;
 use super::upload::{send_body, upload_rest};
 use super::wire::{self, WireError};
 use crate::config::{ProxyVersion, UpstreamConfig};
@@ -309,7 +310,7 @@ impl Client {
         // One allocation for a typical head, not a doubling series (new or shed).
         conn.out.reserve(HEAD_GUESS);
         let framing =
-            wire::encode_request_head(&mut conn.out, req, outgoing, &traceparent, has_body);
+            request_head::encode_request_head(&mut conn.out, req, outgoing, &traceparent, has_body);
         // What the first write takes is what decides whether any of the request reached
         // the backend.
         match conn.stream.write(&conn.out).await {

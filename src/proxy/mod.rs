@@ -21,6 +21,7 @@ pub mod pool;
 pub mod prepare;
 pub mod probe;
 pub mod proxy_header;
+pub mod request_head;
 pub mod routing;
 pub mod server;
 mod server_tls;

@@ -14,7 +14,7 @@ use super::client::SendError;
 use super::head::{Framing, HEAD_READ};
 use super::pool::Conn;
 use super::stream::{Stream, WriteHalf};
-use super::wire;
+use super::{request_head, wire};
 
 /// Streams the request body. Ok(Some(unsent)): the backend began to answer (or
 /// closed) before the body was all sent, what it sent is in `conn.buf`, and `unsent`
@@ -169,7 +169,7 @@ async fn write_data<W: AsyncWrite + Unpin>(
         return w.write_all(data).await;
     }
     out.clear();
-    wire::chunk_header(out, data.len());
+    request_head::chunk_header(out, data.len());
     out.extend_from_slice(data);
     out.extend_from_slice(b"\r\n");
     w.write_all(out).await
@@ -178,7 +178,7 @@ async fn write_data<W: AsyncWrite + Unpin>(
 /// Ends a request body in its framing.
 async fn finish_body<W: AsyncWrite + Unpin>(w: &mut W, framing: Framing) -> io::Result<()> {
     match framing {
-        Framing::Chunked => w.write_all(wire::LAST_CHUNK).await,
+        Framing::Chunked => w.write_all(request_head::LAST_CHUNK).await,
         _ => Ok(()),
     }
 }

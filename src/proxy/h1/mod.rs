@@ -318,6 +318,7 @@ mod sock;
 mod splice;
 
 pub use body::{ClientBodyError, H1Body};
+pub(crate) use request::line;
 pub use request::{Head, HeadError, Outgoing, RawRequest, parse_head};
 use respond::{Cut, Options, refuse, write_response};
 pub use sock::{Sock, Stream, TlsStream};

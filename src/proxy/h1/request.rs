@@ -137,7 +137,7 @@ fn write_rule_lines(rules: &HeaderRules, out: &mut Vec<u8>) {
     rules.write_lines(out);
 }
 
-fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+pub(crate) fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);

@@ -19,7 +19,7 @@ use super::*;
 use crate::proxy::body::ResponseBody;
 use crate::proxy::error::ProxyError;
 use crate::proxy::head::Framing;
-use crate::proxy::wire;
+use crate::proxy::request_head;
 
 /// How `write_response` frames the answer.
 pub(super) struct Options {
@@ -103,7 +103,7 @@ pub(super) async fn write_response(
         match frame {
             None => {
                 if framing == Framing::Chunked {
-                    out.extend_from_slice(wire::LAST_CHUNK);
+                    out.extend_from_slice(request_head::LAST_CHUNK);
                 }
                 wr.send(out).await?;
                 out.clear();
@@ -124,7 +124,7 @@ pub(super) async fn write_response(
                     continue;
                 }
                 if framing == Framing::Chunked {
-                    wire::chunk_header(out, data.len());
+                    request_head::chunk_header(out, data.len());
                 }
                 if data.len() <= COALESCE {
                     out.extend_from_slice(&data);
