@@ -36,7 +36,7 @@ struct Sample {
 }
 
 /// Counters as last read: answers, 5xx answers, latency buckets (cumulative).
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 struct Reading {
     answers: u64,
     errors: u64,
@@ -44,14 +44,6 @@ struct Reading {
 }
 
 impl Reading {
-    fn zero() -> Reading {
-        Reading {
-            answers: 0,
-            errors: 0,
-            buckets: [0; 17],
-        }
-    }
-
     fn add(&mut self, other: &Reading) {
         self.answers += other.answers;
         self.errors += other.errors;
@@ -92,12 +84,7 @@ impl History {
             .upstreams
             .iter()
             .map(|u| {
-                let mut classes = u.stats.unpicked.classes();
-                for b in u.all.iter() {
-                    for (a, n) in classes.iter_mut().zip(b.stats.codes.classes()) {
-                        *a += n;
-                    }
-                }
+                let classes = super::status::upstream_classes(u);
                 let reading = Reading {
                     answers: classes.iter().sum(),
                     errors: classes[4],
@@ -108,7 +95,7 @@ impl History {
             .collect();
         if let Some((at, before)) = &self.last {
             let secs = now.saturating_duration_since(*at).as_secs_f64().max(1e-3);
-            let (mut all_now, mut all_before) = (Reading::zero(), Reading::zero());
+            let (mut all_now, mut all_before) = (Reading::default(), Reading::default());
             let mut upstreams = Vec::with_capacity(readings.len());
             for u in snap.upstreams.iter() {
                 let Some(r) = readings.get(&*u.stats.name) else {

@@ -68,6 +68,18 @@ impl Classes {
     }
 }
 
+/// Every answer of upstream `u` by status class (1xx…5xx): its backends' and the ones
+/// it gave without a backend (503).
+pub fn upstream_classes(u: &crate::proxy::routing::Served) -> [u64; 5] {
+    let mut all = u.stats.unpicked.classes();
+    for b in u.all.iter() {
+        for (a, n) in all.iter_mut().zip(b.stats.codes.classes()) {
+            *a += n;
+        }
+    }
+    all
+}
+
 /// Open client connections: the `max_connections` permits taken, less those held by
 /// accept loops waiting for a client.
 pub fn open_connections(state: &Live) -> usize {
@@ -218,15 +230,7 @@ pub fn status_json(state: &Live) -> String {
                     u.all.iter().map(|b| (&*b.id, b.weight, b.backup)),
                 ),
                 discovery: discovery_status(state, &u.name),
-                responses: {
-                    let mut all = u.stats.unpicked.classes();
-                    for b in u.all.iter() {
-                        for (a, n) in all.iter_mut().zip(b.stats.codes.classes()) {
-                            *a += n;
-                        }
-                    }
-                    Classes::of(all)
-                },
+                responses: Classes::of(upstream_classes(u)),
                 backends: u
                     .all
                     .iter()

@@ -74,9 +74,9 @@ pub struct Sink {
     counted: bool,
 }
 
-impl std::fmt::Debug for Done {
+impl std::fmt::Debug for Sink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Done")
+        write!(f, "Sink({})", self.made_for.0)
     }
 }
 

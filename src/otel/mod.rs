@@ -14,6 +14,3 @@ pub mod span;
 pub use context::TraceCtx;
 pub use export::Sink;
 pub use span::RequestSpan;
-
-/// The request header that carries a trace's context.
-pub const TRACEPARENT: &str = "traceparent";

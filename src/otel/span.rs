@@ -56,12 +56,6 @@ pub struct Ended<'a> {
     pub backend: Option<&'a str>,
 }
 
-impl std::fmt::Debug for Sink {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Sink({})", self.made_for.0)
-    }
-}
-
 impl RequestSpan {
     pub fn new(
         sink: &Arc<Sink>,

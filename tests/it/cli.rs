@@ -75,7 +75,7 @@ fn check_reports_every_problem_as_file_line_col() {
 async fn json_access_log_and_graceful_sigterm() {
     let be = TestBackend::replying("a").await;
     let url = be.url();
-    let (mut p, addr) = start_json(&["-l", "127.0.0.1:0", "-b", &url, "--workers", "1"]).await;
+    let (p, addr) = start_json(&["-l", "127.0.0.1:0", "-b", &url, "--workers", "1"]).await;
     let c = client();
     let req = http::Request::get(format!("http://{addr}/hello?x=1"))
         .header("x-request-id", "rid-1")
@@ -83,13 +83,7 @@ async fn json_access_log_and_graceful_sigterm() {
         .unwrap();
     let (s, _, _) = send_with(&c, req).await;
     assert_eq!(s, 200);
-    let (line, code) = tokio::task::spawn_blocking(move || {
-        let line = p.line_with("rid-1");
-        p.signal("TERM");
-        (line, p.wait())
-    })
-    .await
-    .unwrap();
+    let (line, code) = p.line_then_stop("rid-1").await;
     let j: serde_json::Value = serde_json::from_str(&line).expect("access line is JSON");
     for k in [
         "ts",
@@ -121,7 +115,7 @@ async fn json_access_lines_list_every_attempt() {
     let dead = dead_addr().await;
     let live = TestBackend::replying("a").await;
     let (dead_url, live_url) = (format!("http://{dead}"), live.url());
-    let (mut p, addr) = start_json(&[
+    let (p, addr) = start_json(&[
         "-l",
         "127.0.0.1:0",
         "-b",
@@ -140,14 +134,7 @@ async fn json_access_lines_list_every_attempt() {
         .unwrap();
     let (s, _, _) = send_with(&client(), req).await;
     assert_eq!(s, 200);
-    let line = tokio::task::spawn_blocking(move || {
-        let line = p.line_with("rid-tries");
-        p.signal("TERM");
-        p.wait();
-        line
-    })
-    .await
-    .unwrap();
+    let (line, _) = p.line_then_stop("rid-tries").await;
     let j: serde_json::Value = serde_json::from_str(&line).expect("access line is JSON");
     assert_eq!(j["attempts"], 2, "{line}");
     let tries = j["tries"].as_array().expect("tries");

@@ -293,21 +293,14 @@ async fn a_collector_that_is_down_costs_spans_not_requests() {
 #[tokio::test]
 async fn access_lines_carry_the_trace_id() {
     let live = TestBackend::replying("a").await;
-    let (mut p, addr) = start_json(&["-l", "127.0.0.1:0", "-b", &live.url()]).await;
+    let (p, addr) = start_json(&["-l", "127.0.0.1:0", "-b", &live.url()]).await;
     let req = Request::get(format!("http://{addr}/t"))
         .header("traceparent", GIVEN)
         .header("x-request-id", "rid-otel")
         .body(Full::default())
         .unwrap();
     assert_eq!(send_with(&client(), req).await.0, StatusCode::OK);
-    let line = tokio::task::spawn_blocking(move || {
-        let line = p.line_with("rid-otel");
-        p.signal("TERM");
-        p.wait();
-        line
-    })
-    .await
-    .unwrap();
+    let (line, _) = p.line_then_stop("rid-otel").await;
     let j: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(j["trace_id"], GIVEN_TRACE, "{line}");
 }
@@ -327,4 +320,32 @@ async fn an_http2_backend_gets_one_traceparent_too() {
         !seen.contains('|') && !seen.contains("00f067aa0ba902b7"),
         "{seen}"
     );
+}
+
+/// SPEC §9: `tracestate` is continued with the trace, unchanged, over both client paths.
+#[tokio::test]
+async fn tracestate_passes_on_unchanged() {
+    let live = TestBackend::start(|req: Request<hyper::body::Incoming>| async move {
+        let state = req
+            .headers()
+            .get("tracestate")
+            .map(|v| v.to_str().unwrap().to_owned());
+        Response::new(full(state.unwrap_or_default()))
+    })
+    .await;
+    let lb = Sluice::start(&config(None, &[live.url()])).await;
+    let with_state = || {
+        Request::get(lb.url("/"))
+            .header("traceparent", GIVEN)
+            .header("tracestate", "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7")
+            .body(Full::default())
+            .unwrap()
+    };
+    let (_, _, seen) = lb.send(with_state()).await;
+    assert_eq!(seen, "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7");
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    let (_, _, seen) = send_with(&h2, with_state()).await;
+    assert_eq!(seen, "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7");
 }

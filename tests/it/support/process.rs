@@ -168,6 +168,19 @@ impl Proc {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+
+    /// From async code: the next stdout line containing `needle`, then a SIGTERM and
+    /// the exit (its code).
+    pub async fn line_then_stop(mut self, needle: &str) -> (String, i32) {
+        let needle = needle.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let line = self.line_with(&needle);
+            self.signal("TERM");
+            (line, self.wait())
+        })
+        .await
+        .unwrap()
+    }
 }
 
 /// Starts sluice with `args` plus `--log-format json` (from async code) and returns it
