@@ -1,5 +1,6 @@
 //! The data plane: listeners, connections, forwarding, and the client side.
 
+mod attempts;
 pub mod backend_body;
 pub mod body;
 pub mod build;
