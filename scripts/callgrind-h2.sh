@@ -12,10 +12,6 @@
 set -euo pipefail
 BIN=${1:-target/release/sluice}
 shift || true
-EXTRA=("$@")
-N1=4000
-N2=24000
-PORT=18310
 BACKEND=18311
 DIR=$(mktemp -d)
 
@@ -43,22 +39,6 @@ EOF
 nginx -c "$DIR/nginx.conf"
 trap 'nginx -c "$DIR/nginx.conf" -s stop 2>/dev/null || true; rm -rf "$DIR"' EXIT
 
-count() { # count N: total instructions for N requests
-    local out=$DIR/callgrind.$1
-    valgrind --tool=callgrind --callgrind-out-file="$out" \
-        "$BIN" -l 127.0.0.1:$PORT -b 127.0.0.1:$BACKEND --workers 1 --access-log off "${EXTRA[@]}" \
-        >/dev/null 2>&1 &
-    local pid=$!
-    for _ in $(seq 200); do
-        curl -s -o /dev/null "http://127.0.0.1:$PORT/" && break
-        sleep 0.1
-    done
-    h2load -n "$1" -c 16 -m 4 "http://127.0.0.1:$PORT/" >/dev/null
-    kill -INT $pid
-    wait $pid || true
-    awk '/^summary:/{print $2}' "$out"
-}
-
-a=$(count $N1)
-b=$(count $N2)
-echo "h2c instructions per request: $(( (b - a) / (N2 - N1) ))"
+CALLGRIND_BACKEND=127.0.0.1:$BACKEND CALLGRIND_LOAD="-c 16 -m 4" CALLGRIND_N1=4000 \
+    CALLGRIND_N2=24000 CALLGRIND_WHAT="h2c instructions per request" \
+    "$(dirname "$0")/callgrind.sh" "$BIN" "$@"
